@@ -1,0 +1,179 @@
+"""Bronze assets: landing files ingested as they are, unparseable lines quarantined."""
+
+
+import datetime
+
+import dagster as dg
+import narwhals as nw
+import polars as pl
+
+from mlops_assets.defs.metadata import table_metadata
+from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.lakehouse.delta_io import SchemaPolicy, write_partition
+from mlops_assets.lakehouse.landing import day_files, read_landing_file
+from mlops_assets.transforms.bronze import RAW, REASON, split_lines
+from mlops_assets.transforms.quarantine import to_quarantine
+
+SOURCES = ("transactions", "labels")
+OWNERS = ["team:data-engineering"]
+CODE_VERSION = "bronze-1"
+
+
+class MissingLandingFilesError(FileNotFoundError):
+    """A day's landing folder holds no files for a source."""
+
+
+def ingest_day(
+    lakehouse: LakehouseResource, source: str, day: datetime.date, ingested_at: datetime.datetime
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """Read one source's landing files of a day into bronze records and quarantine rows.
+
+    Returns:
+        `(records, quarantine, counts)`; counts hold `files`, `lines`, `records`, `quarantined`.
+
+    Raises:
+        MissingLandingFilesError: The day has no landing files for the source.
+    """
+    files = day_files(lakehouse.landing_root, source, day)
+    if not files:
+        raise MissingLandingFilesError(
+            f"no landing files for {source} on {day} under "
+            f"{lakehouse.landing_root / source / day.isoformat()}"
+        )
+    records: list[pl.DataFrame] = []
+    rejects: list[pl.DataFrame] = []
+    lines = 0
+    for path in files:
+        landing = read_landing_file(path, lakehouse.landing_root, ingested_at)
+        lines += landing.lines.height
+        if landing.header_problem:
+            # A file without a usable header cannot be split: every line goes to quarantine.
+            rejects.append(
+                landing.lines.select(
+                    pl.exclude("raw", "raw_text"),
+                    pl.col("raw_text").alias(RAW),
+                    pl.lit(landing.header_problem).alias(REASON),
+                )
+            )
+            continue
+        good, bad = split_lines(nw.from_native(landing.lines), landing.header)
+        records.append(good.to_native())
+        rejects.append(bad.to_native())
+    bronze = (
+        pl.concat(records, how="diagonal_relaxed") if records else pl.DataFrame()
+    ).with_columns(pl.lit(day).alias("landing_date"))
+    quarantine = to_quarantine(
+        nw.from_native(pl.concat(rejects, how="diagonal_relaxed")),
+        stage="bronze",
+        landing_date=day,
+        quarantined_at=ingested_at,
+    ).to_native()
+    counts = {
+        "files": len(files),
+        "lines": lines,
+        "records": bronze.height,
+        "quarantined": quarantine.height,
+    }
+    return bronze, quarantine, counts
+
+
+def build_bronze_asset(source: str) -> dg.AssetsDefinition:
+    """The bronze asset of one landing source, with its quarantine table."""
+    table = TableRef("bronze", source)
+    quarantine_table = TableRef("quarantine", f"bronze_{source}")
+
+    @dg.multi_asset(
+        name=f"bronze_{source}",
+        specs=[
+            dg.AssetSpec(
+                key=["bronze", source],
+                description=(
+                    f"Raw {source} exactly as they arrived in the day's landing files, one string "
+                    "column per field of the file's header, with the source file, line number and "
+                    "ingestion time of every record. New source columns are added to the table "
+                    "(additive schema policy). Partitioned by landing day."
+                ),
+                group_name="bronze",
+                owners=OWNERS,
+                kinds={"polars", "delta"},
+                code_version=CODE_VERSION,
+                metadata={"table": str(table), "schema_policy": SchemaPolicy.ADDITIVE.value},
+            ),
+            dg.AssetSpec(
+                key=["quarantine", f"bronze_{source}"],
+                description=(
+                    f"Landing lines of {source} that could not be parsed (not UTF-8, empty, quoted, "
+                    "wrong field count, no usable header), with the raw text, the reason, the file "
+                    "and the line. Nothing is dropped: every landing line is in bronze or here."
+                ),
+                group_name="quarantine",
+                owners=OWNERS,
+                kinds={"polars", "delta"},
+                code_version=CODE_VERSION,
+                metadata={"table": str(quarantine_table)},
+            ),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "every_landing_line_accounted_for",
+                asset=["bronze", source],
+                description="Landing lines = bronze records + quarantined lines.",
+                blocking=True,
+            )
+        ],
+        partitions_def=DAILY,
+    )
+    def _bronze(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        day = partition_day(context)
+        ingested_at = datetime.datetime.now(datetime.UTC)
+        records, quarantine, counts = ingest_day(lakehouse, source, day, ingested_at)
+        written = write_partition(
+            lakehouse.write_uri(table),
+            records,
+            {"landing_date": day},
+            policy=SchemaPolicy.ADDITIVE,
+            table=str(table),
+        )
+        quarantined = write_partition(
+            lakehouse.write_uri(quarantine_table),
+            quarantine,
+            {"landing_date": day},
+            table=str(quarantine_table),
+        )
+        reasons = (
+            quarantine.group_by(REASON).len().sort("len", descending=True).head(10).to_dicts()
+            if quarantine.height
+            else []
+        )
+        accounted = counts["records"] + counts["quarantined"] == counts["lines"]
+        yield dg.MaterializeResult(
+            asset_key=["bronze", source],
+            metadata={
+                **table_metadata(written, str(table)),
+                "landing_files": counts["files"],
+                "landing_lines": counts["lines"],
+                "quarantined_lines": counts["quarantined"],
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="every_landing_line_accounted_for",
+                    asset_key=["bronze", source],
+                    passed=accounted,
+                    metadata=counts,
+                )
+            ],
+        )
+        yield dg.MaterializeResult(
+            asset_key=["quarantine", f"bronze_{source}"],
+            metadata={
+                **table_metadata(quarantined, str(quarantine_table)),
+                "top_reasons": dg.MetadataValue.json(reasons),
+            },
+        )
+
+    return _bronze
+
+
+bronze_assets = [build_bronze_asset(source) for source in SOURCES]

@@ -1,0 +1,21 @@
+"""Jobs and schedules of the medallion pipeline."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.defs.partitions import DAILY
+
+MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
+
+medallion_job = dg.define_asset_job(
+    name="medallion_daily",
+    selection=MEDALLION,
+    partitions_def=DAILY,
+    description="Ingest a landing day into bronze, validate it into silver, refresh gold.",
+)
+
+# Runs shortly after midnight UTC for the day that just ended; off until turned on in the UI.
+medallion_schedule = dg.build_schedule_from_partitioned_job(
+    medallion_job, hour_of_day=0, minute_of_hour=30
+)

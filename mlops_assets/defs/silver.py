@@ -1,0 +1,328 @@
+"""Silver assets: typed, validated, deduplicated transactions and labels, with blocking checks."""
+
+
+import datetime
+from dataclasses import dataclass
+
+import dagster as dg
+import narwhals as nw
+import polars as pl
+
+from mlops_assets.defs.metadata import table_metadata
+from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.lakehouse.delta_io import (
+    read_partition,
+    scan_table,
+    table_exists,
+    write_partition,
+)
+from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
+from mlops_assets.transforms.quarantine import to_quarantine
+from mlops_assets.transforms.silver import (
+    LABELS,
+    MAX_AMOUNT,
+    MAX_LATENESS_DAYS,
+    MAX_SKEW_HOURS,
+    TRANSACTIONS,
+    Contract,
+    deduplicate,
+    validate,
+    with_event_date,
+)
+
+OWNERS = ["team:data-engineering"]
+CODE_VERSION = "silver-1"
+# A day's feed is fresh when its latest event is this close to the end of the landing day.
+FRESHNESS_HOURS = 6
+# Above this share of rejected records, the source is probably broken: warn.
+MAX_REJECT_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class SilverTable:
+    """How one silver table is built from its bronze table."""
+
+    source: str
+    contract: Contract
+    time_column: str
+    date_column: str
+    description: str
+
+
+SILVER_TABLES = (
+    SilverTable(
+        source="transactions",
+        contract=TRANSACTIONS,
+        time_column="event_time",
+        date_column="event_date",
+        description=(
+            "Card transactions, typed and validated against the transactions contract, one row "
+            "per transaction id: an event re-sent on the same or another day lands once (the "
+            "first copy seen). Invalid records go to quarantine/silver_transactions with the "
+            "reason and column. Partitioned by landing day; `event_date` is the UTC event day."
+        ),
+    ),
+    SilverTable(
+        source="labels",
+        contract=LABELS,
+        time_column="reported_at",
+        date_column="reported_date",
+        description=(
+            "Chargeback labels, typed and validated, one row per transaction id (the first "
+            "report wins): `is_fraud` with the time it became known (`reported_at`), which "
+            "point-in-time training sets respect. Partitioned by landing day."
+        ),
+    ),
+)
+
+
+def known_keys(
+    uri: str, spec: SilverTable, day: datetime.date, batch: pl.DataFrame
+) -> pl.DataFrame:
+    """Keys already in the table's other partitions that the batch could repeat.
+
+    A re-sent event keeps its event time, so only rows of the batch's event days can repeat
+    it; the filter lets Delta skip files by their statistics.
+    """
+    key = spec.contract.key
+    if not table_exists(uri):
+        return pl.DataFrame({key: []}, schema={key: pl.String})
+    days = batch.get_column(spec.date_column).unique().to_list()
+    return (
+        scan_table(uri)
+        .filter(pl.col("landing_date") != day, pl.col(spec.date_column).is_in(days))
+        .select(key)
+        .collect()
+    )
+
+
+def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
+    """The silver asset of one source, with its quarantine table and checks."""
+    source = spec.source
+    contract = spec.contract
+    table = TableRef("silver", source)
+    bronze_table = TableRef("bronze", source)
+    quarantine_table = TableRef("quarantine", f"silver_{source}")
+    key = ["silver", source]
+    checks = [
+        dg.AssetCheckSpec(
+            f"{contract.key}_unique",
+            asset=key,
+            description=f"No {contract.key} appears twice anywhere in the table.",
+            blocking=True,
+        ),
+        dg.AssetCheckSpec(
+            "required_fields_present",
+            asset=key,
+            description="No required field of the contract is null in the partition.",
+            blocking=True,
+        ),
+        dg.AssetCheckSpec(
+            "values_in_range",
+            asset=key,
+            description=(
+                f"Amounts in (0, {MAX_AMOUNT:.0f}]; times within {MAX_LATENESS_DAYS} days before "
+                f"the landing day and {MAX_SKEW_HOURS} h after it."
+            ),
+            blocking=True,
+        ),
+        dg.AssetCheckSpec(
+            "fresh",
+            asset=key,
+            description=(
+                f"The latest {spec.time_column} of the partition is within {FRESHNESS_HOURS} h "
+                "of the end of its landing day (the feed was not cut short)."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            "reject_share_low",
+            asset=key,
+            description=f"At most {MAX_REJECT_SHARE:.0%} of the day's records are rejected.",
+        ),
+    ]
+
+    @dg.multi_asset(
+        name=f"silver_{source}",
+        specs=[
+            dg.AssetSpec(
+                key=key,
+                deps=[dg.AssetKey([bronze_table.layer, bronze_table.name])],
+                description=spec.description,
+                group_name="silver",
+                owners=OWNERS,
+                kinds={"polars", "delta"},
+                code_version=CODE_VERSION,
+                metadata={"table": str(table), "schema_policy": "strict", "key": contract.key},
+            ),
+            dg.AssetSpec(
+                key=["quarantine", f"silver_{source}"],
+                deps=[dg.AssetKey([bronze_table.layer, bronze_table.name])],
+                description=(
+                    f"Bronze {source} records that break the contract (missing required field, "
+                    "value of the wrong type, value out of range), with the reason, the column, "
+                    "the record's fields as JSON, and its landing file and line."
+                ),
+                group_name="quarantine",
+                owners=OWNERS,
+                kinds={"polars", "delta"},
+                code_version=CODE_VERSION,
+                metadata={"table": str(quarantine_table)},
+            ),
+        ],
+        check_specs=checks,
+        partitions_def=DAILY,
+        # Deduplication reads the other partitions: one writer at a time keeps keys unique.
+        pool=f"silver_{source}",
+    )
+    def _silver(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        day = partition_day(context)
+        now = datetime.datetime.now(datetime.UTC)
+        bronze = read_partition(lakehouse.read_uri(bronze_table), {"landing_date": day})
+        if bronze.is_empty() or SOURCE_FILE not in bronze.columns:
+            raise dg.Failure(
+                f"bronze/{source} has no records for {day}: materialize bronze/{source} for "
+                "that day first"
+            )
+        valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
+        valid = with_event_date(valid, spec.time_column, spec.date_column).to_native()
+        uri = lakehouse.write_uri(table)
+        known = known_keys(uri, spec, day, valid)
+        unique, in_batch, of_others = deduplicate(
+            nw.from_native(valid), contract.key, nw.from_native(known)
+        )
+        silver = unique.to_native()
+        written = write_partition(uri, silver, {"landing_date": day}, table=str(table))
+        raw_fields = [
+            c
+            for c in bronze.columns
+            if c not in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT, "landing_date")
+        ]
+        quarantine = to_quarantine(
+            rejected,
+            stage="silver",
+            landing_date=day,
+            quarantined_at=now,
+            raw_fields=raw_fields,
+        ).to_native()
+        quarantined = write_partition(
+            lakehouse.write_uri(quarantine_table),
+            quarantine,
+            {"landing_date": day},
+            table=str(quarantine_table),
+        )
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                **table_metadata(written, str(table)),
+                "bronze_records": bronze.height,
+                "rejected_records": quarantine.height,
+                "duplicates_within_day": in_batch,
+                "duplicates_of_other_days": of_others,
+                "event_days": dg.MetadataValue.json(
+                    sorted(str(d) for d in silver.get_column(spec.date_column).unique())
+                ),
+                "unmapped_source_columns": dg.MetadataValue.json(
+                    sorted(set(raw_fields) - set(contract.columns))
+                ),
+            },
+            check_results=_check_results(
+                spec, uri, silver, day, bronze.height, quarantine.height, key
+            ),
+        )
+        reasons = (
+            quarantine.group_by("column", REASON)
+            .len()
+            .sort("len", descending=True)
+            .head(10)
+            .to_dicts()
+            if quarantine.height
+            else []
+        )
+        yield dg.MaterializeResult(
+            asset_key=["quarantine", f"silver_{source}"],
+            metadata={
+                **table_metadata(quarantined, str(quarantine_table)),
+                "top_reasons": dg.MetadataValue.json(reasons),
+            },
+        )
+
+    return _silver
+
+
+def _check_results(
+    spec: SilverTable,
+    uri: str,
+    silver: pl.DataFrame,
+    day: datetime.date,
+    bronze_records: int,
+    rejected: int,
+    key: list[str],
+) -> list[dg.AssetCheckResult]:
+    contract = spec.contract
+    keys = scan_table(uri).select(pl.col(contract.key))
+    stats = keys.select(pl.len().alias("rows"), pl.col(contract.key).n_unique().alias("unique"))
+    rows, unique = stats.collect().row(0)
+    nulls = {
+        name: int(count)
+        for name, count in silver.select(
+            pl.col(list(contract.required)).null_count()
+        ).row(0, named=True).items()
+        if count
+    }
+    landing_start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+    times = silver.get_column(spec.time_column)
+    out_of_range = 0
+    for name in contract.decimals:
+        out_of_range += silver.filter(
+            (pl.col(name) <= 0) | (pl.col(name) > MAX_AMOUNT)
+        ).height
+    earliest_allowed = landing_start - datetime.timedelta(days=MAX_LATENESS_DAYS)
+    latest_allowed = landing_start + datetime.timedelta(days=1, hours=MAX_SKEW_HOURS)
+    out_of_range += silver.filter(
+        (pl.col(spec.time_column) < earliest_allowed) | (pl.col(spec.time_column) > latest_allowed)
+    ).height
+    latest = times.max() if len(times) else None
+    fresh_after = landing_start + datetime.timedelta(days=1, hours=-FRESHNESS_HOURS)
+    share = rejected / bronze_records if bronze_records else 0.0
+    return [
+        dg.AssetCheckResult(
+            check_name=f"{contract.key}_unique",
+            asset_key=key,
+            passed=rows == unique,
+            metadata={"rows": rows, "unique_keys": unique, "duplicates": rows - unique},
+        ),
+        dg.AssetCheckResult(
+            check_name="required_fields_present",
+            asset_key=key,
+            passed=not nulls,
+            metadata={"null_counts": dg.MetadataValue.json(nulls)},
+        ),
+        dg.AssetCheckResult(
+            check_name="values_in_range",
+            asset_key=key,
+            passed=out_of_range == 0,
+            metadata={"rows_out_of_range": out_of_range},
+        ),
+        dg.AssetCheckResult(
+            check_name="fresh",
+            asset_key=key,
+            passed=latest is not None and latest >= fresh_after,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "latest": str(latest),
+                "expected_after": fresh_after.isoformat(),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="reject_share_low",
+            asset_key=key,
+            passed=share <= MAX_REJECT_SHARE,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"reject_share": share, "rejected": rejected, "bronze_records": bronze_records},
+        ),
+    ]
+
+
+silver_assets = [build_silver_asset(spec) for spec in SILVER_TABLES]

@@ -1,0 +1,76 @@
+"""Where each table lives, and which environment may read or write it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops_assets.settings import ENVIRONMENTS, READ_POLICY, Settings
+
+LAYERS = ("bronze", "silver", "gold", "quarantine", "features", "ml", "serving", "monitoring")
+
+
+class AccessDeniedError(PermissionError):
+    """A read or write crosses environments against the access policy."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table's identity: its layer and its name, as in the asset key `[layer, name]`."""
+
+    layer: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS:
+            raise ValueError(f"table layer {self.layer!r} is not one of {', '.join(LAYERS)}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"table name {self.name!r} must be a plain folder name")
+
+    def __str__(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Resolves table locations for the active environment and enforces the access policy.
+
+    Writes go only under the active environment's root. Reads of another environment are
+    allowed only where `settings.READ_POLICY` says so (dev may read prod), and are read-only.
+    """
+
+    settings: Settings
+
+    @property
+    def env(self) -> str:
+        """The active environment."""
+        return self.settings.env
+
+    def table_path(self, table: TableRef, env: str | None = None) -> Path:
+        """Folder of a table in `env` (the active environment by default)."""
+        root = self.settings.env_root_of(env or self.env)
+        return root / "lake" / table.layer / table.name
+
+    def uri_for_write(self, table: TableRef) -> str:
+        """Location to write a table; always inside the active environment's root."""
+        path = self.table_path(table).resolve()
+        root = self.settings.env_root.resolve()
+        if not path.is_relative_to(root):
+            raise AccessDeniedError(f"{table} resolves to {path}, outside {root}")
+        return str(path)
+
+    def uri_for_read(self, table: TableRef, env: str | None = None) -> str:
+        """Location to read a table in `env`, checked against the read policy.
+
+        Raises:
+            AccessDeniedError: The active environment may not read `env`.
+        """
+        source = env or self.env
+        if source not in ENVIRONMENTS:
+            raise AccessDeniedError(f"{source!r} is not an environment")
+        if source not in READ_POLICY[self.env]:
+            raise AccessDeniedError(
+                f"environment {self.env!r} may not read {source!r} (allowed: "
+                f"{', '.join(READ_POLICY[self.env])})"
+            )
+        return str(self.table_path(table, source))

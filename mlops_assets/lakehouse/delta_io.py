@@ -1,0 +1,340 @@
+"""Delta table I/O on delta-rs: partition replacement by explicit predicate, schema policy, metadata."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+PartitionValue = str | int | datetime.date
+
+
+class SchemaPolicy(StrEnum):
+    """How a write may change a table's schema.
+
+    `strict`: the incoming columns and types must equal the table's (contracts: silver, gold).
+    `additive`: new columns are added as nullable, columns the incoming data lacks are written
+    as nulls; a changed type is still an error (raw layers: sources grow columns over time).
+    """
+
+    STRICT = "strict"
+    ADDITIVE = "additive"
+
+
+class SchemaChangeError(ValueError):
+    """A write would change a table's schema in a way its policy does not allow."""
+
+
+class PartitionMismatchError(ValueError):
+    """Rows handed to a partition write do not belong to that partition."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did, for asset metadata.
+
+    Attributes:
+        uri: Table location.
+        version: Delta version after the write.
+        rows_written: Rows in the written data.
+        table_rows: Rows in the whole table after the write.
+        schema: Column name to Arrow type string, in table order.
+        partition: The partition replaced, empty for unpartitioned writes.
+        added_columns: Columns the write added to the table.
+    """
+
+    uri: str
+    version: int
+    rows_written: int
+    table_rows: int
+    schema: dict[str, str]
+    partition: dict[str, str] = field(default_factory=dict)
+    added_columns: tuple[str, ...] = ()
+
+
+def table_exists(uri: str | Path) -> bool:
+    """Tell whether a Delta table exists at `uri`."""
+    return DeltaTable.is_deltatable(str(uri))
+
+
+def table_version(uri: str | Path) -> int | None:
+    """Current Delta version of the table at `uri`, or None when there is no table."""
+    try:
+        return DeltaTable(str(uri)).version()
+    except TableNotFoundError:
+        return None
+
+
+def scan_table(uri: str | Path, version: int | None = None) -> pl.LazyFrame:
+    """Lazily scan a Delta table (optionally at a version) with polars.
+
+    Raises:
+        FileNotFoundError: No Delta table exists at `uri`.
+    """
+    if not table_exists(uri):
+        raise FileNotFoundError(f"no Delta table at {uri}")
+    return pl.scan_delta(str(uri), version=version)
+
+
+def read_partition(
+    uri: str | Path, partition: Mapping[str, PartitionValue], columns: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Read one partition of a table; an absent table or partition reads as an empty frame."""
+    if not table_exists(uri):
+        return pl.DataFrame()
+    frame = scan_table(uri)
+    for name, value in partition.items():
+        frame = frame.filter(pl.col(name) == pl.lit(value))
+    if columns is not None:
+        frame = frame.select(columns)
+    return frame.collect()
+
+
+def partition_predicate(partition: Mapping[str, PartitionValue]) -> str:
+    """Build the SQL predicate selecting exactly one partition.
+
+    Raises:
+        ValueError: A partition column name is not a plain identifier, or no column is given.
+    """
+    if not partition:
+        raise ValueError("a partition predicate needs at least one partition column")
+    clauses = []
+    for name, value in partition.items():
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"partition column {name!r} is not a plain identifier")
+        clauses.append(f"{name} = {_sql_literal(value)}")
+    return " AND ".join(clauses)
+
+
+def _sql_literal(value: PartitionValue) -> str:
+    if isinstance(value, bool):
+        raise ValueError("boolean partition values are not supported")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime.date):
+        return f"'{value.isoformat()}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _type_name(data_type: Any) -> str:
+    return str(data_type)
+
+
+def _arrow_schema(table: DeltaTable) -> pa.Schema:
+    return pa.schema(table.schema().to_arrow())
+
+
+def _normalise(data: pl.DataFrame) -> pa.Table:
+    # Polars writes large string/binary views; Delta stores plain strings, so compare and write
+    # with the delta-rs view of types.
+    return data.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def _comparable(data_type: pa.DataType) -> str:
+    if pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type):
+        return "string"
+    if pa.types.is_large_binary(data_type) or pa.types.is_binary_view(data_type):
+        return "binary"
+    if pa.types.is_timestamp(data_type):
+        return f"timestamp[{data_type.unit}, tz={data_type.tz is not None}]"
+    if pa.types.is_large_list(data_type):
+        return f"list<{_comparable(data_type.value_type)}>"
+    return str(data_type).replace("large_string", "string")
+
+
+def check_schema(
+    existing: pa.Schema, incoming: pa.Schema, policy: SchemaPolicy, table: str
+) -> tuple[list[str], list[str]]:
+    """Compare an incoming schema with a table's under a policy.
+
+    Args:
+        existing: The table's schema.
+        incoming: The schema of the data to write.
+        policy: The table's schema policy.
+        table: Table name, for the error message.
+
+    Returns:
+        The columns the write adds and the table columns the incoming data lacks.
+
+    Raises:
+        SchemaChangeError: The change is not allowed; the message names each column and change.
+    """
+    have = {f.name: f.type for f in existing}
+    new = {f.name: f.type for f in incoming}
+    added = [name for name in new if name not in have]
+    missing = [name for name in have if name not in new]
+    changed = [
+        f"{name}: {_comparable(have[name])} -> {_comparable(new[name])}"
+        for name in new
+        if name in have and _comparable(have[name]) != _comparable(new[name])
+        and not pa.types.is_null(new[name])
+    ]
+    problems = []
+    if changed:
+        problems.append("changed types " + ", ".join(changed))
+    if policy is SchemaPolicy.STRICT:
+        if added:
+            problems.append("added columns " + ", ".join(added))
+        if missing:
+            problems.append("missing columns " + ", ".join(missing))
+    if problems:
+        raise SchemaChangeError(
+            f"table {table}: schema policy '{policy.value}' refuses this write: "
+            + "; ".join(problems)
+            + " (change the table's contract, or migrate the table, to accept it)"
+        )
+    return added, missing
+
+
+def _conform(
+    data: pa.Table, existing: pa.Schema, missing: Sequence[str]
+) -> pa.Table:
+    # Columns the incoming data lacks are written as typed nulls; the order follows the table
+    # so that Delta's schema stays stable, new columns go last.
+    for name in missing:
+        data = data.append_column(
+            existing.field(name).with_nullable(True), pa.nulls(data.num_rows, existing.field(name).type)
+        )
+    order = [f.name for f in existing] + [n for n in data.column_names if n not in existing.names]
+    data = data.select(order)
+    # Null-typed columns (all values missing) take the table's type.
+    for index, name in enumerate(data.column_names):
+        if name in existing.names and pa.types.is_null(data.schema.field(name).type):
+            data = data.set_column(
+                index, existing.field(name), pa.nulls(data.num_rows, existing.field(name).type)
+            )
+    return data
+
+
+def write_partition(
+    uri: str | Path,
+    data: pl.DataFrame,
+    partition: Mapping[str, PartitionValue],
+    *,
+    partition_by: Sequence[str] | None = None,
+    policy: SchemaPolicy = SchemaPolicy.STRICT,
+    table: str | None = None,
+) -> WriteResult:
+    """Replace exactly one partition of a Delta table with `data`, atomically.
+
+    The write is one Delta commit that removes the partition's files (selected by an explicit
+    predicate built from `partition`) and adds the new ones; other partitions are untouched. If
+    the write fails before its commit, the table stays at its previous version.
+
+    Args:
+        uri: Table location.
+        data: The partition's complete new content; every row must carry the partition values.
+        partition: Partition column to value, e.g. `{"landing_date": date(2026, 1, 1)}`.
+        partition_by: The table's partition columns (default: the keys of `partition`).
+        policy: Schema policy for the table.
+        table: Table name for error messages (default: the uri).
+
+    Returns:
+        What was written, with the new version and schema.
+
+    Raises:
+        PartitionMismatchError: Some rows do not belong to `partition`.
+        SchemaChangeError: The data's schema breaks the policy.
+    """
+    uri = str(uri)
+    name = table or uri
+    partition_by = list(partition_by or partition.keys())
+    for column in partition:
+        if column not in data.columns:
+            raise PartitionMismatchError(f"table {name}: data lacks partition column {column!r}")
+        outside = data.filter(pl.col(column).ne_missing(pl.lit(partition[column]))).height
+        if outside:
+            raise PartitionMismatchError(
+                f"table {name}: {outside} rows have {column} != {partition[column]!s}; a partition "
+                "write carries only that partition's rows"
+            )
+    arrow = _normalise(data)
+    added: list[str] = []
+    if table_exists(uri):
+        delta = DeltaTable(uri)
+        existing_schema = _arrow_schema(delta)
+        if list(delta.metadata().partition_columns) != partition_by:
+            raise SchemaChangeError(
+                f"table {name}: partitioned by {list(delta.metadata().partition_columns)}, "
+                f"not {partition_by}"
+            )
+        added, missing = check_schema(existing_schema, arrow.schema, policy, name)
+        arrow = _conform(arrow, existing_schema, missing)
+        write_deltalake(
+            delta,
+            arrow,
+            mode="overwrite",
+            predicate=partition_predicate(partition),
+            schema_mode="merge" if added else None,
+        )
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        write_deltalake(uri, arrow, mode="error", partition_by=partition_by)
+    return describe_write(uri, rows_written=arrow.num_rows, partition=partition, added=added)
+
+
+def overwrite_table(
+    uri: str | Path,
+    data: pl.DataFrame,
+    *,
+    policy: SchemaPolicy = SchemaPolicy.STRICT,
+    table: str | None = None,
+) -> WriteResult:
+    """Replace a whole (unpartitioned) table with `data` in one atomic commit."""
+    uri = str(uri)
+    name = table or uri
+    arrow = _normalise(data)
+    added: list[str] = []
+    if table_exists(uri):
+        delta = DeltaTable(uri)
+        existing_schema = _arrow_schema(delta)
+        added, missing = check_schema(existing_schema, arrow.schema, policy, name)
+        arrow = _conform(arrow, existing_schema, missing)
+        write_deltalake(delta, arrow, mode="overwrite", schema_mode="merge" if added else None)
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        write_deltalake(uri, arrow, mode="error")
+    return describe_write(uri, rows_written=arrow.num_rows, partition={}, added=added)
+
+
+def describe_write(
+    uri: str,
+    *,
+    rows_written: int,
+    partition: Mapping[str, PartitionValue],
+    added: Sequence[str] = (),
+) -> WriteResult:
+    """Read back the table's version, size and schema after a write."""
+    delta = DeltaTable(uri)
+    schema = _arrow_schema(delta)
+    return WriteResult(
+        uri=uri,
+        version=delta.version(),
+        rows_written=rows_written,
+        table_rows=table_row_count(delta),
+        schema={f.name: _comparable(f.type) for f in schema},
+        partition={k: str(v) for k, v in partition.items()},
+        added_columns=tuple(added),
+    )
+
+
+def table_row_count(delta: DeltaTable) -> int:
+    """Row count of the table's current version, from the Delta log's file statistics."""
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    if "num_records" in actions.column_names and actions.num_rows:
+        counts = actions.column("num_records")
+        if counts.null_count == 0:
+            return int(pc.sum(counts).as_py() or 0)
+    return pl.scan_delta(delta.table_uri).select(pl.len()).collect().item()

@@ -1,0 +1,121 @@
+"""The active environment, its paths and policies: the one place that reads MLOPS_* variables."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+ENVIRONMENTS = ("dev", "staging", "prod")
+DEFAULT_START_DATE = datetime.date(2026, 1, 1)
+
+# Which environments each environment may read (read-only) beside itself.
+READ_POLICY: dict[str, tuple[str, ...]] = {
+    "dev": ("dev", "prod"),
+    "staging": ("staging",),
+    "prod": ("prod",),
+}
+
+
+class Engine(StrEnum):
+    """Dataframe engine that runs the transforms."""
+
+    POLARS = "polars"
+    SPARK = "spark"
+
+
+class SettingsError(ValueError):
+    """A setting names an unknown environment, engine or path."""
+
+
+def project_root() -> Path:
+    """Return the repository root (the folder holding `pyproject.toml`)."""
+    return Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one environment.
+
+    Attributes:
+        env: The active environment, one of `dev`, `staging`, `prod`.
+        data_root: Folder holding every environment's root (`data/` by default).
+        engine: Dataframe engine for transforms.
+        start_date: First day of the daily partitions.
+    """
+
+    env: str
+    data_root: Path
+    engine: Engine = Engine.POLARS
+    start_date: datetime.date = DEFAULT_START_DATE
+
+    def __post_init__(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise SettingsError(
+                f"MLOPS_ENV={self.env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}"
+            )
+
+    @property
+    def env_root(self) -> Path:
+        """Root of the active environment: every write lands under it."""
+        return self.data_root / self.env
+
+    @property
+    def landing_root(self) -> Path:
+        """Where raw landing files arrive."""
+        return self.env_root / "landing"
+
+    @property
+    def lake_root(self) -> Path:
+        """Where the Delta tables live, one folder per layer."""
+        return self.env_root / "lake"
+
+    @property
+    def dagster_home(self) -> Path:
+        """Dagster run and event storage of the environment."""
+        return self.env_root / "dagster"
+
+    def env_root_of(self, env: str) -> Path:
+        """Root of another environment, for policy-checked reads."""
+        if env not in ENVIRONMENTS:
+            raise SettingsError(f"{env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}")
+        return self.data_root / env
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from environment variables.
+
+    Variables: `MLOPS_ENV` (dev, staging, prod; default dev), `MLOPS_DATA_ROOT` (default
+    `<repo>/data`), `MLOPS_ENGINE` (polars or spark; default polars), `MLOPS_START_DATE`
+    (first partition day, ISO date; default 2026-01-01).
+
+    Args:
+        environ: Variables to read; `os.environ` when omitted.
+
+    Returns:
+        The resolved settings.
+
+    Raises:
+        SettingsError: A variable holds a value that is not allowed.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    env = environ.get("MLOPS_ENV", "dev").strip().lower() or "dev"
+    data_root = Path(environ.get("MLOPS_DATA_ROOT") or project_root() / "data").resolve()
+    engine_name = environ.get("MLOPS_ENGINE", Engine.POLARS.value).strip().lower()
+    try:
+        engine = Engine(engine_name)
+    except ValueError:
+        raise SettingsError(
+            f"MLOPS_ENGINE={engine_name!r} is not an engine; use one of "
+            f"{', '.join(e.value for e in Engine)}"
+        ) from None
+    start_text = environ.get("MLOPS_START_DATE", DEFAULT_START_DATE.isoformat())
+    try:
+        start_date = datetime.date.fromisoformat(start_text)
+    except ValueError:
+        raise SettingsError(
+            f"MLOPS_START_DATE={start_text!r} is not an ISO date (YYYY-MM-DD)"
+        ) from None
+    return Settings(env=env, data_root=data_root, engine=engine, start_date=start_date)

@@ -1,0 +1,81 @@
+"""Quarantine records: the one shape every rejected landing line or record takes."""
+
+from __future__ import annotations
+
+import datetime
+
+import narwhals as nw
+from narwhals.typing import FrameT
+
+from mlops_assets.transforms.bronze import LINE_NUMBER, RAW, REASON, SOURCE_FILE
+
+QUARANTINE_COLUMNS = (
+    "landing_date",
+    "stage",
+    SOURCE_FILE,
+    LINE_NUMBER,
+    RAW,
+    REASON,
+    "column",
+    "quarantined_at",
+)
+
+
+def to_quarantine(
+    rejects: FrameT,
+    *,
+    stage: str,
+    landing_date: datetime.date,
+    quarantined_at: datetime.datetime,
+    raw_fields: list[str] | None = None,
+) -> FrameT:
+    """Shape rejected lines or records as quarantine rows.
+
+    Args:
+        rejects: Rejected rows with `_source_file`, `_line_number`, `reason`, and either a
+            `raw` text column or the string fields listed in `raw_fields`.
+        stage: Where the row was rejected: `bronze` (unparseable line) or `silver` (invalid
+            record).
+        landing_date: The landing day (the quarantine partition).
+        quarantined_at: When the rejection happened (UTC).
+        raw_fields: Fields to keep as the raw text, as a JSON object, when `raw` is absent.
+
+    Returns:
+        Rows with exactly `QUARANTINE_COLUMNS`.
+    """
+    if raw_fields is not None:
+        # Field order follows the record; absent (null) fields are omitted by the JSON encoder.
+        rejects = rejects.with_columns(
+            nw.concat_str(
+                nw.lit("{"),
+                nw.concat_str(
+                    *[
+                        nw.when(nw.col(f).is_null())
+                        .then(nw.lit(f'"{f}":null'))
+                        .otherwise(
+                            nw.concat_str(
+                                nw.lit(f'"{f}":"'),
+                                nw.col(f).str.replace_all("\\", "\\\\", literal=True)
+                                .str.replace_all('"', '\\"', literal=True),
+                                nw.lit('"'),
+                            )
+                        )
+                        for f in raw_fields
+                    ],
+                    separator=",",
+                ),
+                nw.lit("}"),
+            ).alias(RAW)
+        )
+    if "column" not in rejects.columns:
+        rejects = rejects.with_columns(nw.lit(None, dtype=nw.String).alias("column"))
+    return rejects.select(
+        nw.lit(landing_date).alias("landing_date"),
+        nw.lit(stage).alias("stage"),
+        nw.col(SOURCE_FILE).cast(nw.String),
+        nw.col(LINE_NUMBER).cast(nw.Int64),
+        nw.col(RAW).cast(nw.String),
+        nw.col(REASON).cast(nw.String),
+        nw.col("column").cast(nw.String),
+        nw.lit(quarantined_at).cast(nw.Datetime("us", "UTC")).alias("quarantined_at"),
+    )
