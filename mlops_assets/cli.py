@@ -79,6 +79,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Late events and chargebacks of a day land on later days: refresh gold once all are in.
         gold = [dg.AssetKey(["gold", "merchant_category_daily"])]
         refresh = run_days(defs, days, instance, selection=gold)
+        print(
+            f"[demo] refreshed gold for {len(refresh)} days with late events and chargebacks "
+            f"in {sum(r.seconds for r in refresh):.1f} s"
+        )
         if not all(r.success for r in refresh):
             print("[demo] the gold refresh failed: open the UI (make ui) for the run's logs")
             return 1

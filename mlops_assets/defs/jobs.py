@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets.defs.partitions import DAILY
 
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
 
 medallion_job = dg.define_asset_job(
     name="medallion_daily",
     selection=MEDALLION,
-    partitions_def=DAILY,
     description="Ingest a landing day into bronze, validate it into silver, refresh gold.",
 )
 

@@ -46,9 +46,10 @@ def run_days(
     instance: dg.DagsterInstance,
     selection: Sequence[dg.AssetKey] | None = None,
     job_name: str = "medallion_daily",
+    log_level: str = "WARNING",
 ) -> list[DayRun]:
     """Execute the partitioned job once per day, in order, stopping at the first failure."""
-    job = defs.get_job_def(job_name)
+    job = defs.resolve_job_def(job_name)
     results: list[DayRun] = []
     for day in days:
         started = datetime.datetime.now()
@@ -57,6 +58,7 @@ def run_days(
             instance=instance,
             asset_selection=list(selection) if selection else None,
             raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             tags={"mlops/launched_by": "mlops demo"},
         )
         seconds = (datetime.datetime.now() - started).total_seconds()

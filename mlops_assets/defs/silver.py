@@ -179,12 +179,11 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
     def _silver(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
         day = partition_day(context)
         now = datetime.datetime.now(datetime.UTC)
-        bronze = read_partition(lakehouse.read_uri(bronze_table), {"landing_date": day})
-        if bronze.is_empty() or SOURCE_FILE not in bronze.columns:
-            raise dg.Failure(
-                f"bronze/{source} has no records for {day}: materialize bronze/{source} for "
-                "that day first"
-            )
+        bronze_uri = lakehouse.read_uri(bronze_table)
+        if not table_exists(bronze_uri):
+            raise dg.Failure(f"{bronze_table} does not exist yet: materialize it for {day} first")
+        # A day may hold no records (no chargebacks reported that day): silver is then empty.
+        bronze = read_partition(bronze_uri, {"landing_date": day})
         valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
         valid = with_event_date(valid, spec.time_column, spec.date_column).to_native()
         uri = lakehouse.write_uri(table)

@@ -1,0 +1,1 @@
+"""Benchmarks of the project, run by `make bench` (`python -m benchmarks`)."""

@@ -1,0 +1,21 @@
+"""Run every benchmark and print its figures: `python -m benchmarks [name ...]`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ("bench_medallion",)
+
+
+def main(argv: list[str]) -> int:
+    """Run the named benchmarks (all by default)."""
+    names = argv or list(BENCHMARKS)
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""One simulated day of transactions from landing files to gold, beside the I/O floor.
+
+The floor reads the same landing files and writes their bytes, one line per row, as a Delta
+table: no parsing, validation or aggregation. The medallion figure is the Dagster job for the
+day (bronze, silver, gold and quarantine, transactions and labels) run in-process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.harness import measure, peak_mib, save
+
+DAY = datetime.date(2026, 1, 1)
+ROWS = int(os.environ.get("BENCH_MEDALLION_ROWS", "1000000"))
+
+
+def _settings(root: Path):
+    from mlops_assets.settings import load_settings
+
+    return load_settings(
+        {"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev", "MLOPS_START_DATE": DAY.isoformat()}
+    )
+
+
+def task_simulate(root: str) -> dict:
+    """Write the day's landing files."""
+    from mlops_assets.simulate import Scenario, simulate
+
+    settings = _settings(Path(root))
+    started = time.perf_counter()
+    scenario = Scenario.demo(
+        days=1,
+        start_date=DAY,
+        transactions_per_day=ROWS,
+        n_cards=max(5_000, ROWS // 5),
+        n_merchants=max(800, ROWS // 50),
+    )
+    manifests = simulate(scenario, settings.landing_root)
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in settings.landing_root.rglob("*.csv"))
+    return {
+        "seconds": seconds,
+        "lines": manifests[0].transaction_lines,
+        "landing_bytes": size,
+    }
+
+
+def task_io_floor(root: str) -> dict:
+    """Read the landing files and write their lines as a one-column Delta table."""
+    import polars as pl
+    from deltalake import write_deltalake
+
+    settings = _settings(Path(root))
+    started = time.perf_counter()
+    rows = 0
+    for source in ("transactions", "labels"):
+        frames = []
+        for path in sorted((settings.landing_root / source / DAY.isoformat()).iterdir()):
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            frames.append(pl.DataFrame({"line": text.split("\n")}))
+        lines = pl.concat(frames)
+        rows += lines.height
+        write_deltalake(
+            str(Path(root) / "floor" / source),
+            lines.to_arrow(compat_level=pl.CompatLevel.oldest()),
+            mode="overwrite",
+        )
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def task_medallion(root: str) -> dict:
+    """Run the medallion job for the day in-process on an ephemeral Dagster instance."""
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.lakehouse.delta_io import scan_table
+
+    settings = _settings(Path(root))
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def("medallion_daily")
+    with dg.DagsterInstance.ephemeral() as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance)
+        seconds = time.perf_counter() - started
+        if not result.success:
+            raise RuntimeError("the medallion job failed")
+        steps = {
+            s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
+            for s in instance.get_run_step_stats(result.run_id)
+        }
+    silver = scan_table(settings.lake_root / "silver" / "transactions").collect().height
+    return {"seconds": seconds, "steps": steps, "silver_rows": silver}
+
+
+def main() -> None:
+    """Measure simulate, the I/O floor and the medallion day; print and save the figures."""
+    with tempfile.TemporaryDirectory(prefix="bench-medallion-") as root:
+        simulated = measure("benchmarks.bench_medallion", "simulate", root)
+        floor = measure("benchmarks.bench_medallion", "io_floor", root)
+        medallion = measure("benchmarks.bench_medallion", "medallion", root)
+    lines = simulated.extra["lines"]
+    figures = {
+        "transactions": lines,
+        "landing_mib": round(simulated.extra["landing_bytes"] / 2**20, 1),
+        "simulate_s": round(simulated.seconds, 2),
+        "io_floor_s": round(floor.seconds, 2),
+        "io_floor_peak_mib": round(floor.peak_mib),
+        "medallion_s": round(medallion.seconds, 2),
+        "medallion_rows_per_s": round(lines / medallion.seconds),
+        "medallion_peak_mib": round(medallion.peak_mib),
+        "medallion_steps_s": medallion.extra["steps"],
+        "ratio_to_io_floor": round(medallion.seconds / floor.seconds, 2),
+        "goal": "ratio_to_io_floor <= 2",
+    }
+    path = save("medallion", figures)
+    print(json.dumps(figures, indent=2))
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        task = {"simulate": task_simulate, "io_floor": task_io_floor, "medallion": task_medallion}
+        report = task[sys.argv[1]](*sys.argv[2:])
+        report["peak_mib"] = peak_mib()
+        print(json.dumps(report))
+    else:
+        main()

@@ -1,0 +1,59 @@
+"""Measure a piece of work in a fresh process: wall time and peak resident memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / ".bench"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured run: what it reported, plus the process's peak memory."""
+
+    name: str
+    seconds: float
+    peak_mib: float
+    extra: dict
+
+
+def measure(module: str, task: str, *args: str) -> Measurement:
+    """Run `python -m <module> <task> <args>` in a fresh process and read its JSON report.
+
+    The task prints one JSON object on its last stdout line with at least `seconds`; peak
+    memory is the child's own maximum resident set (`ru_maxrss`), which it also reports.
+    """
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", module, task, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark task {module} {task} failed:\n{done.stderr[-4000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return Measurement(task, report.pop("seconds"), report.pop("peak_mib"), report)
+
+
+def peak_mib() -> float:
+    """Peak resident memory of this process in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save(name: str, payload: dict) -> Path:
+    """Write a benchmark's figures to `.bench/<name>.json`."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path

@@ -1,0 +1,79 @@
+import dagster as dg
+
+from mlops_assets.definitions import build_definitions
+from mlops_assets.settings import load_settings
+
+EXPECTED_ASSETS = {
+    "bronze/transactions": "bronze",
+    "bronze/labels": "bronze",
+    "silver/transactions": "silver",
+    "silver/labels": "silver",
+    "gold/merchant_category_daily": "gold",
+    "quarantine/bronze_transactions": "quarantine",
+    "quarantine/bronze_labels": "quarantine",
+    "quarantine/silver_transactions": "quarantine",
+    "quarantine/silver_labels": "quarantine",
+}
+
+
+def load(tmp_path) -> dg.Definitions:
+    return build_definitions(load_settings({"MLOPS_DATA_ROOT": str(tmp_path)}))
+
+
+def test_definitions_load_and_resolve(tmp_path):
+    defs = load(tmp_path)
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("medallion_daily") is not None
+    assert defs.resolve_schedule_def("medallion_daily_schedule") is not None
+
+
+def test_asset_graph_snapshot(tmp_path):
+    graph = load(tmp_path).resolve_asset_graph()
+    specs = {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys()}
+    assert {k: node.group_name for k, node in specs.items()} == EXPECTED_ASSETS
+    assert {
+        k: sorted(p.to_user_string() for p in node.parent_keys) for k, node in specs.items()
+    } == {
+        "bronze/transactions": [],
+        "bronze/labels": [],
+        "silver/transactions": ["bronze/transactions"],
+        "silver/labels": ["bronze/labels"],
+        "gold/merchant_category_daily": ["silver/labels", "silver/transactions"],
+        "quarantine/bronze_transactions": [],
+        "quarantine/bronze_labels": [],
+        "quarantine/silver_transactions": ["bronze/transactions"],
+        "quarantine/silver_labels": ["bronze/labels"],
+    }
+
+
+def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
+    graph = load(tmp_path).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and len(node.description) > 60, key
+        assert node.owners, key
+        assert {"polars", "delta"} <= set(node.kinds), key
+        assert node.code_version, key
+        assert node.partitions_def is not None, key
+
+
+def test_silver_contract_checks_are_blocking(tmp_path):
+    graph = load(tmp_path).resolve_asset_graph()
+    checks = {
+        (k.asset_key.to_user_string(), k.name): graph.get_check_spec(k).blocking
+        for k in graph.asset_check_keys
+    }
+    assert checks == {
+        ("bronze/transactions", "every_landing_line_accounted_for"): True,
+        ("bronze/labels", "every_landing_line_accounted_for"): True,
+        ("silver/transactions", "transaction_id_unique"): True,
+        ("silver/transactions", "required_fields_present"): True,
+        ("silver/transactions", "values_in_range"): True,
+        ("silver/transactions", "fresh"): False,
+        ("silver/transactions", "reject_share_low"): False,
+        ("silver/labels", "transaction_id_unique"): True,
+        ("silver/labels", "required_fields_present"): True,
+        ("silver/labels", "values_in_range"): True,
+        ("silver/labels", "fresh"): False,
+        ("silver/labels", "reject_share_low"): False,
+    }
