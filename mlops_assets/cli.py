@@ -37,8 +37,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifests = simulate(scenario, settings.landing_root)
     for manifest in manifests:
-        print(json.dumps(manifest.to_dict() if hasattr(manifest, "to_dict") else vars(manifest),
-                         default=str))
+        print(
+            json.dumps(
+                manifest.to_dict() if hasattr(manifest, "to_dict") else vars(manifest), default=str
+            )
+        )
     print(
         f"wrote {len(manifests)} landing days under {settings.landing_root} "
         f"in {time.perf_counter() - started:.1f} s",
@@ -72,7 +75,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         runs = run_days(defs, days, instance)
         for run in runs:
             status = "ok" if run.success else "FAILED"
-            print(f"[demo] {run.day} medallion run {run.run_id[:8]} {status} in {run.seconds:.1f} s")
+            print(
+                f"[demo] {run.day} medallion run {run.run_id[:8]} {status} in {run.seconds:.1f} s"
+            )
         if not all(r.success for r in runs) or len(runs) != len(days):
             print("[demo] a run failed: open the UI (make ui) and look at the run's logs")
             return 1
@@ -133,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--per-day", type=int, default=0, help="transactions per day (scenario default: 0)"
         )
         command.add_argument(
-            "--scenario", choices=("clean", "demo", "drifted"), default="demo",
+            "--scenario",
+            choices=("clean", "demo", "drifted"),
+            default="demo",
             help="clean data, demo (dirty data), or drifted (dirty data and drift)",
         )
 

@@ -54,7 +54,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
             raise SettingsError(
-                f"MLOPS_ENV={self.env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}"
+                f"MLOPS_ENV={self.env!r} is not an environment; "
+                f"use one of {', '.join(ENVIRONMENTS)}"
             )
 
     @property
@@ -80,7 +81,9 @@ class Settings:
     def env_root_of(self, env: str) -> Path:
         """Root of another environment, for policy-checked reads."""
         if env not in ENVIRONMENTS:
-            raise SettingsError(f"{env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}")
+            raise SettingsError(
+                f"{env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}"
+            )
         return self.data_root / env
 
 

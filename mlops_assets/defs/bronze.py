@@ -1,6 +1,5 @@
 """Bronze assets: landing files ingested as they are, unparseable lines quarantined."""
 
-
 import datetime
 
 import dagster as dg
@@ -104,9 +103,10 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
             dg.AssetSpec(
                 key=["quarantine", f"bronze_{source}"],
                 description=(
-                    f"Landing lines of {source} that could not be parsed (not UTF-8, empty, quoted, "
-                    "wrong field count, no usable header), with the raw text, the reason, the file "
-                    "and the line. Nothing is dropped: every landing line is in bronze or here."
+                    f"Landing lines of {source} that could not be parsed (not UTF-8, empty, "
+                    "quoted, wrong field count, no usable header), with the raw text, the "
+                    "reason, the file and the line. Nothing is dropped: every landing line "
+                    "is in bronze or here."
                 ),
                 group_name="quarantine",
                 owners=OWNERS,

@@ -1,6 +1,5 @@
 """Gold assets: business tables for analysts."""
 
-
 import dagster as dg
 import narwhals as nw
 import polars as pl

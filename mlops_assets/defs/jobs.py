@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
 
 medallion_job = dg.define_asset_job(

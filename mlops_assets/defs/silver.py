@@ -1,6 +1,5 @@
 """Silver assets: typed, validated, deduplicated transactions and labels, with blocking checks."""
 
-
 import datetime
 from dataclasses import dataclass
 
@@ -265,18 +264,16 @@ def _check_results(
     rows, unique = stats.collect().row(0)
     nulls = {
         name: int(count)
-        for name, count in silver.select(
-            pl.col(list(contract.required)).null_count()
-        ).row(0, named=True).items()
+        for name, count in silver.select(pl.col(list(contract.required)).null_count())
+        .row(0, named=True)
+        .items()
         if count
     }
     landing_start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
     times = silver.get_column(spec.time_column)
     out_of_range = 0
     for name in contract.decimals:
-        out_of_range += silver.filter(
-            (pl.col(name) <= 0) | (pl.col(name) > MAX_AMOUNT)
-        ).height
+        out_of_range += silver.filter((pl.col(name) <= 0) | (pl.col(name) > MAX_AMOUNT)).height
     earliest_allowed = landing_start - datetime.timedelta(days=MAX_LATENESS_DAYS)
     latest_allowed = landing_start + datetime.timedelta(days=1, hours=MAX_SKEW_HOURS)
     out_of_range += silver.filter(
@@ -319,7 +316,11 @@ def _check_results(
             asset_key=key,
             passed=share <= MAX_REJECT_SHARE,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"reject_share": share, "rejected": rejected, "bronze_records": bronze_records},
+            metadata={
+                "reject_share": share,
+                "rejected": rejected,
+                "bronze_records": bronze_records,
+            },
         ),
     ]
 

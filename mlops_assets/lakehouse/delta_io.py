@@ -1,4 +1,4 @@
-"""Delta table I/O on delta-rs: partition replacement by explicit predicate, schema policy, metadata."""
+"""Delta table I/O on delta-rs: partition replacement by explicit predicate, schema policy."""
 
 from __future__ import annotations
 
@@ -178,7 +178,8 @@ def check_schema(
     changed = [
         f"{name}: {_comparable(have[name])} -> {_comparable(new[name])}"
         for name in new
-        if name in have and _comparable(have[name]) != _comparable(new[name])
+        if name in have
+        and _comparable(have[name]) != _comparable(new[name])
         and not pa.types.is_null(new[name])
     ]
     problems = []
@@ -198,14 +199,13 @@ def check_schema(
     return added, missing
 
 
-def _conform(
-    data: pa.Table, existing: pa.Schema, missing: Sequence[str]
-) -> pa.Table:
+def _conform(data: pa.Table, existing: pa.Schema, missing: Sequence[str]) -> pa.Table:
     # Columns the incoming data lacks are written as typed nulls; the order follows the table
     # so that Delta's schema stays stable, new columns go last.
     for name in missing:
         data = data.append_column(
-            existing.field(name).with_nullable(True), pa.nulls(data.num_rows, existing.field(name).type)
+            existing.field(name).with_nullable(True),
+            pa.nulls(data.num_rows, existing.field(name).type),
         )
     order = [f.name for f in existing] + [n for n in data.column_names if n not in existing.names]
     data = data.select(order)

@@ -34,8 +34,9 @@ def lake_summary(settings: Settings) -> list[TableSummary]:
             if table_exists(path):
                 delta = DeltaTable(str(path))
                 rows.append(
-                    TableSummary(f"{layer}/{path.name}", str(path), delta.version(),
-                                 table_row_count(delta))
+                    TableSummary(
+                        f"{layer}/{path.name}", str(path), delta.version(), table_row_count(delta)
+                    )
                 )
     return rows
 
@@ -46,12 +47,11 @@ def print_summary(tables: Sequence[TableSummary], manifests: Sequence[Any] = ())
     for table in tables:
         print(f"  {table.name:36s} v{table.version:<4d} {table.rows:>10,d} rows  {table.uri}")
     if manifests:
-        injected = sum(
-            m.malformed + m.wrong_type + m.missing_field for m in manifests
-        )
+        injected = sum(m.malformed + m.wrong_type + m.missing_field for m in manifests)
         quarantined = sum(
-            t.rows for t in tables if t.name in ("quarantine/bronze_transactions",
-                                                 "quarantine/silver_transactions")
+            t.rows
+            for t in tables
+            if t.name in ("quarantine/bronze_transactions", "quarantine/silver_transactions")
         )
         print(
             f"[demo] the simulator injected {injected:,} bad transaction lines; "

@@ -16,7 +16,9 @@ REASON = "reason"
 COLUMN = "column"
 
 
-def split_lines(lines: FrameT, header: Sequence[str], separator: str = ",") -> tuple[FrameT, FrameT]:
+def split_lines(
+    lines: FrameT, header: Sequence[str], separator: str = ","
+) -> tuple[FrameT, FrameT]:
     """Split landing lines into one string column per header field.
 
     A line is rejected, with a reason, when it is not valid UTF-8 (`raw` is null), is empty,

@@ -55,7 +55,8 @@ def to_quarantine(
                         .otherwise(
                             nw.concat_str(
                                 nw.lit(f'"{f}":"'),
-                                nw.col(f).str.replace_all("\\", "\\\\", literal=True)
+                                nw.col(f)
+                                .str.replace_all("\\", "\\\\", literal=True)
                                 .str.replace_all('"', '\\"', literal=True),
                                 nw.lit('"'),
                             )

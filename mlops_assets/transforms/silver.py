@@ -1,4 +1,4 @@
-"""Silver: type and validate bronze records, reject the invalid with a reason, drop re-sent events."""
+"""Silver: type and validate bronze records, reject the invalid with a reason, drop re-sends."""
 
 from __future__ import annotations
 
@@ -273,9 +273,7 @@ def deduplicate(valid: FrameT, key: str, known_keys: FrameT) -> tuple[FrameT, in
     Returns:
         `(unique, duplicates_in_batch, duplicates_of_other_partitions)`.
     """
-    first = valid.filter(
-        nw.col(key).is_first_distinct().over(order_by=[SOURCE_FILE, LINE_NUMBER])
-    )
+    first = valid.filter(nw.col(key).is_first_distinct().over(order_by=[SOURCE_FILE, LINE_NUMBER]))
     unique = first.join(known_keys.select(key).unique(), on=key, how="anti")
     in_batch = len(valid) - len(first)
     of_others = len(first) - len(unique)

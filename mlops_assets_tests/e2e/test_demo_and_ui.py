@@ -26,21 +26,35 @@ def env_for(data_root: Path) -> dict[str, str]:
 
 def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     env = env_for(tmp_path)
-    first = subprocess.run([*MLOPS, "demo", "--days", "7"], env=env, cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        [*MLOPS, "demo", "--days", "7"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
     assert "in quarantine with a reason" in first.stdout
     lake = tmp_path / "dev" / "lake"
     silver = pl.read_delta(str(lake / "silver" / "transactions"))
     assert silver.get_column("landing_date").n_unique() == 7
     assert silver.get_column("transaction_id").is_duplicated().sum() == 0
-    tables = subprocess.run([*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    second = subprocess.run([*MLOPS, "demo", "--days", "7"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    tables = subprocess.run(
+        [*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    second = subprocess.run(
+        [*MLOPS, "demo", "--days", "7"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    again = subprocess.run([*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout
+    again = subprocess.run(
+        [*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
 
     def rows(listing: str) -> dict[str, str]:
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}

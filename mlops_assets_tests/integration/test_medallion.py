@@ -10,7 +10,7 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.runner import run_days
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.settings import load_settings
-from mlops_assets.simulate import DirtyData, Scenario, simulate
+from mlops_assets.simulate import Scenario, simulate
 
 START = datetime.date(2026, 1, 1)
 DAYS = [START + datetime.timedelta(days=i) for i in range(4)]
@@ -26,7 +26,9 @@ def lake(tmp_path_factory):
     with dg.DagsterInstance.ephemeral() as instance:
         runs = run_days(defs, DAYS, instance)
         assert [r.success for r in runs] == [True] * len(DAYS)
-        gold = run_days(defs, DAYS, instance, selection=[dg.AssetKey(["gold", "merchant_category_daily"])])
+        gold = run_days(
+            defs, DAYS, instance, selection=[dg.AssetKey(["gold", "merchant_category_daily"])]
+        )
         assert all(r.success for r in gold)
         yield settings, defs, instance, manifests
 
@@ -46,9 +48,15 @@ def counts(settings) -> dict[str, int]:
 def test_every_table_is_built(lake):
     settings, *_ = lake
     assert set(counts(settings)) == {
-        "bronze/transactions", "bronze/labels", "silver/transactions", "silver/labels",
-        "gold/merchant_category_daily", "quarantine/bronze_transactions",
-        "quarantine/bronze_labels", "quarantine/silver_transactions", "quarantine/silver_labels",
+        "bronze/transactions",
+        "bronze/labels",
+        "silver/transactions",
+        "silver/labels",
+        "gold/merchant_category_daily",
+        "quarantine/bronze_transactions",
+        "quarantine/bronze_labels",
+        "quarantine/silver_transactions",
+        "quarantine/silver_labels",
     }
 
 
@@ -57,8 +65,11 @@ def test_every_bad_landing_line_is_quarantined_with_a_reason(lake):
     bronze_q = table(settings, "quarantine", "bronze_transactions")
     silver_q = table(settings, "quarantine", "silver_transactions")
     for manifest in manifests:
-        day = manifest.date if isinstance(manifest.date, datetime.date) else \
-            datetime.date.fromisoformat(str(manifest.date))
+        day = (
+            manifest.date
+            if isinstance(manifest.date, datetime.date)
+            else datetime.date.fromisoformat(str(manifest.date))
+        )
         at_bronze = bronze_q.filter(pl.col("landing_date") == day).height
         at_silver = silver_q.filter(pl.col("landing_date") == day).height
         assert at_bronze == manifest.malformed, day
@@ -76,8 +87,11 @@ def test_no_landing_line_is_lost(lake):
     for manifest in manifests:
         day = datetime.date.fromisoformat(str(manifest.date))
         lines = manifest.transaction_lines
-        assert bronze.filter(pl.col("landing_date") == day).height + \
-            bronze_q.filter(pl.col("landing_date") == day).height == lines
+        assert (
+            bronze.filter(pl.col("landing_date") == day).height
+            + bronze_q.filter(pl.col("landing_date") == day).height
+            == lines
+        )
 
 
 def test_silver_holds_each_transaction_once_including_duplicates_across_days(lake):

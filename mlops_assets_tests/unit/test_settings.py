@@ -41,8 +41,9 @@ def test_writes_stay_in_the_active_environment_and_reads_follow_the_policy(tmp_p
     with pytest.raises(AccessDeniedError, match="'prod' may not read 'dev'"):
         prod.uri_for_read(table, "dev")
     with pytest.raises(AccessDeniedError, match="'staging' may not read 'prod'"):
-        Catalog(load_settings({"MLOPS_ENV": "staging", "MLOPS_DATA_ROOT": str(tmp_path)}))\
-            .uri_for_read(table, "prod")
+        Catalog(
+            load_settings({"MLOPS_ENV": "staging", "MLOPS_DATA_ROOT": str(tmp_path)})
+        ).uri_for_read(table, "prod")
 
 
 def test_table_refs_refuse_unknown_layers_and_paths():

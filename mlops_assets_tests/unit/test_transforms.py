@@ -85,8 +85,9 @@ def test_split_lines_keeps_values_as_strings_and_rejects_with_reasons():
     ],
 )
 def test_validate_rejects_each_problem_naming_the_column(change, column, reason):
-    valid, rejected = validate(bronze([GOOD, {**GOOD, "transaction_id": "t2", **change}]),
-                               TRANSACTIONS, "landing_date")
+    valid, rejected = validate(
+        bronze([GOOD, {**GOOD, "transaction_id": "t2", **change}]), TRANSACTIONS, "landing_date"
+    )
     assert valid["transaction_id"].to_list() == ["t1"]
     assert rejected["transaction_id"].to_list() == ["t2"]
     assert rejected["column"].item() == column
@@ -121,12 +122,27 @@ def test_validate_fills_contract_columns_a_source_does_not_send():
 
 def test_labels_parse_booleans_and_refuse_other_values():
     rows = [
-        {"transaction_id": "t1", "card_id": "c", "reported_at": "2026-01-02T01:00:00Z",
-         "chargeback_reason": "fraud_card_not_present", "is_fraud": "1"},
-        {"transaction_id": "t2", "card_id": "c", "reported_at": "2026-01-02T01:00:00Z",
-         "chargeback_reason": "duplicate_processing", "is_fraud": "false"},
-        {"transaction_id": "t3", "card_id": "c", "reported_at": "2026-01-02T01:00:00Z",
-         "chargeback_reason": "x", "is_fraud": "maybe"},
+        {
+            "transaction_id": "t1",
+            "card_id": "c",
+            "reported_at": "2026-01-02T01:00:00Z",
+            "chargeback_reason": "fraud_card_not_present",
+            "is_fraud": "1",
+        },
+        {
+            "transaction_id": "t2",
+            "card_id": "c",
+            "reported_at": "2026-01-02T01:00:00Z",
+            "chargeback_reason": "duplicate_processing",
+            "is_fraud": "false",
+        },
+        {
+            "transaction_id": "t3",
+            "card_id": "c",
+            "reported_at": "2026-01-02T01:00:00Z",
+            "chargeback_reason": "x",
+            "is_fraud": "maybe",
+        },
     ]
     valid, rejected = validate(bronze(rows), LABELS, "landing_date")
     assert valid["is_fraud"].to_list() == [True, False]
@@ -149,13 +165,20 @@ def test_deduplicate_keeps_the_first_copy_and_drops_keys_known_elsewhere():
 def test_quarantine_rows_keep_the_record_as_json_text():
     rejects = nw.from_native(
         pl.DataFrame(
-            {"_source_file": ["f"], "_line_number": [3], "reason": ["bad"], "column": ["a"],
-             "a": ['say "hi"'], "b": [None]},
+            {
+                "_source_file": ["f"],
+                "_line_number": [3],
+                "reason": ["bad"],
+                "column": ["a"],
+                "a": ['say "hi"'],
+                "b": [None],
+            },
             schema_overrides={"b": pl.String},
         )
     )
-    rows = to_quarantine(rejects, stage="silver", landing_date=DAY, quarantined_at=INGESTED,
-                         raw_fields=["a", "b"])
+    rows = to_quarantine(
+        rejects, stage="silver", landing_date=DAY, quarantined_at=INGESTED, raw_fields=["a", "b"]
+    )
     assert tuple(rows.columns) == QUARANTINE_COLUMNS
     row = rows.to_native().row(0, named=True)
     assert row["raw"] == '{"a":"say \\"hi\\"","b":null}'
@@ -166,8 +189,9 @@ def test_merchant_category_daily_counts_volume_amount_and_known_fraud():
     transactions = pl.DataFrame(
         {
             "transaction_id": ["t1", "t2", "t3", "t4"],
-            "event_time": [datetime.datetime(2026, 1, 2, h, tzinfo=datetime.UTC) for h in
-                           (1, 2, 3, 4)],
+            "event_time": [
+                datetime.datetime(2026, 1, 2, h, tzinfo=datetime.UTC) for h in (1, 2, 3, 4)
+            ],
             "card_id": ["c1", "c1", "c2", "c3"],
             "merchant_category": ["grocery", "grocery", "grocery", "travel"],
             "amount": [10.0, 20.0, 30.0, 400.0],

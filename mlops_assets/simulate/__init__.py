@@ -1,0 +1,57 @@
+"""Seeded, deterministic card-transaction simulator that feeds the landing zone."""
+
+from mlops_assets.simulate.generator import (
+    ADDED_COLUMN,
+    CATEGORIES,
+    CHANNELS,
+    CHARGEBACK_REASONS,
+    COUNTRIES,
+    DEVICE_TYPES,
+    ENTRY_MODES,
+    LABEL_COLUMNS,
+    NEW_CATEGORIES,
+    REQUIRED_COLUMNS,
+    TIMESTAMP_FORMAT,
+    TRANSACTION_COLUMNS,
+    DayBatch,
+    clear_caches,
+    generate_day,
+    transaction_columns,
+)
+from mlops_assets.simulate.landing import (
+    DayManifest,
+    label_file,
+    manifest_file,
+    simulate,
+    transaction_file,
+    write_day,
+)
+from mlops_assets.simulate.scenario import DirtyData, Drift, Scenario
+
+__all__ = [
+    "ADDED_COLUMN",
+    "CATEGORIES",
+    "CHANNELS",
+    "CHARGEBACK_REASONS",
+    "COUNTRIES",
+    "DEVICE_TYPES",
+    "ENTRY_MODES",
+    "LABEL_COLUMNS",
+    "NEW_CATEGORIES",
+    "REQUIRED_COLUMNS",
+    "TIMESTAMP_FORMAT",
+    "TRANSACTION_COLUMNS",
+    "DayBatch",
+    "DayManifest",
+    "DirtyData",
+    "Drift",
+    "Scenario",
+    "clear_caches",
+    "generate_day",
+    "label_file",
+    "manifest_file",
+    "simulate",
+    "transaction_columns",
+    "transaction_file",
+    "write_day",
+]
