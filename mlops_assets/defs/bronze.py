@@ -12,7 +12,7 @@ from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, write_partition
 from mlops_assets.lakehouse.landing import day_files, read_landing_file
-from mlops_assets.transforms.bronze import RAW, REASON, split_lines
+from mlops_assets.transforms.bronze import REASON, UTF8, split_lines
 from mlops_assets.transforms.quarantine import to_quarantine
 
 SOURCES = ("transactions", "labels")
@@ -50,11 +50,7 @@ def ingest_day(
         if landing.header_problem:
             # A file without a usable header cannot be split: every line goes to quarantine.
             rejects.append(
-                landing.lines.select(
-                    pl.exclude("raw", "raw_text"),
-                    pl.col("raw_text").alias(RAW),
-                    pl.lit(landing.header_problem).alias(REASON),
-                )
+                landing.lines.select(pl.exclude(UTF8), pl.lit(landing.header_problem).alias(REASON))
             )
             continue
         good, bad = split_lines(nw.from_native(landing.lines), landing.header)

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import re
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -272,16 +279,9 @@ def write_partition(
             )
         added, missing = check_schema(existing_schema, arrow.schema, policy, name)
         arrow = _conform(arrow, existing_schema, missing)
-        write_deltalake(
-            delta,
-            arrow,
-            mode="overwrite",
-            predicate=partition_predicate(partition),
-            schema_mode="merge" if added else None,
-        )
+        commit_files(uri, arrow, partition, partition_by, delta)
     else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        write_deltalake(uri, arrow, mode="error", partition_by=partition_by)
+        commit_files(uri, arrow, partition, partition_by, None)
     return describe_write(uri, rows_written=arrow.num_rows, partition=partition, added=added)
 
 
@@ -302,11 +302,135 @@ def overwrite_table(
         existing_schema = _arrow_schema(delta)
         added, missing = check_schema(existing_schema, arrow.schema, policy, name)
         arrow = _conform(arrow, existing_schema, missing)
-        write_deltalake(delta, arrow, mode="overwrite", schema_mode="merge" if added else None)
+        commit_files(uri, arrow, {}, [], delta)
     else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        write_deltalake(uri, arrow, mode="error")
+        commit_files(uri, arrow, {}, [], None)
     return describe_write(uri, rows_written=arrow.num_rows, partition={}, added=added)
+
+
+def _partition_text(value: PartitionValue) -> str:
+    return value.isoformat() if isinstance(value, datetime.date) else str(value)
+
+
+# Delta statistics keep strings up to this length; longer ones get no min/max, because a
+# truncated maximum would be smaller than the real one and let readers skip matching files.
+_MAX_STAT_STRING = 32
+
+
+def file_statistics(frame: pl.DataFrame) -> dict[str, Any]:
+    """Delta file statistics (`numRecords`, `minValues`, `maxValues`, `nullCount`) of a frame.
+
+    Min/max are given for numbers, dates, UTC timestamps (to the millisecond, widened so the
+    range still holds every value) and short strings; other columns get null counts only.
+    """
+    stats: dict[str, Any] = {
+        "numRecords": frame.height,
+        "minValues": {},
+        "maxValues": {},
+        "nullCount": {},
+    }
+    if frame.width == 0:
+        return stats
+    summary = frame.select(
+        pl.all().null_count().name.suffix("\x00n"),
+        *[
+            expr
+            for name, dtype in frame.schema.items()
+            if _has_bounds(dtype)
+            for expr in (
+                pl.col(name).min().alias(f"{name}\x00min"),
+                pl.col(name).max().alias(f"{name}\x00max"),
+            )
+        ],
+        *[
+            pl.col(name).str.len_bytes().max().alias(f"{name}\x00len")
+            for name, dtype in frame.schema.items()
+            if dtype == pl.String
+        ],
+    ).row(0, named=True)
+    for name, dtype in frame.schema.items():
+        stats["nullCount"][name] = int(summary[f"{name}\x00n"])
+        if not _has_bounds(dtype):
+            continue
+        low, high = summary[f"{name}\x00min"], summary[f"{name}\x00max"]
+        if low is None or high is None:
+            continue
+        if dtype == pl.String and (summary[f"{name}\x00len"] or 0) > _MAX_STAT_STRING:
+            continue
+        if isinstance(low, float) and not (math.isfinite(low) and math.isfinite(high)):
+            continue
+        if isinstance(low, datetime.datetime):
+            low = low.replace(microsecond=low.microsecond // 1000 * 1000)
+            if high.microsecond % 1000:
+                high = high.replace(microsecond=high.microsecond // 1000 * 1000)
+                high += datetime.timedelta(milliseconds=1)
+            low = low.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            high = high.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        elif isinstance(low, datetime.date):
+            low, high = low.isoformat(), high.isoformat()
+        stats["minValues"][name] = low
+        stats["maxValues"][name] = high
+    return stats
+
+
+def _has_bounds(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.Datetime):
+        return dtype.time_zone is not None
+    return dtype.is_numeric() or dtype in (pl.Date, pl.String)
+
+
+def commit_files(
+    uri: str,
+    data: pa.Table,
+    partition: Mapping[str, PartitionValue],
+    partition_by: Sequence[str],
+    delta: DeltaTable | None,
+) -> None:
+    """Write `data` as a Parquet file in the table folder, then commit it in one transaction.
+
+    With a partition, the commit replaces exactly that partition's files (a partition filter);
+    without, it replaces the whole table. Until the commit, readers see the previous version;
+    a crash before it leaves only an unreferenced file, which `vacuum` removes.
+
+    polars writes the Parquet file (several times faster here than delta-rs' own writer) and
+    the file's statistics are computed alongside, so readers keep file skipping.
+    """
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    content = frame.drop(list(partition_by))
+    folder = "/".join(
+        f"{column}={quote(_partition_text(partition[column]), safe='')}" for column in partition_by
+    )
+    actions: list[AddAction] = []
+    if frame.height:
+        relative = (folder + "/" if folder else "") + f"part-00000-{uuid.uuid4()}-c000.parquet"
+        path = Path(uri) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content.write_parquet(path, compression="lz4", statistics=True)
+        actions.append(
+            AddAction(
+                path=relative,
+                size=path.stat().st_size,
+                partition_values={c: _partition_text(partition[c]) for c in partition_by},
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=json.dumps(file_statistics(content)),
+            )
+        )
+    schema = DeltaSchema.from_arrow(data.schema)
+    if delta is None:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        create_table_with_add_actions(
+            uri, schema, actions, mode="error", partition_by=list(partition_by) or None
+        )
+        return
+    delta.create_write_transaction(
+        actions,
+        mode="overwrite",
+        schema=schema,
+        partition_by=list(partition_by) or None,
+        partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by] or None,
+    )
 
 
 def describe_write(

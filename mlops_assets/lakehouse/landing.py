@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
+from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, RAW, SOURCE_FILE, UTF8
 
-REPLACEMENT = "\ufffd"
+REPLACEMENT = "\ufffd"  # what an undecodable byte sequence reads as
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,9 @@ class LandingFile:
         relative: Its path relative to the landing root (what lineage records).
         header: Field names from the first line (empty when the file has no usable header).
         header_problem: Why the header is unusable, or None.
-        lines: Frame with `raw` (null when not UTF-8), `raw_text`, `_source_file`,
-            `_line_number` (1-based, the header is line 1) and `_ingested_at`.
+        lines: Frame with `raw` (the line as text, undecodable bytes replaced), `_utf8` (whether
+            the line's bytes are valid UTF-8), `_source_file`, `_line_number` (1-based, the
+            header is line 1) and `_ingested_at`.
     """
 
     path: Path
@@ -31,6 +34,37 @@ class LandingFile:
     header: tuple[str, ...]
     header_problem: str | None
     lines: pl.DataFrame
+
+
+_decode_errors = threading.local()
+
+
+def _record_decode_error(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)
+    _decode_errors.offsets.append(error.start)
+    return REPLACEMENT, error.end
+
+
+codecs.register_error("mlops_landing_record", _record_decode_error)
+
+
+def _decode(data: bytes) -> tuple[str, list[int]]:
+    """Decode UTF-8, replacing bad bytes, and return where each bad sequence started."""
+    # The error handler runs only for bad bytes, so clean files decode at C speed.
+    _decode_errors.offsets = []
+    text = data.decode("utf-8", errors="mlops_landing_record")
+    return text, _decode_errors.offsets
+
+
+def _lines_at(data: bytes, offsets: list[int]) -> set[int]:
+    """0-based line numbers holding the given byte offsets."""
+    lines: set[int] = set()
+    line, previous = 0, 0
+    for offset in sorted(offsets):
+        line += data.count(b"\n", previous, offset)
+        previous = offset
+        lines.add(line)
+    return lines
 
 
 def day_files(landing_root: Path, source: str, day: datetime.date) -> list[Path]:
@@ -44,7 +78,7 @@ def day_files(landing_root: Path, source: str, day: datetime.date) -> list[Path]
 def read_landing_file(
     path: Path, landing_root: Path, ingested_at: datetime.datetime
 ) -> LandingFile:
-    """Read a landing file into raw lines; undecodable lines are kept, marked by a null `raw`.
+    """Read a landing file into raw lines; undecodable lines are kept, marked as not UTF-8.
 
     Args:
         path: The file.
@@ -55,48 +89,33 @@ def read_landing_file(
         The file's header and lines.
     """
     data = path.read_bytes()
-    text = data.decode("utf-8", errors="replace")
+    text, bad_offsets = _decode(data)
     text_lines = text.split("\n")
     if text_lines and text_lines[-1] == "":
         text_lines.pop()  # the file's final newline ends the last line, it starts none
-    raw_lines: list[str | None] = [line.removesuffix("\r") for line in text_lines]
-    if REPLACEMENT in text:
-        # Only lines showing a replacement character can be undecodable; check those bytes.
-        byte_lines = data.split(b"\n")
-        for index, line in enumerate(raw_lines):
-            if line is not None and REPLACEMENT in line:
-                try:
-                    byte_lines[index].decode("utf-8")
-                except UnicodeDecodeError:
-                    raw_lines[index] = None
+    invalid = _lines_at(data, bad_offsets)
     relative = path.relative_to(landing_root).as_posix()
     header: tuple[str, ...] = ()
     problem: str | None = None
-    if not raw_lines:
+    if not text_lines:
         problem = "file is empty"
+    elif 0 in invalid:
+        problem = "header line is not valid UTF-8"
     else:
-        header_line = raw_lines[0]
-        if header_line is None:
-            problem = "header line is not valid UTF-8"
-        else:
-            header = tuple(name.strip() for name in header_line.split(","))
-            if any(not name for name in header):
-                problem = f"header {header_line!r} has an empty column name"
-            elif len(set(header)) != len(header):
-                problem = f"header {header_line!r} repeats a column name"
-        if problem:
-            header = ()
-    first_data_line = 1 if problem else 2
-    body = raw_lines if problem else raw_lines[1:]
-    body_text = text_lines if problem else text_lines[1:]
-    lines = pl.DataFrame(
-        {
-            "raw": pl.Series(body, dtype=pl.String),
-            "raw_text": pl.Series(body_text, dtype=pl.String),
-        }
-    ).with_columns(
+        header = tuple(name.strip() for name in text_lines[0].removesuffix("\r").split(","))
+        if any(not name for name in header):
+            problem = f"header {text_lines[0]!r} has an empty column name"
+        elif len(set(header)) != len(header):
+            problem = f"header {text_lines[0]!r} repeats a column name"
+    if problem:
+        header = ()
+    first = 0 if problem else 1
+    raw = pl.Series(RAW, text_lines[first:], dtype=pl.String).str.strip_suffix("\r")
+    body_invalid = pl.Series([i - first for i in sorted(invalid) if i >= first], dtype=pl.Int64)
+    lines = raw.to_frame().with_columns(
+        ~pl.int_range(pl.len(), dtype=pl.Int64).is_in(body_invalid.implode()).alias(UTF8),
         pl.lit(relative).alias(SOURCE_FILE),
-        (pl.int_range(pl.len(), dtype=pl.Int64) + first_data_line).alias(LINE_NUMBER),
+        (pl.int_range(pl.len(), dtype=pl.Int64) + first + 1).alias(LINE_NUMBER),
         pl.lit(ingested_at).cast(pl.Datetime("us", "UTC")).alias(INGESTED_AT),
     )
     return LandingFile(path, relative, header, problem, lines)

@@ -1,14 +1,15 @@
 import datetime
 
 import polars as pl
-import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 
 from mlops_assets.lakehouse.delta_io import (
     PartitionMismatchError,
     SchemaChangeError,
     SchemaPolicy,
+    file_statistics,
     partition_predicate,
     read_partition,
     scan_table,
@@ -35,6 +36,7 @@ def test_rewriting_one_partition_leaves_the_others_intact(tmp_path):
     for day, n in ((DAY1, 5), (DAY2, 7), (DAY3, 3)):
         write_partition(uri, day_frame(day, n), {"landing_date": day})
     before = scan_table(uri).filter(pl.col("landing_date") != DAY2).collect().sort("id")
+    files_before = files_by_partition(uri)
 
     result = write_partition(uri, day_frame(DAY2, 2, start=100), {"landing_date": DAY2})
 
@@ -48,10 +50,20 @@ def test_rewriting_one_partition_leaves_the_others_intact(tmp_path):
     assert result.table_rows == 5 + 2 + 3
     assert result.version == 3
     assert result.partition == {"landing_date": "2026-01-02"}
-    # The commit removed only DAY2's files.
-    operation = DeltaTable(uri).history(1)[0]
-    assert operation["operation"] == "WRITE"
-    assert "2026-01-02" in operation["operationParameters"]["predicate"]
+    # The commit replaced DAY2's files and kept every other file as it was.
+    files_after = files_by_partition(uri)
+    assert files_after["2026-01-01"] == files_before["2026-01-01"]
+    assert files_after["2026-01-03"] == files_before["2026-01-03"]
+    assert not files_after["2026-01-02"] & files_before["2026-01-02"]
+    assert DeltaTable(uri).history(1)[0]["operation"] == "WRITE"
+
+
+def files_by_partition(uri: str) -> dict[str, set[str]]:
+    actions = pl.DataFrame(DeltaTable(uri).get_add_actions(flatten=True))
+    out: dict[str, set[str]] = {}
+    for row in actions.iter_rows(named=True):
+        out.setdefault(str(row["partition.landing_date"]), set()).add(row["path"])
+    return out
 
 
 def test_rewriting_a_partition_with_the_same_rows_changes_no_counts(tmp_path):
@@ -72,30 +84,79 @@ def test_an_empty_partition_write_clears_only_that_partition(tmp_path):
     assert read_partition(uri, {"landing_date": DAY1}).height == 0
 
 
-def test_a_crash_mid_write_leaves_the_table_at_its_previous_version(tmp_path):
+@pytest.mark.parametrize("crash_at", ["file", "commit"])
+def test_a_crash_mid_write_leaves_the_table_at_its_previous_version(
+    tmp_path, monkeypatch, crash_at
+):
     uri = str(tmp_path / "t")
     write_partition(uri, day_frame(DAY1, 5), {"landing_date": DAY1})
     write_partition(uri, day_frame(DAY2, 5), {"landing_date": DAY2})
     version = table_version(uri)
     content = scan_table(uri).collect().sort("id")
 
-    replacement = day_frame(DAY2, 1000, start=500).to_arrow(compat_level=pl.CompatLevel.oldest())
-    batches = replacement.to_batches(max_chunksize=100)
+    if crash_at == "file":
+        # The process dies while the Parquet file is half written.
+        def crash(frame, path, **kwargs):
+            with open(path, "wb") as half:
+                half.write(b"PAR1" + b"\0" * 100)
+            raise RuntimeError("writer killed mid-write")
 
-    def crashing():
-        for index, batch in enumerate(batches):
-            if index == 3:
-                raise RuntimeError("writer killed mid-write")
-            yield batch
+        monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
+    else:
+        # The file is complete but the process dies before the commit.
+        def crash(self, *args, **kwargs):
+            raise RuntimeError("writer killed mid-write")
 
-    reader = pa.RecordBatchReader.from_batches(replacement.schema, crashing())
-    with pytest.raises(Exception, match="writer killed mid-write"):
-        write_deltalake(
-            uri, reader, mode="overwrite", predicate=partition_predicate({"landing_date": DAY2})
-        )
+        monkeypatch.setattr(DeltaTable, "create_write_transaction", crash)
+    with pytest.raises(RuntimeError, match="writer killed mid-write"):
+        write_partition(uri, day_frame(DAY2, 1000, start=500), {"landing_date": DAY2})
+    monkeypatch.undo()
 
     assert table_version(uri) == version
     assert scan_table(uri).collect().sort("id").equals(content)
+    # The next write succeeds and the stray file is never read.
+    write_partition(uri, day_frame(DAY2, 3, start=900), {"landing_date": DAY2})
+    assert scan_table(uri).collect().height == 8
+
+
+def test_file_statistics_bound_every_value_and_skip_long_strings():
+    frame = pl.DataFrame(
+        {
+            "at": [
+                datetime.datetime(2026, 1, 1, 10, 0, 0, 123456, tzinfo=datetime.UTC),
+                datetime.datetime(2026, 1, 1, 11, 0, 0, 999999, tzinfo=datetime.UTC),
+            ],
+            "short": ["a", "b"],
+            "long": ["x" * 40, "y"],
+            "amount": [1.5, None],
+            "day": [DAY1, DAY2],
+            "flag": [True, False],
+        }
+    )
+    stats = file_statistics(frame)
+    assert stats["numRecords"] == 2
+    assert stats["minValues"] == {
+        "at": "2026-01-01T10:00:00.123Z",
+        "short": "a",
+        "amount": 1.5,
+        "day": "2026-01-01",
+    }
+    # The maximum is widened to the next millisecond, never truncated below a real value.
+    assert stats["maxValues"]["at"] == "2026-01-01T11:00:01.000Z"
+    assert "long" not in stats["maxValues"] and "flag" not in stats["maxValues"]
+    assert stats["nullCount"] == {"at": 0, "short": 0, "long": 0, "amount": 1, "day": 0, "flag": 0}
+
+
+def test_readers_skip_files_by_statistics_and_still_find_every_match(tmp_path):
+    uri = str(tmp_path / "t")
+    for day in (DAY1, DAY2, DAY3):
+        frame = day_frame(day, 4).with_columns(pl.lit(day).alias("event_date"))
+        write_partition(uri, frame, {"landing_date": day})
+    found = scan_table(uri).filter(pl.col("event_date") == DAY2).collect()
+    assert found["id"].to_list() == [f"{DAY2}-{i}" for i in range(4)]
+    dataset = DeltaTable(uri).to_pyarrow_dataset()
+    fragments = list(dataset.get_fragments(filter=pc.field("event_date") == DAY2))
+    assert len(fragments) == 1
 
 
 def test_rows_outside_the_partition_are_refused(tmp_path):

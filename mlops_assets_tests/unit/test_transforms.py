@@ -42,18 +42,20 @@ def lines(raw: list[str | None]) -> nw.DataFrame:
     return nw.from_native(
         pl.DataFrame(
             {
-                "raw": pl.Series(raw, dtype=pl.String),
-                "raw_text": [r if r is not None else "\ufffd" for r in raw],
+                "raw": [r if r is not None else "ab\ufffd" for r in raw],
+                "_utf8": [r is not None for r in raw],
                 "_line_number": list(range(2, len(raw) + 2)),
             }
         )
     )
 
 
-def test_split_lines_keeps_values_as_strings_and_rejects_with_reasons():
-    records, rejects = split_lines(
-        lines(["a,b,c", "a,b", None, "", 'x,"y",z', "1,,3", "1,2,3,4"]), ["p", "q", "r"]
-    )
+LINES = ["a,b,c", "a,b", None, "", 'x,"y",z', "1,,3", "1,2,3,4"]
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_split_lines_keeps_values_as_strings_and_rejects_with_reasons(portable):
+    records, rejects = split_lines(lines(LINES), ["p", "q", "r"], portable=portable)
     assert records.to_native().to_dicts() == [
         {"p": "a", "q": "b", "r": "c", "_line_number": 2},
         {"p": "1", "q": "", "r": "3", "_line_number": 7},
@@ -66,7 +68,15 @@ def test_split_lines_keeps_values_as_strings_and_rejects_with_reasons():
         6: "line holds a quote character; quoted CSV fields are not accepted",
         8: "expected 3 fields, found 4",
     }
-    assert rejects.filter(nw.col("_line_number") == 4)["raw"].item() == "\ufffd"
+    assert rejects.filter(nw.col("_line_number") == 4)["raw"].item() == "ab\ufffd"
+
+
+def test_fast_and_portable_line_splitting_agree():
+    many = LINES * 50 + [",".join(str(i) for i in range(3)), ",,", "\u00e9,\u00fc,x"]
+    fast = split_lines(lines(many), ["p", "q", "r"])
+    portable = split_lines(lines(many), ["p", "q", "r"], portable=True)
+    for a, b in zip(fast, portable, strict=True):
+        assert a.to_native().equals(b.to_native())
 
 
 @pytest.mark.parametrize(
