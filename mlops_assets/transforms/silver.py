@@ -16,6 +16,8 @@ TIMESTAMP_PATTERN = (
     r"(\.\d{1,9})?(Z|\+00:?00)?$"
 )
 DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
+# Every accepted timestamp is brought to this form before parsing (the fraction is optional).
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 BOOLEAN_VALUES = ("0", "1", "true", "false")
 
 MAX_AMOUNT = 1_000_000.0
@@ -25,6 +27,7 @@ MAX_LATENESS_DAYS = 30
 MAX_SKEW_HOURS = 2
 
 LINEAGE_COLUMNS = (SOURCE_FILE, LINE_NUMBER, INGESTED_AT)
+RULE = "__rule"
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,8 @@ def _blank(name: str) -> nw.Expr:
 
 
 def _first_reason(rules: Sequence[tuple[nw.Expr, nw.Expr]]) -> nw.Expr:
-    # The first failing rule names the record's problem.
-    expression: nw.Expr = nw.lit(None, dtype=nw.String)
+    # The value of the first rule whose condition holds, null when none does.
+    expression: nw.Expr = nw.lit(None)
     for condition, reason in reversed(rules):
         expression = nw.when(condition).then(reason).otherwise(expression)
     return expression
@@ -99,30 +102,71 @@ def _quoted(name: str) -> nw.Expr:
     return nw.concat_str(nw.lit("'"), nw.col(name), nw.lit("'"))
 
 
-def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tuple[FrameT, FrameT]:
-    """Type bronze string records by a contract and split them into valid and rejected.
+def _typed(name: str) -> str:
+    return f"__typed_{name}"
 
-    Args:
-        bronze: Bronze records: string columns as landed, lineage columns and the landing day.
-        contract: The table's contract.
-        landing_day_column: Date column holding the landing day (bounds event times).
 
-    Returns:
-        `(valid, rejected)`. `valid` has the contract's columns typed, then lineage and the
-        landing day; `rejected` keeps the bronze columns plus `reason` and `column` naming the
-        first problem found.
+def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
+    """Add a typed twin of every decimal and timestamp column; unparseable values become null.
+
+    polars parses leniently in one native pass; other engines take the portable route (format
+    check by regular expression, then cast), which gives the same values.
     """
-    present = set(bronze.columns)
-    filled = bronze.with_columns(
-        *[nw.lit(None, dtype=nw.String).alias(c) for c in contract.columns if c not in present]
+    if frame.implementation is nw.Implementation.POLARS:
+        import polars as pl
+
+        native = frame.to_native().with_columns(
+            *[
+                # The pattern keeps polars from accepting "inf", "nan" or "1e5" as amounts.
+                pl.when(pl.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
+                .then(pl.col(c).str.strip_chars().cast(pl.Float64, strict=False))
+                .alias(_typed(c))
+                for c in contract.decimals
+            ],
+            *[
+                pl.col(c)
+                .str.strip_chars()
+                .str.replace(" ", "T", literal=True, n=1)
+                .str.replace(r"(Z|\+00:?00)?$", "Z")
+                .str.to_datetime(TIMESTAMP_FORMAT, time_unit="us", strict=False)
+                .dt.replace_time_zone("UTC")
+                .alias(_typed(c))
+                for c in contract.timestamps
+            ],
+        )
+        return nw.from_native(native)
+    return frame.with_columns(
+        *[
+            nw.when(nw.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
+            .then(nw.col(c).str.strip_chars().cast(nw.Float64))
+            .alias(_typed(c))
+            for c in contract.decimals
+        ],
+        *[
+            nw.when(nw.col(c).str.strip_chars().str.contains(TIMESTAMP_PATTERN))
+            .then(
+                nw.col(c)
+                .str.strip_chars()
+                .str.replace(" ", "T", literal=True)
+                .str.replace(r"(Z|\+00:?00)?$", "Z")
+                .str.to_datetime(TIMESTAMP_FORMAT)
+                .dt.replace_time_zone("UTC")
+                .cast(nw.Datetime("us", "UTC"))
+            )
+            .alias(_typed(c))
+            for c in contract.timestamps
+        ],
     )
+
+
+def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:
     rules: list[tuple[nw.Expr, nw.Expr, str]] = []
     for name in contract.required:
         rules.append((_blank(name), nw.lit(f"missing required field {name}"), name))
     for name in contract.decimals:
         rules.append(
             (
-                ~_blank(name) & ~nw.col(name).str.strip_chars().str.contains(DECIMAL_PATTERN),
+                ~_blank(name) & nw.col(_typed(name)).is_null(),
                 nw.concat_str(_quoted(name), nw.lit(f" in {name} is not a decimal number")),
                 name,
             )
@@ -130,7 +174,7 @@ def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tup
     for name in contract.timestamps:
         rules.append(
             (
-                ~_blank(name) & ~nw.col(name).str.strip_chars().str.contains(TIMESTAMP_PATTERN),
+                ~_blank(name) & nw.col(_typed(name)).is_null(),
                 nw.concat_str(
                     _quoted(name), nw.lit(f" in {name} is not an ISO-8601 UTC timestamp")
                 ),
@@ -156,100 +200,94 @@ def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tup
                 name,
             )
         )
-    checked = filled.with_columns(
-        _first_reason([(c, r) for c, r, _ in rules]).alias(REASON),
-        _first_reason([(c, nw.lit(n)) for c, _, n in rules]).alias("column"),
-    )
-    format_ok = checked.filter(nw.col(REASON).is_null()).drop(REASON, "column")
-    typed = format_ok.with_columns(
-        *[nw.col(c).str.strip_chars().cast(nw.Float64) for c in contract.decimals],
-        *[_parse_timestamp(c) for c in contract.timestamps],
-        *[
-            nw.col(c).str.strip_chars().str.to_lowercase().is_in(("1", "true"))
-            for c in contract.booleans
-        ],
-        *[
-            nw.when(_blank(c)).then(nw.lit(None, dtype=nw.String)).otherwise(nw.col(c)).alias(c)
-            for c in contract.optional
-            if c not in contract.decimals + contract.timestamps + contract.booleans
-        ],
-    )
-    range_rules = _range_rules(contract, landing_day_column)
-    ranged = typed.with_columns(
-        _first_reason([(c, r) for c, r, _ in range_rules]).alias(REASON),
-        _first_reason([(c, nw.lit(n)) for c, _, n in range_rules]).alias("column"),
-    )
-    valid = ranged.filter(nw.col(REASON).is_null()).select(
-        *contract.columns, *LINEAGE_COLUMNS, landing_day_column
-    )
-    bronze_columns = [c for c in bronze.columns]
-    out_of_range = (
-        ranged.filter(~nw.col(REASON).is_null())
-        .select(LINE_NUMBER, SOURCE_FILE, REASON, "column")
-        .join(
-            filled.select(*bronze_columns),
-            on=[SOURCE_FILE, LINE_NUMBER],
-            how="inner",
+    return rules
+
+
+def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tuple[FrameT, FrameT]:
+    """Type bronze string records by a contract and split them into valid and rejected.
+
+    One pass finds, for every record, the first rule it breaks: a required field missing, a
+    value of the wrong type, a value outside its allowed set, a value out of range.
+
+    Args:
+        bronze: Bronze records: string columns as landed, lineage columns and the landing day.
+        contract: The table's contract.
+        landing_day_column: Date column holding the landing day (bounds event times).
+
+    Returns:
+        `(valid, rejected)`. `valid` has the contract's columns typed, then lineage and the
+        landing day; `rejected` keeps the bronze columns plus `reason` and `column` naming the
+        first problem found.
+    """
+    present = set(bronze.columns)
+    bronze_columns = list(bronze.columns)
+    eager = isinstance(bronze, nw.DataFrame)
+    # Lazily, polars evaluates the sub-expressions the rules share once.
+    frame = bronze.lazy() if eager else bronze
+    absent = [c for c in contract.columns if c not in present]
+    if absent:
+        frame = frame.with_columns(*[nw.lit(None, dtype=nw.String).alias(c) for c in absent])
+    frame = _with_parsed_values(frame, contract)
+    rules = _format_rules(contract) + _range_rules(contract, landing_day_column)
+    # Find each record's first broken rule as a small integer; reason texts are built only for
+    # the few rejected records.
+    checked = frame.with_columns(
+        _first_reason([(c, nw.lit(i, dtype=nw.Int16)) for i, (c, _, _) in enumerate(rules)]).alias(
+            RULE
         )
     )
-    rejected = nw.concat(
-        [
-            checked.filter(~nw.col(REASON).is_null()).select(*bronze_columns, REASON, "column"),
-            out_of_range.select(*bronze_columns, REASON, "column"),
+    if eager:
+        checked = checked.collect()
+    parsed = set(contract.decimals + contract.timestamps)
+    valid = checked.filter(nw.col(RULE).is_null()).select(
+        *[
+            nw.col(_typed(c)).alias(c)
+            if c in parsed
+            else nw.col(c).str.strip_chars().str.to_lowercase().is_in(("1", "true")).alias(c)
+            if c in contract.booleans
+            else nw.when(_blank(c))
+            .then(nw.lit(None, dtype=nw.String))
+            .otherwise(nw.col(c))
+            .alias(c)
+            for c in contract.columns
         ],
-        how="vertical",
+        *LINEAGE_COLUMNS,
+        landing_day_column,
     )
-    return valid, rejected
-
-
-def _parse_timestamp(name: str) -> nw.Expr:
-    text = (
-        nw.col(name)
-        .str.strip_chars()
-        .str.replace(" ", "T", literal=True)
-        .str.replace("+00:00", "Z", literal=True)
-        .str.replace("+0000", "Z", literal=True)
+    rejected = checked.filter(~nw.col(RULE).is_null()).with_columns(
+        _first_reason(
+            [(nw.col(RULE) == i, reason) for i, (_, reason, _) in enumerate(rules)]
+        ).alias(REASON),
+        _first_reason(
+            [(nw.col(RULE) == i, nw.lit(name)) for i, (_, _, name) in enumerate(rules)]
+        ).alias("column"),
     )
-    # A missing zone means UTC; a missing fraction means whole seconds.
-    text = nw.when(text.str.ends_with("Z")).then(text).otherwise(nw.concat_str(text, nw.lit("Z")))
-    text = (
-        nw.when(text.str.len_chars() == 20)
-        .then(nw.concat_str(text.str.slice(0, 19), nw.lit(".000000Z")))
-        .otherwise(text)
-    )
-    return (
-        text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.fZ")
-        .dt.replace_time_zone("UTC")
-        .cast(nw.Datetime("us", "UTC"))
-        .alias(name)
-    )
+    return valid, rejected.select(*bronze_columns, REASON, "column")
 
 
 def _range_rules(contract: Contract, landing_day: str) -> list[tuple[nw.Expr, nw.Expr, str]]:
     rules: list[tuple[nw.Expr, nw.Expr, str]] = []
     for name in contract.decimals:
+        value = nw.col(_typed(name))
         rules.append(
             (
-                (nw.col(name) <= 0) | (nw.col(name) > MAX_AMOUNT) | ~nw.col(name).is_finite(),
+                (value <= 0) | (value > MAX_AMOUNT),
                 nw.concat_str(
-                    nw.col(name).cast(nw.String),
-                    nw.lit(f" in {name} is outside (0, {MAX_AMOUNT:.0f}]"),
+                    _quoted(name), nw.lit(f" in {name} is outside (0, {MAX_AMOUNT:.0f}]")
                 ),
                 name,
             )
         )
     for name in contract.timestamps:
-        too_early = (
-            nw.col(landing_day).cast(nw.Datetime("us", "UTC")) - nw.col(name)
-        ).dt.total_seconds() > MAX_LATENESS_DAYS * 86_400
-        too_late = (
-            nw.col(name) - nw.col(landing_day).cast(nw.Datetime("us", "UTC"))
-        ).dt.total_seconds() > 86_400 + MAX_SKEW_HOURS * 3_600
+        value = nw.col(_typed(name))
+        start = nw.col(landing_day).cast(nw.Datetime("us", "UTC"))
+        too_early = (start - value).dt.total_seconds() > MAX_LATENESS_DAYS * 86_400
+        too_late = (value - start).dt.total_seconds() > 86_400 + MAX_SKEW_HOURS * 3_600
         rules.append(
             (
                 too_early | too_late,
                 nw.concat_str(
-                    nw.col(name).cast(nw.String),
+                    _quoted(name),
                     nw.lit(
                         f" in {name} is not within {MAX_LATENESS_DAYS} days before its landing "
                         f"day or {MAX_SKEW_HOURS} h after it"
