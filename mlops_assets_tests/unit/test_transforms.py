@@ -162,14 +162,18 @@ def test_labels_parse_booleans_and_refuse_other_values():
     assert rejected["column"].to_list() == ["is_fraud"]
 
 
-def test_deduplicate_keeps_the_first_copy_and_drops_keys_known_elsewhere():
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize("portable", [False, True])
+def test_deduplicate_keeps_the_first_copy_and_drops_keys_known_elsewhere(shuffled, portable):
     valid, _ = validate(
         bronze([GOOD, {**GOOD, "transaction_id": "t2"}, GOOD, {**GOOD, "transaction_id": "t3"}]),
         TRANSACTIONS,
         "landing_date",
     )
+    if shuffled:
+        valid = valid.sort("_line_number", descending=True)
     known = nw.from_native(pl.DataFrame({"transaction_id": ["t3", "t9"]}))
-    unique, in_batch, of_others = deduplicate(valid, "transaction_id", known)
+    unique, in_batch, of_others = deduplicate(valid, "transaction_id", known, portable=portable)
     assert unique["transaction_id"].to_list() == ["t1", "t2"]
     assert unique["_line_number"].to_list() == [2, 3]
     assert (in_batch, of_others) == (1, 1)
