@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check mlops_assets mlops_assets_tests benchmarks
 
 validate: install
-	tmp=$$(mktemp -d) && DAGSTER_HOME=$$tmp MLOPS_DATA_ROOT=$$tmp/data \
+	tmp=$$(mktemp -d) && cp dagster.yaml $$tmp/ && DAGSTER_HOME=$$tmp MLOPS_DATA_ROOT=$$tmp/data \
 	  $(BIN)/dagster definitions validate -w workspace.yaml; rc=$$?; rm -rf $$tmp; exit $$rc
 
 ## ui: the Dagster UI of the active environment on http://127.0.0.1:3000
