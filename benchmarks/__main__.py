@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_medallion",)
+BENCHMARKS = ("bench_medallion", "bench_point_in_time", "bench_online_store", "bench_features")
 
 
 def main(argv: list[str]) -> int:

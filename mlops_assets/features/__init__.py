@@ -1,0 +1,1 @@
+"""Feature store: feature tables, point-in-time training sets, the online store."""
