@@ -107,6 +107,34 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """List feature tables, or describe one: features, keys, freshness and lineage."""
+    from mlops_assets.features.discovery import describe, list_tables
+    from mlops_assets.lakehouse.catalog import Catalog
+
+    catalog = Catalog(load_settings())
+    if args.action == "list":
+        for row in list_tables(catalog):
+            keys = ",".join(row["entity_keys"])
+            rows = "not built" if row["rows"] is None else f"{row['rows']:,} rows"
+            print(
+                f"{row['name']:16s} keys={keys:12s} time={row['timestamp_key']:10s} "
+                f"{row['features']:>2d} features  {rows:>14s}  "
+                f"latest {row['latest_feature_time'] or '-'}"
+            )
+        return 0
+    if not args.name:
+        print("mlops features describe needs a table name", file=sys.stderr)
+        return 2
+    try:
+        info = describe(catalog, args.name)
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the Dagster UI for the active environment on 127.0.0.1."""
     from mlops_assets.defs.runner import prepare_dagster_home
@@ -152,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     tables = sub.add_parser("tables", help="list Delta tables of the active environment")
     tables.set_defaults(func=cmd_tables)
+    features = sub.add_parser("features", help="list or describe feature tables")
+    features.add_argument("action", choices=("list", "describe"))
+    features.add_argument("name", nargs="?", help="feature table (for describe)")
+    features.set_defaults(func=cmd_features)
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

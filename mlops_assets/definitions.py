@@ -5,8 +5,14 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.defs.bronze import bronze_assets
+from mlops_assets.defs.features import feature_assets
 from mlops_assets.defs.gold import gold_assets
-from mlops_assets.defs.jobs import medallion_job, medallion_schedule
+from mlops_assets.defs.jobs import (
+    features_job,
+    features_schedule,
+    medallion_job,
+    medallion_schedule,
+)
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, load_settings
@@ -16,9 +22,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Assemble assets, checks, jobs, schedules and resources for an environment."""
     settings = settings or load_settings()
     return dg.Definitions(
-        assets=[*bronze_assets, *silver_assets, *gold_assets],
-        jobs=[medallion_job],
-        schedules=[medallion_schedule],
+        assets=[*bronze_assets, *silver_assets, *gold_assets, *feature_assets],
+        jobs=[medallion_job, features_job],
+        schedules=[medallion_schedule, features_schedule],
         resources={"lakehouse": LakehouseResource.from_settings(settings)},
     )
 

@@ -16,3 +16,16 @@ medallion_job = dg.define_asset_job(
 medallion_schedule = dg.build_schedule_from_partitioned_job(
     medallion_job, hour_of_day=0, minute_of_hour=30
 )
+
+FEATURES = dg.AssetSelection.groups("features")
+
+features_job = dg.define_asset_job(
+    name="features_daily",
+    selection=FEATURES,
+    description="Refresh the day's feature rows (card behaviour, merchant daily and risk).",
+)
+
+# An hour after the medallion run, so the day's silver rows are in.
+features_schedule = dg.build_schedule_from_partitioned_job(
+    features_job, hour_of_day=1, minute_of_hour=30
+)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -258,15 +258,7 @@ def write_partition(
     uri = str(uri)
     name = table or uri
     partition_by = list(partition_by or partition.keys())
-    for column in partition:
-        if column not in data.columns:
-            raise PartitionMismatchError(f"table {name}: data lacks partition column {column!r}")
-        outside = data.filter(pl.col(column).ne_missing(pl.lit(partition[column]))).height
-        if outside:
-            raise PartitionMismatchError(
-                f"table {name}: {outside} rows have {column} != {partition[column]!s}; a partition "
-                "write carries only that partition's rows"
-            )
+    _check_partition(data, partition, name)
     arrow = _normalise(data)
     added: list[str] = []
     if table_exists(uri):
@@ -283,6 +275,20 @@ def write_partition(
     else:
         commit_files(uri, arrow, partition, partition_by, None)
     return describe_write(uri, rows_written=arrow.num_rows, partition=partition, added=added)
+
+
+def _check_partition(
+    data: pl.DataFrame, partition: Mapping[str, PartitionValue], name: str
+) -> None:
+    for column in partition:
+        if column not in data.columns:
+            raise PartitionMismatchError(f"table {name}: data lacks partition column {column!r}")
+        outside = data.filter(pl.col(column).ne_missing(pl.lit(partition[column]))).height
+        if outside:
+            raise PartitionMismatchError(
+                f"table {name}: {outside} rows have {column} != {partition[column]!s}; a partition "
+                "write carries only that partition's rows"
+            )
 
 
 def overwrite_table(
@@ -385,6 +391,7 @@ def commit_files(
     partition: Mapping[str, PartitionValue],
     partition_by: Sequence[str],
     delta: DeltaTable | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write `data` as a Parquet file in the table folder, then commit it in one transaction.
 
@@ -431,6 +438,83 @@ def commit_files(
         partition_by=list(partition_by) or None,
         partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by] or None,
     )
+
+
+class DuplicateKeyError(ValueError):
+    """Rows handed to a merge repeat a key."""
+
+
+LINEAGE_KEY = "mlops.lineage"
+
+
+def merge_partition(
+    uri: str | Path,
+    data: pl.DataFrame,
+    partition: Mapping[str, PartitionValue],
+    *,
+    keys: Sequence[str],
+    table: str | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> WriteResult:
+    """Merge one partition's rows into a keyed table: update, insert, delete what is gone.
+
+    A Delta MERGE on `keys`, limited to the partition: matching rows are updated, new rows
+    inserted, and rows of that partition the new data no longer holds are deleted, in one
+    commit. Other partitions are not read or touched. The schema policy is strict.
+
+    Args:
+        uri: Table location.
+        data: The partition's rows; keys must be unique.
+        partition: Partition column to value; every row must carry it.
+        keys: Columns identifying a row within the partition.
+        table: Table name for error messages.
+        lineage: Stored in the commit's metadata (see `read_lineage`).
+
+    Returns:
+        What was written; `rows_written` is the number of rows merged.
+
+    Raises:
+        DuplicateKeyError: Two rows share a key.
+        PartitionMismatchError: Some rows do not belong to the partition.
+        SchemaChangeError: The data's schema differs from the table's.
+    """
+    uri = str(uri)
+    name = table or uri
+    _check_partition(data, partition, name)
+    repeated = data.select(keys).is_duplicated().sum()
+    if repeated:
+        raise DuplicateKeyError(f"table {name}: {repeated} rows repeat a key of {list(keys)}")
+    metadata = {LINEAGE_KEY: json.dumps(lineage, default=str)} if lineage is not None else {}
+    arrow = _normalise(data)
+    if not table_exists(uri):
+        commit_files(uri, arrow, partition, list(partition), None, metadata)
+        return describe_write(uri, rows_written=arrow.num_rows, partition=partition)
+    delta = DeltaTable(uri)
+    check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
+    in_partition = " AND ".join(f"t.{c} = {_sql_literal(v)}" for c, v in partition.items())
+    on_keys = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    (
+        delta.merge(
+            source=arrow,
+            predicate=f"{in_partition} AND {on_keys}",
+            source_alias="s",
+            target_alias="t",
+            commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None,
+        )
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .when_not_matched_by_source_delete(predicate=in_partition)
+        .execute()
+    )
+    return describe_write(uri, rows_written=arrow.num_rows, partition=partition)
+
+
+def read_lineage(uri: str | Path) -> dict[str, Any] | None:
+    """Lineage stored with the table's latest write, or None when it carries none."""
+    for entry in DeltaTable(str(uri)).history(1):
+        if LINEAGE_KEY in entry:
+            return json.loads(entry[LINEAGE_KEY])
+    return None
 
 
 def describe_write(

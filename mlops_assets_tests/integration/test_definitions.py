@@ -13,6 +13,9 @@ EXPECTED_ASSETS = {
     "quarantine/bronze_labels": "quarantine",
     "quarantine/silver_transactions": "quarantine",
     "quarantine/silver_labels": "quarantine",
+    "features/card_behaviour": "features",
+    "features/merchant_daily": "features",
+    "features/merchant_risk": "features",
 }
 
 
@@ -24,6 +27,7 @@ def test_definitions_load_and_resolve(tmp_path):
     defs = load(tmp_path)
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_job_def("medallion_daily") is not None
+    assert defs.resolve_job_def("features_daily") is not None
     assert defs.resolve_schedule_def("medallion_daily_schedule") is not None
 
 
@@ -43,6 +47,9 @@ def test_asset_graph_snapshot(tmp_path):
         "quarantine/bronze_labels": [],
         "quarantine/silver_transactions": ["bronze/transactions"],
         "quarantine/silver_labels": ["bronze/labels"],
+        "features/card_behaviour": ["silver/transactions"],
+        "features/merchant_daily": ["silver/labels", "silver/transactions"],
+        "features/merchant_risk": ["features/merchant_daily"],
     }
 
 
@@ -76,4 +83,5 @@ def test_silver_contract_checks_are_blocking(tmp_path):
         ("silver/labels", "values_in_range"): True,
         ("silver/labels", "fresh"): False,
         ("silver/labels", "reject_share_low"): False,
+        ("features/card_behaviour", "one_row_per_transaction"): True,
     }

@@ -1,0 +1,295 @@
+"""Feature assets: card behaviour and merchant risk tables, written by merge, with lineage."""
+
+import datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.defs.metadata import table_metadata
+from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK, FeatureTable
+from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.lakehouse.delta_io import (
+    merge_partition,
+    scan_table,
+    table_exists,
+    table_version,
+)
+from mlops_assets.transforms.features import (
+    CARD_LOOKBACK_DAYS,
+    MERCHANT_WINDOW_DAYS,
+    card_behaviour,
+    merchant_daily,
+    merchant_risk,
+)
+
+CODE_VERSION = "features-1"
+OWNERS = ["team:ml-platform"]
+SILVER_TRANSACTIONS = TableRef("silver", "transactions")
+SILVER_LABELS = TableRef("silver", "labels")
+MERCHANT_DAILY = TableRef("features", "merchant_daily")
+
+
+def feature_table_metadata(table: FeatureTable) -> dict[str, Any]:
+    """What the UI shows of a feature table before and after it is built."""
+    return {
+        "table": str(table.ref),
+        "entity_keys": dg.MetadataValue.json(list(table.entity_keys)),
+        "timestamp_key": table.timestamp_key,
+        "lookback_days": table.lookback_days,
+        "sources": dg.MetadataValue.json(list(table.sources)),
+        "features": dg.MetadataValue.table_schema(
+            dg.TableSchema(
+                columns=[
+                    dg.TableColumn(
+                        f.name, f.dtype, description=f"{f.description} Default {f.default}."
+                    )
+                    for f in table.features
+                ]
+            )
+        ),
+    }
+
+
+def _read_window(
+    lakehouse: LakehouseResource,
+    table: TableRef,
+    column: str,
+    start: datetime.date,
+    end: datetime.date,
+    columns: list[str],
+) -> tuple[pl.DataFrame, int | None]:
+    """Rows of `table` with `column` in `[start, end]`, at one pinned version."""
+    uri = lakehouse.read_uri(table)
+    version = table_version(uri)
+    if version is None:
+        raise dg.Failure(f"{table} does not exist yet: materialize it first")
+    frame = (
+        scan_table(uri, version=version)
+        .filter(pl.col(column).is_between(start, end))
+        .select(columns)
+        .collect()
+    )
+    return frame, version
+
+
+def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) -> dict[str, Any]:
+    return {
+        "day": day.isoformat(),
+        "sources": sources,
+        "lookback_days": lookback,
+        "code_version": CODE_VERSION,
+        "computed_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    }
+
+
+@dg.asset(
+    key=["features", "card_behaviour"],
+    deps=[
+        dg.AssetDep(
+            ["silver", "transactions"],
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-CARD_LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True
+            ),
+        )
+    ],
+    group_name="features",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version=CODE_VERSION,
+    partitions_def=DAILY,
+    metadata=feature_table_metadata(CARD_BEHAVIOUR),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "one_row_per_transaction",
+            asset=["features", "card_behaviour"],
+            description="The day's rows match the day's silver transactions one to one.",
+            blocking=True,
+        )
+    ],
+)
+def card_behaviour_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+    """Card behaviour features: one row per card per transaction, keyed by card and time.
+
+    Counts and amounts over 1 h, 24 h and 7 days, spending statistics, and shares of online,
+    foreign and night transactions, each as of just after a transaction. A day is recomputed
+    from its own transactions and the 7 days before (bounded look-back, whatever the history)
+    and merged into the table on (card_id, transaction_id). Lineage (silver version read, code
+    version) is stored in the Delta commit and shown here.
+    """
+    day = partition_day(context)
+    start = day - datetime.timedelta(days=CARD_LOOKBACK_DAYS)
+    columns = [
+        "transaction_id",
+        "card_id",
+        "event_time",
+        "amount",
+        "channel",
+        "country",
+        "card_country",
+        "event_date",
+    ]
+    window, version = _read_window(
+        lakehouse, SILVER_TRANSACTIONS, "event_date", start, day, columns
+    )
+    rows = card_behaviour(window, day)
+    lineage = _lineage(day, {str(SILVER_TRANSACTIONS): version}, CARD_LOOKBACK_DAYS)
+    written = merge_partition(
+        lakehouse.write_uri(CARD_BEHAVIOUR.ref),
+        rows,
+        {"event_date": day},
+        keys=list(CARD_BEHAVIOUR.row_keys),
+        table=str(CARD_BEHAVIOUR.ref),
+        lineage=lineage,
+    )
+    day_transactions = window.filter(pl.col("event_date") == day).height
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(written, str(CARD_BEHAVIOUR.ref)),
+            "lineage": dg.MetadataValue.json(lineage),
+            "cards": rows.get_column("card_id").n_unique(),
+            "lookback_rows_read": window.height,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="one_row_per_transaction",
+                passed=rows.height == day_transactions,
+                metadata={"rows": rows.height, "silver_transactions": day_transactions},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    key=["features", "merchant_daily"],
+    deps=[
+        dg.AssetDep(["silver", "transactions"]),
+        dg.AssetDep(["silver", "labels"]),
+    ],
+    group_name="features",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version=CODE_VERSION,
+    partitions_def=DAILY,
+    metadata={"table": str(MERCHANT_DAILY), "entity_keys": dg.MetadataValue.json(["merchant_id"])},
+)
+def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+    """Per merchant and day: transactions, amount, and chargebacks reported that day.
+
+    The daily building block of merchant risk, so that a 30-day window costs 30 small rows per
+    merchant instead of 30 days of transactions. Chargebacks are counted on the day they are
+    reported (when they became known), joined to their transaction's merchant; chargebacks
+    whose transaction is not in silver are counted as `unmatched_chargebacks`.
+    """
+    day = partition_day(context)
+    transactions, tx_version = _read_window(
+        lakehouse, SILVER_TRANSACTIONS, "event_date", day, day, ["merchant_id", "amount"]
+    )
+    labels, label_version = _read_window(
+        lakehouse, SILVER_LABELS, "reported_date", day, day, ["transaction_id", "is_fraud"]
+    )
+    ids = labels.get_column("transaction_id")
+    # Transaction ids are clustered by file, so Delta statistics let this read few files.
+    merchants = (
+        scan_table(lakehouse.read_uri(SILVER_TRANSACTIONS), version=tx_version)
+        .filter(pl.col("transaction_id").is_in(ids.implode()))
+        .select("transaction_id", "merchant_id")
+        .collect()
+    )
+    reported = labels.join(merchants, on="transaction_id", how="inner")
+    rows = merchant_daily(transactions, reported, day)
+    lineage = _lineage(
+        day, {str(SILVER_TRANSACTIONS): tx_version, str(SILVER_LABELS): label_version}, 0
+    )
+    written = merge_partition(
+        lakehouse.write_uri(MERCHANT_DAILY),
+        rows,
+        {"day": day},
+        keys=["merchant_id"],
+        table=str(MERCHANT_DAILY),
+        lineage=lineage,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(written, str(MERCHANT_DAILY)),
+            "lineage": dg.MetadataValue.json(lineage),
+            "chargebacks_reported": labels.height,
+            "unmatched_chargebacks": labels.height - reported.height,
+        }
+    )
+
+
+@dg.asset(
+    key=["features", "merchant_risk"],
+    deps=[
+        dg.AssetDep(
+            ["features", "merchant_daily"],
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-MERCHANT_WINDOW_DAYS,
+                end_offset=-1,
+                allow_nonexistent_upstream_partitions=True,
+            ),
+        )
+    ],
+    group_name="features",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version=CODE_VERSION,
+    partitions_def=DAILY,
+    metadata=feature_table_metadata(MERCHANT_RISK),
+)
+def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+    """Merchant risk features as known at the start of each day, keyed by merchant and `as_of`.
+
+    Volume, fraud chargebacks and a smoothed fraud rate over the 30 days before the day,
+    counting only chargebacks reported before it, so a training event never sees a label
+    reported after it. Merged into the table on merchant_id within the day's partition.
+    """
+    day = partition_day(context)
+    uri = lakehouse.read_uri(MERCHANT_DAILY)
+    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS)
+    if table_exists(uri):
+        daily, version = _read_window(
+            lakehouse,
+            MERCHANT_DAILY,
+            "day",
+            start,
+            day - datetime.timedelta(days=1),
+            ["merchant_id", "day", "transactions", "fraud_reported", "chargebacks_reported"],
+        )
+    else:
+        daily, version = (
+            pl.DataFrame(
+                schema={
+                    "merchant_id": pl.String,
+                    "day": pl.Date,
+                    "transactions": pl.Int64,
+                    "fraud_reported": pl.Int64,
+                    "chargebacks_reported": pl.Int64,
+                }
+            ),
+            None,
+        )
+    rows = merchant_risk(daily, day)
+    lineage = _lineage(day, {str(MERCHANT_DAILY): version}, MERCHANT_WINDOW_DAYS)
+    written = merge_partition(
+        lakehouse.write_uri(MERCHANT_RISK.ref),
+        rows,
+        {"as_of_date": day},
+        keys=list(MERCHANT_RISK.row_keys),
+        table=str(MERCHANT_RISK.ref),
+        lineage=lineage,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(written, str(MERCHANT_RISK.ref)),
+            "lineage": dg.MetadataValue.json(lineage),
+            "merchants": rows.height,
+            "days_in_window": daily.get_column("day").n_unique(),
+        }
+    )
+
+
+feature_assets = [card_behaviour_features, merchant_daily_features, merchant_risk_features]
