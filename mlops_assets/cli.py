@@ -91,6 +91,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not all(r.success for r in refresh):
             print("[demo] the gold refresh failed: open the UI (make ui) for the run's logs")
             return 1
+        features = run_days(defs, days, instance, job_name="features_daily")
+        print(
+            f"[demo] feature tables refreshed for {len(features)} days "
+            f"in {sum(r.seconds for r in features):.1f} s"
+        )
+        if not all(r.success for r in features) or len(features) != len(days):
+            print("[demo] a feature run failed: open the UI (make ui) for the run's logs")
+            return 1
     from mlops_assets.lakehouse.summary import lake_summary, print_summary
 
     print_summary(lake_summary(settings), manifests)
