@@ -1,0 +1,174 @@
+"""Incremental daily feature refresh: the cost at 60 days of history against 7 days.
+
+A lake of silver transactions and labels is synthesized for 61 days; the feature job
+(card behaviour, merchant daily, merchant risk) then refreshes day 7 and day 60 in turn, each
+in a fresh process. Bounded look-backs should make the two cost about the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from benchmarks.harness import measure, peak_mib, save
+
+START = datetime.date(2026, 1, 1)
+DAYS = 61
+PER_DAY = int(os.environ.get("BENCH_FEATURES_ROWS", "200000"))
+REPEAT = 3
+
+
+def _settings(root: str):
+    from mlops_assets.settings import load_settings
+
+    return load_settings(
+        {"MLOPS_DATA_ROOT": root, "MLOPS_ENV": "dev", "MLOPS_START_DATE": START.isoformat()}
+    )
+
+
+def task_setup(root: str) -> dict:
+    """Write 61 days of silver transactions and labels, and merchant_daily for every day."""
+    import polars as pl
+
+    from mlops_assets.lakehouse.delta_io import write_partition
+    from mlops_assets.transforms.features import merchant_daily
+
+    settings = _settings(root)
+    lake = settings.lake_root
+    started = time.perf_counter()
+    cards, merchants = max(1_000, PER_DAY // 4), max(100, PER_DAY // 40)
+    reported: dict[datetime.date, list[pl.DataFrame]] = {}
+    for index in range(DAYS):
+        day = START + datetime.timedelta(days=index)
+        midnight = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+        ids = pl.int_range(PER_DAY, eager=True)
+        seed = pl.lit(index * 7919)
+        transactions = (
+            pl.DataFrame({"n": ids})
+            .select(
+                pl.format("tx_{}_{}", pl.lit(day.strftime("%Y%m%d")), pl.col("n")).alias(
+                    "transaction_id"
+                ),
+                pl.format("card_{}", ((pl.col("n") * 2654435761 + seed) % cards)).alias("card_id"),
+                pl.format("m_{}", ((pl.col("n") * 40503 + seed) % merchants)).alias("merchant_id"),
+                (
+                    pl.lit(midnight)
+                    + pl.duration(microseconds=(pl.col("n") * 86_399_000_000) // PER_DAY)
+                )
+                .cast(pl.Datetime("us", "UTC"))
+                .alias("event_time"),
+                (((pl.col("n") * 7 + seed) % 500) + 1.5).cast(pl.Float64).alias("amount"),
+                pl.when(pl.col("n") % 3 == 0)
+                .then(pl.lit("online"))
+                .otherwise(pl.lit("pos"))
+                .alias("channel"),
+                pl.lit("DE").alias("country"),
+                pl.when(pl.col("n") % 11 == 0)
+                .then(pl.lit("FR"))
+                .otherwise(pl.lit("DE"))
+                .alias("card_country"),
+            )
+            .with_columns(
+                pl.col("event_time").dt.date().alias("event_date"),
+                pl.lit(day).alias("landing_date"),
+            )
+        )
+        write_partition(lake / "silver" / "transactions", transactions, {"landing_date": day})
+        fraud = (
+            transactions.filter(pl.col("n") % 100 == 0)
+            if "n" in transactions.columns
+            else (transactions.gather_every(100))
+        )
+        report_day = day + datetime.timedelta(days=3)
+        labels = fraud.select(
+            "transaction_id",
+            "card_id",
+            (pl.col("event_time") + pl.duration(days=3)).alias("reported_at"),
+            pl.lit("fraud_card_not_present").alias("chargeback_reason"),
+            pl.lit(True).alias("is_fraud"),
+        ).with_columns(
+            pl.col("reported_at").dt.date().alias("reported_date"),
+            pl.lit(report_day).alias("landing_date"),
+        )
+        reported.setdefault(report_day, []).append(
+            labels.join(fraud.select("transaction_id", "merchant_id"), on="transaction_id")
+        )
+        if report_day < START + datetime.timedelta(days=DAYS):
+            write_partition(lake / "silver" / "labels", labels, {"landing_date": report_day})
+        for_day = (
+            pl.concat(reported[day])
+            if day in reported
+            else pl.DataFrame(schema={"merchant_id": pl.String, "is_fraud": pl.Boolean})
+        )
+        daily = merchant_daily(transactions, for_day.select("merchant_id", "is_fraud"), day)
+        write_partition(lake / "features" / "merchant_daily", daily, {"day": day})
+    return {"seconds": time.perf_counter() - started, "rows": PER_DAY * DAYS}
+
+
+def task_refresh(root: str, day_index: str) -> dict:
+    """Refresh the feature tables for one day in-process; report the job's wall time."""
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+
+    settings = _settings(root)
+    day = START + datetime.timedelta(days=int(day_index))
+    job = build_definitions(settings).resolve_job_def("features_daily")
+    with dg.DagsterInstance.ephemeral() as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=day.isoformat(),
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        seconds = time.perf_counter() - started
+        steps = {
+            s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
+            for s in instance.get_run_step_stats(result.run_id)
+        }
+    if not result.success:
+        raise RuntimeError(f"feature refresh of {day} failed")
+    return {"seconds": seconds, "steps": steps}
+
+
+def main() -> None:
+    """Measure the refresh at 7 and 60 days of history; print and save the figures."""
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as root:
+        setup = measure("benchmarks.bench_features", "setup", root)
+        at_7, at_60 = [], []
+        # Alternate the two so that drift in the machine's speed hits both alike.
+        for _ in range(REPEAT):
+            at_7.append(measure("benchmarks.bench_features", "refresh", root, "7"))
+            at_60.append(measure("benchmarks.bench_features", "refresh", root, "60"))
+    median_7 = statistics.median(m.seconds for m in at_7)
+    median_60 = statistics.median(m.seconds for m in at_60)
+    figures = {
+        "transactions_per_day": PER_DAY,
+        "history_days": DAYS,
+        "setup_s": round(setup.seconds, 1),
+        "refresh_at_7_days_s": round(median_7, 3),
+        "refresh_at_60_days_s": round(median_60, 3),
+        "steps_at_7_days_s": at_7[0].extra["steps"],
+        "steps_at_60_days_s": at_60[0].extra["steps"],
+        "peak_mib_at_60_days": round(max(m.peak_mib for m in at_60)),
+        "ratio_60_to_7": round(median_60 / median_7, 3),
+        "goal": "ratio_60_to_7 <= 1.2",
+    }
+    path = save("features", figures)
+    print(json.dumps(figures, indent=2))
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        task = {"setup": task_setup, "refresh": task_refresh}[sys.argv[1]]
+        report = task(*sys.argv[2:])
+        report["peak_mib"] = peak_mib()
+        print(json.dumps(report))
+    else:
+        main()
