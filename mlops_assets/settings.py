@@ -20,10 +20,9 @@ READ_POLICY: dict[str, tuple[str, ...]] = {
 
 
 class Engine(StrEnum):
-    """Dataframe engine that runs the transforms."""
+    """Dataframe engine that runs the transforms (polars only in this version)."""
 
     POLARS = "polars"
-    SPARK = "spark"
 
 
 class SettingsError(ValueError):

@@ -12,7 +12,7 @@ from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, write_partition
 from mlops_assets.lakehouse.landing import day_files, read_landing_file
-from mlops_assets.transforms.bronze import REASON, UTF8, split_lines
+from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, SOURCE_FILE, UTF8, split_lines
 from mlops_assets.transforms.quarantine import to_quarantine
 
 SOURCES = ("transactions", "labels")
@@ -56,8 +56,11 @@ def ingest_day(
         good, bad = split_lines(nw.from_native(landing.lines), landing.header)
         records.append(good.to_native())
         rejects.append(bad.to_native())
+    # Without a usable header in any file there are no records, only quarantined lines.
     bronze = (
-        pl.concat(records, how="diagonal_relaxed") if records else pl.DataFrame()
+        pl.concat(records, how="diagonal_relaxed")
+        if records
+        else pl.DataFrame(schema={SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
     ).with_columns(pl.lit(day).alias("landing_date"))
     quarantine = to_quarantine(
         nw.from_native(pl.concat(rejects, how="diagonal_relaxed")),

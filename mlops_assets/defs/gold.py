@@ -13,6 +13,8 @@ from mlops_assets.transforms.gold import merchant_category_daily
 
 OWNERS = ["team:analytics"]
 CODE_VERSION = "gold-1"
+# Landing days after an event day whose late events gold of that day depends on.
+LATE_DAYS = 3
 MERCHANT_CATEGORY_DAILY = TableRef("gold", "merchant_category_daily")
 TRANSACTION_COLUMNS = ["transaction_id", "event_time", "card_id", "merchant_category", "amount"]
 
@@ -20,7 +22,13 @@ TRANSACTION_COLUMNS = ["transaction_id", "event_time", "card_id", "merchant_cate
 @dg.asset(
     key=["gold", "merchant_category_daily"],
     deps=[
-        dg.AssetDep(["silver", "transactions"]),
+        # A day's events keep landing for a few days after it (late events).
+        dg.AssetDep(
+            ["silver", "transactions"],
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=0, end_offset=LATE_DAYS, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
         # Chargebacks for a day arrive on later days: the fraud rate reads all labels known.
         dg.AssetDep(["silver", "labels"], partition_mapping=dg.AllPartitionMapping()),
     ],

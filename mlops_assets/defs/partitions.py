@@ -11,9 +11,10 @@ from mlops_assets.settings import load_settings
 
 def daily_partitions() -> dg.DailyPartitionsDefinition:
     """Daily partitions from the configured start date, up to today (UTC)."""
-    # end_offset=1 exposes today's partition, so today's landing files can be ingested today.
+    # A day's partition exists once the day has ended: the schedule then runs the day that
+    # just ended, with all its landing files in.
     return dg.DailyPartitionsDefinition(
-        start_date=load_settings().start_date.isoformat(), end_offset=1, timezone="UTC"
+        start_date=load_settings().start_date.isoformat(), timezone="UTC"
     )
 
 

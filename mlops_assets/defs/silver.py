@@ -48,6 +48,7 @@ class SilverTable:
     time_column: str
     date_column: str
     description: str
+    prune_by_date: bool
 
 
 SILVER_TABLES = (
@@ -56,6 +57,7 @@ SILVER_TABLES = (
         contract=TRANSACTIONS,
         time_column="event_time",
         date_column="event_date",
+        prune_by_date=True,
         description=(
             "Card transactions, typed and validated against the transactions contract, one row "
             "per transaction id: an event re-sent on the same or another day lands once (the "
@@ -68,6 +70,7 @@ SILVER_TABLES = (
         contract=LABELS,
         time_column="reported_at",
         date_column="reported_date",
+        prune_by_date=False,
         description=(
             "Chargeback labels, typed and validated, one row per transaction id (the first "
             "report wins): `is_fraud` with the time it became known (`reported_at`), which "
@@ -82,19 +85,19 @@ def known_keys(
 ) -> pl.DataFrame:
     """Keys already in the table's other partitions that the batch could repeat.
 
-    A re-sent event keeps its event time, so only rows of the batch's event days can repeat
-    it; the filter lets Delta skip files by their statistics.
+    A re-sent transaction keeps its event time, so only rows of the batch's event days can
+    repeat it, and the filter lets Delta skip the other files by their statistics. A label can
+    be reported again at another time, so labels are checked against the whole table (it is
+    small: one row per chargeback).
     """
     key = spec.contract.key
     if not table_exists(uri):
         return pl.DataFrame({key: []}, schema={key: pl.String})
-    days = batch.get_column(spec.date_column).unique().to_list()
-    return (
-        scan_table(uri)
-        .filter(pl.col("landing_date") != day, pl.col(spec.date_column).is_in(days))
-        .select(key)
-        .collect()
-    )
+    others = scan_table(uri).filter(pl.col("landing_date") != day)
+    if spec.prune_by_date:
+        days = batch.get_column(spec.date_column).unique().implode()
+        others = others.filter(pl.col(spec.date_column).is_in(days))
+    return others.select(key).collect()
 
 
 def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import math
 import re
@@ -20,12 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 PartitionValue = str | int | datetime.date
+# Keys of the custom metadata our commits carry.
+LINEAGE_KEY = "mlops.lineage"
+WRITE_ID_KEY = "mlops.write_id"
+COMMIT_ATTEMPTS = 8
 
 
 class SchemaPolicy(StrEnum):
@@ -109,22 +114,6 @@ def read_partition(
     return frame.collect()
 
 
-def partition_predicate(partition: Mapping[str, PartitionValue]) -> str:
-    """Build the SQL predicate selecting exactly one partition.
-
-    Raises:
-        ValueError: A partition column name is not a plain identifier, or no column is given.
-    """
-    if not partition:
-        raise ValueError("a partition predicate needs at least one partition column")
-    clauses = []
-    for name, value in partition.items():
-        if not _IDENTIFIER.match(name):
-            raise ValueError(f"partition column {name!r} is not a plain identifier")
-        clauses.append(f"{name} = {_sql_literal(value)}")
-    return " AND ".join(clauses)
-
-
 def _sql_literal(value: PartitionValue) -> str:
     if isinstance(value, bool):
         raise ValueError("boolean partition values are not supported")
@@ -135,17 +124,28 @@ def _sql_literal(value: PartitionValue) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _type_name(data_type: Any) -> str:
-    return str(data_type)
-
-
 def _arrow_schema(table: DeltaTable) -> pa.Schema:
     return pa.schema(table.schema().to_arrow())
 
 
-def _normalise(data: pl.DataFrame) -> pa.Table:
-    # Polars writes large string/binary views; Delta stores plain strings, so compare and write
-    # with the delta-rs view of types.
+def _normalise(data: pl.DataFrame, table: str) -> pa.Table:
+    """Bring a frame to the types the lake stores: microsecond UTC timestamps, plain strings.
+
+    Raises:
+        SchemaChangeError: A timestamp column has no time zone (the lake stores UTC instants).
+    """
+    naive = [n for n, t in data.schema.items() if isinstance(t, pl.Datetime) and not t.time_zone]
+    if naive:
+        raise SchemaChangeError(
+            f"table {table}: timestamp columns {', '.join(naive)} have no time zone; give them "
+            "one (the lake stores UTC instants)"
+        )
+    data = data.with_columns(
+        pl.col(n).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+        for n, t in data.schema.items()
+        if isinstance(t, pl.Datetime) and (t.time_unit != "us" or t.time_zone != "UTC")
+    )
+    # Polars hands out large string/binary views; Delta stores plain strings.
     return data.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
@@ -259,10 +259,11 @@ def write_partition(
     name = table or uri
     partition_by = list(partition_by or partition.keys())
     _check_partition(data, partition, name)
-    arrow = _normalise(data)
+    arrow = _normalise(data, name)
+    write_id = str(uuid.uuid4())
     added: list[str] = []
-    if table_exists(uri):
-        delta = DeltaTable(uri)
+    delta = _open_or_create(uri, arrow, partition, partition_by, write_id)
+    if delta is not None:
         existing_schema = _arrow_schema(delta)
         if list(delta.metadata().partition_columns) != partition_by:
             raise SchemaChangeError(
@@ -271,10 +272,46 @@ def write_partition(
             )
         added, missing = check_schema(existing_schema, arrow.schema, policy, name)
         arrow = _conform(arrow, existing_schema, missing)
-        commit_files(uri, arrow, partition, partition_by, delta)
-    else:
-        commit_files(uri, arrow, partition, partition_by, None)
-    return describe_write(uri, rows_written=arrow.num_rows, partition=partition, added=added)
+        commit_files(uri, arrow, partition, partition_by, delta, {WRITE_ID_KEY: write_id})
+    return describe_write(
+        uri, write_id, rows_written=arrow.num_rows, partition=partition, added=added
+    )
+
+
+def _open_or_create(
+    uri: str,
+    arrow: pa.Table,
+    partition: Mapping[str, PartitionValue],
+    partition_by: Sequence[str],
+    write_id: str,
+    metadata: Mapping[str, str] | None = None,
+) -> DeltaTable | None:
+    """Open the table, or create it holding `arrow` (then return None: the write is done).
+
+    Creation happens under a lock file in the table's folder, so that concurrent first writers
+    (a backfill on a fresh environment) create the table once and the others write into it.
+    """
+    if table_exists(uri):
+        return DeltaTable(uri)
+    # Delta readers and vacuum ignore files whose names start with an underscore.
+    lock_path = Path(uri) / "_mlops_create.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if table_exists(uri):
+                return DeltaTable(uri)
+            commit_files(
+                uri,
+                arrow,
+                partition,
+                partition_by,
+                None,
+                {WRITE_ID_KEY: write_id, **(metadata or {})},
+            )
+            return None
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_partition(
@@ -289,29 +326,6 @@ def _check_partition(
                 f"table {name}: {outside} rows have {column} != {partition[column]!s}; a partition "
                 "write carries only that partition's rows"
             )
-
-
-def overwrite_table(
-    uri: str | Path,
-    data: pl.DataFrame,
-    *,
-    policy: SchemaPolicy = SchemaPolicy.STRICT,
-    table: str | None = None,
-) -> WriteResult:
-    """Replace a whole (unpartitioned) table with `data` in one atomic commit."""
-    uri = str(uri)
-    name = table or uri
-    arrow = _normalise(data)
-    added: list[str] = []
-    if table_exists(uri):
-        delta = DeltaTable(uri)
-        existing_schema = _arrow_schema(delta)
-        added, missing = check_schema(existing_schema, arrow.schema, policy, name)
-        arrow = _conform(arrow, existing_schema, missing)
-        commit_files(uri, arrow, {}, [], delta)
-    else:
-        commit_files(uri, arrow, {}, [], None)
-    return describe_write(uri, rows_written=arrow.num_rows, partition={}, added=added)
 
 
 def _partition_text(value: PartitionValue) -> str:
@@ -382,6 +396,8 @@ def file_statistics(frame: pl.DataFrame) -> dict[str, Any]:
 def _has_bounds(dtype: pl.DataType) -> bool:
     if isinstance(dtype, pl.Datetime):
         return dtype.time_zone is not None
+    if isinstance(dtype, pl.Decimal):
+        return False  # Delta wants decimal statistics as exact values, JSON floats are not
     return dtype.is_numeric() or dtype in (pl.Date, pl.String)
 
 
@@ -426,25 +442,42 @@ def commit_files(
         )
     schema = DeltaSchema.from_arrow(data.schema)
     if delta is None:
+        # The creating commit keeps no custom metadata: create the table empty, then add the
+        # files in a commit of their own that carries it.
         Path(uri).mkdir(parents=True, exist_ok=True)
         create_table_with_add_actions(
-            uri, schema, actions, mode="error", partition_by=list(partition_by) or None
+            uri, schema, [], mode="error", partition_by=list(partition_by) or None
         )
-        return
-    delta.create_write_transaction(
-        actions,
-        mode="overwrite",
-        schema=schema,
-        partition_by=list(partition_by) or None,
-        partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by] or None,
-    )
+        delta = DeltaTable(uri)
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            delta.create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=schema,
+                partition_by=list(partition_by) or None,
+                partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by]
+                or None,
+                commit_properties=CommitProperties(custom_metadata=dict(metadata))
+                if metadata
+                else None,
+            )
+            return
+        except CommitFailedError:
+            # Another writer committed first (to another partition, or the table's creation):
+            # the files are written, so commit them again on top of the new version. delta-rs
+            # can report a conflict after its commit landed: then there is nothing to redo.
+            write_id = (metadata or {}).get(WRITE_ID_KEY)
+            if write_id and _version_of(uri, write_id) is not None:
+                return
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+            delta = DeltaTable(uri)
 
 
 class DuplicateKeyError(ValueError):
     """Rows handed to a merge repeat a key."""
-
-
-LINEAGE_KEY = "mlops.lineage"
 
 
 def merge_partition(
@@ -481,15 +514,17 @@ def merge_partition(
     uri = str(uri)
     name = table or uri
     _check_partition(data, partition, name)
-    repeated = data.select(keys).is_duplicated().sum()
+    repeated = data.height - data.select(keys).unique().height
     if repeated:
         raise DuplicateKeyError(f"table {name}: {repeated} rows repeat a key of {list(keys)}")
-    metadata = {LINEAGE_KEY: json.dumps(lineage, default=str)} if lineage is not None else {}
-    arrow = _normalise(data)
-    if not table_exists(uri):
-        commit_files(uri, arrow, partition, list(partition), None, metadata)
-        return describe_write(uri, rows_written=arrow.num_rows, partition=partition)
-    delta = DeltaTable(uri)
+    write_id = str(uuid.uuid4())
+    metadata = {WRITE_ID_KEY: write_id}
+    if lineage is not None:
+        metadata[LINEAGE_KEY] = json.dumps(lineage, default=str)
+    arrow = _normalise(data, name)
+    delta = _open_or_create(uri, arrow, partition, list(partition), write_id, metadata)
+    if delta is None:
+        return describe_write(uri, write_id, rows_written=arrow.num_rows, partition=partition)
     check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
     in_partition = " AND ".join(f"t.{c} = {_sql_literal(v)}" for c, v in partition.items())
     on_keys = " AND ".join(f"t.{k} = s.{k}" for k in keys)
@@ -499,33 +534,37 @@ def merge_partition(
             predicate=f"{in_partition} AND {on_keys}",
             source_alias="s",
             target_alias="t",
-            commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None,
+            commit_properties=CommitProperties(custom_metadata=metadata),
         )
         .when_matched_update_all()
         .when_not_matched_insert_all()
         .when_not_matched_by_source_delete(predicate=in_partition)
         .execute()
     )
-    return describe_write(uri, rows_written=arrow.num_rows, partition=partition)
+    return describe_write(uri, write_id, rows_written=arrow.num_rows, partition=partition)
 
 
 def read_lineage(uri: str | Path) -> dict[str, Any] | None:
     """Lineage stored with the table's latest write, or None when it carries none."""
-    for entry in DeltaTable(str(uri)).history(1):
-        if LINEAGE_KEY in entry:
-            return json.loads(entry[LINEAGE_KEY])
-    return None
+    entry = DeltaTable(str(uri)).history(1)[0]
+    return json.loads(entry[LINEAGE_KEY]) if LINEAGE_KEY in entry else None
 
 
 def describe_write(
     uri: str,
+    write_id: str,
     *,
     rows_written: int,
     partition: Mapping[str, PartitionValue],
     added: Sequence[str] = (),
 ) -> WriteResult:
-    """Read back the table's version, size and schema after a write."""
-    delta = DeltaTable(uri)
+    """Version, size and schema of the table as this write left it.
+
+    The write's own commit is found by its id, so a concurrent writer's later commit does not
+    get reported as this one's.
+    """
+    version = _version_of(uri, write_id)
+    delta = DeltaTable(uri, version=version)
     schema = _arrow_schema(delta)
     return WriteResult(
         uri=uri,
@@ -536,6 +575,21 @@ def describe_write(
         partition={k: str(v) for k, v in partition.items()},
         added_columns=tuple(added),
     )
+
+
+def _version_of(uri: str, write_id: str, newest: int = 50) -> int | None:
+    """Version of the commit carrying `write_id`, from the newest commit files of the log.
+
+    The log's files are read directly: under concurrent commits, the version numbers of
+    delta-rs' `history()` can be off by the commits landing meanwhile.
+    """
+    log = Path(uri) / "_delta_log"
+    commits = sorted(log.glob("[0-9]*.json"), reverse=True)[:newest]
+    needle = write_id.encode()
+    for commit in commits:
+        if needle in commit.read_bytes():
+            return int(commit.stem)
+    return None
 
 
 def table_row_count(delta: DeltaTable) -> int:

@@ -44,30 +44,17 @@ def to_quarantine(
         Rows with exactly `QUARANTINE_COLUMNS`.
     """
     if raw_fields is not None:
-        # Field order follows the record; absent (null) fields are omitted by the JSON encoder.
-        rejects = rejects.with_columns(
-            nw.concat_str(
-                nw.lit("{"),
-                nw.concat_str(
-                    *[
-                        nw.when(nw.col(f).is_null())
-                        .then(nw.lit(f'"{f}":null'))
-                        .otherwise(
-                            nw.concat_str(
-                                nw.lit(f'"{f}":"'),
-                                nw.col(f)
-                                .str.replace_all("\\", "\\\\", literal=True)
-                                .str.replace_all('"', '\\"', literal=True),
-                                nw.lit('"'),
-                            )
-                        )
-                        for f in raw_fields
-                    ],
-                    separator=",",
-                ),
-                nw.lit("}"),
-            ).alias(RAW)
-        )
+        # The record's fields as one JSON object (absent fields as null), encoded by polars
+        # so that any character in a value is escaped properly.
+        import polars as pl
+
+        native = rejects.to_native()
+        if isinstance(native, pl.DataFrame | pl.LazyFrame):
+            rejects = nw.from_native(
+                native.with_columns(pl.struct(raw_fields).struct.json_encode().alias(RAW))
+            )
+        else:
+            raise NotImplementedError("quarantine rows are built from polars frames")
     if "column" not in rejects.columns:
         rejects = rejects.with_columns(nw.lit(None, dtype=nw.String).alias("column"))
     return rejects.select(

@@ -109,54 +109,42 @@ def _typed(name: str) -> str:
 def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
     """Add a typed twin of every decimal and timestamp column; unparseable values become null.
 
-    polars parses leniently in one native pass; other engines take the portable route (format
-    check by regular expression, then cast), which gives the same values.
-    """
-    if frame.implementation is nw.Implementation.POLARS:
-        import polars as pl
+    A value must match the contract's pattern and then parse (so "2026-02-30" is refused).
+    This is polars code: other engines need their own lenient parse here (Spark's casts are
+    lenient), which is not written yet.
 
-        native = frame.to_native().with_columns(
-            *[
-                # The pattern keeps polars from accepting "inf", "nan" or "1e5" as amounts.
-                pl.when(pl.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
-                .then(pl.col(c).str.strip_chars().cast(pl.Float64, strict=False))
-                .alias(_typed(c))
-                for c in contract.decimals
-            ],
-            *[
+    Raises:
+        NotImplementedError: The frame is not a polars frame.
+    """
+    if frame.implementation is not nw.Implementation.POLARS:
+        raise NotImplementedError(
+            f"silver validation runs on polars frames; got {frame.implementation}"
+        )
+    import polars as pl
+
+    native = frame.to_native().with_columns(
+        *[
+            # The pattern keeps polars from accepting "inf", "nan" or "1e5" as amounts.
+            pl.when(pl.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
+            .then(pl.col(c).str.strip_chars().cast(pl.Float64, strict=False))
+            .alias(_typed(c))
+            for c in contract.decimals
+        ],
+        *[
+            pl.when(pl.col(c).str.strip_chars().str.contains(TIMESTAMP_PATTERN))
+            .then(
                 pl.col(c)
                 .str.strip_chars()
                 .str.replace(" ", "T", literal=True, n=1)
                 .str.replace(r"(Z|\+00:?00)?$", "Z")
                 .str.to_datetime(TIMESTAMP_FORMAT, time_unit="us", strict=False)
                 .dt.replace_time_zone("UTC")
-                .alias(_typed(c))
-                for c in contract.timestamps
-            ],
-        )
-        return nw.from_native(native)
-    return frame.with_columns(
-        *[
-            nw.when(nw.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
-            .then(nw.col(c).str.strip_chars().cast(nw.Float64))
-            .alias(_typed(c))
-            for c in contract.decimals
-        ],
-        *[
-            nw.when(nw.col(c).str.strip_chars().str.contains(TIMESTAMP_PATTERN))
-            .then(
-                nw.col(c)
-                .str.strip_chars()
-                .str.replace(" ", "T", literal=True)
-                .str.replace(r"(Z|\+00:?00)?$", "Z")
-                .str.to_datetime(TIMESTAMP_FORMAT)
-                .dt.replace_time_zone("UTC")
-                .cast(nw.Datetime("us", "UTC"))
             )
             .alias(_typed(c))
             for c in contract.timestamps
         ],
     )
+    return nw.from_native(native)
 
 
 def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:

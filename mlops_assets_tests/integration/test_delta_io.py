@@ -1,4 +1,5 @@
 import datetime
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 import pyarrow.compute as pc
@@ -6,11 +7,13 @@ import pytest
 from deltalake import DeltaTable
 
 from mlops_assets.lakehouse.delta_io import (
+    DuplicateKeyError,
     PartitionMismatchError,
     SchemaChangeError,
     SchemaPolicy,
     file_statistics,
-    partition_predicate,
+    merge_partition,
+    read_lineage,
     read_partition,
     scan_table,
     table_version,
@@ -48,7 +51,8 @@ def test_rewriting_one_partition_leaves_the_others_intact(tmp_path):
     ]
     assert result.rows_written == 2
     assert result.table_rows == 5 + 2 + 3
-    assert result.version == 3
+    # Creating the table takes two commits (create, then add the files), then one per write.
+    assert result.version == 4
     assert result.partition == {"landing_date": "2026-01-02"}
     # The commit replaced DAY2's files and kept every other file as it was.
     files_after = files_by_partition(uri)
@@ -179,7 +183,7 @@ def test_strict_policy_names_the_columns_that_change(tmp_path):
     wrong_type = day_frame(DAY2, 2).with_columns(pl.col("amount").cast(pl.String))
     with pytest.raises(SchemaChangeError, match=r"changed types amount: double -> string"):
         write_partition(uri, wrong_type, {"landing_date": DAY2}, policy=SchemaPolicy.ADDITIVE)
-    assert table_version(uri) == 0
+    assert table_version(uri) == 1
 
 
 def test_additive_policy_adds_new_columns_and_fills_missing_ones(tmp_path):
@@ -202,8 +206,44 @@ def test_additive_policy_adds_new_columns_and_fills_missing_ones(tmp_path):
     assert table.filter(pl.col("landing_date") == DAY2)["terminal_id"].to_list() == ["t1", "t1"]
 
 
-def test_partition_predicates_quote_values_and_refuse_odd_column_names():
-    assert partition_predicate({"landing_date": DAY1}) == "landing_date = '2026-01-01'"
-    assert partition_predicate({"source": "o'brien", "n": 3}) == "source = 'o''brien' AND n = 3"
-    with pytest.raises(ValueError, match="not a plain identifier"):
-        partition_predicate({"a; drop": "x"})
+def test_timestamps_are_stored_as_utc_microseconds_and_naive_ones_refused(tmp_path):
+    uri = str(tmp_path / "t")
+    at = datetime.datetime(2026, 1, 1, 12, 30, tzinfo=datetime.UTC)
+    frame = day_frame(DAY1, 2).with_columns(
+        pl.lit(at).cast(pl.Datetime("ms", "Europe/Paris")).alias("at")
+    )
+    write_partition(uri, frame, {"landing_date": DAY1})
+    stored = scan_table(uri).collect()
+    assert stored.schema["at"] == pl.Datetime("us", "UTC")
+    assert stored["at"].to_list() == [at, at]
+    naive = day_frame(DAY2, 1).with_columns(pl.lit(datetime.datetime(2026, 1, 2)).alias("at"))
+    with pytest.raises(SchemaChangeError, match="timestamp columns at have no time zone"):
+        write_partition(uri, naive, {"landing_date": DAY2}, table="silver/x")
+
+
+def test_concurrent_writers_create_once_and_each_report_their_own_version(tmp_path):
+    uri = str(tmp_path / "t")
+    days = [DAY1 + datetime.timedelta(days=i) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(
+            pool.map(
+                lambda day: write_partition(uri, day_frame(day, 3), {"landing_date": day}), days
+            )
+        )
+    assert scan_table(uri).collect().height == 18
+    versions = [r.version for r in results]
+    assert len(set(versions)) == len(versions)
+    history = {e["version"]: e.get("mlops.write_id") for e in DeltaTable(uri).history()}
+    assert all(history[v] for v in versions)
+
+
+def test_lineage_is_kept_from_the_first_write_on(tmp_path):
+    uri = str(tmp_path / "t")
+    frame = pl.DataFrame({"k": ["a", "b"], "event_date": [DAY1, DAY1]})
+    merge_partition(uri, frame, {"event_date": DAY1}, keys=["k"], lineage={"source": 1})
+    assert read_lineage(uri) == {"source": 1}
+    merge_partition(uri, frame.head(1), {"event_date": DAY1}, keys=["k"], lineage={"source": 2})
+    assert read_lineage(uri) == {"source": 2}
+    assert scan_table(uri).collect()["k"].to_list() == ["a"]
+    with pytest.raises(DuplicateKeyError, match="1 rows repeat a key"):
+        merge_partition(uri, pl.concat([frame, frame.head(1)]), {"event_date": DAY1}, keys=["k"])

@@ -23,6 +23,7 @@ def test_defaults_are_dev_and_the_repository_data_folder():
     [
         ({"MLOPS_ENV": "qa"}, "MLOPS_ENV='qa' is not an environment"),
         ({"MLOPS_ENGINE": "duckdb"}, "MLOPS_ENGINE='duckdb' is not an engine"),
+        ({"MLOPS_ENGINE": "spark"}, "MLOPS_ENGINE='spark' is not an engine; use one of polars"),
         ({"MLOPS_START_DATE": "01/02/2026"}, "MLOPS_START_DATE='01/02/2026' is not an ISO date"),
     ],
 )

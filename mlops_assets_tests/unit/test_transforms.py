@@ -1,4 +1,5 @@
 import datetime
+import json
 
 import narwhals as nw
 import polars as pl
@@ -225,3 +226,25 @@ def test_merchant_category_daily_counts_volume_amount_and_known_fraud():
     assert rows["grocery"]["fraud_rate"] == pytest.approx(1 / 3)
     assert rows["travel"]["labelled"] == 1
     assert rows["travel"]["fraud_rate"] == 0.0
+
+
+def test_quarantine_json_escapes_control_characters():
+    rejects = nw.from_native(
+        pl.DataFrame(
+            {"_source_file": ["f"], "_line_number": [3], "reason": ["bad"], "a": ["x\ty\u0001"]}
+        )
+    )
+    rows = to_quarantine(
+        rejects, stage="silver", landing_date=DAY, quarantined_at=INGESTED, raw_fields=["a"]
+    )
+    assert json.loads(rows["raw"].item()) == {"a": "x\ty\u0001"}
+
+
+def test_timestamps_must_match_the_pattern_before_parsing():
+    valid, rejected = validate(
+        bronze([GOOD, {**GOOD, "transaction_id": "t2", "event_time": "2026-1-2T10:00:00Z"}]),
+        TRANSACTIONS,
+        "landing_date",
+    )
+    assert valid["transaction_id"].to_list() == ["t1"]
+    assert rejected["column"].to_list() == ["event_time"]
