@@ -99,6 +99,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not all(r.success for r in features) or len(features) != len(days):
             print("[demo] a feature run failed: open the UI (make ui) for the run's logs")
             return 1
+        online = defs.resolve_job_def("online_publish").execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        if not online.success:
+            print("[demo] publishing to the online store failed: see the run in the UI")
+            return 1
+        print(f"[demo] latest feature rows published to {settings.online_store_path}")
     from mlops_assets.lakehouse.summary import lake_summary, print_summary
 
     print_summary(lake_summary(settings), manifests)

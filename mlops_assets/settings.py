@@ -73,6 +73,11 @@ class Settings:
         return self.env_root / "lake"
 
     @property
+    def online_store_path(self) -> Path:
+        """The embedded online feature store of the environment."""
+        return self.env_root / "online" / "features.sqlite"
+
+    @property
     def dagster_home(self) -> Path:
         """Dagster run and event storage of the environment."""
         return self.env_root / "dagster"

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK, FeatureTable
 from mlops_assets.lakehouse.catalog import TableRef
@@ -90,9 +90,7 @@ def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) 
     deps=[
         dg.AssetDep(
             ["silver", "transactions"],
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-CARD_LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True
-            ),
+            partition_mapping=days_around(-CARD_LOOKBACK_DAYS, 0),
         )
     ],
     group_name="features",
@@ -226,11 +224,7 @@ def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: Lakeho
     deps=[
         dg.AssetDep(
             ["features", "merchant_daily"],
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-MERCHANT_WINDOW_DAYS,
-                end_offset=-1,
-                allow_nonexistent_upstream_partitions=True,
-            ),
+            partition_mapping=days_around(-MERCHANT_WINDOW_DAYS, -1),
         )
     ],
     group_name="features",

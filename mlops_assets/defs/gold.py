@@ -5,7 +5,7 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import scan_table, table_exists, write_partition
@@ -25,9 +25,7 @@ TRANSACTION_COLUMNS = ["transaction_id", "event_time", "card_id", "merchant_cate
         # A day's events keep landing for a few days after it (late events).
         dg.AssetDep(
             ["silver", "transactions"],
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=0, end_offset=LATE_DAYS, allow_nonexistent_upstream_partitions=True
-            ),
+            partition_mapping=days_around(0, LATE_DAYS),
         ),
         # Chargebacks for a day arrive on later days: the fraud rate reads all labels known.
         dg.AssetDep(["silver", "labels"], partition_mapping=dg.AllPartitionMapping()),

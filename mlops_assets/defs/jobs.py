@@ -29,3 +29,9 @@ features_job = dg.define_asset_job(
 features_schedule = dg.build_schedule_from_partitioned_job(
     features_job, hour_of_day=1, minute_of_hour=30
 )
+
+online_job = dg.define_asset_job(
+    name="online_publish",
+    selection=dg.AssetSelection.groups("online"),
+    description="Publish the latest feature rows per key to the online store.",
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 
 import dagster as dg
 
@@ -24,3 +25,19 @@ DAILY = daily_partitions()
 def partition_day(context: dg.AssetExecutionContext) -> datetime.date:
     """The run's partition as a date."""
     return datetime.date.fromisoformat(context.partition_key)
+
+
+def days_around(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMapping:
+    """Map a day to the upstream days `[day + start_offset, day + end_offset]`.
+
+    Upstream days before the first partition (or not yet there) are allowed: the first days
+    of a lake have a shorter look-back.
+    """
+    with warnings.catch_warnings():
+        # Allowing missing upstream partitions is a beta parameter of Dagster.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.TimeWindowPartitionMapping(
+            start_offset=start_offset,
+            end_offset=end_offset,
+            allow_nonexistent_upstream_partitions=True,
+        )

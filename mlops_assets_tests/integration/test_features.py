@@ -9,6 +9,8 @@ import pytest
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.runner import run_days
 from mlops_assets.features.discovery import describe, list_tables
+from mlops_assets.features.online_store import OnlineStore
+from mlops_assets.features.registry import CARD_BEHAVIOUR
 from mlops_assets.lakehouse.catalog import Catalog
 from mlops_assets.lakehouse.delta_io import read_lineage, scan_table, table_version
 from mlops_assets.settings import load_settings
@@ -31,6 +33,7 @@ def lake(tmp_path_factory):
         assert all(r.success for r in run_days(defs, DAYS, instance, log_level="ERROR"))
         runs = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
         assert [r.success for r in runs] == [True] * len(DAYS)
+        assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
         yield settings, defs, instance
 
 
@@ -110,6 +113,27 @@ def test_discovery_lists_tables_with_keys_freshness_and_lineage(lake):
     assert info["latest_feature_time"].startswith(DAYS[-1].isoformat())
     assert info["lineage"]["code_version"]
     assert {f["name"] for f in info["features"]} >= {"txn_count_24h", "amount_mean_7d"}
+
+
+def test_online_store_answers_for_every_recent_card_and_defaults_unknown_ones(lake):
+    settings, *_ = lake
+    features = read(settings, "features", "card_behaviour")
+    latest = features.sort("event_time").group_by("card_id").last()
+    store = OnlineStore(settings.online_store_path)
+    vectors = store.lookup_many("card_behaviour", latest["card_id"].to_list())
+    assert all(v.found for v in vectors)
+    expected = {r["card_id"]: r for r in latest.iter_rows(named=True)}
+    for vector in vectors[:50]:
+        row = expected[vector.key]
+        assert vector.feature_time == row["event_time"]
+        assert vector.values["txn_count_24h"] == row["txn_count_24h"]
+    unknown = store.lookup("card_behaviour", "card_never_seen")
+    assert not unknown.found
+    assert unknown.values == CARD_BEHAVIOUR.defaults
+    assert store.stats()["card_behaviour"]["misses"] == 1
+    merchants = read(settings, "features", "merchant_risk")["merchant_id"].unique().to_list()
+    assert all(v.found for v in store.lookup_many("merchant_risk", merchants))
+    store.close()
 
 
 def test_refreshing_a_day_again_changes_nothing(lake):
