@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate landing days, then build bronze, silver, gold and quarantine for each."""
     import dagster as dg
 
-    from mlops_assets.defs.runner import prepare_dagster_home, run_days
+    from mlops_assets.defs.runner import prepare_dagster_home, run_days, run_once
     from mlops_assets.simulate import simulate
 
     settings = load_settings()
@@ -99,15 +99,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not all(r.success for r in features) or len(features) != len(days):
             print("[demo] a feature run failed: open the UI (make ui) for the run's logs")
             return 1
-        online = defs.resolve_job_def("online_publish").execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        if not online.success:
+        if not run_once(defs, "online_publish", instance).success:
             print("[demo] publishing to the online store failed: see the run in the UI")
             return 1
         print(f"[demo] latest feature rows published to {settings.online_store_path}")
+        training = run_once(defs, "training_set", instance)
+        if not training.success:
+            print("[demo] building the training set failed: see the run in the UI")
+            return 1
+        built = training.asset_materializations_for_node("ml__training_set")[0].metadata
+        print(
+            f"[demo] point-in-time training set: {built['events'].value:,} events, "
+            f"{built['fraud_events'].value:,} fraud, at {built['dagster/uri'].value}"
+        )
     from mlops_assets.lakehouse.summary import lake_summary, print_summary
 
     print_summary(lake_summary(settings), manifests)

@@ -13,7 +13,9 @@ from mlops_assets.defs.jobs import (
     medallion_job,
     medallion_schedule,
     online_job,
+    training_set_job,
 )
+from mlops_assets.defs.ml import ml_assets
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.silver import silver_assets
@@ -24,8 +26,15 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Assemble assets, checks, jobs, schedules and resources for an environment."""
     settings = settings or load_settings()
     return dg.Definitions(
-        assets=[*bronze_assets, *silver_assets, *gold_assets, *feature_assets, *online_assets],
-        jobs=[medallion_job, features_job, online_job],
+        assets=[
+            *bronze_assets,
+            *silver_assets,
+            *gold_assets,
+            *feature_assets,
+            *online_assets,
+            *ml_assets,
+        ],
+        jobs=[medallion_job, features_job, online_job, training_set_job],
         schedules=[medallion_schedule, features_schedule],
         resources={"lakehouse": LakehouseResource.from_settings(settings)},
     )

@@ -30,6 +30,12 @@ features_schedule = dg.build_schedule_from_partitioned_job(
     features_job, hour_of_day=1, minute_of_hour=30
 )
 
+training_set_job = dg.define_asset_job(
+    name="training_set",
+    selection=dg.AssetSelection.assets(["ml", "training_set"]),
+    description="Build the point-in-time training set of the fraud detector.",
+)
+
 online_job = dg.define_asset_job(
     name="online_publish",
     selection=dg.AssetSelection.groups("online"),

@@ -314,6 +314,32 @@ def _open_or_create(
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def overwrite_table(
+    uri: str | Path,
+    data: pl.DataFrame,
+    *,
+    table: str | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> WriteResult:
+    """Replace a whole unpartitioned table in one commit (strict schema policy).
+
+    Raises:
+        SchemaChangeError: The data's schema differs from the table's.
+    """
+    uri = str(uri)
+    name = table or uri
+    arrow = _normalise(data, name)
+    write_id = str(uuid.uuid4())
+    metadata = {WRITE_ID_KEY: write_id}
+    if lineage is not None:
+        metadata[LINEAGE_KEY] = json.dumps(lineage, default=str)
+    delta = _open_or_create(uri, arrow, {}, [], write_id, metadata)
+    if delta is not None:
+        check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
+        commit_files(uri, arrow, {}, [], delta, metadata)
+    return describe_write(uri, write_id, rows_written=arrow.num_rows, partition={})
+
+
 def _check_partition(
     data: pl.DataFrame, partition: Mapping[str, PartitionValue], name: str
 ) -> None:

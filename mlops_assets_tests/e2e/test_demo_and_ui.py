@@ -60,7 +60,7 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}
 
     assert rows(again) == rows(tables)
-    assert len(rows(tables)) == 12
+    assert len(rows(tables)) == 13
     # Everything the environment wrote is under data/dev.
     assert {p.name for p in tmp_path.iterdir()} == {"dev"}
 

@@ -18,6 +18,7 @@ EXPECTED_ASSETS = {
     "features/merchant_risk": "features",
     "online/card_behaviour": "online",
     "online/merchant_risk": "online",
+    "ml/training_set": "ml",
 }
 
 
@@ -54,6 +55,12 @@ def test_asset_graph_snapshot(tmp_path):
         "features/merchant_risk": ["features/merchant_daily"],
         "online/card_behaviour": ["features/card_behaviour"],
         "online/merchant_risk": ["features/merchant_risk"],
+        "ml/training_set": [
+            "features/card_behaviour",
+            "features/merchant_risk",
+            "silver/labels",
+            "silver/transactions",
+        ],
     }
 
 
@@ -65,7 +72,7 @@ def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
         assert node.owners, key
         assert "polars" in node.kinds, key
         assert node.code_version, key
-        if key.path[0] != "online":
+        if key.path[0] not in ("online", "ml"):
             assert "delta" in node.kinds, key
             assert node.partitions_def is not None, key
 

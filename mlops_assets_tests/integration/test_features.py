@@ -11,6 +11,7 @@ from mlops_assets.defs.runner import run_days
 from mlops_assets.features.discovery import describe, list_tables
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.features.registry import CARD_BEHAVIOUR
+from mlops_assets.features.spec import FRAUD_SPEC, FeatureSpec
 from mlops_assets.lakehouse.catalog import Catalog
 from mlops_assets.lakehouse.delta_io import read_lineage, scan_table, table_version
 from mlops_assets.settings import load_settings
@@ -34,7 +35,23 @@ def lake(tmp_path_factory):
         runs = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
         assert [r.success for r in runs] == [True] * len(DAYS)
         assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
+        assert build_training_set(defs, instance).success
         yield settings, defs, instance
+
+
+CUTOFF = "2026-01-11T00:00:00+00:00"
+
+
+def build_training_set(defs, instance):
+    job = dg.define_asset_job("training_set_only", selection=[dg.AssetKey(["ml", "training_set"])])
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    return merged.resolve_job_def("training_set_only").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {"ml__training_set": {"config": {"label_cutoff": CUTOFF, "days": 10}}},
+            "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+        },
+    )
 
 
 def read(settings, layer, name) -> pl.DataFrame:
@@ -148,3 +165,54 @@ def test_refreshing_a_day_again_changes_nothing(lake):
     )
     for name, frame in before.items():
         assert read(settings, "features", name).sort(pl.all()).equals(frame), name
+
+
+def test_training_set_uses_only_features_known_strictly_before_each_event(lake):
+    settings, *_ = lake
+    rows = read(settings, "ml", "training_set")
+    silver = read(settings, "silver", "transactions").filter(pl.col("event_date").is_in(DAYS))
+    assert rows.height == silver.height
+    assert rows["transaction_id"].is_duplicated().sum() == 0
+    for column in ("card_behaviour__feature_time", "merchant_risk__feature_time"):
+        known = rows.filter(pl.col(column).is_not_null())
+        assert known.height > 0.5 * rows.height, column
+        assert (known[column] < known["event_time"]).all(), column
+    # The card row used is the card's latest row strictly before the event.
+    features = read(settings, "features", "card_behaviour")
+    sample = rows.filter(pl.col("card_behaviour__feature_time").is_not_null()).sample(200, seed=1)
+    for row in sample.iter_rows(named=True):
+        before = features.filter(
+            pl.col("card_id") == row["card_id"], pl.col("event_time") < row["event_time"]
+        )
+        assert row["card_behaviour__feature_time"] == before["event_time"].max()
+    # Labels: fraud means a fraud chargeback reported by the cutoff.
+    labels = read(settings, "silver", "labels").filter(
+        pl.col("is_fraud"), pl.col("reported_at") <= datetime.datetime.fromisoformat(CUTOFF)
+    )
+    fraud_ids = set(rows.filter(pl.col("is_fraud"))["transaction_id"])
+    assert fraud_ids == set(labels["transaction_id"]) & set(rows["transaction_id"])
+    assert len(fraud_ids) > 0
+
+
+def test_training_set_is_deterministic(lake):
+    settings, defs, instance = lake
+    first = read(settings, "ml", "training_set")
+    assert build_training_set(defs, instance).success
+    assert read(settings, "ml", "training_set").equals(first)
+
+
+def test_request_time_features_are_derived_alike_offline_and_online(lake):
+    settings, *_ = lake
+    rows = read(settings, "ml", "training_set").sample(20, seed=3)
+    assert FeatureSpec.from_json(FRAUD_SPEC.to_json()) == FRAUD_SPEC
+    for row in rows.iter_rows(named=True):
+        looked_up = {
+            lookup.table: {
+                "values": {f: row[f] for f in lookup.features},
+                "feature_time": row[lookup.time_column],
+            }
+            for lookup in FRAUD_SPEC.lookups
+        }
+        online = FRAUD_SPEC.request_frame(row, looked_up).row(0, named=True)
+        for name in FRAUD_SPEC.feature_columns:
+            assert online[name] == pytest.approx(row[name]), name
