@@ -11,11 +11,10 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-from benchmarks.harness import measure, peak_mib, save
+from benchmarks.harness import entry_point, measure, save
 
 START = datetime.date(2026, 1, 1)
 DAYS = 61
@@ -165,10 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        task = {"setup": task_setup, "refresh": task_refresh}[sys.argv[1]]
-        report = task(*sys.argv[2:])
-        report["peak_mib"] = peak_mib()
-        print(json.dumps(report))
-    else:
-        main()
+    entry_point(main, {"setup": task_setup, "refresh": task_refresh})

@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import measure, peak_mib, save
+from benchmarks.harness import entry_point, measure, save
 
 DAY = datetime.date(2026, 1, 1)
 ROWS = int(os.environ.get("BENCH_MEDALLION_ROWS", "1000000"))
@@ -126,10 +125,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        task = {"simulate": task_simulate, "io_floor": task_io_floor, "medallion": task_medallion}
-        report = task[sys.argv[1]](*sys.argv[2:])
-        report["peak_mib"] = peak_mib()
-        print(json.dumps(report))
-    else:
-        main()
+    entry_point(
+        main, {"simulate": task_simulate, "io_floor": task_io_floor, "medallion": task_medallion}
+    )

@@ -13,12 +13,11 @@ import datetime
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import measure, peak_mib, save
+from benchmarks.harness import entry_point, measure, save
 
 KEYS = int(os.environ.get("BENCH_ONLINE_KEYS", "200000"))
 LOOKUPS = int(os.environ.get("BENCH_ONLINE_LOOKUPS", "10000"))
@@ -200,10 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        task = {"publish": task_publish, "lookups": task_lookups}
-        report = task[sys.argv[1]](*sys.argv[2:])
-        report["peak_mib"] = peak_mib()
-        print(json.dumps(report))
-    else:
-        main()
+    entry_point(main, {"publish": task_publish, "lookups": task_lookups})

@@ -15,12 +15,11 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import measure, peak_mib, save
+from benchmarks.harness import entry_point, measure, save
 
 MODULE = "benchmarks.bench_point_in_time"
 EVENTS = int(os.environ.get("BENCH_PIT_EVENTS", "1000000"))
@@ -253,16 +252,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        task = {
+    entry_point(
+        main,
+        {
             "setup": task_setup,
             "ours": task_ours,
             "ours_join": task_ours_join,
             "pandas": task_pandas,
             "compare": task_compare,
-        }
-        report = task[sys.argv[1]](*sys.argv[2:])
-        report["peak_mib"] = peak_mib()
-        print(json.dumps(report))
-    else:
-        main()
+        },
+    )

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def peak_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def entry_point(main: Callable[[], None], tasks: Mapping[str, Callable[..., dict]]) -> None:
+    """Run `main()` without arguments, or the task named by the first argument.
+
+    A task is what `measure` starts in a fresh process: it returns its report, printed here as
+    one JSON line with the process's peak memory added.
+    """
+    if len(sys.argv) == 1:
+        main()
+        return
+    name = sys.argv[1]
+    if name not in tasks:
+        raise SystemExit(f"unknown benchmark task {name!r}; tasks: {', '.join(tasks)}")
+    report = tasks[name](*sys.argv[2:])
+    report["peak_mib"] = peak_mib()
+    print(json.dumps(report))
 
 
 def save(name: str, payload: dict) -> Path:
