@@ -224,7 +224,7 @@ def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: Lakeho
     deps=[
         dg.AssetDep(
             ["features", "merchant_daily"],
-            partition_mapping=days_around(-MERCHANT_WINDOW_DAYS, -1),
+            partition_mapping=days_around(-(MERCHANT_WINDOW_DAYS - 1), 0),
         )
     ],
     group_name="features",
@@ -235,22 +235,23 @@ def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: Lakeho
     metadata=feature_table_metadata(MERCHANT_RISK),
 )
 def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
-    """Merchant risk features as known at the start of each day, keyed by merchant and `as_of`.
+    """Merchant risk features as known at the end of each day, keyed by merchant and `as_of`.
 
-    Volume, fraud chargebacks and a smoothed fraud rate over the 30 days before the day,
-    counting only chargebacks reported before it, so a training event never sees a label
-    reported after it. Merged into the table on merchant_id within the day's partition.
+    Volume, fraud chargebacks and a smoothed fraud rate over the 30 days ending with the day,
+    counting only chargebacks reported by its end; `as_of` is the following midnight, so a
+    training event never sees a label reported after it. Merged into the table on merchant_id
+    within the day's partition, which the daily run after midnight publishes.
     """
     day = partition_day(context)
     uri = lakehouse.read_uri(MERCHANT_DAILY)
-    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS)
+    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
     if table_exists(uri):
         daily, version = _read_window(
             lakehouse,
             MERCHANT_DAILY,
             "day",
             start,
-            day - datetime.timedelta(days=1),
+            day,
             ["merchant_id", "day", "transactions", "fraud_reported", "chargebacks_reported"],
         )
     else:
@@ -271,7 +272,7 @@ def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: Lakehou
     written = merge_partition(
         lakehouse.write_uri(MERCHANT_RISK.ref),
         rows,
-        {"as_of_date": day},
+        {"day": day},
         keys=list(MERCHANT_RISK.row_keys),
         table=str(MERCHANT_RISK.ref),
         lineage=lineage,

@@ -19,14 +19,19 @@ class TrainingSetConfig(dg.Config):
     """Which events a training set holds.
 
     Attributes:
-        end_date: Last event day (ISO date); the latest silver event day when empty.
+        end_date: Last event day (ISO date); the latest day with mature labels when empty.
         days: Event days in the set, ending at `end_date`.
-        label_cutoff: Labels reported up to this instant (ISO, UTC) count; now when empty.
+        label_cutoff: Labels reported up to this instant count (ISO 8601 with a time zone);
+            now when empty.
+        label_maturity_days: Only events at least this old at the cutoff are kept, so their
+            chargebacks have had time to arrive (unlabelled recent fraud would be learnt as
+            legitimate).
     """
 
     end_date: str = ""
     days: int = 28
     label_cutoff: str = ""
+    label_maturity_days: int = 3
 
 
 @dg.asset(
@@ -69,17 +74,28 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
         layer, table = name.split("/")
         return scan_table(lakehouse.read_uri(TableRef(layer, table)), version=versions[name])
 
-    end = (
-        datetime.date.fromisoformat(config.end_date)
-        if config.end_date
-        else scan("silver/transactions").select(pl.col("event_date").max()).collect().item()
-    )
-    start = end - datetime.timedelta(days=config.days - 1)
     cutoff = (
         datetime.datetime.fromisoformat(config.label_cutoff)
         if config.label_cutoff
         else datetime.datetime.now(datetime.UTC)
     )
+    if cutoff.tzinfo is None:
+        raise dg.Failure(f"label_cutoff {config.label_cutoff!r} needs a time zone, e.g. +00:00")
+    if config.days < 1 or config.label_maturity_days < 0:
+        raise dg.Failure("days must be at least 1 and label_maturity_days at least 0")
+    mature_until = cutoff - datetime.timedelta(days=config.label_maturity_days)
+    latest = scan("silver/transactions").select(pl.col("event_date").max()).collect().item()
+    end = (
+        datetime.date.fromisoformat(config.end_date)
+        if config.end_date
+        else min(latest, mature_until.date())
+    )
+    if end > mature_until.date():
+        raise dg.Failure(
+            f"end_date {end} is after {mature_until.date()}, the last day whose labels are "
+            f"{config.label_maturity_days} days mature at the cutoff {cutoff.isoformat()}"
+        )
+    start = end - datetime.timedelta(days=config.days - 1)
     fraud = (
         scan("silver/labels")
         .filter(pl.col("is_fraud"), pl.col("reported_at") <= cutoff)
@@ -88,7 +104,7 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
     )
     events = (
         scan("silver/transactions")
-        .filter(pl.col("event_date").is_between(start, end))
+        .filter(pl.col("event_date").is_between(start, end), pl.col("event_time") <= mature_until)
         .select(*FRAUD_SPEC.request_fields, "event_date")
         .join(fraud, on="transaction_id", how="left")
         .with_columns(pl.col("is_fraud").fill_null(False))
@@ -100,7 +116,7 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
         .filter(pl.col("event_date").is_between(start - datetime.timedelta(days=30), end))
         .collect(),
         "merchant_risk": scan("features/merchant_risk")
-        .filter(pl.col("as_of_date").is_between(start - datetime.timedelta(days=3), end))
+        .filter(pl.col("day").is_between(start - datetime.timedelta(days=4), end))
         .collect(),
     }
     rows = FRAUD_SPEC.training_set(events, tables)
@@ -108,6 +124,7 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
         "sources": versions,
         "window": [start.isoformat(), end.isoformat()],
         "label_cutoff": cutoff.isoformat(),
+        "label_maturity_days": config.label_maturity_days,
         "feature_spec": FRAUD_SPEC.to_dict(),
         "code_version": CODE_VERSION,
     }

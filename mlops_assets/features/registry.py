@@ -137,11 +137,12 @@ MERCHANT_RISK = FeatureTable(
     entity_keys=("merchant_id",),
     timestamp_key="as_of",
     row_keys=("merchant_id",),
-    partition_column="as_of_date",
+    partition_column="day",
     description=(
-        "Each merchant's fraud history over the 30 days before a day, counting only "
-        "chargebacks reported before that day: volume, fraud reported, and the fraud rate "
-        "smoothed towards the overall prior for merchants with few transactions."
+        "Each merchant's fraud history over the 30 days ending with a day, as known at the "
+        "end of that day (`as_of`, counting only chargebacks reported by then): volume, fraud "
+        "reported, and the fraud rate smoothed towards the overall prior for merchants with "
+        "few transactions."
     ),
     owner="team:ml-platform",
     features=(

@@ -135,24 +135,24 @@ def merchant_daily(
 
 
 def merchant_risk(daily: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
-    """Merchant risk as known at the start of `day`, from the 30 days before it.
+    """Merchant risk as known at the end of `day`, from the 30 days ending with it.
 
-    Only chargebacks reported before `day` count (a label is known from the end of the day it
-    is reported), so the row's timestamp key `as_of` (midnight UTC starting `day`) is the
-    moment its values became known.
+    A chargeback counts from the end of the day it was reported, so the row's timestamp key
+    `as_of` (midnight UTC after `day`) is the moment its values became known, and an event
+    uses it only from then on.
 
     Args:
-        daily: `merchant_daily` rows for days in `[day - 30, day - 1]`.
-        day: The day the values are as of.
+        daily: `merchant_daily` rows for days in `[day - 29, day]`.
+        day: The last day of the window.
 
     Returns:
         One row per merchant seen in the window: `transactions_30d`, `fraud_reported_30d`,
         `chargebacks_30d`, `fraud_rate_30d` (smoothed towards the prior), keyed by
         `merchant_id` and `as_of`.
     """
-    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS)
-    window = daily.filter(pl.col("day") >= start, pl.col("day") < day)
-    as_of = datetime.datetime.combine(day, datetime.time(), UTC)
+    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
+    window = daily.filter(pl.col("day") >= start, pl.col("day") <= day)
+    as_of = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), UTC)
     return (
         window.group_by("merchant_id")
         .agg(
@@ -166,12 +166,12 @@ def merchant_risk(daily: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
                 / (pl.col("transactions_30d") + MERCHANT_PRIOR_WEIGHT)
             ).alias("fraud_rate_30d"),
             pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias("as_of"),
-            pl.lit(day).alias("as_of_date"),
+            pl.lit(day).alias("day"),
         )
         .select(
             "merchant_id",
             "as_of",
-            "as_of_date",
+            "day",
             "transactions_30d",
             "fraud_reported_30d",
             "chargebacks_30d",

@@ -95,18 +95,21 @@ def test_merchant_risk_counts_only_chargebacks_reported_before_the_day(lake):
     )
     risk = read(settings, "features", "merchant_risk")
     day = DAYS[-1]
+    as_of = datetime.datetime.combine(
+        day + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
     expected = (
         labels.filter(
-            pl.col("reported_at") < datetime.datetime.combine(day, datetime.time(), datetime.UTC),
-            pl.col("reported_date") >= day - datetime.timedelta(days=30),
+            pl.col("reported_at") < as_of,
+            pl.col("reported_date") >= day - datetime.timedelta(days=29),
         )
         .group_by("merchant_id")
         .agg(pl.col("is_fraud").sum().alias("expected"))
     )
-    got = risk.filter(pl.col("as_of_date") == day).join(expected, on="merchant_id", how="left")
+    got = risk.filter(pl.col("day") == day).join(expected, on="merchant_id", how="left")
     assert expected.height > 0
     assert (got["fraud_reported_30d"] == got["expected"].fill_null(0)).all()
-    assert (got["as_of"] == datetime.datetime.combine(day, datetime.time(), datetime.UTC)).all()
+    assert (got["as_of"] == as_of).all()
     assert got["fraud_rate_30d"].is_between(0, 1).all()
 
 
@@ -170,8 +173,14 @@ def test_refreshing_a_day_again_changes_nothing(lake):
 def test_training_set_uses_only_features_known_strictly_before_each_event(lake):
     settings, *_ = lake
     rows = read(settings, "ml", "training_set")
-    silver = read(settings, "silver", "transactions").filter(pl.col("event_date").is_in(DAYS))
+    # Events whose labels are 3 days mature at the cutoff, over the 10 days ending then.
+    mature_until = datetime.datetime.fromisoformat(CUTOFF) - datetime.timedelta(days=3)
+    silver = read(settings, "silver", "transactions").filter(
+        pl.col("event_time") <= mature_until,
+        pl.col("event_date") > mature_until.date() - datetime.timedelta(days=10),
+    )
     assert rows.height == silver.height
+    assert rows["event_time"].max() <= mature_until
     assert rows["transaction_id"].is_duplicated().sum() == 0
     for column in ("card_behaviour__feature_time", "merchant_risk__feature_time"):
         known = rows.filter(pl.col(column).is_not_null())
