@@ -275,16 +275,49 @@ class FeatureSpec:
             A one-row frame with the request fields and `feature_columns`.
         """
         row: dict[str, Any] = {name: request.get(name) for name in self.request_fields}
+        event_time = request.get("event_time")
+        if not isinstance(event_time, datetime.datetime) or event_time.tzinfo is None:
+            raise ValueError(
+                f"request field event_time must be a datetime with a time zone, got {event_time!r}"
+            )
         for lookup in self.lookups:
+            definition = lookup.definition
             found = looked_up[lookup.table]
+            feature_time = found.get("feature_time")
+            # The same rules as the point-in-time join: only a row from strictly before the
+            # event, and not older than the table's staleness limit; otherwise the defaults.
+            limit = datetime.timedelta(days=definition.max_staleness_days)
+            usable = feature_time is not None and (event_time - limit <= feature_time < event_time)
             for name in lookup.features:
-                row[name] = found["values"][name]
-            row[lookup.time_column] = found.get("feature_time")
+                row[name] = found["values"][name] if usable else definition.feature(name).default
+            row[lookup.time_column] = feature_time if usable else None
         frame = pl.DataFrame([row]).with_columns(
             pl.col("event_time").cast(pl.Datetime("us", "UTC")),
             *[pl.col(lookup.time_column).cast(pl.Datetime("us", "UTC")) for lookup in self.lookups],
         )
         return self._derive(frame)
+
+    def fetch(self, store: Any, request: Mapping[str, Any]) -> pl.DataFrame:
+        """A request's model input, with its features looked up in the online store by key.
+
+        Args:
+            store: An `OnlineStore` (anything with `lookup(table, key)` returning a vector
+                with `values` and `feature_time`).
+            request: The request's fields, `event_time` a datetime with a time zone.
+
+        Returns:
+            The one-row frame of `request_frame`.
+        """
+        looked_up = {}
+        for lookup in self.lookups:
+            if len(lookup.keys) != 1:
+                raise ValueError(f"online lookups take one key; {lookup.table} has {lookup.keys}")
+            vector = store.lookup(lookup.table, str(request[lookup.keys[0]]))
+            looked_up[lookup.table] = {
+                "values": vector.values,
+                "feature_time": vector.feature_time,
+            }
+        return self.request_frame(request, looked_up)
 
     def _derive(self, frame: pl.DataFrame) -> pl.DataFrame:
         if not self.on_demand:

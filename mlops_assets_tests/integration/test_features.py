@@ -210,18 +210,34 @@ def test_training_set_is_deterministic(lake):
     assert read(settings, "ml", "training_set").equals(first)
 
 
-def test_request_time_features_are_derived_alike_offline_and_online(lake):
+def test_serving_from_the_online_store_matches_the_training_join(lake):
     settings, *_ = lake
-    rows = read(settings, "ml", "training_set").sample(20, seed=3)
-    assert FeatureSpec.from_json(FRAUD_SPEC.to_json()) == FRAUD_SPEC
-    for row in rows.iter_rows(named=True):
-        looked_up = {
-            lookup.table: {
-                "values": {f: row[f] for f in lookup.features},
-                "feature_time": row[lookup.time_column],
-            }
-            for lookup in FRAUD_SPEC.lookups
-        }
-        online = FRAUD_SPEC.request_frame(row, looked_up).row(0, named=True)
+    cards = read(settings, "features", "card_behaviour")
+    risk = read(settings, "features", "merchant_risk")
+    tables = {"card_behaviour": cards, "merchant_risk": risk}
+    # Requests just after everything the store holds, for cards and merchants seen lately.
+    at = max(cards["event_time"].max(), risk["as_of"].max()) + datetime.timedelta(minutes=1)
+    silver = read(settings, "silver", "transactions")
+    recent = silver.sort("event_time").tail(40)
+    events = recent.select(FRAUD_SPEC.request_fields).with_columns(pl.lit(at).alias("event_time"))
+    offline = FRAUD_SPEC.training_set(events, tables)
+    store = OnlineStore(settings.online_store_path)
+    try:
+        for request, expected in zip(
+            events.iter_rows(named=True), offline.iter_rows(named=True), strict=True
+        ):
+            served = FRAUD_SPEC.fetch(store, request).row(0, named=True)
+            for name in FRAUD_SPEC.feature_columns:
+                assert served[name] == pytest.approx(expected[name]), name
+        # Forty days later every looked-up row is stale: both sides fall back to defaults.
+        late = events.with_columns(pl.col("event_time") + datetime.timedelta(days=40))
+        offline_late = FRAUD_SPEC.training_set(late, tables).row(0, named=True)
+        served_late = FRAUD_SPEC.fetch(store, late.row(0, named=True)).row(0, named=True)
         for name in FRAUD_SPEC.feature_columns:
-            assert online[name] == pytest.approx(row[name]), name
+            assert served_late[name] == pytest.approx(offline_late[name]), name
+        assert served_late["txn_count_24h"] == 0
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="event_time must be a datetime with a time zone"):
+        FRAUD_SPEC.request_frame({**request, "event_time": datetime.datetime(2026, 1, 1)}, {})
+    assert FeatureSpec.from_json(FRAUD_SPEC.to_json()) == FRAUD_SPEC
