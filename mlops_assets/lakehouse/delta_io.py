@@ -570,10 +570,25 @@ def merge_partition(
     return describe_write(uri, write_id, rows_written=arrow.num_rows, partition=partition)
 
 
-def read_lineage(uri: str | Path) -> dict[str, Any] | None:
-    """Lineage stored with the table's latest write, or None when it carries none."""
-    entry = DeltaTable(str(uri)).history(1)[0]
-    return json.loads(entry[LINEAGE_KEY]) if LINEAGE_KEY in entry else None
+def read_lineage(uri: str | Path, day: str | None = None) -> dict[str, Any] | None:
+    """Lineage stored with a write: the latest one, or the latest one of a day's partition.
+
+    Args:
+        uri: Table location.
+        day: ISO date of the partition whose latest write is wanted (lineage `day` field).
+
+    Returns:
+        The lineage, or None when no write of the table (or of that day) carries one.
+    """
+    for entry in DeltaTable(str(uri)).history():
+        if LINEAGE_KEY not in entry:
+            if day is None:
+                return None
+            continue
+        lineage = json.loads(entry[LINEAGE_KEY])
+        if day is None or lineage.get("day") == day:
+            return lineage
+    return None
 
 
 def describe_write(

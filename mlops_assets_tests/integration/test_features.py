@@ -121,6 +121,9 @@ def test_lineage_records_the_source_versions_read(lake):
     )
     assert lineage["lookback_days"] == 7
     assert lineage["day"] == DAYS[-1].isoformat()
+    earlier = read_lineage(settings.lake_root / "features" / "card_behaviour", DAYS[2].isoformat())
+    assert earlier["day"] == DAYS[2].isoformat()
+    assert earlier["sources"]["silver/transactions"] <= lineage["sources"]["silver/transactions"]
 
 
 def test_discovery_lists_tables_with_keys_freshness_and_lineage(lake):
