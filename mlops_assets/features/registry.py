@@ -104,8 +104,9 @@ CARD_BEHAVIOUR = FeatureTable(
     description=(
         "How each card behaves over trailing windows, as of just after each of its "
         "transactions: counts, amounts, and the shares of online, foreign and night "
-        "transactions. Request-time features (time since this row, amount relative to the "
-        "card's mean) derive from these rows."
+        "transactions. An event uses the card's latest row before it, so windows end at the "
+        "card's previous transaction (counting it), not at the event. Request-time features "
+        "(time since that row, amount relative to the card's mean) derive from these rows."
     ),
     owner="team:ml-platform",
     features=(

@@ -27,7 +27,9 @@ def card_behaviour(transactions: pl.DataFrame, day: datetime.date) -> pl.DataFra
     Each row describes a card just after one of its transactions (`event_time` is the
     timestamp key): windows are `(event_time - w, event_time]`, so they include that
     transaction. A training event or a request at time T uses the latest row strictly before
-    T, which makes the values identical offline and online.
+    T, so its windows end at the card's previous transaction, not at T (the request-time
+    feature `seconds_since_card_txn` says how long before T that was). Offline and online
+    agree once the online store holds that row; between daily publishes the store lags.
 
     Args:
         transactions: Silver transactions with `event_date` in `[day - 7, day]` (the look-back)
