@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
@@ -634,10 +633,11 @@ def _version_of(uri: str, write_id: str, newest: int = 50) -> int | None:
 
 
 def table_row_count(delta: DeltaTable) -> int:
-    """Row count of the table's current version, from the Delta log's file statistics."""
-    actions = pa.table(delta.get_add_actions(flatten=True))
-    if "num_records" in actions.column_names and actions.num_rows:
-        counts = actions.column("num_records")
-        if counts.null_count == 0:
-            return int(pc.sum(counts).as_py() or 0)
-    return pl.scan_delta(delta.table_uri).select(pl.len()).collect().item()
+    """Row count of the table's version, from the Delta log's file statistics."""
+    # polars reads the log's Arrow table directly (pyarrow would import pandas to convert it).
+    actions = pl.DataFrame(delta.get_add_actions(flatten=True))
+    if actions.is_empty():
+        return 0
+    if "num_records" in actions.columns and actions["num_records"].null_count() == 0:
+        return int(actions["num_records"].sum())
+    return pl.scan_delta(delta, version=delta.version()).select(pl.len()).collect().item()
