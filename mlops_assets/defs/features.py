@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.partitions import DAILY, LATE_DAYS, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK, FeatureTable
 from mlops_assets.lakehouse.catalog import TableRef
@@ -91,7 +91,8 @@ def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) 
     deps=[
         dg.AssetDep(
             ["silver", "transactions"],
-            partition_mapping=days_around(-CARD_LOOKBACK_DAYS, 0),
+            # The look-back, plus the landing days after D where D's late events land.
+            partition_mapping=days_around(-CARD_LOOKBACK_DAYS, LATE_DAYS),
         )
     ],
     group_name="features",
@@ -177,7 +178,7 @@ def card_behaviour_features(context: dg.AssetExecutionContext, lakehouse: Lakeho
 @dg.asset(
     key=["features", "merchant_daily"],
     deps=[
-        dg.AssetDep(["silver", "transactions"]),
+        dg.AssetDep(["silver", "transactions"], partition_mapping=days_around(0, LATE_DAYS)),
         dg.AssetDep(["silver", "labels"]),
     ],
     group_name="features",

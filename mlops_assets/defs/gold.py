@@ -5,7 +5,7 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.partitions import DAILY, LATE_DAYS, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import scan_table, table_exists, write_partition
@@ -13,8 +13,6 @@ from mlops_assets.transforms.gold import merchant_category_daily
 
 OWNERS = ["team:analytics"]
 CODE_VERSION = "gold-1"
-# Landing days after an event day whose late events gold of that day depends on.
-LATE_DAYS = 3
 MERCHANT_CATEGORY_DAILY = TableRef("gold", "merchant_category_daily")
 TRANSACTION_COLUMNS = ["transaction_id", "event_time", "card_id", "merchant_category", "amount"]
 

@@ -20,6 +20,9 @@ def daily_partitions() -> dg.DailyPartitionsDefinition:
 
 
 DAILY = daily_partitions()
+# Landing days after an event day in which that day's late events still arrive; assets of an
+# event day depend on them.
+LATE_DAYS = 3
 
 
 def partition_day(context: dg.AssetExecutionContext) -> datetime.date:
