@@ -60,6 +60,22 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}
 
     assert rows(again) == rows(tables)
+    listing = subprocess.run(
+        [*MLOPS, "features", "list"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "card_behaviour" in listing and "merchant_risk" in listing
+    assert "not built" not in listing
+    described = subprocess.run(
+        [*MLOPS, "features", "describe", "card_behaviour"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    info = json.loads(described)
+    assert info["lineage"]["sources"]["silver/transactions"] >= 0
+    assert (tmp_path / "dev" / "online" / "features.sqlite").exists()
     assert len(rows(tables)) == 13
     # Everything the environment wrote is under data/dev.
     assert {p.name for p in tmp_path.iterdir()} == {"dev"}
