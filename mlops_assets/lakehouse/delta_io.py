@@ -236,8 +236,8 @@ def write_partition(
     """Replace exactly one partition of a Delta table with `data`, atomically.
 
     The write is one Delta commit that removes the partition's files (selected by an explicit
-    predicate built from `partition`) and adds the new ones; other partitions are untouched. If
-    the write fails before its commit, the table stays at its previous version.
+    partition filter built from `partition`) and adds the new one; other partitions are
+    untouched. If the write fails before its commit, the table stays at its previous version.
 
     Args:
         uri: Table location.
