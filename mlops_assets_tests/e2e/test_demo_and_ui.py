@@ -24,56 +24,34 @@ def env_for(data_root: Path) -> dict[str, str]:
     return {**env, "MLOPS_DATA_ROOT": str(data_root), "MLOPS_ENV": "dev"}
 
 
+def mlops(env: dict[str, str], *args: str) -> str:
+    """Run the `mlops` command as a user would; its output, or a failure showing why."""
+    done = subprocess.run(
+        [*MLOPS, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done.stdout
+
+
 def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     env = env_for(tmp_path)
-    first = subprocess.run(
-        [*MLOPS, "demo", "--days", "7"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
-    assert "in quarantine with a reason" in first.stdout
+    assert "in quarantine with a reason" in mlops(env, "demo", "--days", "7")
     lake = tmp_path / "dev" / "lake"
     silver = pl.read_delta(str(lake / "silver" / "transactions"))
     assert silver.get_column("landing_date").n_unique() == 7
     assert silver.get_column("transaction_id").is_duplicated().sum() == 0
-    tables = subprocess.run(
-        [*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    second = subprocess.run(
-        [*MLOPS, "demo", "--days", "7"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert second.returncode == 0, second.stderr[-3000:]
-    again = subprocess.run(
-        [*MLOPS, "tables"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    tables = mlops(env, "tables")
+    mlops(env, "demo", "--days", "7")
+    again = mlops(env, "tables")
 
     def rows(listing: str) -> dict[str, str]:
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}
 
     assert rows(again) == rows(tables)
-    listing = subprocess.run(
-        [*MLOPS, "features", "list"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    listing = mlops(env, "features", "list")
     assert "card_behaviour" in listing and "merchant_risk" in listing
     assert "not built" not in listing
-    described = subprocess.run(
-        [*MLOPS, "features", "describe", "card_behaviour"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    info = json.loads(described)
+    info = json.loads(mlops(env, "features", "describe", "card_behaviour"))
     assert info["lineage"]["sources"]["silver/transactions"] >= 0
     assert (tmp_path / "dev" / "online" / "features.sqlite").exists()
     assert len(rows(tables)) == 13
@@ -143,13 +121,7 @@ def wait_for_run(port: int, run_id: str, timeout: float = 240) -> str:
 
 
 def test_ui_serves_the_asset_graph_and_materializes_partitions(tmp_path):
-    subprocess.run(
-        [*MLOPS, "simulate", "--days", "2", "--per-day", "2000"],
-        env=env_for(tmp_path),
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    mlops(env_for(tmp_path), "simulate", "--days", "2", "--per-day", "2000")
     port = free_port()
     process = subprocess.Popen(
         [*MLOPS, "ui", "--port", str(port)],
