@@ -244,3 +244,33 @@ def test_serving_from_the_online_store_matches_the_training_join(lake):
     with pytest.raises(ValueError, match="event_time must be a datetime with a time zone"):
         FRAUD_SPEC.request_frame({**request, "event_time": datetime.datetime(2026, 1, 1)}, {})
     assert FeatureSpec.from_json(FRAUD_SPEC.to_json()) == FRAUD_SPEC
+
+
+def test_late_events_reach_a_day_when_it_is_refreshed_after_they_land(tmp_path):
+    settings = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": "dev"})
+    days = DAYS[:5]
+    scenario = Scenario.demo(
+        days=len(days), transactions_per_day=1_500, n_cards=300, seed=9, start_date=START
+    )
+    simulate(scenario, settings.landing_root)
+    defs = build_definitions(settings)
+    day = days[1]
+    card_rows = settings.lake_root / "features" / "card_behaviour"
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert all(r.success for r in run_days(defs, days[:2], instance, log_level="ERROR"))
+        assert run_days(defs, [day], instance, job_name="features_daily", log_level="ERROR")[
+            0
+        ].success
+        before = scan_table(card_rows).filter(pl.col("event_date") == day).collect()
+        # The next landing days bring late events of `day`.
+        assert all(r.success for r in run_days(defs, days[2:], instance, log_level="ERROR"))
+        silver = read(settings, "silver", "transactions").filter(pl.col("event_date") == day)
+        late = silver.filter(pl.col("landing_date") > day)
+        assert late.height > 0
+        assert before.height == silver.height - late.height
+        assert run_days(defs, [day], instance, job_name="features_daily", log_level="ERROR")[
+            0
+        ].success
+        after = scan_table(card_rows).filter(pl.col("event_date") == day).collect()
+    assert after.height == silver.height
+    assert set(late["transaction_id"]) <= set(after["transaction_id"])
