@@ -156,6 +156,39 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    """Show the model lifecycle, promote a validated version, or roll back the champion."""
+    import getpass
+
+    import mlflow
+
+    from mlops_assets.models.lifecycle import Lifecycle, LifecycleError, model_name
+
+    settings = load_settings()
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    cycle = Lifecycle(client, model_name(settings.env))
+    who = f"{getpass.getuser()} (mlops model {args.action})"
+    try:
+        if args.action == "status":
+            print(json.dumps(cycle.status(), indent=2))
+            return 0
+        if args.action == "promote":
+            if not args.version:
+                print("mlops model promote needs a version", file=sys.stderr)
+                return 2
+            move = cycle.promote(args.version, who, args.why)
+        else:
+            move = cycle.rollback(who, args.why)
+    except LifecycleError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except mlflow.exceptions.MlflowException as error:
+        print(f"{cycle.name}: {error.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(vars(move), indent=2))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the Dagster UI for the active environment on 127.0.0.1."""
     from mlops_assets.defs.runner import prepare_dagster_home
@@ -205,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("action", choices=("list", "describe"))
     features.add_argument("name", nargs="?", help="feature table (for describe)")
     features.set_defaults(func=cmd_features)
+    model = sub.add_parser("model", help="model lifecycle: status, promote, rollback")
+    model.add_argument("action", choices=("status", "promote", "rollback"))
+    model.add_argument("version", nargs="?", help="version to promote")
+    model.add_argument("--why", default="by hand", help="reason recorded with the move")
+    model.set_defaults(func=cmd_model)
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

@@ -73,6 +73,11 @@ class Settings:
         return self.env_root / "lake"
 
     @property
+    def mlflow_uri(self) -> str:
+        """MLflow tracking and registry store: `MLFLOW_TRACKING_URI`, else the env's SQLite."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.env_root / 'mlflow.db'}"
+
+    @property
     def online_store_path(self) -> Path:
         """The embedded online feature store of the environment."""
         return self.env_root / "online" / "features.sqlite"

@@ -1,0 +1,1 @@
+"""Model lifecycle on MLflow: registry aliases as stages, promotion and rollback."""
