@@ -274,3 +274,48 @@ def test_late_events_reach_a_day_when_it_is_refreshed_after_they_land(tmp_path):
         after = scan_table(card_rows).filter(pl.col("event_date") == day).collect()
     assert after.height == silver.height
     assert set(late["transaction_id"]) <= set(after["transaction_id"])
+
+
+def test_training_registers_a_model_a_clean_process_loads_with_its_spec(lake):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from mlops_assets.models.registry import load_feature_spec
+    from mlops_assets.models.training import train
+
+    settings, defs, instance = lake
+    job = dg.define_asset_job("train_only", selection=[dg.AssetKey(["ml", "fraud_model"])])
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    result = merged.resolve_job_def("train_only").execute_in_process(instance=instance)
+    assert result.success
+    built = result.asset_materializations_for_node("ml__fraud_model")[0].metadata
+    version, run_id = built["version"].value, built["mlflow_run_id"].value
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlops.dagster_run_id"] == result.run_id
+    assert "training_set" in run.data.tags["mlops.inputs"]
+    assert {"pr_auc", "recall_at_1pct_fpr", "brier"} <= set(run.data.metrics)
+    model_uri = f"models:/dev.fraud_detector/{version}"
+    assert load_feature_spec(model_uri) == FRAUD_SPEC
+    # A clean process loads the model by its registry URI and scores.
+    script = (
+        "import mlflow, polars as pl, sys\n"
+        f"mlflow.set_tracking_uri({settings.mlflow_uri!r})\n"
+        f"model = mlflow.pyfunc.load_model({model_uri!r})\n"
+        "from mlops_assets.features.spec import FRAUD_SPEC\n"
+        "from mlops_assets.models.training import model_inputs\n"
+        f"frame = pl.read_delta({str(settings.lake_root / 'ml' / 'training_set')!r}).head(20)\n"
+        "scores = model.predict(model_inputs(frame, FRAUD_SPEC))[:, 1]\n"
+        "fractional = any(0 < s < 1 for s in scores)\n"
+        "print(len(scores), bool(((scores >= 0) & (scores <= 1)).all()), fractional)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["20", "True", "True"]
+    # The same data, seed and code give the same metrics.
+    frame = read(settings, "ml", "training_set")
+    first, second = train(frame, FRAUD_SPEC, seed=3), train(frame, FRAUD_SPEC, seed=3)
+    assert first.metrics == second.metrics

@@ -1,0 +1,124 @@
+"""Logging a trained model to MLflow and registering it as a new version (stage None)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import polars as pl
+
+from mlops_assets.features.spec import FeatureSpec
+from mlops_assets.models.lifecycle import STAGE_TAG, model_name
+from mlops_assets.models.training import TrainingResult, model_inputs
+from mlops_assets.settings import Settings, project_root
+
+# Pinned to the versions installed here, so that inferring them (slow) is never needed and a
+# clean process loads the model with the same libraries.
+REQUIREMENT_PACKAGES = ("scikit-learn", "pandas", "numpy", "cloudpickle", "scipy")
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """Where a trained model went."""
+
+    name: str
+    version: str
+    run_id: str
+
+
+def requirements() -> list[str]:
+    """Exact pip requirements of the logged model."""
+    return [f"{package}=={metadata.version(package)}" for package in REQUIREMENT_PACKAGES]
+
+
+def git_commit() -> str:
+    """The code version: the repository's commit, or `unknown` outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_and_register(
+    settings: Settings,
+    result: TrainingResult,
+    spec: FeatureSpec,
+    *,
+    inputs: dict[str, int],
+    example: pl.DataFrame,
+    dagster_run_id: str,
+) -> RegisteredModel:
+    """Log the run (parameters, metrics, inputs, spec, code version) and register the model.
+
+    The run is always ended, also when logging fails, so no run stays RUNNING.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    name = model_name(settings.env)
+    experiment_name = f"{settings.env}.fraud_detector"
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    # Artifacts live beside the store, inside the environment's root (MLflow's default would
+    # be ./mlruns under whatever folder the process runs in).
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment(
+            experiment_name, artifact_location=(settings.env_root / "mlartifacts").as_uri()
+        )
+    )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    example_inputs = model_inputs(example, spec)
+    probabilities = result.model.predict_proba(example_inputs)[:, 1]
+    signature = infer_signature(example_inputs, probabilities)
+    with mlflow.start_run(run_name=f"train-{dagster_run_id[:8]}") as run:
+        mlflow.log_params(result.params)
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if v == v})  # drop NaN
+        mlflow.set_tags(
+            {
+                "mlops.git_commit": git_commit(),
+                "mlops.dagster_run_id": dagster_run_id,
+                "mlops.inputs": json.dumps(inputs, sort_keys=True),
+                "mlops.split_time": result.split_time,
+                "mlops.env": settings.env,
+            }
+        )
+        mlflow.log_dict(spec.to_dict(), "feature_spec.json")
+        logged = mlflow.sklearn.log_model(
+            result.model,
+            name="model",
+            serialization_format="cloudpickle",
+            # Serving wants the fraud probability, not a 0/1 decision.
+            pyfunc_predict_fn="predict_proba",
+            signature=signature,
+            input_example=example_inputs.head(3),
+            pip_requirements=requirements(),
+            registered_model_name=name,
+            metadata={"feature_spec": spec.to_dict()},
+        )
+        version = str(logged.registered_model_version)
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    client.set_model_version_tag(name, version, STAGE_TAG, "None")
+    client.set_model_version_tag(name, version, "mlops.run_id", run.info.run_id)
+    return RegisteredModel(name=name, version=version, run_id=run.info.run_id)
+
+
+def load_feature_spec(model_uri: str) -> FeatureSpec:
+    """The feature spec stored with a model, e.g. `models:/dev.fraud_detector@champion`."""
+    import mlflow
+
+    info: Any = mlflow.models.get_model_info(model_uri)
+    return FeatureSpec.from_dict(info.metadata["feature_spec"])
