@@ -1,0 +1,208 @@
+"""Validation of a challenger against the champion before any promotion.
+
+Blocking checks: the feature spec is one serving can satisfy, the model takes exactly the
+spec's inputs, quality clears absolute thresholds, quality does not regress against the
+champion on the same hold-out beyond a margin, and one prediction is fast enough. Modes:
+`enabled` (failures block), `dry_run` (failures are reported, the result still passes),
+`disabled` (nothing is checked; the result passes and says so).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from mlops_assets.features.registry import FEATURE_TABLES
+from mlops_assets.features.spec import FeatureSpec
+from mlops_assets.models.training import LABEL, evaluate, model_inputs
+
+MODES = ("enabled", "dry_run", "disabled")
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """Thresholds and mode of validation.
+
+    Attributes:
+        mode: `enabled`, `dry_run` or `disabled`.
+        min_pr_auc: Lowest acceptable PR-AUC on the hold-out.
+        min_recall_at_1pct_fpr: Lowest acceptable recall at a 1 % false-positive rate.
+        max_pr_auc_drop: How much lower than the champion's PR-AUC the challenger may be.
+        max_latency_ms: Slowest acceptable median time of one single-row prediction.
+    """
+
+    mode: str = "enabled"
+    min_pr_auc: float = 0.05
+    min_recall_at_1pct_fpr: float = 0.1
+    max_pr_auc_drop: float = 0.01
+    max_latency_ms: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"validation mode {self.mode!r} is not one of {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome with the numbers behind it."""
+
+    name: str
+    passed: bool
+    detail: str
+    value: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """All checks of one validation and the verdict under the policy's mode."""
+
+    mode: str
+    checks: tuple[Check, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the checks that did not pass."""
+        return [c.name for c in self.checks if not c.passed]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the challenger may be promoted under the mode."""
+        return self.mode != "enabled" or not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for tags, metadata and the audit table."""
+        return {
+            "mode": self.mode,
+            "passed": self.passed,
+            "failed": self.failed,
+            "checks": [vars(c) for c in self.checks],
+            "metrics": self.metrics,
+            "champion_metrics": self.champion_metrics,
+        }
+
+
+def spec_check(spec: FeatureSpec, serving_fields: tuple[str, ...]) -> Check:
+    """The spec asks only for request fields serving sends and features that exist."""
+    problems = [
+        f"request field {f!r} is not sent" for f in spec.request_fields if f not in serving_fields
+    ]
+    for lookup in spec.lookups:
+        table = FEATURE_TABLES.get(lookup.table)
+        if table is None:
+            problems.append(f"feature table {lookup.table!r} does not exist")
+            continue
+        problems += [
+            f"{lookup.table} has no feature {f!r}"
+            for f in lookup.features
+            if f not in table.feature_names
+        ]
+    return Check("feature_spec_compatible", not problems, "; ".join(problems) or "compatible")
+
+
+def input_check(model: Any, spec: FeatureSpec) -> Check:
+    """The model takes exactly the spec's feature columns, in order."""
+    expected = list(spec.feature_columns)
+    actual = list(getattr(model, "feature_names_in_", []))
+    passed = actual == expected
+    detail = (
+        "inputs match the spec"
+        if passed
+        else (f"model takes {actual}, the spec provides {expected}")
+    )
+    return Check("inputs_match_spec", passed, detail)
+
+
+def latency_ms(model: Any, row: Any, repeats: int = 30) -> float:
+    """Median wall time of one single-row `predict_proba`, in milliseconds."""
+    model.predict_proba(row)  # warm caches once
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict_proba(row)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def validate(
+    challenger: Any,
+    challenger_spec: FeatureSpec,
+    holdout: pl.DataFrame,
+    policy: ValidationPolicy,
+    *,
+    serving_fields: tuple[str, ...],
+    champion: Any | None = None,
+    champion_spec: FeatureSpec | None = None,
+) -> ValidationResult:
+    """Validate a challenger (and compare it with the champion) on the same hold-out.
+
+    Args:
+        challenger: The candidate model (a fitted pipeline with `predict_proba`).
+        challenger_spec: The feature spec stored with it.
+        holdout: The most recent labelled events with every feature column.
+        policy: Thresholds and mode.
+        serving_fields: Request fields the serving path sends.
+        champion: The current champion, if any (the first model has none).
+        champion_spec: The champion's feature spec.
+
+    Returns:
+        Every check's outcome and the verdict.
+    """
+    if policy.mode == "disabled":
+        return ValidationResult("disabled", (Check("disabled", True, "validation disabled"),))
+    checks = [spec_check(challenger_spec, serving_fields), input_check(challenger, challenger_spec)]
+    if not all(c.passed for c in checks):
+        return ValidationResult(policy.mode, tuple(checks))
+    labels = holdout.get_column(LABEL).cast(pl.Int64).to_numpy()
+    inputs = model_inputs(holdout, challenger_spec)
+    metrics = evaluate(challenger.predict_proba(inputs)[:, 1], labels)
+    checks.append(
+        Check(
+            "min_pr_auc",
+            metrics["pr_auc"] >= policy.min_pr_auc,
+            f"PR-AUC {metrics['pr_auc']:.4f}",
+            metrics["pr_auc"],
+            policy.min_pr_auc,
+        )
+    )
+    checks.append(
+        Check(
+            "min_recall_at_1pct_fpr",
+            metrics["recall_at_1pct_fpr"] >= policy.min_recall_at_1pct_fpr,
+            f"recall at 1% FPR {metrics['recall_at_1pct_fpr']:.4f}",
+            metrics["recall_at_1pct_fpr"],
+            policy.min_recall_at_1pct_fpr,
+        )
+    )
+    champion_metrics = None
+    if champion is not None and champion_spec is not None:
+        champion_metrics = evaluate(
+            champion.predict_proba(model_inputs(holdout, champion_spec))[:, 1], labels
+        )
+        floor = champion_metrics["pr_auc"] - policy.max_pr_auc_drop
+        checks.append(
+            Check(
+                "no_regression_vs_champion",
+                metrics["pr_auc"] >= floor,
+                f"PR-AUC {metrics['pr_auc']:.4f} vs champion {champion_metrics['pr_auc']:.4f}",
+                metrics["pr_auc"],
+                floor,
+            )
+        )
+    latency = latency_ms(challenger, inputs.head(1))
+    checks.append(
+        Check(
+            "latency",
+            latency <= policy.max_latency_ms,
+            f"{latency:.2f} ms per prediction",
+            latency,
+            policy.max_latency_ms,
+        )
+    )
+    return ValidationResult(policy.mode, tuple(checks), metrics, champion_metrics)
