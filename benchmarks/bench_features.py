@@ -9,14 +9,13 @@ look-backs should make the two cost about the same.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, save
+from benchmarks.harness import entry_point, measure, report
 
 START = datetime.date(2026, 1, 1)
 HISTORIES = (7, 60)
@@ -164,9 +163,7 @@ def main() -> None:
         "ratio_60_to_7": round(median_60 / median_7, 3),
         "goal": "ratio_60_to_7 <= 1.2",
     }
-    path = save("features", figures)
-    print(json.dumps(figures, indent=2))
-    print(f"saved {path}")
+    report("features", figures)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ day (bronze, silver, gold and quarantine, transactions and labels) run in-proces
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, save
+from benchmarks.harness import entry_point, measure, report
 
 DAY = datetime.date(2026, 1, 1)
 ROWS = int(os.environ.get("BENCH_MEDALLION_ROWS", "1000000"))
@@ -140,9 +139,7 @@ def main() -> None:
         "ratio_to_io_floor": round(medallion.seconds / floor.seconds, 2),
         "goal": "ratio_to_io_floor <= 2",
     }
-    path = save("medallion", figures)
-    print(json.dumps(figures, indent=2))
-    print(f"saved {path}")
+    report("medallion", figures)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ hits it) and off. Goal: p99 under 1 ms for one key in-process.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, save
+from benchmarks.harness import entry_point, measure, report
 
 KEYS = int(os.environ.get("BENCH_ONLINE_KEYS", "200000"))
 LOOKUPS = int(os.environ.get("BENCH_ONLINE_LOOKUPS", "10000"))
@@ -193,9 +192,7 @@ def main() -> None:
         "lookup_stats_cache_on": cached.extra["stats"],
         "goal": "p99 < 1000 us per single-key lookup in-process",
     }
-    path = save("online_store", figures)
-    print(json.dumps(figures, indent=2))
-    print(f"saved {path}")
+    report("online_store", figures)
 
 
 if __name__ == "__main__":

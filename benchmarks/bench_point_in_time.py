@@ -12,14 +12,13 @@ fresh process. A last task checks that both give the same feature values for eve
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, save
+from benchmarks.harness import entry_point, measure, report
 
 MODULE = "benchmarks.bench_point_in_time"
 EVENTS = int(os.environ.get("BENCH_PIT_EVENTS", "1000000"))
@@ -246,9 +245,7 @@ def main() -> None:
         "events_with_features": compared.extra["events_with_features"],
         "goal": "ours_s <= 2 (read both Parquet files + point_in_time_join), mismatches == 0",
     }
-    path = save("point_in_time", figures)
-    print(json.dumps(figures, indent=2))
-    print(f"saved {path}")
+    report("point_in_time", figures)
 
 
 if __name__ == "__main__":

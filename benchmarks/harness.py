@@ -69,6 +69,13 @@ def entry_point(main: Callable[[], None], tasks: Mapping[str, Callable[..., dict
     print(json.dumps(report))
 
 
+def report(name: str, figures: dict) -> None:
+    """Print a benchmark's figures and save them to `.bench/<name>.json`."""
+    path = save(name, figures)
+    print(json.dumps(figures, indent=2))
+    print(f"saved {path}")
+
+
 def save(name: str, payload: dict) -> Path:
     """Write a benchmark's figures to `.bench/<name>.json`."""
     RESULTS.mkdir(exist_ok=True)

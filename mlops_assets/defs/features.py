@@ -12,6 +12,7 @@ from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK, FeatureTable
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import (
+    WriteResult,
     merge_partition,
     scan_table,
     table_exists,
@@ -76,6 +77,24 @@ def _read_window(
     return frame, version
 
 
+def merge_feature_day(
+    lakehouse: LakehouseResource,
+    table: FeatureTable,
+    rows: pl.DataFrame,
+    day: datetime.date,
+    lineage: dict[str, Any],
+) -> WriteResult:
+    """Merge a day's rows into a feature table on its row keys, within the day's partition."""
+    return merge_partition(
+        lakehouse.write_uri(table.ref),
+        rows,
+        {table.partition_column: day},
+        keys=list(table.row_keys),
+        table=str(table.ref),
+        lineage=lineage,
+    )
+
+
 def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) -> dict[str, Any]:
     return {
         "day": day.isoformat(),
@@ -136,14 +155,7 @@ def card_behaviour_features(context: dg.AssetExecutionContext, lakehouse: Lakeho
     )
     rows = card_behaviour(window, day)
     lineage = _lineage(day, {str(SILVER_TRANSACTIONS): version}, CARD_LOOKBACK_DAYS)
-    written = merge_partition(
-        lakehouse.write_uri(CARD_BEHAVIOUR.ref),
-        rows,
-        {"event_date": day},
-        keys=list(CARD_BEHAVIOUR.row_keys),
-        table=str(CARD_BEHAVIOUR.ref),
-        lineage=lineage,
-    )
+    written = merge_feature_day(lakehouse, CARD_BEHAVIOUR, rows, day, lineage)
     day_transactions = window.filter(pl.col("event_date") == day).height
     # Read the merged partition back: the table, not the computation, must hold one row per
     # transaction of the day.
@@ -290,14 +302,7 @@ def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: Lakehou
         )
     rows = merchant_risk(daily, day)
     lineage = _lineage(day, {str(MERCHANT_DAILY): version}, MERCHANT_WINDOW_DAYS)
-    written = merge_partition(
-        lakehouse.write_uri(MERCHANT_RISK.ref),
-        rows,
-        {"day": day},
-        keys=list(MERCHANT_RISK.row_keys),
-        table=str(MERCHANT_RISK.ref),
-        lineage=lineage,
-    )
+    written = merge_feature_day(lakehouse, MERCHANT_RISK, rows, day, lineage)
     return dg.MaterializeResult(
         metadata={
             **table_metadata(written, str(MERCHANT_RISK.ref)),
