@@ -157,28 +157,36 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    """Show the model lifecycle, promote a validated version, or roll back the champion."""
+    """Show the model lifecycle and audit trail, promote a validated version, or roll back."""
     import getpass
 
     import mlflow
 
-    from mlops_assets.models.lifecycle import Lifecycle, LifecycleError, model_name
+    from mlops_assets.lakehouse.catalog import Catalog
+    from mlops_assets.models import deploy
+    from mlops_assets.models.audit import AUDIT, history
+    from mlops_assets.models.lifecycle import LifecycleError
 
     settings = load_settings()
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
-    cycle = Lifecycle(client, model_name(settings.env))
+    cycle = deploy.lifecycle(settings)
     who = f"{getpass.getuser()} (mlops model {args.action})"
     try:
         if args.action == "status":
-            print(json.dumps(cycle.status(), indent=2))
+            status = cycle.status()
+            trail = history(Catalog(settings).uri_for_read(AUDIT), cycle.name)
+            status["audit"] = [
+                {k: v for k, v in row.items() if k not in ("metrics", "details") and v is not None}
+                for row in trail.tail(args.last).to_dicts()
+            ]
+            print(json.dumps(status, indent=2, default=str))
             return 0
         if args.action == "promote":
             if not args.version:
                 print("mlops model promote needs a version", file=sys.stderr)
                 return 2
-            move = cycle.promote(args.version, who, args.why)
+            move = deploy.promote_version(settings, args.version, who=who, why=args.why)
         else:
-            move = cycle.rollback(who, args.why)
+            move = deploy.rollback(settings, who=who, why=args.why)
     except LifecycleError as error:
         print(error, file=sys.stderr)
         return 2
@@ -242,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("action", choices=("status", "promote", "rollback"))
     model.add_argument("version", nargs="?", help="version to promote")
     model.add_argument("--why", default="by hand", help="reason recorded with the move")
+    model.add_argument("--last", type=int, default=20, help="audit rows shown by status")
     model.set_defaults(func=cmd_model)
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

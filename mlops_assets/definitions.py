@@ -5,14 +5,18 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.defs.bronze import bronze_assets
+from mlops_assets.defs.deploy import new_model_versions
 from mlops_assets.defs.features import feature_assets
 from mlops_assets.defs.gold import gold_assets
 from mlops_assets.defs.jobs import (
+    deploy_job,
     features_job,
     features_schedule,
     medallion_job,
     medallion_schedule,
     online_job,
+    retrain_job,
+    train_job,
     training_set_job,
 )
 from mlops_assets.defs.ml import ml_assets
@@ -34,8 +38,17 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             *online_assets,
             *ml_assets,
         ],
-        jobs=[medallion_job, features_job, online_job, training_set_job],
+        jobs=[
+            medallion_job,
+            features_job,
+            online_job,
+            training_set_job,
+            train_job,
+            deploy_job,
+            retrain_job,
+        ],
         schedules=[medallion_schedule, features_schedule],
+        sensors=[new_model_versions],
         resources={"lakehouse": LakehouseResource.from_settings(settings)},
     )
 

@@ -41,3 +41,24 @@ online_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("online"),
     description="Publish the latest feature rows per key to the online store.",
 )
+
+TRAIN = dg.AssetSelection.assets(["ml", "training_set"], ["ml", "fraud_model"])
+DEPLOY = dg.AssetSelection.assets(["ml", "model_validation"], ["ml", "champion"])
+
+train_job = dg.define_asset_job(
+    name="train_model",
+    selection=TRAIN,
+    description="Build the training set, train the fraud detector and register a new version.",
+)
+
+deploy_job = dg.define_asset_job(
+    name="deploy_model",
+    selection=DEPLOY,
+    description="Validate a registered version against the champion and promote it if it passes.",
+)
+
+retrain_job = dg.define_asset_job(
+    name="retrain_and_deploy",
+    selection=TRAIN | DEPLOY,
+    description="Train, register, validate and promote in one run (schedules and sensors).",
+)

@@ -1,4 +1,4 @@
-"""ML assets: the point-in-time training set built from the feature tables."""
+"""ML assets: training set, model training, validation against the champion, promotion."""
 
 import datetime
 
@@ -10,9 +10,11 @@ from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.spec import FRAUD_SPEC
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import overwrite_table, scan_table, table_version
+from mlops_assets.models.deploy import VALIDATED_IN_RUN_TAG
 
 CODE_VERSION = "training-set-1"
 TRAINING_SET = TableRef("ml", "training_set")
+VALIDATION_KEY = dg.AssetKey(["ml", "model_validation"])
 
 
 class TrainingSetConfig(dg.Config):
@@ -197,13 +199,16 @@ def fraud_model(
         holdout_fraction=config.holdout_fraction,
         params={"max_iter": config.max_iter, "learning_rate": config.learning_rate},
     )
+    # When this run validates the new version itself, the CD sensor must not do it again.
+    validated_here = VALIDATION_KEY in context.selected_asset_keys
     registered = log_and_register(
         lakehouse.settings,
         result,
         FRAUD_SPEC,
         inputs={str(TRAINING_SET): version},
         example=frame.head(5),
-        dagster_run_id=context.run_id,
+        dagster_run_id=context.run.run_id,
+        tags={VALIDATED_IN_RUN_TAG: context.run.run_id} if validated_here else None,
     )
     return dg.MaterializeResult(
         metadata={
@@ -214,8 +219,180 @@ def fraud_model(
             **{name: float(value) for name, value in result.metrics.items()},
             "train_rows": result.train_rows,
             "training_set_version": version,
+            "decision_threshold": registered.decision_threshold,
+            "logging_seconds": registered.logging_seconds,
+            "registering_seconds": registered.registering_seconds,
         }
     )
 
 
-ml_assets = [training_set, fraud_model]
+class ValidationConfig(dg.Config):
+    """Which version to validate and the thresholds it must clear.
+
+    Attributes:
+        version: Registered version to validate; the newest one when empty.
+        mode: `enabled` (failures block promotion), `dry_run` (failures are reported only),
+            `disabled` (nothing is checked).
+        min_pr_auc: Lowest acceptable PR-AUC on the hold-out.
+        min_recall_at_1pct_fpr: Lowest acceptable recall at a 1 % false-positive rate.
+        max_pr_auc_drop: How far below the champion's PR-AUC the challenger may be.
+        max_latency_ms: Slowest acceptable median single-row prediction time.
+    """
+
+    version: str = ""
+    mode: str = "enabled"
+    min_pr_auc: float = 0.05
+    min_recall_at_1pct_fpr: float = 0.1
+    max_pr_auc_drop: float = 0.01
+    max_latency_ms: float = 50.0
+
+
+@dg.asset(
+    key=VALIDATION_KEY,
+    deps=[dg.AssetDep(["ml", "fraud_model"]), dg.AssetDep(["ml", "training_set"])],
+    group_name="ml",
+    owners=["team:ml-platform"],
+    kinds={"mlflow", "sklearn", "delta"},
+    code_version="model-validation-1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "passes_validation",
+            asset=VALIDATION_KEY,
+            blocking=True,
+            description="The challenger cleared every validation check under the mode in force.",
+        )
+    ],
+)
+def model_validation(
+    context: dg.AssetExecutionContext, config: ValidationConfig, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
+    """The challenger validated against the champion on the same, most recent labelled hold-out.
+
+    The version (the newest by default) becomes the challenger (Staging). It must take exactly
+    the inputs of its feature spec, with a logged signature serving can feed, clear minimum
+    PR-AUC and recall at a 1 % false-positive rate, not fall behind the champion's PR-AUC by
+    more than a margin on the same events, and predict one row fast enough. The verdict is a
+    blocking check (promotion in the same run waits on it), a tag on the version and a row in
+    the `ml/model_audit` Delta table.
+    """
+    from mlops_assets.models.deploy import lifecycle, newest_version, validate_version
+    from mlops_assets.models.validation import ValidationPolicy
+
+    settings = lakehouse.settings
+    try:
+        policy = ValidationPolicy(
+            mode=config.mode,
+            min_pr_auc=config.min_pr_auc,
+            min_recall_at_1pct_fpr=config.min_recall_at_1pct_fpr,
+            max_pr_auc_drop=config.max_pr_auc_drop,
+            max_latency_ms=config.max_latency_ms,
+        )
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
+    version = config.version or newest_version(lifecycle(settings))
+    if version is None:
+        raise dg.Failure(f"no version of {settings.env}.fraud_detector is registered yet")
+    uri = lakehouse.read_uri(TRAINING_SET)
+    if table_version(uri) is None:
+        raise dg.Failure(f"{TRAINING_SET} does not exist yet: materialize it first")
+    result = validate_version(
+        settings,
+        version,
+        scan_table(uri).collect(),
+        policy,
+        who=f"dagster run {context.run.run_id[:8]}",
+        dagster_run_id=context.run.run_id,
+    )
+    numbers = {
+        **{f"challenger_{k}": float(v) for k, v in result.metrics.items()},
+        **{f"champion_{k}": float(v) for k, v in (result.champion_metrics or {}).items()},
+    }
+    checks = {
+        c.name: dg.MetadataValue.json(
+            {"passed": c.passed, "detail": c.detail, "value": c.value, "threshold": c.threshold}
+        )
+        for c in result.checks
+    }
+    return dg.MaterializeResult(
+        metadata={"version": version, "mode": result.mode, "passed": result.passed, **numbers},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="passes_validation",
+                passed=result.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"version {version}: "
+                    + ("passed" if not result.failed else "failed " + ", ".join(result.failed))
+                    + f" (mode {result.mode})"
+                ),
+                metadata={"version": version, **numbers, **checks},
+            )
+        ],
+    )
+
+
+class PromotionConfig(dg.Config):
+    """Which version to promote.
+
+    Attributes:
+        version: The version to make champion; the current challenger when empty.
+        why: The reason written to the registry and the audit table.
+    """
+
+    version: str = ""
+    why: str = "passed validation against the champion"
+
+
+@dg.asset(
+    key=["ml", "champion"],
+    deps=[VALIDATION_KEY],
+    group_name="ml",
+    owners=["team:ml-platform"],
+    kinds={"mlflow"},
+    code_version="champion-1",
+)
+def champion(
+    context: dg.AssetExecutionContext, config: PromotionConfig, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
+    """The production model: the alias `champion` moved to a validated challenger.
+
+    The old champion keeps the alias `previous` (what `mlops model rollback` restores). Only a
+    version whose recorded validation passed is promoted; the first model ever promotes once
+    it cleared the absolute thresholds. Who, when, why and the metrics go to the version's
+    tags and to the `ml/model_audit` table; a refusal is audited too and fails this asset.
+    """
+    from mlops_assets.models.deploy import lifecycle, promote_version
+    from mlops_assets.models.lifecycle import CHALLENGER, LifecycleError
+
+    settings = lakehouse.settings
+    cycle = lifecycle(settings)
+    version = config.version or cycle.version_of(CHALLENGER)
+    if version is None:
+        raise dg.Failure(f"{cycle.name} has no challenger to promote; validate a version first")
+    try:
+        move = promote_version(
+            settings,
+            version,
+            who=f"dagster run {context.run.run_id[:8]}",
+            why=config.why,
+            dagster_run_id=context.run.run_id,
+        )
+    except LifecycleError as error:
+        raise dg.Failure(str(error)) from error
+    validation = cycle.validation(version) or {}
+    return dg.MaterializeResult(
+        metadata={
+            "model": cycle.name,
+            "champion": move.version,
+            "previous": move.replaced or "none",
+            "model_uri": f"models:/{cycle.name}@champion",
+            **{
+                f"champion_{k}": float(v)
+                for k, v in (validation.get("metrics") or {}).items()
+                if isinstance(v, int | float)
+            },
+        }
+    )
+
+
+ml_assets = [training_set, fraud_model, model_validation, champion]

@@ -641,3 +641,50 @@ def table_row_count(delta: DeltaTable) -> int:
     if "num_records" in actions.columns and actions["num_records"].null_count() == 0:
         return int(actions["num_records"].sum())
     return pl.scan_delta(delta, version=delta.version()).select(pl.len()).collect().item()
+
+
+def append_rows(
+    uri: str | Path,
+    data: pl.DataFrame,
+    *,
+    partition_by: Sequence[str] = (),
+    policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
+    table: str | None = None,
+) -> int:
+    """Add rows to a table in one append commit; existing rows and files are never touched.
+
+    Meant for logs (audit, inference): small, frequent writes. Under the additive policy new
+    columns are added and columns the rows lack are written as nulls.
+
+    Returns:
+        The version the append created.
+
+    Raises:
+        SchemaChangeError: The rows' schema breaks the policy.
+    """
+    from deltalake import write_deltalake
+
+    uri = str(uri)
+    name = table or uri
+    arrow = _normalise(data, name)
+    if table_exists(uri):
+        delta = DeltaTable(uri)
+        if list(delta.metadata().partition_columns) != list(partition_by):
+            raise SchemaChangeError(
+                f"table {name}: partitioned by {list(delta.metadata().partition_columns)}, "
+                f"not {list(partition_by)}"
+            )
+        existing = _arrow_schema(delta)
+        added, missing = check_schema(existing, arrow.schema, policy, name)
+        arrow = _conform(arrow, existing, missing)
+        write_deltalake(
+            delta,
+            arrow,
+            mode="append",
+            schema_mode="merge" if added else None,
+            partition_by=list(partition_by) or None,
+        )
+        return DeltaTable(uri).version()
+    Path(uri).mkdir(parents=True, exist_ok=True)
+    write_deltalake(uri, arrow, mode="append", partition_by=list(partition_by) or None)
+    return DeltaTable(uri).version()

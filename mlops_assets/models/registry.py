@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -27,6 +28,15 @@ class RegisteredModel:
     name: str
     version: str
     run_id: str
+    decision_threshold: float = 0.5
+    logging_seconds: float = 0.0
+    registering_seconds: float = 0.0
+
+
+def decision_threshold(metrics: dict[str, float]) -> float:
+    """Serving's threshold: the hold-out score at a 1 % false-positive rate, else 0.5."""
+    value = metrics.get("threshold_at_1pct_fpr", float("nan"))
+    return float(value) if value == value else 0.5
 
 
 def requirements() -> list[str]:
@@ -58,10 +68,12 @@ def log_and_register(
     inputs: dict[str, int],
     example: pl.DataFrame,
     dagster_run_id: str,
+    tags: dict[str, str] | None = None,
 ) -> RegisteredModel:
     """Log the run (parameters, metrics, inputs, spec, code version) and register the model.
 
-    The run is always ended, also when logging fails, so no run stays RUNNING.
+    The run is always ended, also when logging fails, so no run stays RUNNING. The version
+    gets stage None and `tags` (e.g. that its own run validates it).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -84,6 +96,8 @@ def log_and_register(
     example_inputs = model_inputs(example, spec)
     probabilities = result.model.predict_proba(example_inputs)[:, 1]
     signature = infer_signature(example_inputs, probabilities)
+    threshold = decision_threshold(result.metrics)
+    started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{dagster_run_id[:8]}") as run:
         mlflow.log_params(result.params)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if v == v})  # drop NaN
@@ -106,14 +120,21 @@ def log_and_register(
             signature=signature,
             input_example=example_inputs.head(3),
             pip_requirements=requirements(),
-            registered_model_name=name,
-            metadata={"feature_spec": spec.to_dict()},
+            metadata={"feature_spec": spec.to_dict(), "decision_threshold": threshold},
         )
-        version = str(logged.registered_model_version)
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
-    client.set_model_version_tag(name, version, STAGE_TAG, "None")
-    client.set_model_version_tag(name, version, "mlops.run_id", run.info.run_id)
-    return RegisteredModel(name=name, version=version, run_id=run.info.run_id)
+    logging_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    version_tags = {STAGE_TAG: "None", "mlops.run_id": run.info.run_id, **(tags or {})}
+    registered = mlflow.register_model(logged.model_uri, name, tags=version_tags)
+    registering_seconds = time.perf_counter() - started
+    return RegisteredModel(
+        name=name,
+        version=str(registered.version),
+        run_id=run.info.run_id,
+        decision_threshold=threshold,
+        logging_seconds=logging_seconds,
+        registering_seconds=registering_seconds,
+    )
 
 
 def load_feature_spec(model_uri: str) -> FeatureSpec:

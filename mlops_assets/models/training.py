@@ -45,7 +45,7 @@ def model_inputs(frame: pl.DataFrame, spec: FeatureSpec) -> Any:
     selected = frame.select(
         *[
             pl.col(c).cast(pl.String).fill_null("unknown")
-            if c in _categorical(spec)
+            if c in categorical_inputs(spec)
             else pl.col(c).cast(pl.Float64)
             for c in columns
         ]
@@ -53,7 +53,8 @@ def model_inputs(frame: pl.DataFrame, spec: FeatureSpec) -> Any:
     return selected.to_pandas()
 
 
-def _categorical(spec: FeatureSpec) -> list[str]:
+def categorical_inputs(spec: FeatureSpec) -> list[str]:
+    """The spec's inputs the model one-hot encodes (request categoricals)."""
     return [c for c in spec.model_inputs if c != "amount"]
 
 
@@ -73,7 +74,7 @@ def build_pipeline(spec: FeatureSpec, seed: int, params: dict[str, Any]) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    categorical = _categorical(spec)
+    categorical = categorical_inputs(spec)
     numeric = [c for c in spec.feature_columns if c not in categorical]
     encode = ColumnTransformer(
         [
@@ -107,8 +108,18 @@ def evaluate(probabilities: Any, labels: Any) -> dict[str, float]:
         metrics["pr_auc"] = float(average_precision_score(labels, probabilities))
         metrics["roc_auc"] = float(roc_auc_score(labels, probabilities))
         metrics["recall_at_1pct_fpr"] = float(np.interp(REVIEW_FPR, fpr, tpr))
+        # The score above which the review rate of legitimate traffic stays at REVIEW_FPR:
+        # serving's decision threshold.
+        metrics["threshold_at_1pct_fpr"] = float(
+            np.quantile(probabilities[labels == 0], 1 - REVIEW_FPR)
+        )
     else:
-        metrics.update(pr_auc=float("nan"), roc_auc=float("nan"), recall_at_1pct_fpr=float("nan"))
+        metrics.update(
+            pr_auc=float("nan"),
+            roc_auc=float("nan"),
+            recall_at_1pct_fpr=float("nan"),
+            threshold_at_1pct_fpr=float("nan"),
+        )
     return metrics
 
 

@@ -18,7 +18,7 @@ import polars as pl
 
 from mlops_assets.features.registry import FEATURE_TABLES
 from mlops_assets.features.spec import FeatureSpec
-from mlops_assets.models.training import LABEL, evaluate, model_inputs
+from mlops_assets.models.training import LABEL, categorical_inputs, evaluate, model_inputs
 
 MODES = ("enabled", "dry_run", "disabled")
 
@@ -119,6 +119,36 @@ def input_check(model: Any, spec: FeatureSpec) -> Check:
     return Check("inputs_match_spec", passed, detail)
 
 
+def spec_signature(spec: FeatureSpec) -> list[tuple[str, str]]:
+    """The (column, type) inputs serving sends for a spec: strings for categoricals, doubles."""
+    categorical = set(categorical_inputs(spec))
+    return [(c, "string" if c in categorical else "double") for c in spec.feature_columns]
+
+
+def signature_check(signature: list[tuple[str, str]] | None, spec: FeatureSpec) -> Check:
+    """The model's logged signature takes the spec's columns with the types serving sends.
+
+    Categorical inputs are strings, every other input a double; a model logged without a
+    signature cannot be checked by serving and is refused.
+    """
+    if signature is None:
+        return Check("signature_matches_spec", False, "the model was logged without a signature")
+    expected = spec_signature(spec)
+    passed = list(signature) == expected
+    if passed:
+        return Check("signature_matches_spec", True, "signature matches the spec")
+    have, want = dict(signature), dict(expected)
+    problems = [f"{c} missing" for c in want if c not in have]
+    problems += [f"{c} is not an input of the spec" for c in have if c not in want]
+    problems += [
+        f"{c} is {have[c]}, serving sends {want[c]}"
+        for c in want
+        if c in have and have[c] != want[c]
+    ]
+    detail = "; ".join(problems) or "columns are in another order than the spec's"
+    return Check("signature_matches_spec", False, detail)
+
+
 def latency_ms(model: Any, row: Any, repeats: int = 30) -> float:
     """Median wall time of one single-row `predict_proba`, in milliseconds."""
     model.predict_proba(row)  # warm caches once
@@ -137,6 +167,7 @@ def validate(
     policy: ValidationPolicy,
     *,
     serving_fields: tuple[str, ...],
+    signature: list[tuple[str, str]] | None = None,
     champion: Any | None = None,
     champion_spec: FeatureSpec | None = None,
 ) -> ValidationResult:
@@ -148,6 +179,7 @@ def validate(
         holdout: The most recent labelled events with every feature column.
         policy: Thresholds and mode.
         serving_fields: Request fields the serving path sends.
+        signature: The challenger's logged input signature as (column, type) pairs.
         champion: The current champion, if any (the first model has none).
         champion_spec: The champion's feature spec.
 
@@ -156,7 +188,11 @@ def validate(
     """
     if policy.mode == "disabled":
         return ValidationResult("disabled", (Check("disabled", True, "validation disabled"),))
-    checks = [spec_check(challenger_spec, serving_fields), input_check(challenger, challenger_spec)]
+    checks = [
+        spec_check(challenger_spec, serving_fields),
+        input_check(challenger, challenger_spec),
+        signature_check(signature, challenger_spec),
+    ]
     if not all(c.passed for c in checks):
         return ValidationResult(policy.mode, tuple(checks))
     labels = holdout.get_column(LABEL).cast(pl.Int64).to_numpy()

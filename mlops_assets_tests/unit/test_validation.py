@@ -9,7 +9,7 @@ import pytest
 
 from mlops_assets.features.spec import FRAUD_SPEC, FeatureLookup
 from mlops_assets.models.training import train
-from mlops_assets.models.validation import ValidationPolicy, validate
+from mlops_assets.models.validation import ValidationPolicy, spec_signature, validate
 
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 CATEGORIES = ("grocery", "electronics", "travel", "fuel")
@@ -46,12 +46,13 @@ def data():
 
 
 POLICY = ValidationPolicy(min_pr_auc=0.3, min_recall_at_1pct_fpr=0.2)
+SERVING = {"serving_fields": FRAUD_SPEC.request_fields, "signature": spec_signature(FRAUD_SPEC)}
 
 
 def test_a_good_first_model_passes(data):
     frame, holdout = data
     model = train(frame.head(4500), FRAUD_SPEC, seed=1).model
-    result = validate(model, FRAUD_SPEC, holdout, POLICY, serving_fields=FRAUD_SPEC.request_fields)
+    result = validate(model, FRAUD_SPEC, holdout, POLICY, **SERVING)
     assert result.passed, result.to_dict()
     assert result.metrics["pr_auc"] > 0.3
 
@@ -60,7 +61,7 @@ def test_a_model_trained_on_shuffled_labels_is_refused(data):
     frame, holdout = data
     shuffled = frame.head(4500).with_columns(pl.col("is_fraud").shuffle(seed=3))
     model = train(shuffled, FRAUD_SPEC, seed=1).model
-    result = validate(model, FRAUD_SPEC, holdout, POLICY, serving_fields=FRAUD_SPEC.request_fields)
+    result = validate(model, FRAUD_SPEC, holdout, POLICY, **SERVING)
     assert not result.passed
     assert "min_pr_auc" in result.failed
 
@@ -73,9 +74,29 @@ def test_a_model_missing_a_feature_is_refused(data):
     )
     model = train(frame.head(4500), fewer, seed=1).model
     # The model claims the full spec but takes one feature fewer.
-    result = validate(model, FRAUD_SPEC, holdout, POLICY, serving_fields=FRAUD_SPEC.request_fields)
+    result = validate(model, FRAUD_SPEC, holdout, POLICY, **SERVING)
     assert result.failed == ["inputs_match_spec"]
     assert not result.passed
+
+
+def test_a_model_with_an_incompatible_signature_is_refused(data):
+    frame, holdout = data
+    model = train(frame.head(4500), FRAUD_SPEC, seed=1).model
+    signature = [(c, "string" if c == "amount" else t) for c, t in spec_signature(FRAUD_SPEC)]
+    result = validate(
+        model,
+        FRAUD_SPEC,
+        holdout,
+        POLICY,
+        serving_fields=FRAUD_SPEC.request_fields,
+        signature=signature,
+    )
+    assert result.failed == ["signature_matches_spec"]
+    assert "amount is string, serving sends double" in result.checks[2].detail
+    unsigned = validate(
+        model, FRAUD_SPEC, holdout, POLICY, serving_fields=FRAUD_SPEC.request_fields
+    )
+    assert unsigned.failed == ["signature_matches_spec"]
 
 
 def test_a_spec_serving_cannot_satisfy_is_refused(data):
@@ -87,6 +108,7 @@ def test_a_spec_serving_cannot_satisfy_is_refused(data):
         holdout,
         POLICY,
         serving_fields=tuple(f for f in FRAUD_SPEC.request_fields if f != "merchant_id"),
+        signature=spec_signature(FRAUD_SPEC),
     )
     assert result.failed == ["feature_spec_compatible"]
     assert "'merchant_id' is not sent" in result.checks[0].detail
@@ -97,7 +119,7 @@ def test_a_challenger_worse_than_the_champion_is_refused_and_modes_apply(data):
     champion = train(frame.head(4500), FRAUD_SPEC, seed=1).model
     weaker = train(frame.head(4500), FRAUD_SPEC, seed=1, params={"max_iter": 1}).model
     kwargs = {
-        "serving_fields": FRAUD_SPEC.request_fields,
+        **SERVING,
         "champion": champion,
         "champion_spec": FRAUD_SPEC,
     }
