@@ -41,13 +41,20 @@ class DayRun:
 
 
 def run_once(
-    defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, log_level: str = "WARNING"
+    defs: dg.Definitions,
+    job_name: str,
+    instance: dg.DagsterInstance,
+    log_level: str = "WARNING",
+    run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Execute an unpartitioned job in-process; failures are in the result, not raised."""
     return defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config={
+            **(run_config or {}),
+            "loggers": {"console": {"config": {"log_level": log_level}}},
+        },
         tags={"mlops/launched_by": "mlops demo"},
     )
 

@@ -47,14 +47,22 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     def rows(listing: str) -> dict[str, str]:
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}
 
-    assert rows(again) == rows(tables)
+    audit = "ml/model_audit"
+    assert {k: v for k, v in rows(again).items() if k != audit} == {
+        k: v for k, v in rows(tables).items() if k != audit
+    }
+    # Each run trained, validated and promoted a version; the audit table keeps both.
+    assert (rows(tables)[audit], rows(again)[audit]) == ("2", "4")
+    status = json.loads(mlops(env, "model", "status"))
+    assert status["champion"] == "2" and status["previous"] == "1"
+    assert [row["action"] for row in status["audit"]] == ["validated", "promoted"] * 2
     listing = mlops(env, "features", "list")
     assert "card_behaviour" in listing and "merchant_risk" in listing
     assert "not built" not in listing
     info = json.loads(mlops(env, "features", "describe", "card_behaviour"))
     assert info["lineage"]["sources"]["silver/transactions"] >= 0
     assert (tmp_path / "dev" / "online" / "features.sqlite").exists()
-    assert len(rows(tables)) == 13
+    assert len(rows(tables)) == 14
     # Everything the environment wrote is under data/dev.
     assert {p.name for p in tmp_path.iterdir()} == {"dev"}
 
