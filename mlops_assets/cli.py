@@ -284,6 +284,42 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """Receive MLflow registry webhooks for the CD sensor, or register the webhook in MLflow."""
+    secret = os.environ.get("MLOPS_WEBHOOK_SECRET", "")
+    if not secret:
+        print("set MLOPS_WEBHOOK_SECRET to the secret shared with the registry", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    if args.action == "register":
+        from mlops_assets.models.deploy import mlflow_client
+
+        if not args.url:
+            print("mlops webhook register needs the receiver's URL", file=sys.stderr)
+            return 2
+        hook = mlflow_client(settings).create_webhook(
+            name=f"{settings.env}-cd",
+            url=args.url,
+            events=["model_version.created"],
+            secret=secret,
+            description="new model versions for the CD sensor",
+        )
+        print(json.dumps({"webhook_id": hook.webhook_id, "url": hook.url}))
+        return 0
+    from mlops_assets.models.webhooks import PATH, Inbox, make_server
+
+    server = make_server(Inbox(settings.webhook_inbox_path), secret, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"receiving registry webhooks on http://{host}:{port}{PATH}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the Dagster UI for the active environment on 127.0.0.1."""
     from mlops_assets.defs.runner import prepare_dagster_home
@@ -345,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--why", default="by hand", help="reason recorded with the move")
     model.add_argument("--last", type=int, default=20, help="audit rows shown by status")
     model.set_defaults(func=cmd_model)
+    webhook = sub.add_parser(
+        "webhook", help="receive MLflow registry webhooks (serve) or create one (register)"
+    )
+    webhook.add_argument("action", choices=("serve", "register"))
+    webhook.add_argument("url", nargs="?", help="receiver URL (for register)")
+    webhook.add_argument("--host", default="127.0.0.1")
+    webhook.add_argument("--port", type=int, default=8765)
+    webhook.set_defaults(func=cmd_webhook)
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

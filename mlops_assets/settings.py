@@ -83,6 +83,11 @@ class Settings:
         return self.env_root / "online" / "features.sqlite"
 
     @property
+    def webhook_inbox_path(self) -> Path:
+        """Registry webhook deliveries accepted for the CD sensor."""
+        return self.env_root / "cd" / "webhooks.sqlite"
+
+    @property
     def dagster_home(self) -> Path:
         """Dagster run and event storage of the environment."""
         return self.env_root / "dagster"

@@ -20,15 +20,28 @@ from mlops_assets.defs.resources import LakehouseResource
 def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource):
     """Request a `deploy_model` run for every version registered since the last tick.
 
-    The cursor is the highest version seen, and each request's run key is the version, so no
-    version is processed twice. Versions validated by the run that trained them, or already
-    carrying a validation result, are skipped with a log line.
+    Versions come from polling the registry and, when an MLflow server delivers registry
+    webhooks to `mlops webhook serve`, from its verified inbox. The cursor holds the highest
+    version seen and the last inbox delivery read, and each request's run key is the version,
+    so no version is processed twice whichever way it was noticed. Versions validated by the
+    run that trained them, or already carrying a validation result, are skipped with a log
+    line.
     """
     from mlops_assets.models.deploy import VALIDATED_IN_RUN_TAG, lifecycle
     from mlops_assets.models.lifecycle import VALIDATION_TAG
+    from mlops_assets.models.webhooks import Inbox
 
-    cycle = lifecycle(lakehouse.settings)
-    seen = json.loads(context.cursor)["version"] if context.cursor else 0
+    settings = lakehouse.settings
+    cycle = lifecycle(settings)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen, inbox_seq = cursor.get("version", 0), cursor.get("inbox", 0)
+    pushed: set[int] = set()
+    if settings.webhook_inbox_path.exists():
+        deliveries = Inbox(settings.webhook_inbox_path).since(inbox_seq)
+        for delivery in deliveries:
+            inbox_seq = delivery.seq
+            if delivery.model == cycle.name and delivery.version and delivery.action == "created":
+                pushed.add(int(delivery.version))
     versions = sorted(
         cycle.client.search_model_versions(f"name = '{cycle.name}'"), key=lambda v: int(v.version)
     )
@@ -50,10 +63,17 @@ def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: Lakehouse
                         "ml__champion": {"config": {"version": version}},
                     }
                 },
-                tags={"mlops/model": cycle.name, "mlops/model_version": version},
+                tags={
+                    "mlops/model": cycle.name,
+                    "mlops/model_version": version,
+                    "mlops/trigger": "webhook" if number in pushed else "registry",
+                },
             )
         )
     newest = max([seen, *(int(v.version) for v in versions)])
+    next_cursor = json.dumps({"version": newest, "inbox": inbox_seq})
     if not requests:
-        return dg.SkipReason(f"no new version of {cycle.name} after version {seen}")
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"version": newest}))
+        return dg.SensorResult(
+            skip_reason=f"no new version of {cycle.name} after version {seen}", cursor=next_cursor
+        )
+    return dg.SensorResult(run_requests=requests, cursor=next_cursor)
