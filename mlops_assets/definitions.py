@@ -18,6 +18,7 @@ from mlops_assets.defs.jobs import (
     retrain_job,
     train_job,
     training_set_job,
+    weekly_retrain_schedule,
 )
 from mlops_assets.defs.ml import ml_assets
 from mlops_assets.defs.online import online_assets
@@ -47,7 +48,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             deploy_job,
             retrain_job,
         ],
-        schedules=[medallion_schedule, features_schedule],
+        schedules=[medallion_schedule, features_schedule, weekly_retrain_schedule(settings.env)],
         sensors=[new_model_versions],
         resources={"lakehouse": LakehouseResource.from_settings(settings)},
     )

@@ -62,3 +62,22 @@ retrain_job = dg.define_asset_job(
     selection=TRAIN | DEPLOY,
     description="Train, register, validate and promote in one run (schedules and sensors).",
 )
+
+
+def weekly_retrain_schedule(env: str) -> dg.ScheduleDefinition:
+    """Retrain, validate and promote every Monday at 03:00 UTC; running by default in prod only.
+
+    Drift triggers retraining between these runs; the schedule retrains regardless, so a
+    model never ages past a week in production.
+    """
+    return dg.ScheduleDefinition(
+        name="weekly_retrain",
+        job=retrain_job,
+        cron_schedule="0 3 * * 1",
+        execution_timezone="UTC",
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING if env == "prod" else dg.DefaultScheduleStatus.STOPPED
+        ),
+        tags={"mlops/trigger": "weekly"},
+        description="Weekly retraining regardless of drift (on by default in prod).",
+    )

@@ -20,6 +20,8 @@ EXPECTED_ASSETS = {
     "online/merchant_risk": "online",
     "ml/training_set": "ml",
     "ml/fraud_model": "ml",
+    "ml/model_validation": "ml",
+    "ml/champion": "ml",
 }
 
 
@@ -33,6 +35,15 @@ def test_definitions_load_and_resolve(tmp_path):
     assert defs.resolve_job_def("medallion_daily") is not None
     assert defs.resolve_job_def("features_daily") is not None
     assert defs.resolve_schedule_def("medallion_daily_schedule") is not None
+    assert defs.resolve_sensor_def("new_model_versions") is not None
+
+
+def test_weekly_retraining_runs_by_default_in_prod_only(tmp_path):
+    for env, status in (("dev", "STOPPED"), ("prod", "RUNNING")):
+        settings = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": env})
+        schedule = build_definitions(settings).resolve_schedule_def("weekly_retrain")
+        assert schedule.default_status.name == status
+        assert schedule.job_name == "retrain_and_deploy"
 
 
 def test_asset_graph_snapshot(tmp_path):
@@ -63,6 +74,8 @@ def test_asset_graph_snapshot(tmp_path):
             "silver/transactions",
         ],
         "ml/fraud_model": ["ml/training_set"],
+        "ml/model_validation": ["ml/fraud_model", "ml/training_set"],
+        "ml/champion": ["ml/model_validation"],
     }
 
 
@@ -79,7 +92,7 @@ def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
             assert node.partitions_def is not None, key
 
 
-def test_silver_contract_checks_are_blocking(tmp_path):
+def test_contract_and_validation_checks_are_blocking(tmp_path):
     graph = load(tmp_path).resolve_asset_graph()
     checks = {
         (k.asset_key.to_user_string(), k.name): graph.get_check_spec(k).blocking
@@ -99,4 +112,5 @@ def test_silver_contract_checks_are_blocking(tmp_path):
         ("silver/labels", "fresh"): False,
         ("silver/labels", "reject_share_low"): False,
         ("features/card_behaviour", "one_row_per_transaction"): True,
+        ("ml/model_validation", "passes_validation"): True,
     }
