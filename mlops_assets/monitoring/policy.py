@@ -1,0 +1,142 @@
+"""When monitoring asks for retraining: drift and performance thresholds, episodes, cooldown.
+
+A window (a day of predictions by one model version) alerts when too large a share of the
+model's features drifted from its training reference, when its predictions drifted, or when
+its performance, once labels arrived, fell below a floor. Consecutive alerting windows form
+an episode. An episode asks for retraining once enough of its days carry mature labels, so
+that the new model can learn the new regime (retraining on drift before any labelled example
+of it only relearns the old one); it asks once, under one run key, and no episode asks again
+within the cooldown after a retraining.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """Thresholds of the closed loop (defaults: Evidently's share rule and conventional bounds).
+
+    Attributes:
+        max_drifted_share: A window alerts when more than this share of features drifted.
+        max_prediction_drift: A window alerts when its score distribution drifted more than
+            this (normalized Wasserstein distance from the reference predictions).
+        min_pr_auc: A window alerts when its PR-AUC (with mature labels) falls below this.
+        min_labelled_days: Days of an episode with mature labels before retraining is asked.
+        label_maturity_days: Days after which a day's labels count as complete.
+        cooldown_days: Days after a retraining during which no new retraining is asked.
+    """
+
+    max_drifted_share: float = 0.5
+    max_prediction_drift: float = 0.1
+    min_pr_auc: float = 0.3
+    min_labelled_days: int = 2
+    label_maturity_days: int = 3
+    cooldown_days: int = 7
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_drifted_share <= 1:
+            raise ValueError(f"max_drifted_share must be in [0, 1], got {self.max_drifted_share}")
+        for name in ("min_labelled_days", "label_maturity_days", "cooldown_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The monitoring figures of one day of predictions.
+
+    Attributes:
+        day: The window's day.
+        model_version: The version that made the predictions.
+        drifted_share: Share of the model's features that drifted from its reference.
+        prediction_drift: Drift score of the predictions from the reference predictions.
+        pr_auc: PR-AUC once labels are mature, else None.
+    """
+
+    day: datetime.date
+    model_version: str
+    drifted_share: float
+    prediction_drift: float
+    pr_auc: float | None = None
+
+    def reasons(self, policy: DriftPolicy) -> list[str]:
+        """Why this window alerts (empty when it does not)."""
+        found = []
+        if self.drifted_share > policy.max_drifted_share:
+            limit = policy.max_drifted_share
+            found.append(f"{self.drifted_share:.0%} of features drifted (limit {limit:.0%})")
+        if self.prediction_drift > policy.max_prediction_drift:
+            found.append(
+                f"prediction drift {self.prediction_drift:.3f} "
+                f"(limit {policy.max_prediction_drift})"
+            )
+        if self.pr_auc is not None and self.pr_auc < policy.min_pr_auc:
+            found.append(f"PR-AUC {self.pr_auc:.3f} below {policy.min_pr_auc}")
+        return found
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the loop should do after the latest window.
+
+    Attributes:
+        retrain: Whether to request retraining now.
+        reason: Why (or why not), for the sensor's log and the run's tags.
+        episode_start: First day of the ongoing episode, None without one.
+        run_key: The episode's run key (one retraining per episode).
+    """
+
+    retrain: bool
+    reason: str
+    episode_start: datetime.date | None = None
+    run_key: str | None = None
+
+
+def decide(
+    windows: Sequence[Window],
+    policy: DriftPolicy,
+    last_retrain_day: datetime.date | None = None,
+) -> Decision:
+    """Decide whether to request retraining after the latest window.
+
+    Windows may come in any order; of several windows of one day (two model versions), the
+    newer version's counts.
+    """
+    by_day: dict[datetime.date, Window] = {}
+    for window in sorted(windows, key=lambda w: (w.day, int(w.model_version or 0))):
+        by_day[window.day] = window
+    if not by_day:
+        return Decision(False, "no monitoring windows yet")
+    days = sorted(by_day)
+    latest = days[-1]
+    if not by_day[latest].reasons(policy):
+        return Decision(False, f"window {latest} is within every threshold")
+    start = latest
+    for day in reversed(days[:-1]):
+        if (start - day).days != 1 or not by_day[day].reasons(policy):
+            break
+        start = day
+    reasons = "; ".join(by_day[latest].reasons(policy))
+    key = f"drift-episode-{start.isoformat()}"
+    labelled = (latest - start).days + 1 - policy.label_maturity_days
+    if labelled < policy.min_labelled_days:
+        return Decision(
+            False,
+            f"episode since {start} ({reasons}): {max(labelled, 0)} of "
+            f"{policy.min_labelled_days} days with mature labels so far",
+            start,
+            key,
+        )
+    if last_retrain_day is not None and (latest - last_retrain_day).days < policy.cooldown_days:
+        return Decision(
+            False,
+            f"episode since {start} ({reasons}): cooling down since the retraining on "
+            f"{last_retrain_day}",
+            start,
+            key,
+        )
+    return Decision(True, f"episode since {start}: {reasons}", start, key)

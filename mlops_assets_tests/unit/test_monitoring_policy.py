@@ -1,0 +1,50 @@
+"""The closed loop's decision: episodes, label maturity, one retraining, cooldown."""
+
+import datetime
+
+import pytest
+
+from mlops_assets.monitoring.policy import DriftPolicy, Window, decide
+
+DAY = datetime.date(2026, 1, 1)
+POLICY = DriftPolicy(min_labelled_days=2, label_maturity_days=3, cooldown_days=7)
+
+
+def window(offset: int, share: float = 0.0, prediction: float = 0.0, pr_auc=None, version="1"):
+    return Window(DAY + datetime.timedelta(days=offset), version, share, prediction, pr_auc)
+
+
+def test_quiet_windows_never_ask_for_retraining():
+    decision = decide(
+        [window(i, share=0.1, prediction=0.02, pr_auc=0.8) for i in range(10)], POLICY
+    )
+    assert not decision.retrain and "within every threshold" in decision.reason
+
+
+def test_an_episode_asks_once_enough_of_its_days_have_mature_labels():
+    calm = [window(i) for i in range(5)]
+    drifted = [window(5 + i, share=0.7) for i in range(6)]
+    asks = [decide(calm + drifted[: n + 1], POLICY) for n in range(len(drifted))]
+    # Day 5 starts the episode; labels of days 5 and 6 are mature at the end of day 9.
+    assert [d.retrain for d in asks] == [False, False, False, False, True, True]
+    assert "0 of 2 days with mature labels" in asks[0].reason
+    assert {d.run_key for d in asks} == {"drift-episode-2026-01-06"}
+    # After the retraining on day 9, the same episode does not ask again within the cooldown.
+    later = decide(calm + drifted, POLICY, last_retrain_day=DAY + datetime.timedelta(days=9))
+    assert not later.retrain and "cooling down" in later.reason
+
+
+def test_a_break_in_drift_ends_the_episode_and_reasons_are_named():
+    windows = [window(0, share=0.7), window(1), window(2, prediction=0.3), window(3, pr_auc=0.1)]
+    decision = decide(windows, POLICY)
+    assert decision.episode_start == DAY + datetime.timedelta(days=2)
+    assert "PR-AUC 0.100 below 0.3" in decision.reason
+    # Of two windows of one day, the newer model version's counts.
+    assert not decide([window(0, share=0.9, version="1"), window(0, version="2")], POLICY).retrain
+
+
+def test_bad_thresholds_are_refused_with_their_name():
+    with pytest.raises(ValueError, match="max_drifted_share"):
+        DriftPolicy(max_drifted_share=1.5)
+    with pytest.raises(ValueError, match="cooldown_days"):
+        DriftPolicy(cooldown_days=-1)
