@@ -47,9 +47,9 @@ major shift.
 
 Speed: the Wasserstein distance between two empirical distributions is computed exactly from the
 two sorted samples through their quantile functions (`integral_0^1 |Q_ref(t) - Q_cur(t)| dt`),
-with integer breakpoints `i * m` and `j * n` merged by arithmetic instead of a sort of both
-samples together; it equals scipy's value up to floating-point rounding (tested to 1e-9
-relative).
+each breakpoint's term computed in closed form instead of sorting both samples together (what
+scipy does); it equals scipy's value up to floating-point rounding (tested to 1e-9 relative).
+Sums avoid BLAS (`numpy.dot`), whose threads cost more than they save on a busy machine.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ INTEGER_CARDINALITY_LIMIT = 10
 WASSERSTEIN_MIN_STD = 0.001
 DEFAULT_DRIFT_SHARE = 0.5
 PSI_BINS = 10
+# Rows per step of the Wasserstein sum: temporaries stay in cache and are reused.
+_CHUNK = 1 << 16
 PSI_FLOOR = 1e-4
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
@@ -321,12 +323,14 @@ def wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> float:
 
     `W1 = integral_0^1 |Q_a(t) - Q_b(t)| dt`, Q the quantile functions: step functions that
     change at `i / n` and `j / m`. In units of `1 / (n * m)` these breakpoints are the integers
-    `i * m` and `j * n`; their merged order is known in closed form (the `i`-th breakpoint of
-    `a` has `ceil(i * m / n) - 1` breakpoints of `b` before it), so no sort is needed.
+    `i * m` and `j * n`. On the interval that ends at a breakpoint `u`, `Q_a = a[ceil(u / m) - 1]`
+    and `Q_b = b[ceil(u / n) - 1]`, and the interval starts at the previous breakpoint of either
+    sample, known in closed form; so each breakpoint's term is computed on its own, in chunks
+    that stay in cache, with no merge or sort of the two samples.
 
     Args:
-        a: First sample, sorted ascending.
-        b: Second sample, sorted ascending.
+        a: First sample, sorted ascending, not empty.
+        b: Second sample, sorted ascending, not empty.
 
     Returns:
         The distance (the same as `scipy.stats.wasserstein_distance(a, b)` up to rounding).
@@ -334,21 +338,31 @@ def wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> float:
     n, m = a.size, b.size
     if n == m:
         return float(np.mean(np.abs(a - b)))
-    if n * m >= 2**62:
+    if float(n) * float(m) >= 2.0**62:
         raise ValueError(f"samples of {n} and {m} values are too large for exact breakpoints")
-    i = np.arange(1, n + 1, dtype=np.int64)
-    j = np.arange(1, m + 1, dtype=np.int64)
-    a_breaks = i * m
-    b_breaks = j * n
-    # Positions in the merged order; on a tie the breakpoint of `a` comes first (the interval
-    # between the two has zero width, so the order of ties does not change the sum).
-    breaks = np.empty(n + m, dtype=np.int64)
-    breaks[(i - 1) + (a_breaks - 1) // n] = a_breaks
-    breaks[(j - 1) + b_breaks // m] = b_breaks
-    widths = np.diff(breaks, prepend=0)
-    # On the interval ending at breakpoint u: Q_a = a[ceil(u / m) - 1], Q_b = b[ceil(u / n) - 1].
-    gaps = np.abs(a[(breaks - 1) // m] - b[(breaks - 1) // n])
-    return float(np.dot(gaps, widths.astype(np.float64)) / (float(n) * float(m)))
+    total = 0.0
+    # Breakpoints of `a`, u = i * m: the previous breakpoint of `b` is `j * n` with
+    # j = floor((u - 1) / n) (strictly before u), and Q_b's index there is that same j.
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        u = np.arange(start + 1, stop + 1, dtype=np.int64) * m
+        j = (u - 1) // n
+        width = np.minimum(u - j * n, m).astype(np.float64)
+        gap = np.abs(a[start:stop] - b[j])
+        gap *= width
+        total += float(gap.sum())
+    # Breakpoints of `b`, u = j * n: `a`'s breakpoints at or before u number i = floor(u / m);
+    # on a tie (u = i * m) the interval is empty, so Q_a's index may be taken as min(i, n - 1).
+    for start in range(0, m, _CHUNK):
+        stop = min(start + _CHUNK, m)
+        u = np.arange(start + 1, stop + 1, dtype=np.int64) * n
+        i = u // m
+        width = np.minimum(u - i * m, n).astype(np.float64)
+        np.minimum(i, n - 1, out=i)
+        gap = np.abs(a[i] - b[start:stop])
+        gap *= width
+        total += float(gap.sum())
+    return total / (float(n) * float(m))
 
 
 def jensen_shannon(frequencies: pl.DataFrame) -> float:
@@ -369,7 +383,7 @@ def jensen_shannon(frequencies: pl.DataFrame) -> float:
 
 def psi_numeric(ref_sorted: np.ndarray, cur_sorted: np.ndarray, bins: int = PSI_BINS) -> float:
     """PSI over bins cut at the reference quantiles (see the module docstring)."""
-    edges = np.unique(np.quantile(ref_sorted, np.arange(1, bins) / bins))
+    edges = np.unique(sorted_quantiles(ref_sorted, np.arange(1, bins) / bins))
     # Bins are (-inf, e1], (e1, e2], ..., (e_last, inf): counts from cumulative positions.
     ref_counts = np.diff(
         np.searchsorted(ref_sorted, edges, side="right"), prepend=0, append=ref_sorted.size
@@ -378,6 +392,24 @@ def psi_numeric(ref_sorted: np.ndarray, cur_sorted: np.ndarray, bins: int = PSI_
         np.searchsorted(cur_sorted, edges, side="right"), prepend=0, append=cur_sorted.size
     )
     return _psi(ref_counts, cur_counts)
+
+
+def sorted_quantiles(values_sorted: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Quantiles of a sorted sample, linear interpolation (numpy's default), without a sort.
+
+    Args:
+        values_sorted: The sample, sorted ascending, not empty.
+        probabilities: Levels in [0, 1].
+
+    Returns:
+        The same values as `numpy.quantile(values_sorted, probabilities)`.
+    """
+    position = np.asarray(probabilities, dtype=np.float64) * (values_sorted.size - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, values_sorted.size - 1)
+    fraction = position - below
+    low, high = values_sorted[below], values_sorted[above]
+    return low + (high - low) * fraction
 
 
 def psi_categorical(frequencies: pl.DataFrame) -> float:
