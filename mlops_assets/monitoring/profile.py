@@ -148,5 +148,5 @@ def _categorical(series: pl.Series, top: int) -> pl.DataFrame:
         pl.concat_list(pl.col("n").cast(pl.Float64), pl.col("n").cast(pl.Float64) / total).alias(
             "value"
         ),
-    ).explode("statistic", "value")
+    ).explode("statistic", "value", empty_as_null=False)
     return pl.concat([head, per_category.cast(PROFILE_SCHEMA)])
