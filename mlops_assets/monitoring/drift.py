@@ -219,22 +219,26 @@ def _column_drift(
     limits: Mapping[str, float],
     psi_bins: int,
 ) -> tuple:
-    ref, ref_nulls = _clean(reference, kind)
-    cur, cur_nulls = _clean(current, kind)
-    counts = (ref.len(), cur.len(), ref_nulls, cur_nulls)
-    if ref.is_empty() or cur.is_empty():
+    if kind == "numeric":
+        ref_sorted, cur_sorted = _finite_sorted(reference), _finite_sorted(current)
+        ref_count, cur_count = ref_sorted.size, cur_sorted.size
+    else:
+        ref, cur = _non_null(reference), _non_null(current)
+        ref_count, cur_count = ref.len(), cur.len()
+    counts = (ref_count, cur_count, reference.len() - ref_count, current.len() - cur_count)
+    if not ref_count or not cur_count:
         return (name, kind, None, None, None, False, None, None, *counts)
     if kind == "numeric":
-        ref_sorted, cur_sorted = _sorted_floats(ref), _sorted_floats(cur)
-        discrete = _distinct_at_most(ref_sorted, cur_sorted, DISCRETE_NUMERIC_VALUES)
         psi = psi_numeric(ref_sorted, cur_sorted, psi_bins)
+        discrete = _few_values(ref_sorted, cur_sorted, DISCRETE_NUMERIC_VALUES)
+        if discrete:
+            ref, cur = pl.Series(ref_sorted), pl.Series(cur_sorted)
     else:
         discrete = True
-        ref_sorted = cur_sorted = None
     frequencies = _frequencies(ref, cur) if discrete else None
     if kind == "categorical":
         psi = psi_categorical(frequencies)
-    method = _method(kind, ref.len(), frequencies)
+    method = _method(kind, ref_count, frequencies)
     if method == "wasserstein":
         score = wasserstein_normed(ref_sorted, cur_sorted)
     elif method == "jensenshannon":
@@ -255,30 +259,40 @@ def _column_drift(
     return (name, kind, method, score, threshold, bool(drifted), psi, psi_level(psi), *counts)
 
 
-def _clean(series: pl.Series, kind: Kind) -> tuple[pl.Series, int]:
-    """Values without nulls (and, for floats, without NaN and +-inf), and how many were dropped."""
-    finite = series.dtype.is_float()
-    values = series.filter(series.is_finite()) if finite else series.drop_nulls()
-    if kind == "numeric" and not values.dtype.is_numeric():
+def _non_null(series: pl.Series) -> pl.Series:
+    """Values without nulls (and, for floats, without NaN and +-inf)."""
+    return series.filter(series.is_finite()) if series.dtype.is_float() else series.drop_nulls()
+
+
+def _finite_sorted(series: pl.Series) -> np.ndarray:
+    """The finite values of a numeric column as sorted float64 (nulls, NaN and +-inf dropped)."""
+    if not series.dtype.is_numeric():
         raise ValueError(f"column {series.name!r} ({series.dtype}) is not numeric")
-    return values, series.len() - values.len()
+    # Nulls become NaN; the sort puts -inf first and NaN last, so the finite values are one
+    # slice of the sorted copy and no filtering pass is needed.
+    values = np.sort(series.cast(pl.Float64).to_numpy())
+    low = int(np.searchsorted(values, -np.inf, side="right"))
+    high = int(np.searchsorted(values, np.inf, side="left"))
+    return values[low:high]
 
 
-def _sorted_floats(values: pl.Series) -> np.ndarray:
-    array = values.to_numpy().astype(np.float64, copy=True)
-    array.sort()
-    return array
+def _few_values(ref_sorted: np.ndarray, cur_sorted: np.ndarray, limit: int) -> bool:
+    """Whether both sorted samples together hold at most `limit` distinct values."""
 
+    def distinct(values: np.ndarray) -> np.ndarray | None:
+        # Hop from one value to the next larger one: at most `limit + 1` binary searches.
+        found, position = [], 0
+        while position < values.size:
+            if len(found) == limit:
+                return None
+            found.append(values[position])
+            position = int(np.searchsorted(values, values[position], side="right"))
+        return np.array(found)
 
-def _distinct_at_most(ref_sorted: np.ndarray, cur_sorted: np.ndarray, limit: int) -> bool:
-    """Whether both samples together hold at most `limit` distinct values."""
-
-    def distinct(values: np.ndarray) -> int:
-        return 1 + int(np.count_nonzero(values[1:] != values[:-1]))
-
-    if distinct(ref_sorted) > limit or distinct(cur_sorted) > limit:
+    ref_values, cur_values = distinct(ref_sorted), distinct(cur_sorted)
+    if ref_values is None or cur_values is None:
         return False
-    return np.unique(np.concatenate((np.unique(ref_sorted), np.unique(cur_sorted)))).size <= limit
+    return np.union1d(ref_values, cur_values).size <= limit
 
 
 def _method(kind: Kind, reference_rows: int, frequencies: pl.DataFrame | None) -> str:
