@@ -76,6 +76,14 @@ def test_wasserstein_over_many_random_sizes():
         assert wasserstein_sorted(a, b) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_wasserstein_across_chunk_boundaries():
+    rng = np.random.default_rng(8)
+    a = np.sort(rng.gamma(2.0, 50.0, 150_000).round(2))
+    b = np.sort(rng.gamma(2.2, 50.0, 70_001).round(2))
+    expected = stats.wasserstein_distance(a, b)
+    assert wasserstein_sorted(a, b) == pytest.approx(expected, rel=1e-9)
+
+
 def test_wasserstein_is_normed_by_the_population_std_of_the_reference():
     reference = np.sort(np.array([0.0, 1.0, 2.0, 3.0]))
     current = reference + 0.5
