@@ -20,7 +20,9 @@ The drift score, threshold and verdict of each column follow Evidently 0.7.23's 
 - **ks**: two-sided two-sample Kolmogorov-Smirnov p-value (`scipy.stats.ks_2samp`); drifted when
   `p <= 0.05`. **chisquare**: `scipy.stats.chisquare` of current counts against reference counts
   scaled to the current size; drifted when `p < 0.05`. **z**: two-proportion z-test on "is the
-  first value (sorted)"; drifted when `p < 0.05`.
+  first value (sorted)", p = 1 when both sides hold one and the same value; drifted when
+  `p < 0.05`. (The two-sided p-value is `erfc(|z| / sqrt 2)`, Evidently's `2 * (1 - cdf(|z|))`
+  without its cancellation for large `|z|`.)
 - **Dataset drift**: share of drifted columns `>= drift_share` (0.5).
 
 Column kinds follow Evidently's inference on the current frame: floats are numeric; integers are
@@ -35,6 +37,7 @@ Deviations from Evidently, all deliberate:
   row with `method` null, `score` null and `drifted` false (the profile reports the nulls).
 - Converting to pandas turns an integer or boolean column holding nulls into float or object;
   Evidently then infers numeric or unknown. Here the polars dtype decides.
+- With no column to compare, the share of drifted columns is 0 and there is no dataset drift.
 
 PSI is added for every column (it is no part of Evidently's default preset, and its binning here
 is the conventional one, not Evidently's `psi` test, which bins numeric values with Sturges' rule
