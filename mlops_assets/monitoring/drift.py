@@ -85,7 +85,7 @@ WASSERSTEIN_MIN_STD = 0.001
 DEFAULT_DRIFT_SHARE = 0.5
 PSI_BINS = 10
 # Rows per step of the Wasserstein sum: temporaries stay in cache and are reused.
-_CHUNK = 1 << 16
+_CHUNK = 1 << 13
 PSI_FLOOR = 1e-4
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
