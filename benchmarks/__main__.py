@@ -11,6 +11,7 @@ BENCHMARKS = (
     "bench_online_store",
     "bench_features",
     "bench_model",
+    "bench_drift",
 )
 
 
