@@ -101,7 +101,9 @@ def build_serving_env(
                 raise RuntimeError(f"{job} failed while building the serving environment")
         if not defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success:
             raise RuntimeError("online publish failed while building the serving environment")
-        job = dg.define_asset_job("serving_training_set", selection=[dg.AssetKey(["ml", "training_set"])])
+        job = dg.define_asset_job(
+            "serving_training_set", selection=[dg.AssetKey(["ml", "training_set"])]
+        )
         merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
         built = merged.resolve_job_def("serving_training_set").execute_in_process(
             instance=instance,

@@ -773,9 +773,7 @@ def append_table(
             time.sleep(0.02 * (attempt + 1))
             delta = DeltaTable(uri)
     if count_rows:
-        return describe_write(
-            uri, write_id, rows_written=arrow.num_rows, partition={}, added=added
-        )
+        return describe_write(uri, write_id, rows_written=arrow.num_rows, partition={}, added=added)
     version = _version_of(uri, write_id)
     return WriteResult(
         uri=uri,

@@ -144,8 +144,9 @@ def reference_frame(
     )
     if overrides:
         frame = frame.with_columns(
-            pl.lit(value, dtype=None if frame.schema[name] == pl.Null else frame.schema[name])
-            .alias(name)
+            pl.lit(
+                value, dtype=None if frame.schema[name] == pl.Null else frame.schema[name]
+            ).alias(name)
             for name, value in overrides.items()
         )
         frame = frame.with_columns(
@@ -241,8 +242,11 @@ class ServingModel:
 
 
 def _probe_rows(compiled: CompiledPipeline, count: int, seed: int = 13) -> list[list[Any]]:
-    """Rows probing the compiled trees: values at, just above and below split thresholds,
-    missing values, known, unknown and missing categories."""
+    """Rows probing the compiled trees.
+
+    Numbers at, just above and just below split thresholds, missing values; known, unknown
+    and missing categories.
+    """
     rng = random.Random(seed)
     thresholds: dict[int, list[float]] = {}
     for feature, threshold, left, index in zip(
