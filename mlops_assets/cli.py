@@ -339,6 +339,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(command, cwd=project_root())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the champion fraud detector over REST on 127.0.0.1, logging every prediction."""
+    from mlops_assets.serving.app import serve
+
+    token = args.token or os.environ.get("MLOPS_SERVE_TOKEN") or None
+    return serve(load_settings(), host=args.host, port=args.port, token=token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mlops` argument parser."""
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
@@ -392,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
+    serve = sub.add_parser("serve", help="serve the champion model over REST")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--token", default=None, help="bearer token required to score (or MLOPS_SERVE_TOKEN)"
+    )
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -643,48 +643,143 @@ def table_row_count(delta: DeltaTable) -> int:
     return pl.scan_delta(delta, version=delta.version()).select(pl.len()).collect().item()
 
 
-def append_rows(
+def append_table(
     uri: str | Path,
     data: pl.DataFrame,
     *,
     partition_by: Sequence[str] = (),
-    policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
     table: str | None = None,
-) -> int:
-    """Add rows to a table in one append commit; existing rows and files are never touched.
+    policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
+    metadata: Mapping[str, str] | None = None,
+    count_rows: bool = True,
+) -> WriteResult:
+    """Append rows to a table in one commit: new files only, no existing row is rewritten.
 
-    Meant for logs (audit, inference): small, frequent writes. Under the additive policy new
-    columns are added and columns the rows lack are written as nulls.
+    The rows may span several partitions: one Parquet file per partition, all added by the
+    same Delta append commit (readers see all of them or none). The table is created on the
+    first append. Under the `additive` policy new columns are added to the table and columns
+    the rows lack are written as nulls; a changed type is refused. Concurrent appends do not
+    conflict: a commit that loses a race is committed again on top of the winner.
+
+    Args:
+        uri: Table location.
+        data: The rows; they must hold the partition columns, without nulls.
+        partition_by: Partition columns of the table (checked against an existing table).
+        table: Table name for error messages.
+        policy: Schema policy of the table.
+        metadata: Custom commit metadata (the write id is added).
+        count_rows: Whether to count the table's rows for the result (reads the log's file
+            list); when False, `table_rows` is -1.
 
     Returns:
-        The version the append created.
+        What was written; `version` is the append's own commit.
 
     Raises:
-        SchemaChangeError: The rows' schema breaks the policy.
+        SchemaChangeError: The rows change the schema against the policy.
+        PartitionMismatchError: A partition column is missing or holds nulls.
     """
-    from deltalake import write_deltalake
-
     uri = str(uri)
     name = table or uri
-    arrow = _normalise(data, name)
-    if table_exists(uri):
-        delta = DeltaTable(uri)
-        if list(delta.metadata().partition_columns) != list(partition_by):
-            raise SchemaChangeError(
-                f"table {name}: partitioned by {list(delta.metadata().partition_columns)}, "
-                f"not {list(partition_by)}"
+    partition_by = list(partition_by)
+    for column in partition_by:
+        if column not in data.columns:
+            raise PartitionMismatchError(f"table {name}: data lacks partition column {column!r}")
+        nulls = data.get_column(column).null_count()
+        if nulls:
+            raise PartitionMismatchError(
+                f"table {name}: partition column {column!r} holds {nulls} null value(s)"
             )
-        existing = _arrow_schema(delta)
-        added, missing = check_schema(existing, arrow.schema, policy, name)
-        arrow = _conform(arrow, existing, missing)
-        write_deltalake(
-            delta,
-            arrow,
-            mode="append",
-            schema_mode="merge" if added else None,
-            partition_by=list(partition_by) or None,
+    arrow = _normalise(data, name)
+    write_id = str(uuid.uuid4())
+    commit_metadata = {**(metadata or {}), WRITE_ID_KEY: write_id}
+    added: list[str] = []
+    if not table_exists(uri):
+        lock_path = Path(uri) / "_mlops_create.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not table_exists(uri):
+                    create_table_with_add_actions(
+                        uri,
+                        DeltaSchema.from_arrow(arrow.schema),
+                        [],
+                        mode="error",
+                        partition_by=partition_by or None,
+                    )
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    delta = DeltaTable(uri)
+    existing = list(delta.metadata().partition_columns)
+    if existing != partition_by:
+        raise SchemaChangeError(f"table {name}: partitioned by {existing}, not {partition_by}")
+    existing_schema = _arrow_schema(delta)
+    added, missing = check_schema(existing_schema, arrow.schema, policy, name)
+    arrow = _conform(arrow, existing_schema, missing)
+    if added:
+        # An append commit does not change the table's schema: add the new columns first, in
+        # a commit of their own (older rows read them as null).
+        new_fields = DeltaSchema.from_arrow(pa.schema([arrow.schema.field(c) for c in added]))
+        try:
+            delta.alter.add_columns(list(new_fields.fields))
+        except Exception:
+            # A concurrent append may have added the same columns first.
+            if not set(added) <= set(_arrow_schema(DeltaTable(uri)).names):
+                raise
+        delta = DeltaTable(uri)
+    frame = pl.from_arrow(arrow)
+    assert isinstance(frame, pl.DataFrame)
+    groups = frame.partition_by(partition_by, as_dict=True) if partition_by else {(): frame}
+    actions: list[AddAction] = []
+    for values, rows in groups.items():
+        if not rows.height:
+            continue
+        partition = dict(zip(partition_by, values, strict=True))
+        folder = "/".join(
+            f"{column}={quote(_partition_text(partition[column]), safe='')}"
+            for column in partition_by
         )
-        return DeltaTable(uri).version()
-    Path(uri).mkdir(parents=True, exist_ok=True)
-    write_deltalake(uri, arrow, mode="append", partition_by=list(partition_by) or None)
-    return DeltaTable(uri).version()
+        relative = (folder + "/" if folder else "") + f"part-00000-{uuid.uuid4()}-c000.parquet"
+        path = Path(uri) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content = rows.drop(partition_by)
+        content.write_parquet(path, compression="lz4", statistics=True)
+        actions.append(
+            AddAction(
+                path=relative,
+                size=path.stat().st_size,
+                partition_values={c: _partition_text(partition[c]) for c in partition_by},
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=json.dumps(file_statistics(content)),
+            )
+        )
+    schema = DeltaSchema.from_arrow(arrow.schema)
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            delta.create_write_transaction(
+                actions,
+                mode="append",
+                schema=schema,
+                partition_by=partition_by or None,
+                commit_properties=CommitProperties(custom_metadata=commit_metadata),
+            )
+            break
+        except CommitFailedError:
+            if _version_of(uri, write_id) is not None:
+                break
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+            delta = DeltaTable(uri)
+    if count_rows:
+        return describe_write(uri, write_id, rows_written=arrow.num_rows, partition={}, added=added)
+    version = _version_of(uri, write_id)
+    return WriteResult(
+        uri=uri,
+        version=-1 if version is None else version,
+        rows_written=arrow.num_rows,
+        table_rows=-1,
+        schema={f.name: _comparable(f.type) for f in arrow.schema},
+        added_columns=tuple(added),
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import append_rows, scan_table, table_exists
+from mlops_assets.lakehouse.delta_io import append_table, scan_table, table_exists
 
 AUDIT = TableRef("ml", "model_audit")
 ACTIONS = ("registered", "validated", "refused", "promoted", "rolled_back")
@@ -84,7 +84,7 @@ def record(uri: str | Path, event: AuditEvent) -> int:
     row["metrics"] = json.dumps(event.metrics, default=str, sort_keys=True)
     row["details"] = json.dumps(event.details, default=str, sort_keys=True)
     frame = pl.DataFrame([row], schema=SCHEMA)
-    return append_rows(uri, frame, table=str(AUDIT))
+    return append_table(uri, frame, table=str(AUDIT), count_rows=False).version
 
 
 def history(uri: str | Path, model: str | None = None) -> pl.DataFrame:

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import append_rows, scan_table, table_exists
+from mlops_assets.lakehouse.delta_io import append_table, scan_table, table_exists
 
 ALERTS = TableRef("monitoring", "alerts")
 KINDS = ("drift", "performance", "retrain_requested", "run_failed", "check_failed")
@@ -108,7 +108,7 @@ def raise_alert(uri: str | Path, alert: Alert, webhook_url: str | None = None) -
     row["details"] = json.dumps(alert.details, default=str, sort_keys=True)
     row["posted_to"] = webhook_url
     row["post_status"] = status
-    append_rows(uri, pl.DataFrame([row], schema=SCHEMA), table=str(ALERTS))
+    append_table(uri, pl.DataFrame([row], schema=SCHEMA), table=str(ALERTS), count_rows=False)
     return status
 
 

@@ -1,0 +1,1 @@
+"""Online serving and the inference log: scoring requests and logging every prediction."""

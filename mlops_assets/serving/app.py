@@ -1,0 +1,706 @@
+"""The online REST server: score a transaction with the champion, log every prediction.
+
+`POST /v1/score` takes a transaction's keys and request-time fields (see `requests.py` and
+`GET /openapi.json`), looks its card and merchant up in the online store, scores with the
+model holding the `champion` alias and answers with the score, the decision and the model
+version; each request after authentication, answered or refused, becomes a row of the
+inference log before its response is sent. `GET /healthz` says whether the process lives and
+what it serves (`degraded` when a new champion failed to load and the previous one still
+serves); `GET /readyz` answers 200 only while a model is loaded and the log writes.
+
+The HTTP layer is the standard library's threaded server speaking HTTP/1.1 with keep-alive,
+one thread per connection. Stopping (`ScoringServer.stop`, or SIGTERM in `serve`) stops
+accepting, lets requests already read finish and answer, closes idle connections, then
+writes the inference log's last rows: every answered request is in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hmac
+import http.server
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+from mlops_assets.features.online_store import OnlineStore
+from mlops_assets.serving.inference_log import (
+    InferenceLog,
+    InferenceLogError,
+    feature_schema,
+    inference_schema,
+)
+from mlops_assets.serving.model import ChampionHolder, ServingModel
+from mlops_assets.serving.requests import (
+    MAX_BODY_BYTES,
+    SCORE_PATH,
+    Problem,
+    RequestError,
+    RequestSchema,
+    ScoreRequest,
+    openapi_document,
+    parse_score_request,
+)
+
+log = logging.getLogger(__name__)
+
+# Requests as received are logged up to this many characters.
+MAX_LOGGED_REQUEST = 4096
+# Feature tables whose key must be known: a card the store has never seen is refused.
+REQUIRED_KNOWN_TABLES = ("card_behaviour",)
+
+
+@dataclass(frozen=True)
+class Response:
+    """An HTTP response: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _error(status: int, field: str, message: str) -> Response:
+    return Response(status, RequestError(status, [Problem(field, message)]).to_dict())
+
+
+class ScoringService:
+    """The server's logic without HTTP: scoring, health, readiness and the OpenAPI document.
+
+    Args:
+        holder: Holds the champion model.
+        store: The online feature store.
+        inference_log: Where every request's row goes.
+        token: When set, `POST /v1/score` and `/openapi.json` need `Authorization: Bearer`.
+        reject_unknown_cards: Refuse requests whose card the online store does not hold
+            (422 on the card's field); otherwise score them with the features' defaults.
+    """
+
+    def __init__(
+        self,
+        holder: ChampionHolder,
+        store: OnlineStore,
+        inference_log: InferenceLog,
+        *,
+        token: str | None = None,
+        reject_unknown_cards: bool = True,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.inference_log = inference_log
+        self.token = token or None
+        self._token_bytes = None if not token else token.encode()
+        self.reject_unknown_cards = reject_unknown_cards
+        self.max_body_bytes = max_body_bytes
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self._schemas: dict[int, RequestSchema] = {}
+        self._logged_model: ServingModel | None = None
+        self._schema_lock = threading.Lock()
+        self.counts = {"ok": 0, "error": 0}
+        self._count_lock = threading.Lock()
+
+    # -- authentication --------------------------------------------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an `Authorization` header passes (always, without a token)."""
+        if self._token_bytes is None:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self._token_bytes)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def _schema(self, model: ServingModel) -> RequestSchema:
+        schema = self._schemas.get(id(model.spec))
+        if schema is None:
+            schema = RequestSchema.from_spec(model.spec)
+            self._schemas[id(model.spec)] = schema
+        return schema
+
+    def _log_schema_for(self, model: ServingModel) -> None:
+        # A new champion may bring feature columns the log does not have yet.
+        if self._logged_model is model:
+            return
+        with self._schema_lock:
+            if self._logged_model is not model:
+                for name, dtype in feature_schema(model.spec).items():
+                    self.inference_log.schema.setdefault(name, dtype)
+                self._logged_model = model
+
+    def score(
+        self,
+        body: bytes | None,
+        *,
+        request_id: str,
+        started: float,
+        refused: RequestError | None = None,
+    ) -> Response:
+        """Score one request body and log it; refusals are logged too.
+
+        Args:
+            body: The raw body (None when it was not read).
+            request_id: The request's id (echoed and logged).
+            started: `time.perf_counter()` when the request arrived.
+            refused: An error found before the body was parsed (size, content type).
+        """
+        received = datetime.datetime.now(datetime.UTC)
+        model = self.holder.current
+        parsed: ScoreRequest | None = None
+        try:
+            if refused is not None:
+                raise refused
+            if model is None:
+                raise RequestError(
+                    503, [Problem("model", f"no version of {self.holder.name} is loaded yet")]
+                )
+            self._log_schema_for(model)
+            parsed = parse_score_request(body or b"", self._schema(model), now=received)
+            fields = parsed.fields
+            looked_up = {}
+            for lookup in model.spec.lookups:
+                key_field = lookup.keys[0]
+                vector = self.store.lookup(lookup.table, fields[key_field])
+                if (
+                    not vector.found
+                    and self.reject_unknown_cards
+                    and lookup.table in REQUIRED_KNOWN_TABLES
+                ):
+                    raise RequestError(
+                        422,
+                        [
+                            Problem(
+                                key_field,
+                                f"{fields[key_field]!r} is not known to the online store "
+                                f"({lookup.table})",
+                            )
+                        ],
+                    )
+                looked_up[lookup.table] = vector
+            features = model.features(fields, looked_up, parsed.overrides)
+            score = model.score(features)
+        except RequestError as error:
+            return self._refuse(error, body, request_id, started, received, model, parsed)
+        decision = score >= model.threshold
+        latency_ms = (time.perf_counter() - started) * 1000
+        row = {
+            "request_id": request_id,
+            "mode": "online",
+            "logged_at": received,
+            "event_time": fields["event_time"],
+            "transaction_id": fields.get("transaction_id"),
+            "card_id": fields.get("card_id"),
+            "merchant_id": fields.get("merchant_id"),
+            "model_name": model.name,
+            "model_version": model.version,
+            "model_alias": model.alias,
+            "score": score,
+            "decision": decision,
+            "threshold": model.threshold,
+            "latency_ms": latency_ms,
+            "status": "ok",
+            "error": None,
+            "request": _request_text(body),
+            **features,
+        }
+        try:
+            self.inference_log.record(row)
+        except InferenceLogError as error:
+            # No answer without its log row.
+            return _error(503, "inference_log", str(error))
+        with self._count_lock:
+            self.counts["ok"] += 1
+        return Response(
+            200,
+            {
+                "request_id": request_id,
+                "transaction_id": fields.get("transaction_id"),
+                "score": score,
+                "decision": decision,
+                "threshold": model.threshold,
+                "model": {"name": model.name, "version": model.version, "alias": model.alias},
+                "latency_ms": round(latency_ms, 3),
+            },
+        )
+
+    def _refuse(
+        self,
+        error: RequestError,
+        body: bytes | None,
+        request_id: str,
+        started: float,
+        received: datetime.datetime,
+        model: ServingModel | None,
+        parsed: ScoreRequest | None,
+    ) -> Response:
+        fields = parsed.fields if parsed is not None else {}
+        row = {
+            "request_id": request_id,
+            "mode": "online",
+            "logged_at": received,
+            "event_time": fields.get("event_time") or received,
+            "transaction_id": fields.get("transaction_id"),
+            "card_id": fields.get("card_id"),
+            "merchant_id": fields.get("merchant_id"),
+            "model_name": self.holder.name,
+            "model_version": None if model is None else model.version,
+            "model_alias": self.holder.alias,
+            "score": None,
+            "decision": None,
+            "threshold": None if model is None else model.threshold,
+            "latency_ms": (time.perf_counter() - started) * 1000,
+            "status": "error",
+            "error": f"{error.status}: {error}"[:2000],
+            "request": _request_text(body),
+        }
+        # The refusal is answered even if the log refuses the row: nothing was scored.
+        with contextlib.suppress(InferenceLogError):
+            self.inference_log.record(row)
+        with self._count_lock:
+            self.counts["error"] += 1
+        body_out = error.to_dict()
+        body_out["request_id"] = request_id
+        return Response(error.status, body_out)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def health(self) -> Response:
+        """Liveness with the served model's status: `ok`, `degraded` or `starting`."""
+        model = self.holder.status()
+        stats = self.inference_log.stats()
+        if model["serving_version"] is None:
+            status = "starting"
+        elif model["load_error"] or model["stale"] or stats.last_error:
+            status = "degraded"
+        else:
+            status = "ok"
+        return Response(
+            200,
+            {
+                "status": status,
+                "model": model,
+                "inference_log": _log_stats(stats),
+                "requests": dict(self.counts),
+                "started_at": self.started_at.isoformat(),
+            },
+        )
+
+    def ready(self) -> Response:
+        """200 while a model is loaded and the log writes; 503 with the reasons otherwise."""
+        reasons = []
+        model = self.holder.status()
+        if model["serving_version"] is None:
+            reasons.append(
+                "no model loaded"
+                + (f": {model['load_error']['error']}" if model["load_error"] else "")
+            )
+        stats = self.inference_log.stats()
+        if self.inference_log.closed:
+            reasons.append("the inference log is closed")
+        elif stats.last_error and stats.pending > self.inference_log.flush_rows * 10:
+            reasons.append(f"the inference log cannot write: {stats.last_error}")
+        try:
+            self.store.tables()
+        except Exception as error:  # noqa: BLE001 - reported, not raised
+            reasons.append(f"online store unavailable: {error}")
+        body = {"ready": not reasons, "reasons": reasons, "model": model}
+        return Response(200 if not reasons else 503, body)
+
+    def openapi(self) -> Response:
+        """The OpenAPI document for the served model's requests."""
+        from mlops_assets.features.spec import FRAUD_SPEC
+
+        model = self.holder.current
+        schema = RequestSchema.from_spec(model.spec if model is not None else FRAUD_SPEC)
+        return Response(
+            200,
+            openapi_document(schema, model_name=self.holder.name, secured=self.token is not None),
+        )
+
+
+def _log_stats(stats: Any) -> dict[str, Any]:
+    return {
+        "recorded": stats.recorded,
+        "written": stats.written,
+        "pending": stats.pending,
+        "commits": stats.commits,
+        "failures": stats.failures,
+        "last_error": stats.last_error,
+        "last_flush_at": None if stats.last_flush_at is None else stats.last_flush_at.isoformat(),
+        "last_version": stats.last_version,
+    }
+
+
+def _request_text(body: bytes | None) -> str | None:
+    if body is None:
+        return None
+    text = body[: MAX_LOGGED_REQUEST * 4].decode("utf-8", errors="replace")
+    return text if len(text) <= MAX_LOGGED_REQUEST else text[:MAX_LOGGED_REQUEST] + "..."
+
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
+class _Clock:
+    """The `Date` header's value, formatted once per second."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def date(cls) -> str:
+        now = int(time.time())
+        if now != cls.second:
+            cls.text, cls.second = formatdate(now, usegmt=True), now
+        return cls.text
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mlops-serving"
+    sys_version = ""
+    server: ScoringServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # every scoring request is in the inference log; access logs would slow it
+
+    def _send(self, response: Response, request_id: str | None = None) -> None:
+        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        lines = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}",
+            f"Date: {_Clock.date()}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+        ]
+        if request_id:
+            lines.append(f"X-Request-ID: {request_id}")
+        for name, value in response.headers:
+            lines.append(f"{name}: {value}")
+        if self.server.draining or self.close_connection:
+            self.close_connection = True
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """JSON errors for what the standard library refuses (bad request line, headers)."""
+        self.close_connection = True
+        text = message or _REASONS.get(code, "error")
+        with contextlib.suppress(OSError):
+            self._send(_error(code, "request", text))
+
+    def _request_id(self) -> str:
+        given = self.headers.get("X-Request-ID")
+        if given and len(given) <= 128 and given.isprintable() and given.isascii():
+            return given
+        return uuid.uuid4().hex
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        started = time.perf_counter()
+        service = self.server.service
+        path = self.path.split("?", 1)[0]
+        if path != SCORE_PATH:
+            self._discard_body()
+            self._send(_error(404 if path not in _GET_PATHS else 405, "path", f"no POST {path}"))
+            return
+        if not service.authorized(self.headers.get("Authorization")):
+            self._discard_body()
+            self._send(
+                _error(401, "Authorization", "a valid bearer token is required"),
+            )
+            return
+        request_id = self._request_id()
+        body, refused = self._read_body(service.max_body_bytes)
+        try:
+            response = service.score(body, request_id=request_id, started=started, refused=refused)
+        except Exception as error:  # noqa: BLE001 - a bug must not kill the connection thread
+            log.exception("scoring failed")
+            response = _error(500, "server", f"internal error: {type(error).__name__}")
+        self._send(response, request_id)
+
+    def _read_body(self, limit: int) -> tuple[bytes | None, RequestError | None]:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return None, RequestError(
+                411, [Problem("Content-Length", "is required (chunked bodies are not accepted)")]
+            )
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return None, RequestError(411, [Problem("Content-Length", "is required")])
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            return None, RequestError(
+                400,
+                [
+                    Problem(
+                        "Content-Length",
+                        f"must be a non-negative integer, got {length_text!r}"[:200],
+                    )
+                ],
+            )
+        if length > limit:
+            # The body is not read: close the connection after answering.
+            self.close_connection = True
+            return None, RequestError(
+                413, [Problem("body", f"is {length} bytes; at most {limit} are accepted")]
+            )
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            self.close_connection = True
+            return body, RequestError(
+                400, [Problem("body", f"ended after {len(body)} of {length} bytes")]
+            )
+        content_type = self.headers.get("Content-Type")
+        if content_type is not None:
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                return body, RequestError(
+                    415, [Problem("Content-Type", f"must be application/json, got {media!r}"[:200])]
+                )
+        return body, None
+
+    def _discard_body(self) -> None:
+        length_text = self.headers.get("Content-Length")
+        try:
+            length = int(length_text or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+        elif length:
+            self.rfile.read(length)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        service = self.server.service
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(service.health())
+        elif path == "/readyz":
+            self._send(service.ready())
+        elif path == "/openapi.json":
+            if not service.authorized(self.headers.get("Authorization")):
+                self._send(_error(401, "Authorization", "a valid bearer token is required"))
+            else:
+                self._send(service.openapi())
+        elif path == SCORE_PATH:
+            self._send(_error(405, "method", f"use POST {SCORE_PATH}"), None)
+        else:
+            self._send(_error(404, "path", f"no GET {path}"[:300]))
+
+    def _not_allowed(self) -> None:
+        self._discard_body()
+        self._send(_error(405, "method", f"{self.command} is not allowed"))
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+
+
+_GET_PATHS = ("/healthz", "/readyz", "/openapi.json")
+
+
+class ScoringServer(http.server.ThreadingHTTPServer):
+    """The threaded HTTP server, with a graceful stop that keeps the log complete.
+
+    Args:
+        address: (host, port); port 0 picks a free one.
+        service: The scoring logic.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], service: ScoringService) -> None:
+        self.service = service
+        self.draining = False
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._serving: threading.Thread | None = None
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Handle a connection in its own thread, tracked for the graceful stop."""
+        if self.draining:
+            self.shutdown_request(request)
+            return
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        with self._lock:
+            self._connections[request] = thread
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection until it closes; then forget it."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._connections.pop(request, None)
+
+    def start(self) -> ScoringServer:
+        """Serve in a background thread; return self."""
+        self._serving = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name="http-accept"
+        )
+        self._serving.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully and write the inference log's last rows.
+
+        No new connections are accepted; requests being handled finish and answer; idle
+        connections close; then the log writes what it holds.
+
+        Args:
+            timeout: Longest wait for connections to finish.
+        """
+        self.draining = True
+        self.shutdown()  # the accept loop ends (serve_forever returns)
+        if self._serving is not None:
+            self._serving.join()
+        self.socket.close()
+        with self._lock:
+            connections = list(self._connections.items())
+        for connection, _ in connections:
+            # Reading stops (a waiting keep-alive connection sees end of file); a request
+            # already read is still answered, since writing stays open.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + timeout
+        for _, thread in connections:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.service.holder.stop()
+        self.service.inference_log.close()
+        self.service.store.close()
+
+
+def build_service(
+    settings: Any,
+    *,
+    token: str | None = None,
+    poll_seconds: float = 2.0,
+    flush_rows: int = 2_000,
+    flush_interval_ms: int = 1_000,
+    reject_unknown_cards: bool = True,
+    wait_for_model: float = 0.0,
+) -> ScoringService:
+    """The service of an environment: its registry's champion, online store and log table.
+
+    Args:
+        settings: The environment's `Settings`.
+        token: Bearer token guarding scoring (None: open).
+        poll_seconds: How often the champion alias is read.
+        flush_rows: Inference log rows per commit at most.
+        flush_interval_ms: Longest time a row waits for its commit.
+        reject_unknown_cards: Refuse cards the online store does not hold.
+        wait_for_model: Seconds to wait for the first model before returning.
+    """
+    import mlflow
+
+    from mlops_assets.lakehouse.catalog import Catalog
+    from mlops_assets.lakehouse.delta_io import table_exists
+    from mlops_assets.models.lifecycle import model_name
+    from mlops_assets.serving.inference_log import INFERENCE_LOG
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    uri = Catalog(settings).uri_for_write(INFERENCE_LOG)
+    schema = inference_schema()
+    if table_exists(uri):
+        import polars as pl
+
+        # Keep the types of columns the table has (features of earlier models).
+        for name, dtype in pl.scan_delta(uri).collect_schema().items():
+            schema.setdefault(name, dtype)
+    inference_log = InferenceLog(
+        uri, schema=schema, flush_rows=flush_rows, flush_interval_ms=flush_interval_ms
+    )
+    holder = ChampionHolder(model_name(settings.env), poll_seconds=poll_seconds)
+    holder.start()
+    deadline = time.monotonic() + wait_for_model
+    while holder.current is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    store = OnlineStore(settings.online_store_path)
+    return ScoringService(
+        holder,
+        store,
+        inference_log,
+        token=token,
+        reject_unknown_cards=reject_unknown_cards,
+    )
+
+
+def serve(
+    settings: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    poll_seconds: float = 2.0,
+    ready_file: str | None = None,
+) -> int:
+    """Run the server until SIGTERM or SIGINT, then stop gracefully (see `ScoringServer.stop`).
+
+    Args:
+        settings: The environment's `Settings`.
+        host: Address to bind (127.0.0.1 by default).
+        port: Port to bind; 0 picks a free one.
+        token: Bearer token guarding scoring.
+        poll_seconds: How often the champion alias is read.
+        ready_file: When given, the bound URL is written there once the server listens.
+
+    Returns:
+        The process exit code.
+    """
+    # Shorter GIL turns: a request waits less behind the log writer or the alias poller.
+    sys.setswitchinterval(0.001)
+    service = build_service(settings, token=token, poll_seconds=poll_seconds, wait_for_model=120)
+    server = ScoringServer((host, port), service)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    status = service.holder.status()
+    print(
+        f"[serve] {server.url}{SCORE_PATH} serving {status['model']} version "
+        f"{status['serving_version']} ({status['scorer']}); docs at {server.url}/openapi.json",
+        flush=True,
+    )
+    if ready_file:
+        with open(ready_file + ".tmp", "w") as handle:
+            handle.write(server.url)
+        import os
+
+        os.replace(ready_file + ".tmp", ready_file)
+    stop.wait()
+    print("[serve] stopping: finishing requests, writing the inference log", flush=True)
+    server.stop()
+    stats = service.inference_log.stats()
+    print(
+        f"[serve] stopped: {stats.written} inference log rows written in {stats.commits} "
+        f"commits, {stats.pending} pending",
+        flush=True,
+    )
+    return 0 if stats.pending == 0 else 1

@@ -1,0 +1,450 @@
+"""The inference log: every prediction (online, batch, stream) as a row of one Delta table.
+
+`serving/inference_log` is partitioned by `day` (the UTC date of `event_time`) and holds, per
+prediction, who asked (`request_id`, `mode`, the keys), which model answered (`model_name`,
+`model_version`, `model_alias`), what it said (`score`, `decision`, `threshold`), how it went
+(`latency_ms`, `status`, `error`), the request as received, and one typed column per model
+input (`FeatureSpec.feature_columns`) holding the value the model was given. Monitoring reads
+this one table whatever the deployment mode.
+
+Rows are only ever appended (a Delta append commit adds files and rewrites nothing); the
+schema is additive, so a model with a new feature adds a column. `InferenceLog.record` buffers
+rows in memory and a background thread writes them in micro-batches (every `flush_rows` rows
+or `flush_interval_ms`, whichever comes first, one commit per flush), since a commit per
+request would not keep up; `close` writes what is left. `InferenceLog.append` writes a whole
+scored frame (batch, stream micro-batch) in one commit. `compact_inference_log` rewrites a
+day's many small files into few large ones without changing any row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mlops_assets.features.spec import ON_DEMAND_FEATURES, FeatureSpec
+from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.lakehouse.delta_io import (
+    SchemaChangeError,
+    WriteResult,
+    append_table,
+    table_exists,
+)
+
+INFERENCE_LOG = TableRef("serving", "inference_log")
+PARTITION_COLUMN = "day"
+MODES = ("online", "batch", "stream")
+STATUSES = ("ok", "error")
+UTC_US = pl.Datetime("us", "UTC")
+
+# The columns every row has, whatever the model; feature columns follow them.
+BASE_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "mode": pl.String(),
+    "logged_at": UTC_US,
+    "event_time": UTC_US,
+    "day": pl.Date(),
+    "transaction_id": pl.String(),
+    "card_id": pl.String(),
+    "merchant_id": pl.String(),
+    "model_name": pl.String(),
+    "model_version": pl.String(),
+    "model_alias": pl.String(),
+    "score": pl.Float64(),
+    "decision": pl.Boolean(),
+    "threshold": pl.Float64(),
+    "latency_ms": pl.Float64(),
+    "status": pl.String(),
+    "error": pl.String(),
+    "request": pl.String(),
+}
+# Columns a row must carry (the others may be null or are filled in).
+REQUIRED_COLUMNS = ("request_id", "mode", "event_time", "status")
+
+_FEATURE_TYPES: dict[str, pl.DataType] = {
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "bool": pl.Boolean(),
+    "str": pl.String(),
+}
+
+
+class InferenceLogError(RuntimeError):
+    """The inference log cannot take more rows (its writes keep failing)."""
+
+
+def feature_schema(spec: FeatureSpec, numeric_inputs: Iterable[str] = ("amount",)) -> dict:
+    """The type of each model input column as the request's feature frame holds it.
+
+    Request fields passed to the model are strings except `numeric_inputs` (floats); looked-up
+    features have their registry types; request-time features the type of their expression.
+
+    Returns:
+        Column name to polars type, in `spec.feature_columns` order.
+    """
+    numeric = set(numeric_inputs)
+    types: dict[str, pl.DataType] = {}
+    for name in spec.model_inputs:
+        types[name] = pl.Float64() if name in numeric else pl.String()
+    for lookup in spec.lookups:
+        definition = lookup.definition
+        for name in lookup.features:
+            types[name] = _FEATURE_TYPES[definition.feature(name).dtype]
+    if spec.on_demand:
+        # Evaluate the expressions on an empty frame of the types they read.
+        inputs: dict[str, pl.DataType] = {"event_time": UTC_US, **types}
+        for lookup in spec.lookups:
+            inputs[lookup.time_column] = UTC_US
+        for name in spec.request_fields:
+            inputs.setdefault(name, pl.String())
+        empty = pl.DataFrame(schema=inputs)
+        derived = empty.select(
+            ON_DEMAND_FEATURES[name].expression().alias(name) for name in spec.on_demand
+        )
+        types.update(derived.schema)
+    return {name: types[name] for name in spec.feature_columns}
+
+
+def inference_schema(spec: FeatureSpec | None = None) -> dict[str, pl.DataType]:
+    """The table's columns: the base columns, then the spec's feature columns."""
+    schema = dict(BASE_SCHEMA)
+    if spec is not None:
+        for name, dtype in feature_schema(spec).items():
+            if name in schema:
+                raise ValueError(f"feature column {name!r} clashes with an inference log column")
+            schema[name] = dtype
+    return schema
+
+
+def prepare_frame(
+    frame: pl.DataFrame, schema: Mapping[str, pl.DataType] | None = None
+) -> pl.DataFrame:
+    """Bring a frame of predictions to the table's shape.
+
+    Fills `day` from `event_time` and `logged_at` with now when absent, adds the other base
+    columns as nulls when absent, casts known columns to their types, and checks `mode` and
+    `status` values.
+
+    Args:
+        frame: Predictions with at least `REQUIRED_COLUMNS`.
+        schema: Column types (base and feature columns); `BASE_SCHEMA` when omitted.
+
+    Raises:
+        ValueError: A required column is missing, or `mode`/`status` holds an unknown value.
+        SchemaChangeError: A column cannot be cast to its type.
+    """
+    schema = dict(schema or BASE_SCHEMA)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"inference log rows lack required columns {missing}")
+    now = datetime.datetime.now(datetime.UTC)
+    additions = []
+    if "logged_at" not in frame.columns:
+        additions.append(pl.lit(now, dtype=UTC_US).alias("logged_at"))
+    for name, dtype in BASE_SCHEMA.items():
+        if name not in frame.columns and name not in ("logged_at", "day"):
+            additions.append(pl.lit(None, dtype=dtype).alias(name))
+    if additions:
+        frame = frame.with_columns(additions)
+    casts = []
+    for name in frame.columns:
+        if name in schema and frame.schema[name] != schema[name]:
+            casts.append(name)
+    if casts:
+        try:
+            frame = frame.with_columns(pl.col(c).cast(schema[c], strict=True) for c in casts)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as error:
+            raise SchemaChangeError(
+                f"inference log: columns {casts} cannot be cast to "
+                f"{[str(schema[c]) for c in casts]}: {error}"
+            ) from None
+    if "day" not in frame.columns:
+        frame = frame.with_columns(pl.col("event_time").dt.date().alias("day"))
+    for column, allowed in (("mode", MODES), ("status", STATUSES)):
+        bad = frame.filter(~pl.col(column).is_in(list(allowed)) | pl.col(column).is_null())
+        if bad.height:
+            raise ValueError(
+                f"inference log column {column!r} holds {bad[column].unique().to_list()}; "
+                f"allowed: {list(allowed)}"
+            )
+    if frame.get_column("event_time").null_count():
+        raise ValueError("inference log column 'event_time' holds nulls")
+    ordered = [c for c in schema if c in frame.columns]
+    return frame.select(ordered + [c for c in frame.columns if c not in schema])
+
+
+@dataclass(frozen=True)
+class LogStats:
+    """What the log has done so far (in this process).
+
+    Attributes:
+        recorded: Rows handed to `record`.
+        written: Rows committed (by flushes and `append`).
+        pending: Rows recorded and not yet committed.
+        commits: Delta commits made.
+        failures: Flushes that failed (their rows stay pending and are retried).
+        last_error: The last flush error, None once a flush succeeds again.
+        last_flush_at: When the last successful flush committed.
+        last_version: Delta version of the last commit.
+    """
+
+    recorded: int
+    written: int
+    pending: int
+    commits: int
+    failures: int
+    last_error: str | None
+    last_flush_at: datetime.datetime | None
+    last_version: int | None
+
+
+class InferenceLog:
+    """A buffered, thread-safe appender to the inference log table.
+
+    Args:
+        uri: The table's location (`Catalog.uri_for_write(INFERENCE_LOG)`).
+        schema: Column types of the rows (see `inference_schema`); rows are built with it.
+        flush_rows: Write as soon as this many rows are pending.
+        flush_interval_ms: Write pending rows at least this often.
+        max_pending: Refuse `record` (raise `InferenceLogError`) beyond this many pending
+            rows, so that a log that cannot write does not hide it by dropping rows.
+        start: Start the background writer (otherwise rows are written by `flush`/`close`).
+    """
+
+    def __init__(
+        self,
+        uri: str | Path,
+        *,
+        schema: Mapping[str, pl.DataType] | None = None,
+        flush_rows: int = 2_000,
+        flush_interval_ms: int = 1_000,
+        max_pending: int = 1_000_000,
+        start: bool = True,
+    ) -> None:
+        if flush_rows < 1 or flush_interval_ms < 1:
+            raise ValueError("flush_rows and flush_interval_ms must be positive")
+        self.uri = str(uri)
+        self.schema = dict(schema or BASE_SCHEMA)
+        self.flush_rows = flush_rows
+        self.flush_interval = flush_interval_ms / 1000
+        self.max_pending = max_pending
+        self._rows: list[Mapping[str, Any]] = []
+        self._lock = threading.Lock()
+        # Held while writing: one commit at a time, in recording order.
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._recorded = 0
+        self._written = 0
+        self._commits = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._last_flush_at: datetime.datetime | None = None
+        self._last_version: int | None = None
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(
+                target=self._run, name="inference-log-writer", daemon=True
+            )
+            self._thread.start()
+
+    def __enter__(self) -> InferenceLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Buffer one row; it is committed by the next flush.
+
+        Args:
+            row: Column name to value (base columns and feature columns; `day` is derived
+                from `event_time` when absent). Values must fit the schema's types.
+
+        Raises:
+            InferenceLogError: The log is closed, or too many rows are pending because writes
+                keep failing.
+        """
+        with self._lock:
+            if self._closed:
+                raise InferenceLogError("the inference log is closed")
+            if len(self._rows) >= self.max_pending:
+                raise InferenceLogError(
+                    f"the inference log holds {len(self._rows)} unwritten rows (last error: "
+                    f"{self._last_error}); refusing more"
+                )
+            self._rows.append(row)
+            self._recorded += 1
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    def append(self, frame: pl.DataFrame) -> WriteResult:
+        """Write a frame of predictions (batch or stream) in one commit, at once.
+
+        The frame needs `REQUIRED_COLUMNS`; see `prepare_frame` for what is filled in.
+
+        Returns:
+            The write's result (its Delta version, rows written, table rows).
+        """
+        prepared = prepare_frame(frame, self.schema)
+        with self._write_lock:
+            result = append_table(
+                self.uri,
+                prepared,
+                partition_by=[PARTITION_COLUMN],
+                table=str(INFERENCE_LOG),
+            )
+            with self._lock:
+                self._written += prepared.height
+                self._commits += 1
+                self._last_version = result.version
+        return result
+
+    def flush(self) -> int:
+        """Commit the pending rows now (one commit); return how many were written.
+
+        Raises:
+            Exception: The write failed; the rows stay pending for the next flush.
+        """
+        with self._write_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            try:
+                frame = self._frame(rows)
+                result = append_table(
+                    self.uri,
+                    frame,
+                    partition_by=[PARTITION_COLUMN],
+                    table=str(INFERENCE_LOG),
+                    count_rows=False,
+                )
+            except BaseException as error:
+                with self._lock:
+                    # Put them back in front of rows recorded meanwhile: order is kept.
+                    self._rows[:0] = rows
+                    self._failures += 1
+                    self._last_error = f"{type(error).__name__}: {error}"
+                raise
+            with self._lock:
+                self._written += len(rows)
+                self._commits += 1
+                self._last_error = None
+                self._last_flush_at = datetime.datetime.now(datetime.UTC)
+                self._last_version = result.version
+            return len(rows)
+
+    def _frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        schema = dict(self.schema)
+        for row in rows:
+            for name in row:
+                if name not in schema:
+                    raise ValueError(f"inference log row has unknown column {name!r}")
+        columns = {name: [row.get(name) for row in rows] for name in schema if name != "day"}
+        frame = pl.DataFrame(columns, schema={n: t for n, t in schema.items() if n != "day"})
+        return prepare_frame(frame, schema)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - recorded in stats; rows stay pending, retried
+                time.sleep(min(self.flush_interval, 1.0))
+
+    def close(self) -> None:
+        """Stop the background writer and commit every pending row.
+
+        Raises:
+            Exception: The last write failed; the rows it held are not in the table.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def stats(self) -> LogStats:
+        """Counters of this log (see `LogStats`)."""
+        with self._lock:
+            return LogStats(
+                recorded=self._recorded,
+                written=self._written,
+                pending=len(self._rows),
+                commits=self._commits,
+                failures=self._failures,
+                last_error=self._last_error,
+                last_flush_at=self._last_flush_at,
+                last_version=self._last_version,
+            )
+
+
+def compact_inference_log(
+    uri: str | Path,
+    *,
+    days: Sequence[datetime.date] | None = None,
+    target_size: int = 128 * 2**20,
+    vacuum_retention_hours: int | None = None,
+) -> dict[str, Any]:
+    """Rewrite small files of the inference log into large ones; rows do not change.
+
+    Appends make one file per flush and day; reading a day then opens thousands of files.
+    Compaction (Delta OPTIMIZE, a `dataChange=false` commit) bins them into files of about
+    `target_size` bytes. With `vacuum_retention_hours`, files no version younger than that
+    needs are then deleted.
+
+    Args:
+        uri: The table.
+        days: Only these day partitions (all when None).
+        target_size: Target file size in bytes.
+        vacuum_retention_hours: Vacuum after compacting, keeping this much history.
+
+    Returns:
+        `files_removed`, `files_added`, `version` and, with vacuum, `files_vacuumed`.
+    """
+    from deltalake import DeltaTable
+
+    if not table_exists(uri):
+        return {"files_removed": 0, "files_added": 0, "version": None}
+    delta = DeltaTable(str(uri))
+    results: dict[str, Any] = {"files_removed": 0, "files_added": 0}
+    filters: list[list[tuple[str, str, str]] | None] = (
+        [None] if days is None else [[(PARTITION_COLUMN, "=", d.isoformat())] for d in days]
+    )
+    for partition_filters in filters:
+        metrics = delta.optimize.compact(
+            partition_filters=partition_filters,  # type: ignore[arg-type]
+            target_size=target_size,
+        )
+        results["files_removed"] += int(metrics.get("numFilesRemoved", 0))
+        results["files_added"] += int(metrics.get("numFilesAdded", 0))
+        delta = DeltaTable(str(uri))
+    if vacuum_retention_hours is not None:
+        removed = delta.vacuum(
+            retention_hours=vacuum_retention_hours,
+            enforce_retention_duration=False,
+            dry_run=False,
+        )
+        results["files_vacuumed"] = len(removed)
+        delta = DeltaTable(str(uri))
+    results["version"] = delta.version()
+    return results

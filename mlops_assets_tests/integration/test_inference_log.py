@@ -1,0 +1,168 @@
+"""The inference log on a temporary Delta table: buffered appends, batch frames, compaction."""
+
+import datetime
+import threading
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from mlops_assets.features.spec import FRAUD_SPEC
+from mlops_assets.lakehouse.delta_io import SchemaChangeError, append_table
+from mlops_assets.serving.inference_log import (
+    InferenceLog,
+    InferenceLogError,
+    compact_inference_log,
+    feature_schema,
+    inference_schema,
+)
+
+T0 = datetime.datetime(2026, 1, 1, 23, 59, 30, tzinfo=datetime.UTC)
+
+
+def row(i: int, **extra) -> dict:
+    return {
+        "request_id": f"r{i}",
+        "mode": "online",
+        "logged_at": T0,
+        "event_time": T0 + datetime.timedelta(seconds=i % 60),
+        "card_id": f"c{i % 7}",
+        "model_name": "dev.fraud_detector",
+        "model_version": "1",
+        "model_alias": "champion",
+        "score": i / 10_000,
+        "decision": False,
+        "threshold": 0.5,
+        "latency_ms": 0.4,
+        "status": "ok",
+        "amount": float(i),
+        "hour_of_day": 23,
+        "is_foreign": i % 2 == 0,
+        **extra,
+    }
+
+
+def test_append_table_adds_files_across_partitions_and_grows_the_schema(tmp_path):
+    uri = tmp_path / "t"
+    days = [datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)]
+    first = append_table(
+        uri, pl.DataFrame({"day": days * 2, "x": [1, 2, 3, 4]}), partition_by=["day"]
+    )
+    assert (first.rows_written, first.table_rows) == (4, 4)
+    second = append_table(
+        uri, pl.DataFrame({"day": days[:1], "x": [5], "y": ["new"]}), partition_by=["day"]
+    )
+    assert second.added_columns == ("y",) and second.table_rows == 5
+    table = pl.read_delta(str(uri)).sort("x")
+    assert table["x"].to_list() == [1, 2, 3, 4, 5]
+    assert table["y"].to_list() == [None] * 4 + ["new"]
+    with pytest.raises(SchemaChangeError, match="x: int64 -> string"):
+        append_table(uri, pl.DataFrame({"day": days[:1], "x": ["a"]}), partition_by=["day"])
+    # Appends never rewrite: every commit after creation only adds files.
+    for entry in DeltaTable(str(uri)).history():
+        if entry["operation"] == "WRITE":
+            assert entry["operationParameters"]["mode"] == "Append"
+
+    def writer(i: int) -> None:
+        append_table(uri, pl.DataFrame({"day": days[1:], "x": [100 + i]}), partition_by=["day"])
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert pl.read_delta(str(uri)).height == 11
+
+
+def test_recorded_rows_from_many_threads_all_land_once_in_few_commits(tmp_path):
+    uri = tmp_path / "log"
+    log = InferenceLog(
+        uri, schema=inference_schema(FRAUD_SPEC), flush_rows=700, flush_interval_ms=50
+    )
+
+    def record(start: int) -> None:
+        for i in range(start, start + 1000):
+            log.record(row(i))
+
+    threads = [threading.Thread(target=record, args=(k * 1000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    stats = log.stats()
+    assert (stats.recorded, stats.written, stats.pending) == (4000, 4000, 0)
+    assert 1 <= stats.commits < 4000 / 50
+    table = pl.read_delta(str(uri))
+    assert table.height == 4000 and table["request_id"].n_unique() == 4000
+    # Partitioned by the UTC day of the event; columns typed as the feature frame has them.
+    assert set(table["day"].to_list()) == {datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)}
+    assert table.schema["hour_of_day"] == pl.Int64 and table.schema["is_foreign"] == pl.Boolean
+    assert table.schema["event_time"] == pl.Datetime("us", "UTC")
+    with pytest.raises(InferenceLogError, match="closed"):
+        log.record(row(1))
+
+
+def test_rows_wait_at_most_the_flush_interval(tmp_path):
+    uri = tmp_path / "log"
+    with InferenceLog(uri, flush_rows=10_000, flush_interval_ms=100) as log:
+        log.record({k: v for k, v in row(1).items() if k in inference_schema()})
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=10)
+        while log.stats().written == 0 and datetime.datetime.now() < deadline:
+            threading.Event().wait(0.02)
+        assert pl.read_delta(str(uri)).height == 1
+
+
+def test_batch_frames_land_in_the_same_shape_and_new_features_add_columns(tmp_path):
+    uri = tmp_path / "log"
+    log = InferenceLog(uri, schema=inference_schema(FRAUD_SPEC), start=False)
+    log.record(row(1))
+    log.flush()
+    scored = pl.DataFrame(
+        {
+            "request_id": ["b1", "b2"],
+            "mode": ["batch", "batch"],
+            "event_time": [T0, T0],
+            "transaction_id": ["t1", "t2"],
+            "score": [0.1, 0.9],
+            "decision": [False, True],
+            "status": ["ok", "ok"],
+            "hour_of_day": pl.Series([1, 2], dtype=pl.Int32),  # cast to the table's Int64
+            "new_feature": [1.5, 2.5],
+        }
+    )
+    result = log.append(scored)
+    assert result.rows_written == 2 and result.table_rows == 3
+    assert "new_feature" in result.added_columns
+    table = pl.read_delta(str(uri)).sort("request_id")
+    assert table["mode"].to_list() == ["batch", "batch", "online"]
+    assert table["new_feature"].to_list() == [1.5, 2.5, None]
+    assert table.schema["hour_of_day"] == pl.Int64
+    assert table["logged_at"].null_count() == 0 and table["day"].null_count() == 0
+    with pytest.raises(ValueError, match="'mode' holds"):
+        log.append(scored.with_columns(pl.lit("nightly").alias("mode")))
+    with pytest.raises(ValueError, match="required columns"):
+        log.append(scored.drop("status"))
+    log.close()
+
+
+def test_compaction_keeps_every_row_in_fewer_files(tmp_path):
+    uri = tmp_path / "log"
+    log = InferenceLog(uri, schema=inference_schema(FRAUD_SPEC), start=False)
+    for i in range(12):
+        log.record(row(i))
+        log.flush()
+    before = pl.read_delta(str(uri)).sort("request_id")
+    files_before = len(DeltaTable(str(uri)).file_uris())
+    result = compact_inference_log(uri, days=[datetime.date(2026, 1, 1)], vacuum_retention_hours=0)
+    assert result["files_removed"] >= 2 and result["files_added"] == 1
+    assert len(DeltaTable(str(uri)).file_uris()) < files_before
+    assert pl.read_delta(str(uri)).sort("request_id").equals(before)
+    log.close()
+
+
+def test_feature_schema_follows_the_spec():
+    schema = feature_schema(FRAUD_SPEC)
+    assert list(schema) == FRAUD_SPEC.feature_columns
+    assert schema["merchant_category"] == pl.String and schema["amount"] == pl.Float64
+    assert schema["txn_count_24h"] == pl.Int64 and schema["seconds_since_card_txn"] == pl.Float64
