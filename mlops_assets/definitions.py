@@ -23,6 +23,7 @@ from mlops_assets.defs.jobs import (
 from mlops_assets.defs.ml import ml_assets
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, load_settings
 
@@ -38,6 +39,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             *feature_assets,
             *online_assets,
             *ml_assets,
+            *serving_assets,
         ],
         jobs=[
             medallion_job,
@@ -47,9 +49,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             train_job,
             deploy_job,
             retrain_job,
+            *serving_jobs,
         ],
         schedules=[medallion_schedule, features_schedule, weekly_retrain_schedule(settings.env)],
-        sensors=[new_model_versions],
+        sensors=[new_model_versions, *serving_sensors],
         resources={"lakehouse": LakehouseResource.from_settings(settings)},
     )
 

@@ -1,6 +1,7 @@
 """ML assets: training set, model training, validation against the champion, promotion."""
 
 import datetime
+from collections.abc import Callable
 
 import dagster as dg
 import polars as pl
@@ -15,6 +16,24 @@ from mlops_assets.models.deploy import VALIDATED_IN_RUN_TAG
 CODE_VERSION = "training-set-1"
 TRAINING_SET = TableRef("ml", "training_set")
 VALIDATION_KEY = dg.AssetKey(["ml", "model_validation"])
+
+
+def feature_rows(
+    scan: Callable[[str], pl.LazyFrame], start: datetime.date, end: datetime.date
+) -> dict[str, pl.DataFrame]:
+    """The feature rows a point-in-time join of events from `start` to `end` can use.
+
+    Card behaviour rows back to the oldest a join may take (30 days: beyond the table's
+    staleness limit), merchant risk rows back to four days before.
+    """
+    return {
+        "card_behaviour": scan("features/card_behaviour")
+        .filter(pl.col("event_date").is_between(start - datetime.timedelta(days=30), end))
+        .collect(),
+        "merchant_risk": scan("features/merchant_risk")
+        .filter(pl.col("day").is_between(start - datetime.timedelta(days=4), end))
+        .collect(),
+    }
 
 
 class TrainingSetConfig(dg.Config):
@@ -113,14 +132,7 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
         .sort("event_time", "transaction_id")
         .collect()
     )
-    tables = {
-        "card_behaviour": scan("features/card_behaviour")
-        .filter(pl.col("event_date").is_between(start - datetime.timedelta(days=30), end))
-        .collect(),
-        "merchant_risk": scan("features/merchant_risk")
-        .filter(pl.col("day").is_between(start - datetime.timedelta(days=4), end))
-        .collect(),
-    }
+    tables = feature_rows(scan, start, end)
     rows = FRAUD_SPEC.training_set(events, tables)
     lineage = {
         "sources": versions,

@@ -22,6 +22,9 @@ EXPECTED_ASSETS = {
     "ml/fraud_model": "ml",
     "ml/model_validation": "ml",
     "ml/champion": "ml",
+    "serving/batch_predictions": "serving",
+    "serving/stream_predictions": "serving",
+    "serving/inference_log": "serving",
 }
 
 
@@ -76,6 +79,14 @@ def test_asset_graph_snapshot(tmp_path):
         "ml/fraud_model": ["ml/training_set"],
         "ml/model_validation": ["ml/fraud_model", "ml/training_set"],
         "ml/champion": ["ml/model_validation"],
+        "serving/batch_predictions": [
+            "features/card_behaviour",
+            "features/merchant_risk",
+            "ml/champion",
+            "silver/transactions",
+        ],
+        "serving/stream_predictions": ["online/card_behaviour", "online/merchant_risk"],
+        "serving/inference_log": ["serving/batch_predictions"],
     }
 
 
@@ -87,7 +98,7 @@ def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
         assert node.owners, key
         assert node.kinds, key
         assert node.code_version, key
-        if key.path[0] not in ("online", "ml"):
+        if key.path[0] not in ("online", "ml", "serving"):
             assert "delta" in node.kinds, key
             assert node.partitions_def is not None, key
 

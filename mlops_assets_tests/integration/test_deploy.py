@@ -1,6 +1,5 @@
 """Continuous deployment on a temporary lake: train, validate, promote, refuse, roll back."""
 
-import datetime
 import json
 import subprocess
 import sys
@@ -10,61 +9,15 @@ import mlflow
 import polars as pl
 import pytest
 
-from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import new_model_versions
 from mlops_assets.defs.resources import LakehouseResource
-from mlops_assets.defs.runner import run_days
 from mlops_assets.features.spec import FRAUD_SPEC, FeatureLookup
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.models.audit import history
 from mlops_assets.models.deploy import lifecycle
 from mlops_assets.models.registry import log_and_register
 from mlops_assets.models.training import model_inputs, train
-from mlops_assets.settings import load_settings
-from mlops_assets.simulate import Scenario, simulate
-
-START = datetime.date(2026, 1, 1)
-DAYS = [START + datetime.timedelta(days=i) for i in range(12)]
-CUTOFF = "2026-01-13T00:00:00+00:00"
-# Lenient enough for a small lake, strict enough that a model without signal fails.
-THRESHOLDS = {"min_pr_auc": 0.15, "min_recall_at_1pct_fpr": 0.1, "max_pr_auc_drop": 0.05}
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    settings = load_settings({"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev"})
-    # Chargebacks within three days, so every training event has a mature label.
-    scenario = Scenario.clean(
-        days=len(DAYS),
-        transactions_per_day=3_000,
-        seed=11,
-        start_date=START,
-        label_delay_days=(1, 3),
-    )
-    simulate(scenario, settings.landing_root)
-    defs = build_definitions(settings)
-    with dg.DagsterInstance.ephemeral() as instance:
-        assert all(r.success for r in run_days(defs, DAYS, instance, log_level="ERROR"))
-        runs = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
-        assert all(r.success for r in runs)
-        yield settings, defs, instance
-
-
-def retrain(defs, instance, seed=7, mode="enabled"):
-    return defs.resolve_job_def("retrain_and_deploy").execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={
-            "ops": {
-                "ml__training_set": {"config": {"label_cutoff": CUTOFF, "days": 12}},
-                "ml__fraud_model": {"config": {"seed": seed}},
-                "ml__model_validation": {"config": {"mode": mode, **THRESHOLDS}},
-            },
-            **QUIET,
-        },
-    )
+from mlops_assets_tests.integration.conftest import QUIET, THRESHOLDS, retrain
 
 
 def deploy(defs, instance, request: dg.RunRequest):
@@ -93,21 +46,11 @@ def sensor_requests(settings, instance, cursor=None):
     return new_model_versions(context)
 
 
-@pytest.fixture(scope="module")
-def first_champion(lake):
-    settings, defs, instance = lake
-    result = retrain(defs, instance)
-    assert result.success
-    return result
-
-
-def test_the_first_model_is_promoted_on_absolute_thresholds_and_loads_by_alias(
-    lake, first_champion
-):
-    settings, _, _ = lake
+def test_the_first_model_is_promoted_on_absolute_thresholds_and_loads_by_alias(cd_lake, champion):
+    settings, _, _ = cd_lake
     status = lifecycle(settings).status()
     assert status["champion"] == "1" and status["versions"]["1"]["stage"] == "Production"
-    evaluation = check_result(first_champion)
+    evaluation = check_result(champion)
     assert evaluation.passed and evaluation.check_name == "passes_validation"
     assert evaluation.metadata["challenger_pr_auc"].value >= THRESHOLDS["min_pr_auc"]
     rows = audit(settings)
@@ -177,10 +120,8 @@ def register_sabotaged(settings, kind: str) -> str:
     return mlflow.register_model(logged.model_uri, "dev.fraud_detector").version
 
 
-def test_sabotaged_versions_are_refused_by_the_cd_run_and_never_become_champion(
-    lake, first_champion
-):
-    settings, defs, instance = lake
+def test_sabotaged_versions_are_refused_by_the_cd_run_and_never_become_champion(cd_lake, champion):
+    settings, defs, instance = cd_lake
     sabotaged = {
         kind: str(register_sabotaged(settings, kind))
         for kind in ("shuffled_labels", "missing_feature", "incompatible_signature")
@@ -219,9 +160,9 @@ def test_sabotaged_versions_are_refused_by_the_cd_run_and_never_become_champion(
 
 
 def test_a_better_challenger_is_promoted_and_rollback_restores_the_previous(
-    lake, first_champion, tmp_path, monkeypatch, capsys
+    cd_lake, champion, tmp_path, monkeypatch, capsys
 ):
-    settings, defs, instance = lake
+    settings, defs, instance = cd_lake
     result = retrain(defs, instance, seed=8)
     assert result.success, check_result(result).description
     cycle = lifecycle(settings)

@@ -1,0 +1,140 @@
+"""Batch and streaming scoring into the inference log, on the shared lake with a champion."""
+
+import shutil
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.serving import landed_transactions
+from mlops_assets.lakehouse.delta_io import append_table, read_partition, scan_table
+from mlops_assets.models.training import model_inputs
+from mlops_assets_tests.integration.conftest import DAYS, QUIET
+
+
+def log_rows(settings) -> pl.DataFrame:
+    return scan_table(settings.lake_root / "serving" / "inference_log").collect()
+
+
+def materialize(defs, instance, key, **kwargs):
+    job = dg.define_asset_job(f"only_{'_'.join(key)}", selection=[dg.AssetKey(key)])
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    return merged.resolve_job_def(job.name).execute_in_process(
+        instance=instance, raise_on_error=False, **kwargs
+    )
+
+
+def test_batch_scoring_logs_one_prediction_per_transaction_of_the_day(cd_lake, champion):
+    import mlflow
+
+    settings, defs, instance = cd_lake
+    day = DAYS[-1]
+    result = materialize(
+        defs,
+        instance,
+        ["serving", "batch_predictions"],
+        partition_key=day.isoformat(),
+        run_config=QUIET,
+    )
+    assert result.success
+    silver = read_partition(settings.lake_root / "silver" / "transactions", {"landing_date": day})
+    rows = log_rows(settings).filter(pl.col("mode") == "batch")
+    assert rows.height == silver.height
+    assert sorted(rows.get_column("transaction_id")) == sorted(silver.get_column("transaction_id"))
+    assert rows.get_column("request_id").is_unique().all()
+    assert (rows.get_column("status") == "ok").all()
+    version = rows.get_column("model_version").unique().to_list()
+    assert len(version) == 1 and rows.get_column("model_alias").unique().to_list() == ["champion"]
+    # The logged scores are the registered model's own scores of the logged features.
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/dev.fraud_detector/{version[0]}")
+    from mlops_assets.features.spec import FRAUD_SPEC
+
+    again = model.predict(model_inputs(rows, FRAUD_SPEC))[:, 1]
+    assert (abs(rows.get_column("score").to_numpy() - again) < 1e-12).all()
+    threshold = rows.get_column("threshold")[0]
+    assert (rows.get_column("decision") == (rows.get_column("score") >= threshold)).all()
+    # Scoring the day again appends; the earlier predictions stay.
+    assert materialize(
+        defs,
+        instance,
+        ["serving", "batch_predictions"],
+        partition_key=day.isoformat(),
+        run_config=QUIET,
+    ).success
+    assert log_rows(settings).filter(pl.col("mode") == "batch").height == 2 * silver.height
+
+
+def stream(defs, instance, name):
+    return materialize(
+        defs,
+        instance,
+        ["serving", "stream_predictions"],
+        run_config={"ops": {"serving__stream_predictions": {"config": {"file": name}}}, **QUIET},
+    )
+
+
+def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_lake, champion):
+    settings, defs, instance = cd_lake
+    landing = settings.landing_root
+    [source] = sorted((landing / "transactions" / DAYS[-1].isoformat()).iterdir())
+    arrived = landing / "transactions" / "2026-01-13" / "late-part.csv"
+    arrived.parent.mkdir(parents=True)
+    shutil.copyfile(source, arrived)
+    with open(arrived, "a") as out:
+        out.write("not,a,valid,line\n")
+        out.write(source.read_text().splitlines()[1].replace(",", ";") + "\n")
+    lines = len(arrived.read_text().splitlines()) - 1
+    resources = {"lakehouse": LakehouseResource.from_settings(settings)}
+    requests = landed_transactions(dg.build_sensor_context(resources=resources))
+    name = "transactions/2026-01-13/late-part.csv"
+    assert name in [
+        r.run_config["ops"]["serving__stream_predictions"]["config"]["file"]
+        for r in requests.run_requests
+    ]
+    again = landed_transactions(
+        dg.build_sensor_context(cursor=requests.cursor, resources=resources)
+    )
+    assert isinstance(again, dg.SkipReason)
+    before = log_rows(settings).height
+    result = stream(defs, instance, name)
+    assert result.success
+    meta = result.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+    assert meta["scored"].value + meta["errors"].value == lines
+    assert meta["errors"].value == 2
+    rows = log_rows(settings).filter(pl.col("request_id").str.starts_with(f"stream:{name}:"))
+    assert rows.height == lines == log_rows(settings).height - before
+    errors = rows.filter(pl.col("status") == "error")
+    assert errors.height == 2 and errors.get_column("error").str.contains(name).all()
+    assert rows.filter(pl.col("status") == "ok").get_column("score").is_between(0, 1).all()
+    # A second run of the same file changes nothing.
+    assert stream(defs, instance, name).success
+    assert log_rows(settings).height == before + lines
+    # A stop between the log's append and the checkpoint: the next run finds the file in the
+    # log's history and records the checkpoint without scoring it again.
+    second = landing / "transactions" / "2026-01-13" / "another.csv"
+    shutil.copyfile(source, second)
+    other = "transactions/2026-01-13/another.csv"
+    from mlops_assets.defs.serving import load_champion
+    from mlops_assets.features.online_store import OnlineStore
+    from mlops_assets.serving.inference_log import inference_schema, prepare_frame
+    from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file
+
+    lakehouse = resources["lakehouse"]
+    model = load_champion(lakehouse)
+    with OnlineStore(settings.online_store_path) as store:
+        batch = score_file(second, landing, model, store, run_id="crashed-run")
+    append_table(
+        settings.lake_root / "serving" / "inference_log",
+        prepare_frame(batch.rows, inference_schema(model.spec)),
+        partition_by=["day"],
+        metadata={STREAM_FILE_KEY: other},
+    )
+    count = log_rows(settings).height
+    recovered = stream(defs, instance, other)
+    assert recovered.success
+    meta = recovered.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+    assert meta["recovered_from_log"].value is True
+    assert log_rows(settings).height == count
+    checkpoint = scan_table(settings.lake_root / "serving" / "stream_checkpoint").collect()
+    assert sorted(checkpoint.get_column("file")) == sorted([name, other])
