@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from mlops_assets.defs.bronze import bronze_assets
@@ -21,6 +23,12 @@ from mlops_assets.defs.jobs import (
     weekly_retrain_schedule,
 )
 from mlops_assets.defs.ml import ml_assets
+from mlops_assets.defs.monitoring import (
+    MonitoringResource,
+    alert_on_run_failure,
+    drift_monitor_sensor,
+    monitoring_assets,
+)
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
@@ -28,9 +36,20 @@ from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, load_settings
 
 
-def build_definitions(settings: Settings | None = None) -> dg.Definitions:
-    """Assemble assets, checks, jobs, schedules and resources for an environment."""
+def build_definitions(
+    settings: Settings | None = None, monitoring: MonitoringResource | None = None
+) -> dg.Definitions:
+    """Assemble assets, checks, jobs, schedules and resources for an environment.
+
+    Args:
+        settings: The environment (default: from the process environment).
+        monitoring: Drift, performance and retraining thresholds (default: the resource's
+            defaults, alerts posted to `MLOPS_ALERT_WEBHOOK_URL` when set).
+    """
     settings = settings or load_settings()
+    monitoring = monitoring or MonitoringResource(
+        alert_webhook_url=os.environ.get("MLOPS_ALERT_WEBHOOK_URL", "")
+    )
     return dg.Definitions(
         assets=[
             *bronze_assets,
@@ -40,6 +59,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             *online_assets,
             *ml_assets,
             *serving_assets,
+            *monitoring_assets,
         ],
         jobs=[
             medallion_job,
@@ -52,8 +72,16 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             *serving_jobs,
         ],
         schedules=[medallion_schedule, features_schedule, weekly_retrain_schedule(settings.env)],
-        sensors=[new_model_versions, *serving_sensors],
-        resources={"lakehouse": LakehouseResource.from_settings(settings)},
+        sensors=[
+            new_model_versions,
+            *serving_sensors,
+            drift_monitor_sensor(settings.env),
+            alert_on_run_failure,
+        ],
+        resources={
+            "lakehouse": LakehouseResource.from_settings(settings),
+            "monitoring": monitoring,
+        },
     )
 
 

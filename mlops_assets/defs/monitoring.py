@@ -1,0 +1,565 @@
+"""Monitoring assets and the closed loop: drift, profiles, performance, reports, alerts, sensors."""
+
+import datetime
+import json
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.defs.jobs import retrain_job
+from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.serving import INFERENCE_LOG
+from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.lakehouse.delta_io import (
+    read_partition,
+    scan_table,
+    table_exists,
+    write_partition,
+)
+from mlops_assets.monitoring.policy import DriftPolicy
+
+REFERENCE = TableRef("monitoring", "reference")
+DRIFT = TableRef("monitoring", "drift_metrics")
+PROFILES = TableRef("monitoring", "profiles")
+PERFORMANCE = TableRef("monitoring", "performance")
+OWNERS = ["team:ml-platform"]
+# Fewer previous-window rows than this give no meaningful comparison.
+MIN_WINDOW_ROWS = 1000
+
+
+class MonitoringResource(dg.ConfigurableResource):
+    """Thresholds of drift, performance and retraining, and where alerts go.
+
+    Attributes:
+        max_drifted_share: A day alerts when more than this share of features drifted.
+        max_prediction_drift: A day alerts when the score distribution drifted more than this.
+        min_pr_auc: A day alerts when its PR-AUC (with mature labels) is below this.
+        min_labelled_days: Days of a drift episode with mature labels before retraining.
+        label_maturity_days: Days after which a transaction without chargeback is legitimate.
+        cooldown_days: Days after a retraining without another one.
+        alert_webhook_url: Where alerts are POSTed as JSON (none when empty).
+    """
+
+    max_drifted_share: float = 0.5
+    max_prediction_drift: float = 0.1
+    min_pr_auc: float = 0.3
+    min_labelled_days: int = 2
+    label_maturity_days: int = 3
+    cooldown_days: int = 7
+    alert_webhook_url: str = ""
+
+    def policy(self) -> DriftPolicy:
+        """The thresholds as the loop's policy."""
+        return DriftPolicy(
+            max_drifted_share=self.max_drifted_share,
+            max_prediction_drift=self.max_prediction_drift,
+            min_pr_auc=self.min_pr_auc,
+            min_labelled_days=self.min_labelled_days,
+            label_maturity_days=self.label_maturity_days,
+            cooldown_days=self.cooldown_days,
+        )
+
+
+def load_version(lakehouse: LakehouseResource, version: str):
+    """A registered version of the environment's model, loaded for scoring."""
+    import mlflow
+
+    from mlops_assets.models.lifecycle import model_name
+    from mlops_assets.serving.model import load_serving_model
+
+    settings = lakehouse.settings
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    return load_serving_model(model_name(settings.env), version, alias="monitoring", check_rows=0)
+
+
+def reference_rows(lakehouse: LakehouseResource, model) -> pl.DataFrame:
+    """A version's reference: its hold-out events' features and its scores of them.
+
+    The hold-out is what the version was evaluated on (the most recent labelled events of its
+    training set, at the Delta version it trained on). Computed once per version and kept in
+    `monitoring/reference`.
+    """
+    from mlops_assets.models.deploy import holdout, mlflow_client
+    from mlops_assets.models.training import model_inputs
+
+    uri = lakehouse.write_uri(REFERENCE)
+    if table_exists(uri):
+        cached = read_partition(uri, {"model_version": model.version})
+        if cached.height:
+            return cached
+    client = mlflow_client(lakehouse.settings)
+    run = client.get_run(client.get_model_version(model.name, model.version).run_id)
+    inputs = json.loads(run.data.tags.get("mlops.inputs", "{}"))
+    if "ml/training_set" not in inputs:
+        raise dg.Failure(
+            f"{model.name} version {model.version} records no training set version "
+            "(tag mlops.inputs): its reference cannot be rebuilt"
+        )
+    training = scan_table(
+        lakehouse.read_uri(TableRef("ml", "training_set")), version=inputs["ml/training_set"]
+    ).collect()
+    rows = holdout(training, run.data.tags.get("mlops.split_time"))
+    scores = model.pyfunc.predict(model_inputs(rows, model.spec))[:, 1]
+    reference = rows.select(model.spec.feature_columns).with_columns(
+        pl.Series("score", scores, dtype=pl.Float64),
+        pl.lit(model.version).alias("model_version"),
+    )
+    write_partition(uri, reference, {"model_version": model.version}, table=str(REFERENCE))
+    return reference
+
+
+def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
+    uri = lakehouse.read_uri(INFERENCE_LOG)
+    if not table_exists(uri):
+        raise dg.Failure("serving/inference_log holds no predictions yet: score a day first")
+    return scan_table(uri)
+
+
+@dg.asset(
+    key=["monitoring", "drift_metrics"],
+    deps=[dg.AssetDep(["serving", "batch_predictions"], partition_mapping=days_around(-1, 0))],
+    partitions_def=DAILY,
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version="drift-metrics-1",
+    metadata={"table": str(DRIFT)},
+)
+def drift_metrics(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
+    """Drift of each feature and of the prediction, per day and model version.
+
+    The day's predictions (every mode) of each model version are compared with the version's
+    training reference (its hold-out's features and scores) and with the previous day's
+    predictions of the same version: normalized Wasserstein distance for numeric columns,
+    Jensen-Shannon distance for categorical ones (Evidently's defaults and thresholds), plus
+    PSI. One row per day, version, baseline and column in `monitoring/drift_metrics`; the
+    share of drifted features and the prediction drift are metadata the UI plots over days.
+    """
+    from mlops_assets.monitoring.windows import (
+        drift_rows,
+        feature_share,
+        prediction_score,
+        window_predictions,
+    )
+
+    day = partition_day(context)
+    log = _log(lakehouse)
+    current = window_predictions(log, day)
+    if not current.height:
+        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+    previous = window_predictions(log, day - datetime.timedelta(days=1))
+    tables, summaries = [], {}
+    for version in sorted(current.get_column("model_version").unique().to_list(), key=int):
+        model = load_version(lakehouse, version)
+        columns = [*model.spec.feature_columns, "score"]
+        window = current.filter(pl.col("model_version") == version).select(columns)
+        reference = reference_rows(lakehouse, model).select(columns).cast(window.schema)
+        rows, result = drift_rows(
+            reference, window, columns, day=day, model_version=version, baseline="training"
+        )
+        tables.append(rows)
+        summary = {
+            "rows": window.height,
+            "drifted_share": feature_share(result),
+            "prediction_drift": prediction_score(result),
+            "drifted": rows.filter(pl.col("drifted"), pl.col("column") != "score")
+            .get_column("column")
+            .to_list(),
+        }
+        before = previous.filter(pl.col("model_version") == version).select(columns)
+        if before.height >= MIN_WINDOW_ROWS:
+            rows, result = drift_rows(
+                before, window, columns, day=day, model_version=version, baseline="previous_day"
+            )
+            tables.append(rows)
+            summary["drifted_share_vs_previous_day"] = feature_share(result)
+        summaries[version] = summary
+    written = write_partition(
+        lakehouse.write_uri(DRIFT), pl.concat(tables), {"day": day}, table=str(DRIFT)
+    )
+    latest = summaries[max(summaries, key=int)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written.rows_written,
+            "delta_version": written.version,
+            "model_version": max(summaries, key=int),
+            "predictions": latest["rows"],
+            "drifted_share": latest["drifted_share"],
+            "prediction_drift": latest["prediction_drift"],
+            "drifted_features": dg.MetadataValue.json(latest["drifted"]),
+            "by_version": dg.MetadataValue.json(summaries),
+        }
+    )
+
+
+@dg.asset(
+    key=["monitoring", "profiles"],
+    deps=[dg.AssetDep(["serving", "batch_predictions"])],
+    partitions_def=DAILY,
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version="profiles-1",
+    metadata={"table": str(PROFILES)},
+)
+def profiles(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
+    """Profile of each day's predictions per model version: counts, nulls, quantiles, categories.
+
+    One row per day, version, column and statistic in `monitoring/profiles` (long format: a
+    new statistic needs no schema change); numeric columns get mean, deviation and quantiles,
+    categorical ones their most frequent values and shares.
+    """
+    from mlops_assets.monitoring.profile import profile
+    from mlops_assets.monitoring.windows import window_predictions
+
+    day = partition_day(context)
+    current = window_predictions(_log(lakehouse), day)
+    if not current.height:
+        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+    frames = []
+    for version in current.get_column("model_version").unique().to_list():
+        rows = current.filter(pl.col("model_version") == version)
+        spec_columns = [
+            c
+            for c in rows.columns
+            if c not in ("request_id", "request", "error", "status", "day", "logged_at")
+            and c not in ("transaction_id", "card_id", "merchant_id", "event_time")
+            and c not in ("model_name", "model_version", "model_alias", "mode", "threshold")
+            and rows.get_column(c).null_count() < rows.height
+        ]
+        frames.append(
+            profile(rows, spec_columns).select(
+                pl.lit(day).alias("day"), pl.lit(version).alias("model_version"), pl.all()
+            )
+        )
+    written = write_partition(
+        lakehouse.write_uri(PROFILES), pl.concat(frames), {"day": day}, table=str(PROFILES)
+    )
+    score = frames[-1].filter(pl.col("column") == "score")
+
+    def stat(name: str) -> float:
+        found = score.filter(pl.col("statistic") == name).get_column("value")
+        return float(found[0]) if found.len() else float("nan")
+
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written.rows_written,
+            "delta_version": written.version,
+            "predictions": current.height,
+            "score_mean": stat("mean"),
+            "score_p99": stat("p99"),
+        }
+    )
+
+
+def label_horizon(lakehouse: LakehouseResource) -> datetime.datetime:
+    """What is known about labels: the end of the latest landing day of chargebacks (or now)."""
+    uri = lakehouse.read_uri(TableRef("silver", "labels"))
+    now = datetime.datetime.now(datetime.UTC)
+    if not table_exists(uri):
+        return now
+    latest = scan_table(uri).select(pl.col("landing_date").max()).collect().item()
+    if latest is None:
+        return now
+    end = datetime.datetime.combine(
+        latest + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
+    return min(now, end)
+
+
+@dg.asset(
+    key=["monitoring", "performance"],
+    deps=[
+        dg.AssetDep(["serving", "batch_predictions"]),
+        dg.AssetDep(["silver", "labels"], partition_mapping=days_around(0, 7)),
+    ],
+    partitions_def=DAILY,
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version="performance-1",
+    metadata={"table": str(PERFORMANCE)},
+)
+def performance(
+    context: dg.AssetExecutionContext,
+    lakehouse: LakehouseResource,
+    monitoring: MonitoringResource,
+) -> dg.MaterializeResult:
+    """Precision, recall, PR-AUC and fraud caught of a day's predictions, as labels arrive.
+
+    A transaction is fraud once a chargeback names it and legitimate once it is older than
+    the label maturity without one; before that its label is unknown and left out. The day's
+    row in `monitoring/performance` is replaced each time, so materializing it again after
+    more chargebacks landed updates it; `mature` says whether every label can be known.
+    """
+    from mlops_assets.monitoring.performance import performance_by
+    from mlops_assets.monitoring.windows import window_predictions, with_labels
+
+    day = partition_day(context)
+    current = window_predictions(_log(lakehouse), day)
+    if not current.height:
+        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+    labels_uri = lakehouse.read_uri(TableRef("silver", "labels"))
+    chargebacks = (
+        scan_table(labels_uri).select("transaction_id", "is_fraud", "reported_at").collect()
+        if table_exists(labels_uri)
+        else pl.DataFrame(
+            schema={
+                "transaction_id": pl.String,
+                "is_fraud": pl.Boolean,
+                "reported_at": pl.Datetime("us", "UTC"),
+            }
+        )
+    )
+    horizon = label_horizon(lakehouse)
+    maturity = monitoring.label_maturity_days
+    labelled = with_labels(current, chargebacks, horizon, maturity)
+    table = performance_by(labelled, ["model_version"], amount="amount")
+    mature_at = datetime.datetime.combine(
+        day + datetime.timedelta(days=1 + maturity), datetime.time(), datetime.UTC
+    )
+    table = table.select(
+        pl.lit(day).alias("day"),
+        pl.all(),
+        pl.lit(horizon).cast(pl.Datetime("us", "UTC")).alias("label_horizon"),
+        pl.lit(horizon >= mature_at).alias("mature"),
+    )
+    written = write_partition(
+        lakehouse.write_uri(PERFORMANCE), table, {"day": day}, table=str(PERFORMANCE)
+    )
+    latest = table.sort("model_version", descending=True).row(0, named=True)
+    numbers = {
+        k: float(v)
+        for k, v in latest.items()
+        if k in ("precision", "recall", "pr_auc", "label_share") and v is not None
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": written.version,
+            "model_version": latest["model_version"],
+            "mature": bool(latest["mature"]),
+            "labelled": int(latest["labelled"]),
+            "fraud_caught": int(latest["fraud_caught"]),
+            **numbers,
+        }
+    )
+
+
+@dg.asset(
+    key=["monitoring", "drift_report"],
+    deps=[dg.AssetDep(["serving", "batch_predictions"])],
+    partitions_def=DAILY,
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"evidently"},
+    code_version="drift-report-1",
+)
+def drift_report(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
+    """Evidently's HTML drift report of the day against the model's training reference.
+
+    For people: a seeded sample (20,000 rows a side at most) of the day's predictions of the
+    newest version that scored it, against that version's reference, saved under
+    `data/<env>/monitoring/reports/` and linked here. The automated numbers are in
+    `monitoring/drift_metrics`.
+    """
+    from mlops_assets.monitoring.report import drift_report_html
+    from mlops_assets.monitoring.windows import window_predictions
+
+    day = partition_day(context)
+    current = window_predictions(_log(lakehouse), day)
+    if not current.height:
+        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+    version = max(current.get_column("model_version").unique().to_list(), key=int)
+    model = load_version(lakehouse, version)
+    columns = [*model.spec.feature_columns, "score"]
+    window = current.filter(pl.col("model_version") == version).select(columns)
+    reference = reference_rows(lakehouse, model).select(columns).cast(window.schema)
+    path = lakehouse.settings.env_root / "monitoring" / "reports" / f"drift-{day}-v{version}.html"
+    drift_report_html(reference, window, path, columns=columns)
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.url(path.as_uri()),
+            "path": dg.MetadataValue.path(str(path)),
+            "model_version": version,
+            "rows": window.height,
+        }
+    )
+
+
+monitoring_assets = [drift_metrics, profiles, performance, drift_report]
+
+
+def windows_from_tables(lakehouse: LakehouseResource) -> list:
+    """The monitoring windows (day, version, drift, PR-AUC of mature days) from the tables."""
+    from mlops_assets.monitoring.policy import Window
+
+    uri = lakehouse.read_uri(DRIFT)
+    if not table_exists(uri):
+        return []
+    drift = scan_table(uri).filter(pl.col("baseline") == "training").collect()
+    summary = drift.group_by("day", "model_version").agg(
+        pl.col("drifted").filter(pl.col("column") != "score").mean().alias("share"),
+        pl.col("score").filter(pl.col("column") == "score").first().alias("prediction"),
+    )
+    perf_uri = lakehouse.read_uri(PERFORMANCE)
+    if table_exists(perf_uri):
+        perf = (
+            scan_table(perf_uri)
+            .filter(pl.col("mature"))
+            .select("day", "model_version", "pr_auc")
+            .collect()
+        )
+        summary = summary.join(perf, on=["day", "model_version"], how="left")
+    else:
+        summary = summary.with_columns(pl.lit(None, dtype=pl.Float64).alias("pr_auc"))
+    return [
+        Window(
+            day=row["day"],
+            model_version=row["model_version"],
+            drifted_share=float(row["share"] or 0.0),
+            prediction_drift=float(row["prediction"] or 0.0),
+            pr_auc=row["pr_auc"],
+        )
+        for row in summary.sort("day", "model_version").iter_rows(named=True)
+    ]
+
+
+def alerts_uri(lakehouse: LakehouseResource) -> str:
+    """Where the environment's alerts table lives."""
+    from mlops_assets.monitoring.alerts import ALERTS
+
+    return lakehouse.write_uri(ALERTS)
+
+
+def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
+    """The drift sensor: retraining, validation and promotion once per drift episode.
+
+    Running by default in prod; elsewhere it is turned on in the UI (or evaluated by tests
+    and the demo).
+    """
+
+    @dg.sensor(
+        name="drift_monitor",
+        job=retrain_job,
+        minimum_interval_seconds=300,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if env == "prod" else dg.DefaultSensorStatus.STOPPED
+        ),
+        description=(
+            "Reads the monitoring tables and requests retraining, validation and promotion "
+            "once per drift episode, when enough of it carries mature labels."
+        ),
+    )
+    def drift_monitor(
+        context: dg.SensorEvaluationContext,
+        lakehouse: LakehouseResource,
+        monitoring: MonitoringResource,
+    ):
+        """Decide from the latest windows; alert on a new episode; request one retraining."""
+        from mlops_assets.monitoring.alerts import Alert, raise_alert
+        from mlops_assets.monitoring.policy import decide
+
+        policy = monitoring.policy()
+        windows = windows_from_tables(lakehouse)
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        if not windows:
+            return dg.SkipReason("no monitoring windows yet: materialize monitoring/drift_metrics")
+        last = cursor.get("last_retrain_day")
+        decision = decide(windows, policy, datetime.date.fromisoformat(last) if last else None)
+        alerted = set(cursor.get("alerted", []))
+        latest = max(w.day for w in windows)
+        url = monitoring.alert_webhook_url or None
+        if decision.run_key and decision.run_key not in alerted:
+            raise_alert(
+                alerts_uri(lakehouse),
+                Alert(
+                    kind="drift",
+                    severity="warning",
+                    subject="monitoring/drift_metrics",
+                    message=decision.reason,
+                    env=lakehouse.env,
+                    window_day=latest,
+                    model_version=max(
+                        (w for w in windows if w.day == latest), key=lambda w: int(w.model_version)
+                    ).model_version,
+                    details={"episode_start": str(decision.episode_start)},
+                ),
+                url,
+            )
+            alerted.add(decision.run_key)
+        cursor["alerted"] = sorted(alerted)
+        context.log.info(decision.reason)
+        if not decision.retrain:
+            return dg.SensorResult(skip_reason=decision.reason, cursor=json.dumps(cursor))
+        horizon = label_horizon(lakehouse)
+        raise_alert(
+            alerts_uri(lakehouse),
+            Alert(
+                kind="retrain_requested",
+                severity="info",
+                subject="retrain_and_deploy",
+                message=f"retraining requested: {decision.reason}",
+                env=lakehouse.env,
+                window_day=latest,
+                details={"run_key": decision.run_key, "label_cutoff": horizon.isoformat()},
+            ),
+            url,
+        )
+        cursor["last_retrain_day"] = latest.isoformat()
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=decision.run_key,
+                    run_config={
+                        "ops": {
+                            "ml__training_set": {
+                                "config": {
+                                    "label_cutoff": horizon.isoformat(),
+                                    "label_maturity_days": policy.label_maturity_days,
+                                }
+                            }
+                        }
+                    },
+                    tags={
+                        "mlops/trigger": "drift",
+                        "mlops/episode_start": str(decision.episode_start),
+                        "mlops/window": latest.isoformat(),
+                        "mlops/reason": decision.reason[:200],
+                    },
+                )
+            ],
+            cursor=json.dumps(cursor),
+        )
+
+    return drift_monitor
+
+
+@dg.run_failure_sensor(
+    name="alert_on_run_failure",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records every failed run (failing blocking checks included) as an alert.",
+)
+def alert_on_run_failure(context: dg.RunFailureSensorContext, lakehouse: LakehouseResource):
+    """Append a `run_failed` alert naming the job, the run and the failure."""
+    from mlops_assets.monitoring.alerts import Alert, raise_alert
+
+    run = context.dagster_run
+    raise_alert(
+        alerts_uri(lakehouse),
+        Alert(
+            kind="run_failed",
+            severity="error",
+            subject=run.job_name,
+            message=(context.failure_event.message or "run failed")[:500],
+            env=lakehouse.env,
+            details={"run_id": run.run_id, "tags": dict(run.tags)},
+        ),
+    )

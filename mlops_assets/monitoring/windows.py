@@ -1,0 +1,107 @@
+"""Monitoring windows from the inference log: the day's predictions, labels, drift rows.
+
+A window is one day (by event time) of `ok` predictions of one model version. Batch scoring is
+append-only, so a day scored twice by the same version holds two predictions per transaction:
+a window keeps the latest of each (mode, transaction) per version. Labels come from the
+chargebacks in silver: a transaction is fraud once a chargeback names it, legitimate once its
+chargeback window has passed without one, and unknown before that.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+import polars as pl
+
+from mlops_assets.monitoring.drift import DRIFT_SCHEMA, DriftResult, compute_drift
+
+PREDICTION = "score"
+DRIFT_TABLE_SCHEMA = {
+    "day": pl.Date,
+    "model_version": pl.String,
+    "baseline": pl.String,
+    **DRIFT_SCHEMA,
+}
+
+
+def window_predictions(log: pl.LazyFrame, day: datetime.date) -> pl.DataFrame:
+    """The day's `ok` predictions, the latest per (version, mode, transaction) for batch rows."""
+    rows = log.filter(pl.col("day") == day, pl.col("status") == "ok").collect()
+    if not rows.height:
+        return rows
+    batch = rows.filter(pl.col("mode") == "batch")
+    others = rows.filter(pl.col("mode") != "batch")
+    latest = batch.sort("logged_at").unique(
+        ["model_version", "transaction_id"], keep="last", maintain_order=True
+    )
+    return pl.concat([latest, others], how="diagonal_relaxed").sort("event_time", "request_id")
+
+
+def with_labels(
+    predictions: pl.DataFrame,
+    chargebacks: pl.DataFrame,
+    horizon: datetime.datetime,
+    maturity_days: int,
+) -> pl.DataFrame:
+    """Predictions with their label as known at `horizon`.
+
+    `is_fraud` is true with a chargeback reported by `horizon`, false when the transaction is
+    `maturity_days` old at `horizon` without one, null otherwise.
+
+    Args:
+        predictions: Rows with `transaction_id` and `event_time`.
+        chargebacks: Silver labels (`transaction_id`, `is_fraud`, `reported_at`).
+        horizon: What is known at this instant counts (the latest label landing, in a replay).
+        maturity_days: Days after which a transaction without a chargeback is legitimate.
+    """
+    fraud = (
+        chargebacks.filter(pl.col("is_fraud"), pl.col("reported_at") <= horizon)
+        .select("transaction_id", pl.lit(True).alias("_charged_back"))
+        .unique("transaction_id")
+    )
+    mature = horizon - datetime.timedelta(days=maturity_days)
+    return (
+        predictions.join(fraud, on="transaction_id", how="left")
+        .with_columns(
+            pl.when(pl.col("_charged_back"))
+            .then(True)
+            .when(pl.col("event_time") <= mature)
+            .then(False)
+            .otherwise(None)
+            .alias("is_fraud")
+        )
+        .drop("_charged_back")
+    )
+
+
+def drift_rows(
+    reference: pl.DataFrame,
+    current: pl.DataFrame,
+    columns: Sequence[str],
+    *,
+    day: datetime.date,
+    model_version: str,
+    baseline: str,
+) -> tuple[pl.DataFrame, DriftResult]:
+    """Per-column drift of a window against a baseline, as rows of the drift table."""
+    result = compute_drift(reference, current, columns)
+    rows = result.columns.select(
+        pl.lit(day).alias("day"),
+        pl.lit(model_version).alias("model_version"),
+        pl.lit(baseline).alias("baseline"),
+        pl.all(),
+    )
+    return rows.cast(DRIFT_TABLE_SCHEMA), result
+
+
+def feature_share(result: DriftResult, prediction: str = PREDICTION) -> float:
+    """Share of drifted columns among the features (the prediction left out)."""
+    features = result.columns.filter(pl.col("column") != prediction)
+    return float(features.get_column("drifted").mean() or 0.0) if features.height else 0.0
+
+
+def prediction_score(result: DriftResult, prediction: str = PREDICTION) -> float:
+    """The prediction column's drift score (0 when it was not compared)."""
+    row = result.columns.filter(pl.col("column") == prediction)
+    return float(row.get_column("score")[0] or 0.0) if row.height else 0.0
