@@ -265,6 +265,14 @@ class InferenceLog:
         """Whether `close` was called."""
         return self._closed
 
+    def add_columns(self, columns: Mapping[str, pl.DataType]) -> None:
+        """Accept more columns in recorded rows (a new model's features); known ones stay."""
+        with self._lock:
+            schema = dict(self.schema)
+            for name, dtype in columns.items():
+                schema.setdefault(name, dtype)
+            self.schema = schema
+
     def record(self, row: Mapping[str, Any]) -> None:
         """Buffer one row; it is committed by the next flush.
 
