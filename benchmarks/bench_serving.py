@@ -33,6 +33,8 @@ WARMUP = 200
 def _variables(root: str) -> dict[str, str]:
     variables = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     variables.update(MLOPS_DATA_ROOT=str(Path(root) / "data"), MLOPS_ENV="dev")
+    # `mlflow models serve` starts `uvicorn` by name: the environment's scripts come first.
+    variables["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{variables.get('PATH', '')}"
     return variables
 
 
@@ -134,14 +136,16 @@ def _wait(port: int, path: str, process: subprocess.Popen, log: Path, seconds: f
     raise RuntimeError(f"server on port {port} not ready: {log.read_text()[-3000:]}")
 
 
-def _run_server(command: list[str], root: str, probe: str, log_name: str):
+def _run_server(
+    command: list[str], root: str, probe: str, log_name: str, extra: dict | None = None
+):
     port = _free_port()
     log = Path(root) / log_name
     with open(log, "w") as output:
         process = subprocess.Popen(
             [*command, str(port)],
             cwd=ROOT,
-            env=_variables(root),
+            env={**_variables(root), **(extra or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -149,7 +153,8 @@ def _run_server(command: list[str], root: str, probe: str, log_name: str):
     try:
         _wait(port, probe, process, log)
     except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         raise
     return process, port
 
@@ -188,6 +193,7 @@ def main() -> None:
             )
         finally:
             stopped = _stop(process)
+        print(f"[bench_serving] ours: {ours.extra}"[:400], file=sys.stderr)
         table = pl.read_delta(
             str(Path(root) / "data" / "dev" / "lake" / "serving" / "inference_log")
         )
@@ -209,9 +215,9 @@ def main() -> None:
             root,
             "/ping",
             "mlflow.log",
+            {"MLFLOW_TRACKING_URI": uri},
         )
         try:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
             mlflow = measure(
                 "benchmarks.bench_serving",
                 "client",
@@ -221,7 +227,6 @@ def main() -> None:
                 str(MLFLOW_REQUESTS),
             )
         finally:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
             _stop(process)
     ours_scores, mlflow_scores = ours.extra.pop("scores"), mlflow.extra.pop("scores")
     same = min(len(ours_scores), len(mlflow_scores))

@@ -693,7 +693,10 @@ def append_table(
     write_id = str(uuid.uuid4())
     commit_metadata = {**(metadata or {}), WRITE_ID_KEY: write_id}
     added: list[str] = []
-    if not table_exists(uri):
+    try:
+        # Opening directly: `table_exists` costs as much as opening, and appends are frequent.
+        delta = DeltaTable(uri)
+    except TableNotFoundError:
         lock_path = Path(uri) / "_mlops_create.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "w") as lock:
@@ -709,7 +712,7 @@ def append_table(
                     )
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-    delta = DeltaTable(uri)
+        delta = DeltaTable(uri)
     existing = list(delta.metadata().partition_columns)
     if existing != partition_by:
         raise SchemaChangeError(f"table {name}: partitioned by {existing}, not {partition_by}")

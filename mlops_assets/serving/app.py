@@ -134,8 +134,7 @@ class ScoringService:
             return
         with self._schema_lock:
             if self._logged_model is not model:
-                for name, dtype in feature_schema(model.spec).items():
-                    self.inference_log.schema.setdefault(name, dtype)
+                self.inference_log.add_columns(feature_schema(model.spec))
                 self._logged_model = model
 
     def score(
@@ -676,16 +675,16 @@ def serve(
     """
     # Shorter GIL turns: a request waits less behind the log writer or the alias poller.
     sys.setswitchinterval(0.001)
-    service = build_service(settings, token=token, poll_seconds=poll_seconds, wait_for_model=120)
+    # The port is bound at once; /readyz answers 200 once the champion is loaded.
+    service = build_service(settings, token=token, poll_seconds=poll_seconds)
     server = ScoringServer((host, port), service)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    status = service.holder.status()
     print(
-        f"[serve] {server.url}{SCORE_PATH} serving {status['model']} version "
-        f"{status['serving_version']} ({status['scorer']}); docs at {server.url}/openapi.json",
+        f"[serve] {server.url}{SCORE_PATH} serves {service.holder.name}@{service.holder.alias} "
+        f"(loading; {server.url}/readyz says when it is ready); docs at {server.url}/openapi.json",
         flush=True,
     )
     if ready_file:

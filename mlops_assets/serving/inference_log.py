@@ -42,6 +42,8 @@ PARTITION_COLUMN = "day"
 MODES = ("online", "batch", "stream")
 STATUSES = ("ok", "error")
 UTC_US = pl.Datetime("us", "UTC")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 # The columns every row has, whatever the model; feature columns follow them.
 BASE_SCHEMA: dict[str, pl.DataType] = {
@@ -265,6 +267,14 @@ class InferenceLog:
         """Whether `close` was called."""
         return self._closed
 
+    def add_columns(self, columns: Mapping[str, pl.DataType]) -> None:
+        """Accept more columns in recorded rows (a new model's features); known ones stay."""
+        with self._lock:
+            schema = dict(self.schema)
+            for name, dtype in columns.items():
+                schema.setdefault(name, dtype)
+            self.schema = schema
+
     def record(self, row: Mapping[str, Any]) -> None:
         """Buffer one row; it is committed by the next flush.
 
@@ -353,9 +363,18 @@ class InferenceLog:
             for name in row:
                 if name not in schema:
                     raise ValueError(f"inference log row has unknown column {name!r}")
-        columns = {name: [row.get(name) for row in rows] for name in schema if name != "day"}
-        frame = pl.DataFrame(columns, schema={n: t for n, t in schema.items() if n != "day"})
-        return prepare_frame(frame, schema)
+        series = []
+        for name, dtype in schema.items():
+            if name == "day":
+                continue
+            values = [row.get(name) for row in rows]
+            if isinstance(dtype, pl.Datetime):
+                # Integers convert much faster than datetime objects (and exactly).
+                micros = [None if v is None else (v - _EPOCH) // _MICROSECOND for v in values]
+                series.append(pl.Series(name, micros, dtype=pl.Int64).cast(dtype))
+            else:
+                series.append(pl.Series(name, values, dtype=dtype, strict=False))
+        return prepare_frame(pl.DataFrame(series), schema)
 
     def _run(self) -> None:
         while True:
