@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench_features",
     "bench_model",
     "bench_drift",
+    "bench_serving",
 )
 
 
