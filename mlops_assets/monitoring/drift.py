@@ -230,8 +230,11 @@ def _column_drift(
         ref_sorted, cur_sorted = _finite_sorted(reference), _finite_sorted(current)
         ref_count, cur_count = ref_sorted.size, cur_sorted.size
     else:
-        ref, cur = _non_null(reference), _non_null(current)
-        ref_count, cur_count = ref.len(), cur.len()
+        # Non-float values need no copy without their nulls: the counts below leave nulls out.
+        if reference.dtype.is_float() or current.dtype.is_float():
+            ref, cur = _non_null(reference), _non_null(current)
+        ref_count = ref.len() - ref.null_count()
+        cur_count = cur.len() - cur.null_count()
     counts = (ref_count, cur_count, reference.len() - ref_count, current.len() - cur_count)
     if not ref_count or not cur_count:
         return (name, kind, None, None, None, False, None, None, *counts)
@@ -307,7 +310,8 @@ def _frequencies(reference: pl.Series, current: pl.Series) -> pl.DataFrame:
     """Counts of each value on either side: `value`, `reference`, `current` (0 when absent)."""
 
     def counts(values: pl.Series, side: str) -> pl.DataFrame:
-        return values.rename("value").value_counts(name=side)
+        frame = values.rename("value").value_counts(name=side)
+        return frame.filter(pl.col("value").is_not_null())
 
     return (
         counts(reference, "reference")
