@@ -25,6 +25,8 @@ The drift score, threshold and verdict of each column follow Evidently 0.7.23's 
   without its cancellation for large `|z|`.)
 - **Dataset drift**: share of drifted columns `>= drift_share` (0.5).
 
+The p-value tests (references of 1000 rows or fewer) call scipy, installed with the `ml` extra.
+
 Column kinds follow Evidently's inference on the current frame: floats are numeric; integers are
 categorical when they hold at most 10 distinct values, numeric otherwise; strings, categoricals,
 enums and booleans are categorical; other types (dates, lists) are left out unless `kinds` names
@@ -222,36 +224,42 @@ def _column_drift(
     limits: Mapping[str, float],
     psi_bins: int,
 ) -> tuple:
+    ref_sorted = cur_sorted = np.empty(0)
+    ref, cur = reference, current
     if kind == "numeric":
         ref_sorted, cur_sorted = _finite_sorted(reference), _finite_sorted(current)
         ref_count, cur_count = ref_sorted.size, cur_sorted.size
     else:
-        ref, cur = _non_null(reference), _non_null(current)
-        ref_count, cur_count = ref.len(), cur.len()
+        # Non-float values need no copy without their nulls: the counts below leave nulls out.
+        if reference.dtype.is_float() or current.dtype.is_float():
+            ref, cur = _non_null(reference), _non_null(current)
+        ref_count = ref.len() - ref.null_count()
+        cur_count = cur.len() - cur.null_count()
     counts = (ref_count, cur_count, reference.len() - ref_count, current.len() - cur_count)
     if not ref_count or not cur_count:
         return (name, kind, None, None, None, False, None, None, *counts)
+    frequencies = None
     if kind == "numeric":
         psi = psi_numeric(ref_sorted, cur_sorted, psi_bins)
-        discrete = _few_values(ref_sorted, cur_sorted, DISCRETE_NUMERIC_VALUES)
-        if discrete:
-            ref, cur = pl.Series(ref_sorted), pl.Series(cur_sorted)
+        if _few_values(ref_sorted, cur_sorted, DISCRETE_NUMERIC_VALUES):
+            frequencies = _frequencies(pl.Series(ref_sorted), pl.Series(cur_sorted))
     else:
-        discrete = True
-    frequencies = _frequencies(ref, cur) if discrete else None
-    if kind == "categorical":
+        frequencies = _frequencies(ref, cur)
         psi = psi_categorical(frequencies)
-    method = _method(kind, ref_count, frequencies)
-    if method == "wasserstein":
-        score = wasserstein_normed(ref_sorted, cur_sorted)
-    elif method == "jensenshannon":
-        score = jensen_shannon(frequencies)
-    elif method == "ks":
-        score = _ks_p_value(ref_sorted, cur_sorted)
-    elif method == "chisquare":
-        score = _chisquare_p_value(frequencies)
+    # Evidently's default test (`registry._get_default_stattest`): distances above
+    # LARGE_REFERENCE_ROWS reference rows, p-value tests at or below.
+    large = ref_count > LARGE_REFERENCE_ROWS
+    if frequencies is None:
+        if large:
+            method, score = "wasserstein", wasserstein_normed(ref_sorted, cur_sorted)
+        else:
+            method, score = "ks", _ks_p_value(ref_sorted, cur_sorted)
+    elif large:
+        method, score = "jensenshannon", jensen_shannon(frequencies)
+    elif frequencies.height > 2:
+        method, score = "chisquare", _chisquare_p_value(frequencies)
     else:
-        score = _z_p_value(frequencies)
+        method, score = "z", _z_p_value(frequencies)
     threshold = limits[method]
     if method == "ks":
         drifted = score <= threshold
@@ -298,20 +306,12 @@ def _few_values(ref_sorted: np.ndarray, cur_sorted: np.ndarray, limit: int) -> b
     return np.union1d(ref_values, cur_values).size <= limit
 
 
-def _method(kind: Kind, reference_rows: int, frequencies: pl.DataFrame | None) -> str:
-    """Evidently's default test for this column (`registry._get_default_stattest`)."""
-    if reference_rows > LARGE_REFERENCE_ROWS:
-        return "wasserstein" if frequencies is None else "jensenshannon"
-    if frequencies is None:
-        return "ks"
-    return "chisquare" if frequencies.height > 2 else "z"
-
-
 def _frequencies(reference: pl.Series, current: pl.Series) -> pl.DataFrame:
     """Counts of each value on either side: `value`, `reference`, `current` (0 when absent)."""
 
     def counts(values: pl.Series, side: str) -> pl.DataFrame:
-        return values.rename("value").value_counts(name=side)
+        frame = values.rename("value").value_counts(name=side)
+        return frame.filter(pl.col("value").is_not_null())
 
     return (
         counts(reference, "reference")
