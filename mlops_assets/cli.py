@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -57,153 +55,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate landing days, then build bronze, silver, gold and quarantine for each."""
-    import dagster as dg
+    """The whole loop on a simulated clock (see `mlops_assets.demo`)."""
+    from mlops_assets.demo import run
 
-    from mlops_assets.defs.runner import prepare_dagster_home, run_days, run_once
-    from mlops_assets.simulate import simulate
-
-    settings = load_settings()
-    prepare_dagster_home(settings)
-    from mlops_assets.definitions import build_definitions
-
-    # MLflow's informational lines (store set-up, pickle advice) drown the demo's story.
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-
-    scenario = _scenario(args, settings)
-    print(f"[demo] environment {settings.env}: {settings.env_root}")
-    started = time.perf_counter()
-    manifests = simulate(scenario, settings.landing_root)
-    days = [settings.start_date + datetime.timedelta(days=i) for i in range(scenario.days)]
-    print(
-        f"[demo] simulated {len(manifests)} landing days of ~{scenario.transactions_per_day:,} "
-        f"transactions in {time.perf_counter() - started:.1f} s"
-    )
-    defs = build_definitions(settings)
-    with dg.DagsterInstance.get() as instance:
-        runs = run_days(defs, days, instance)
-        for run in runs:
-            status = "ok" if run.success else "FAILED"
-            print(
-                f"[demo] {run.day} medallion run {run.run_id[:8]} {status} in {run.seconds:.1f} s"
-            )
-        if not all(r.success for r in runs) or len(runs) != len(days):
-            print("[demo] a run failed: open the UI (make ui) and look at the run's logs")
-            return 1
-        # Late events and chargebacks of a day land on later days: refresh gold once all are in.
-        gold = [dg.AssetKey(["gold", "merchant_category_daily"])]
-        refresh = run_days(defs, days, instance, selection=gold)
-        print(
-            f"[demo] refreshed gold for {len(refresh)} days with late events and chargebacks "
-            f"in {sum(r.seconds for r in refresh):.1f} s"
-        )
-        if not all(r.success for r in refresh):
-            print("[demo] the gold refresh failed: open the UI (make ui) for the run's logs")
-            return 1
-        features = run_days(defs, days, instance, job_name="features_daily")
-        print(
-            f"[demo] feature tables refreshed for {len(features)} days "
-            f"in {sum(r.seconds for r in features):.1f} s"
-        )
-        if not all(r.success for r in features) or len(features) != len(days):
-            print("[demo] a feature run failed: open the UI (make ui) for the run's logs")
-            return 1
-        if not run_once(defs, "online_publish", instance).success:
-            print("[demo] publishing to the online store failed: see the run in the UI")
-            return 1
-        print(f"[demo] latest feature rows published to {settings.online_store_path}")
-        if _demo_model(settings, defs, instance, days, scenario) != 0:
-            return 1
-    from mlops_assets.lakehouse.summary import lake_summary, print_summary
-
-    print_summary(lake_summary(settings), manifests)
-    print(f"[demo] done in {time.perf_counter() - started:.1f} s; `make ui` shows the asset graph")
-    return 0
-
-
-def _demo_model(settings: Settings, defs, instance, days, scenario) -> int:
-    """Train, validate and promote the fraud detector; load the champion in a clean process."""
-    from mlops_assets.defs.runner import run_once
-
-    # The simulated clock: the end of the last landing day is "now" for labels.
-    cutoff = datetime.datetime.combine(
-        days[-1] + datetime.timedelta(days=1), datetime.time(), datetime.UTC
-    )
-    maturity = scenario.label_delay_days[1]
-    config = {
-        "ops": {
-            "ml__training_set": {
-                "config": {
-                    "label_cutoff": cutoff.isoformat(),
-                    "days": len(days),
-                    "label_maturity_days": maturity,
-                }
-            }
-        }
-    }
-    result = run_once(defs, "retrain_and_deploy", instance, run_config=config)
-    materialized = {
-        node: result.asset_materializations_for_node(node)
-        for node in ("ml__training_set", "ml__fraud_model", "ml__champion")
-    }
-    if materialized["ml__training_set"]:
-        built = materialized["ml__training_set"][0].metadata
-        print(
-            f"[demo] point-in-time training set: {built['events'].value:,} events with labels "
-            f"{maturity} days mature at {cutoff:%Y-%m-%d %H:%M} UTC, "
-            f"{built['fraud_events'].value:,} fraud"
-        )
-    if materialized["ml__fraud_model"]:
-        model = materialized["ml__fraud_model"][0].metadata
-        print(
-            f"[demo] trained and registered {model['model'].value} version "
-            f"{model['version'].value}: hold-out PR-AUC {model['pr_auc'].value:.3f}, recall at "
-            f"1% FPR {model['recall_at_1pct_fpr'].value:.3f}, ROC-AUC {model['roc_auc'].value:.3f}"
-            f" (MLflow run {model['mlflow_run_id'].value[:8]})"
-        )
-    for evaluation in result.get_asset_check_evaluations():
-        print(f"[demo] validation: {evaluation.description}")
-    if not result.success or not materialized["ml__champion"]:
-        print("[demo] training or promotion failed: see the run in the UI and `mlops model status`")
-        return 1
-    champion = materialized["ml__champion"][0].metadata
-    print(
-        f"[demo] promoted version {champion['champion'].value} to champion "
-        f"({champion['model_uri'].value})"
-    )
-    script = (
-        "import sys, mlflow, polars as pl\n"
-        "from mlops_assets.features.spec import FRAUD_SPEC\n"
-        "from mlops_assets.models.training import model_inputs\n"
-        "mlflow.set_tracking_uri(sys.argv[1])\n"
-        "model = mlflow.pyfunc.load_model(sys.argv[2])\n"
-        "rows = pl.read_delta(sys.argv[3]).tail(1000)\n"
-        "scores = model.predict(model_inputs(rows, FRAUD_SPEC))[:, 1]\n"
-        "print(f'{len(scores)} {scores.max():.3f}')\n"
-    )
-    started = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            settings.mlflow_uri,
-            champion["model_uri"].value,
-            str(settings.lake_root / "ml" / "training_set"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        print(f"[demo] a clean process could not load the champion:\n{done.stderr[-2000:]}")
-        return 1
-    count, top = done.stdout.split()[-2:]
-    print(
-        f"[demo] a clean Python process loaded {champion['model_uri'].value} and scored "
-        f"{count} events (highest fraud score {top}) in {time.perf_counter() - started:.1f} s; "
-        "`mlops model status` shows its history"
-    )
-    return 0
+    return run(load_settings(), args)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -374,8 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="write simulated landing files")
     scenario_options(simulate, days=8)
     simulate.set_defaults(func=cmd_simulate)
-    demo = sub.add_parser("demo", help="simulate, build the lake, train and promote a model")
+    demo = sub.add_parser(
+        "demo", help="the whole loop: lake, champion, predictions, drift, retraining"
+    )
     scenario_options(demo, days=14)
+    demo.add_argument(
+        "--drift-days", type=int, default=7, help="days simulated after the normal ones"
+    )
+    demo.add_argument(
+        "--no-drift", action="store_true", help="simulate the later days without drift"
+    )
     demo.set_defaults(func=cmd_demo)
     tables = sub.add_parser("tables", help="list Delta tables of the active environment")
     tables.set_defaults(func=cmd_tables)

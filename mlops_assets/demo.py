@@ -250,7 +250,7 @@ class Demo:
 
         sensor = self.defs.resolve_sensor_def("drift_monitor")
         resources = {
-            "lakehouse": self.defs.resolve_all_asset_specs and _resource(self.defs, "lakehouse"),
+            "lakehouse": _resource(self.defs, "lakehouse"),
             "monitoring": _resource(self.defs, "monitoring") or MonitoringResource(),
         }
         context = dg.build_sensor_context(
@@ -421,7 +421,8 @@ def run(settings: Settings, args: Any) -> int:
         for day in days[normal:]:
             if not demo.ingest(day):
                 return 1
-            demo.stream_one_file(day) if day == days[normal] else None
+            if day == days[normal]:
+                demo.stream_one_file(day)
             if not demo.score_and_monitor(day):
                 return 1
             demo.tick()
@@ -452,8 +453,10 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
             )
         )
     else:
-        say(f"no drift: {retrains} retraining requested; champion stays version(s) "
-            f"{' -> '.join(story.champion_versions)}")
+        say(
+            f"no drift: {retrains} retraining requested; champion stays version(s) "
+            f"{' -> '.join(story.champion_versions)}"
+        )
     say(
         "look at: `mlops model status` (lifecycle and audit), serving/inference_log, "
         "monitoring/drift_metrics, monitoring/performance, monitoring/alerts (Delta tables "

@@ -71,7 +71,7 @@ def load_version(lakehouse: LakehouseResource, version: str):
     settings = lakehouse.settings
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
-    return load_serving_model(model_name(settings.env), version, alias="monitoring", check_rows=0)
+    return load_serving_model(model_name(settings.env), version, alias="monitoring")
 
 
 def reference_rows(lakehouse: LakehouseResource, model) -> pl.DataFrame:
