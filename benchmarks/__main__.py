@@ -13,6 +13,7 @@ BENCHMARKS = (
     "bench_model",
     "bench_drift",
     "bench_serving",
+    "bench_batch",
 )
 
 

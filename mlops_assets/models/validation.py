@@ -150,18 +150,21 @@ def signature_check(signature: list[tuple[str, str]] | None, spec: FeatureSpec) 
 
 
 def latency_ms(model: Any, row: Any, repeats: int = 30) -> float:
-    """Median CPU time of one single-row `predict_proba`, in milliseconds.
+    """Median CPU time of one single-row `predict_proba` on one thread, in milliseconds.
 
-    CPU time of this process, not wall time: other work on a busy machine (a backfill, the
-    test suite) must not fail a model, while the model's own cost (including any threads it
-    starts) still counts.
+    CPU time of this process on one thread, not wall time: other work on a busy machine (a
+    backfill, the test suite) must not fail a model, and idle OpenMP threads spinning on a
+    single row must not count; the model's own cost still does.
     """
-    model.predict_proba(row)  # warm caches once
-    times = []
-    for _ in range(repeats):
-        started = time.process_time()
-        model.predict_proba(row)
-        times.append((time.process_time() - started) * 1000)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        model.predict_proba(row)  # warm caches once
+        times = []
+        for _ in range(repeats):
+            started = time.process_time()
+            model.predict_proba(row)
+            times.append((time.process_time() - started) * 1000)
     return statistics.median(times)
 
 
