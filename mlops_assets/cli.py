@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--label-days",
             type=int,
-            default=5,
+            default=3,
             help="chargebacks arrive 1 to this many days after the transaction",
         )
         command.add_argument(

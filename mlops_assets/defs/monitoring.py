@@ -38,6 +38,8 @@ class MonitoringResource(dg.ConfigurableResource):
         min_labelled_days: Days of a drift episode with mature labels before retraining.
         label_maturity_days: Days after which a transaction without chargeback is legitimate.
         cooldown_days: Days after a retraining without another one.
+        retrain_window_days: Days of events the retraining's training set spans: shorter
+            than the scheduled training's, so that the drifted days weigh more.
         alert_webhook_url: Where alerts are POSTed as JSON (none when empty).
     """
 
@@ -47,6 +49,7 @@ class MonitoringResource(dg.ConfigurableResource):
     min_labelled_days: int = 2
     label_maturity_days: int = 3
     cooldown_days: int = 7
+    retrain_window_days: int = 14
     alert_webhook_url: str = ""
 
     def policy(self) -> DriftPolicy:
@@ -78,8 +81,8 @@ def reference_rows(lakehouse: LakehouseResource, model) -> pl.DataFrame:
     """A version's reference: its hold-out events' features and its scores of them.
 
     The hold-out is what the version was evaluated on (the most recent labelled events of its
-    training set, at the Delta version it trained on). Computed once per version and kept in
-    `monitoring/reference`.
+    training set, at the Delta version it trained on), widened to whole days. Computed once
+    per version and kept in `monitoring/reference`.
     """
     from mlops_assets.models.deploy import holdout, mlflow_client
     from mlops_assets.models.training import model_inputs
@@ -100,7 +103,11 @@ def reference_rows(lakehouse: LakehouseResource, model) -> pl.DataFrame:
     training = scan_table(
         lakehouse.read_uri(TableRef("ml", "training_set")), version=inputs["ml/training_set"]
     ).collect()
-    rows = holdout(training, run.data.tags.get("mlops.split_time"))
+    # Whole days from the hold-out's first day: a window is a whole day, and a reference
+    # starting mid-day would differ from every window in its hours alone.
+    split = run.data.tags.get("mlops.split_time")
+    start = split[:10] if split else None
+    rows = holdout(training, f"{start}T00:00:00+00:00" if start else None)
     scores = model.pyfunc.predict(model_inputs(rows, model.spec))[:, 1]
     reference = rows.select(model.spec.feature_columns).with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
@@ -524,6 +531,7 @@ def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
                                 "config": {
                                     "label_cutoff": horizon.isoformat(),
                                     "label_maturity_days": policy.label_maturity_days,
+                                    "days": monitoring.retrain_window_days,
                                 }
                             }
                         }
