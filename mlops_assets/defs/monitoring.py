@@ -46,10 +46,10 @@ class MonitoringResource(dg.ConfigurableResource):
     max_drifted_share: float = 0.5
     max_prediction_drift: float = 0.1
     min_pr_auc: float = 0.3
-    min_labelled_days: int = 2
+    min_labelled_days: int = 3
     label_maturity_days: int = 3
     cooldown_days: int = 7
-    retrain_window_days: int = 14
+    retrain_window_days: int = 7
     alert_webhook_url: str = ""
 
     def policy(self) -> DriftPolicy:

@@ -33,7 +33,7 @@ class DriftPolicy:
     max_drifted_share: float = 0.5
     max_prediction_drift: float = 0.1
     min_pr_auc: float = 0.3
-    min_labelled_days: int = 2
+    min_labelled_days: int = 3
     label_maturity_days: int = 3
     cooldown_days: int = 7
 
