@@ -62,6 +62,7 @@ class Demo:
         self.label_days = label_days
         self.story = Story()
         self._sensor_cursor: str | None = None
+        self._scored: set[datetime.date] = set()
 
     # --- running things -------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class Demo:
             say(f"batch scoring of {day} failed: see the run in the UI")
             return False
         batch = scored.asset_materializations_for_node("serving__batch_predictions")[0].metadata
+        self._scored.add(day)
         watched = self.materialize(
             [["monitoring", "drift_metrics"], ["monitoring", "profiles"]], day
         )
@@ -221,6 +223,8 @@ class Demo:
         pr_auc = None
         for back in range(self.label_days, -1, -1):
             older = day - datetime.timedelta(days=back)
+            if older not in self._scored:
+                continue
             result = self.materialize([["monitoring", "performance"]], older)
             if result.success and back == self.label_days:
                 meta = result.asset_materializations_for_node("monitoring__performance")[0].metadata

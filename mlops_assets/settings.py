@@ -136,3 +136,23 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"MLOPS_START_DATE={start_text!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
     return Settings(env=env, data_root=data_root, engine=engine, start_date=start_date)
+
+
+def use_mlflow_store(uri: str) -> None:
+    """Point MLflow's fluent API (runs, logging, model loading) at a store, in this process.
+
+    MLflow's `set_tracking_uri` also writes `MLFLOW_TRACKING_URI` (and the registry's
+    variable) into the process environment, which `Settings.mlflow_uri` reads as the user's
+    choice: a later environment's settings in the same process (tests, a second environment)
+    would then silently resolve to this store. The variables are put back as they were.
+    """
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

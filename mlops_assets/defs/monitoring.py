@@ -18,6 +18,7 @@ from mlops_assets.lakehouse.delta_io import (
     write_partition,
 )
 from mlops_assets.monitoring.policy import DriftPolicy
+from mlops_assets.settings import use_mlflow_store
 
 REFERENCE = TableRef("monitoring", "reference")
 DRIFT = TableRef("monitoring", "drift_metrics")
@@ -66,14 +67,11 @@ class MonitoringResource(dg.ConfigurableResource):
 
 def load_version(lakehouse: LakehouseResource, version: str):
     """A registered version of the environment's model, loaded for scoring."""
-    import mlflow
-
     from mlops_assets.models.lifecycle import model_name
     from mlops_assets.serving.model import load_serving_model
 
     settings = lakehouse.settings
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)
     return load_serving_model(model_name(settings.env), version, alias="monitoring")
 
 

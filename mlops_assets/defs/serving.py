@@ -17,6 +17,7 @@ from mlops_assets.lakehouse.delta_io import (
     table_exists,
     table_version,
 )
+from mlops_assets.settings import use_mlflow_store
 
 INFERENCE_LOG = TableRef("serving", "inference_log")
 STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
@@ -25,8 +26,6 @@ OWNERS = ["team:ml-platform"]
 
 def load_champion(lakehouse: LakehouseResource):
     """The environment's champion as a `ServingModel`; a clear failure without one."""
-    import mlflow
-
     from mlops_assets.models.deploy import lifecycle
     from mlops_assets.models.lifecycle import CHAMPION
     from mlops_assets.serving.model import load_serving_model
@@ -36,8 +35,7 @@ def load_champion(lakehouse: LakehouseResource):
     version = cycle.version_of(CHAMPION)
     if version is None:
         raise dg.Failure(f"{cycle.name} has no champion yet: train and promote a model first")
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)
     return load_serving_model(cycle.name, version, CHAMPION)
 
 

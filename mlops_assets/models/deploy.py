@@ -21,7 +21,7 @@ from mlops_assets.models.validation import (
     ValidationResult,
     validate,
 )
-from mlops_assets.settings import Settings
+from mlops_assets.settings import Settings, use_mlflow_store
 
 # Tag on a version whose own Dagster run validates it: the CD sensor leaves it alone.
 VALIDATED_IN_RUN_TAG = "mlops.validated_in_run"
@@ -66,8 +66,7 @@ def load_candidate(cycle: Lifecycle, version: str, tracking_uri: str) -> Candida
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    use_mlflow_store(tracking_uri)
     uri = f"models:/{cycle.name}/{version}"
     info = mlflow.models.get_model_info(uri)
     metadata = info.metadata or {}

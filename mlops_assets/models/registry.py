@@ -14,7 +14,7 @@ import polars as pl
 from mlops_assets.features.spec import FeatureSpec
 from mlops_assets.models.lifecycle import STAGE_TAG, model_name
 from mlops_assets.models.training import TrainingResult, model_inputs
-from mlops_assets.settings import Settings, project_root
+from mlops_assets.settings import Settings, project_root, use_mlflow_store
 
 # Pinned to the versions installed here, so that inferring them (slow) is never needed and a
 # clean process loads the model with the same libraries.
@@ -78,8 +78,7 @@ def log_and_register(
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)
     name = model_name(settings.env)
     experiment_name = f"{settings.env}.fraud_detector"
     experiment = mlflow.get_experiment_by_name(experiment_name)

@@ -616,15 +616,13 @@ def build_service(
         reject_unknown_cards: Refuse cards the online store does not hold.
         wait_for_model: Seconds to wait for the first model before returning.
     """
-    import mlflow
-
     from mlops_assets.lakehouse.catalog import Catalog
     from mlops_assets.lakehouse.delta_io import table_exists
     from mlops_assets.models.lifecycle import model_name
     from mlops_assets.serving.inference_log import INFERENCE_LOG
+    from mlops_assets.settings import use_mlflow_store
 
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)
     uri = Catalog(settings).uri_for_write(INFERENCE_LOG)
     schema = inference_schema()
     if table_exists(uri):
