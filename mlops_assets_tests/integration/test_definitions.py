@@ -25,6 +25,10 @@ EXPECTED_ASSETS = {
     "serving/batch_predictions": "serving",
     "serving/stream_predictions": "serving",
     "serving/inference_log": "serving",
+    "monitoring/drift_metrics": "monitoring",
+    "monitoring/profiles": "monitoring",
+    "monitoring/performance": "monitoring",
+    "monitoring/drift_report": "monitoring",
 }
 
 
@@ -87,6 +91,10 @@ def test_asset_graph_snapshot(tmp_path):
         ],
         "serving/stream_predictions": ["online/card_behaviour", "online/merchant_risk"],
         "serving/inference_log": ["serving/batch_predictions"],
+        "monitoring/drift_metrics": ["serving/batch_predictions"],
+        "monitoring/profiles": ["serving/batch_predictions"],
+        "monitoring/performance": ["serving/batch_predictions", "silver/labels"],
+        "monitoring/drift_report": ["serving/batch_predictions"],
     }
 
 
@@ -99,8 +107,9 @@ def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
         assert node.kinds, key
         assert node.code_version, key
         if key.path[0] not in ("online", "ml", "serving"):
-            assert "delta" in node.kinds, key
             assert node.partitions_def is not None, key
+        if key.path[0] not in ("online", "ml", "serving") and key.path[-1] != "drift_report":
+            assert "delta" in node.kinds, key
 
 
 def test_contract_and_validation_checks_are_blocking(tmp_path):

@@ -96,7 +96,10 @@ def test_scores_equal_the_pyfunc_path_and_every_answer_is_logged(env):
     expected = pyfunc.predict(model_inputs(pl.concat(frames, how="diagonal_relaxed"), FRAUD_SPEC))
     assert [a["score"] for _, a in answers] == [float(p) for p in expected[:, 1]]
     assert {a["model"]["version"] for _, a in answers} == {env.versions[0]}
-    assert all(a["decision"] == (a["score"] >= 0.5) for _, a in answers)
+    # The threshold is the one training stored with the model (its 1% false-positive point).
+    threshold = pyfunc.metadata.metadata["decision_threshold"]
+    assert {a["threshold"] for _, a in answers} == {threshold}
+    assert all(a["decision"] == (a["score"] >= threshold) for _, a in answers)
 
     table = log_table(server).filter(pl.col("status") == "ok")
     assert table.height == len(requests)
