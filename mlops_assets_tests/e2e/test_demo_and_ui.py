@@ -41,7 +41,7 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     assert "every one is a row of serving/inference_log" in first
     lake = tmp_path / "dev" / "lake"
     silver = pl.read_delta(str(lake / "silver" / "transactions"))
-    assert silver.get_column("landing_date").n_unique() == 7
+    assert silver.get_column("landing_date").n_unique() == 9
     assert silver.get_column("transaction_id").is_duplicated().sum() == 0
     tables = mlops(env, "tables")
     mlops(env, "demo", "--days", "7", "--drift-days", "2")
