@@ -17,7 +17,7 @@ from mlops_assets.defs.jobs import (
 )
 from mlops_assets.defs.ml import ml_assets
 from mlops_assets.defs.online import online_assets
-from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.resources import LakehouseResource, SparkResource
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, load_settings
 
@@ -36,7 +36,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         ],
         jobs=[medallion_job, features_job, online_job, training_set_job],
         schedules=[medallion_schedule, features_schedule],
-        resources={"lakehouse": LakehouseResource.from_settings(settings)},
+        resources={
+            "lakehouse": LakehouseResource.from_settings(settings),
+            "spark": SparkResource.from_settings(settings),
+        },
     )
 
 
