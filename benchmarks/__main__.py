@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_medallion", "bench_point_in_time", "bench_online_store", "bench_features")
+BENCHMARKS = (
+    "bench_medallion",
+    "bench_point_in_time",
+    "bench_online_store",
+    "bench_features",
+    "bench_spark",
+)
 
 
 def main(argv: list[str]) -> int:

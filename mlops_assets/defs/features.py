@@ -381,7 +381,7 @@ def _stored_rows_spark(spark: Any, written: WriteResult, day: datetime.date) -> 
     from pyspark.sql import functions as F
 
     row = (
-        spark_io.read_table(spark, written.uri, written.version)
+        spark_io.read_table(spark, written.uri)
         .filter(F.col("event_date") == F.lit(day))
         .select(
             F.count(F.lit(1)),

@@ -88,7 +88,7 @@ def build_day_spark(
         table=str(MERCHANT_CATEGORY_DAILY),
     )
     totals = (
-        spark_io.read_table(spark, written.uri, written.version)
+        spark_io.read_table(spark, written.uri)
         .filter(F.col("event_date") == F.lit(day))
         .select(
             F.coalesce(F.sum("transactions"), F.lit(0)).alias("transactions"),

@@ -298,15 +298,20 @@ def describe_write(
         .select("version")
         .collect()
     )
-    if not history:
-        raise RuntimeError(f"table {uri}: the commit of write {write_id} is not in its history")
-    version = int(history[0]["version"])
-    snapshot = read_table(spark, uri, version)
+    # Delta on Spark makes no commit for a write that neither adds nor removes a file (an
+    # empty day over an empty partition): the table is then as it was, at its latest version.
+    version = int(history[0]["version"]) if history else table_version(spark, uri)
+    # The latest snapshot is the one the write just made (Spark keeps it, where rebuilding an
+    # older version from the log costs seconds); a concurrent writer's later commit can add
+    # its rows to `table_rows`, never to `rows_written`, which counts this partition.
+    snapshot = read_table(spark, uri)
     # After a partition write or merge, the partition holds exactly the rows written.
     in_partition = F.expr(partition_predicate(partition)) if partition else F.lit(True)
     counts = snapshot.select(
         F.count(F.lit(1)).alias("table"), F.count_if(in_partition).alias("written")
     ).collect()[0]
+    if not history and counts["written"]:
+        raise RuntimeError(f"table {uri}: the commit of write {write_id} is not in its history")
     schema = arrow_schema(snapshot, uri)
     return WriteResult(
         uri=uri,

@@ -124,7 +124,9 @@ def spark_config(
         conf["spark.driver.bindAddress"] = "127.0.0.1"
     if master.startswith("local"):
         # Day-sized partitions: a few shuffle partitions, not Spark's cluster default of 200.
-        conf["spark.sql.shuffle.partitions"] = "8"
+        conf["spark.sql.shuffle.partitions"] = "4"
+        # Delta rebuilds a table snapshot from its log in this many tasks (50 by default).
+        conf["spark.databricks.delta.snapshotPartitions"] = "2"
         conf["spark.driver.memory"] = "2g"
     conf.update(extra or {})
     return conf

@@ -30,7 +30,7 @@ from mlops_assets.simulate import Scenario, simulate
 pytestmark = pytest.mark.slow
 
 START = datetime.date(2026, 1, 1)
-DAYS = [START + datetime.timedelta(days=i) for i in range(4)]
+DAYS = [START + datetime.timedelta(days=i) for i in range(3)]
 # Columns stamped with the wall clock of the run that wrote them.
 RUN_TIME_COLUMNS = ("_ingested_at", "quarantined_at")
 TABLE_KEYS = {
