@@ -101,6 +101,9 @@ def spark_config(
     Raises:
         SparkSetupError: The jars are missing.
     """
+    if master.startswith("sc://"):
+        # Spark Connect: the server holds the Delta jars and the configuration.
+        return {"spark.remote": master, **(extra or {})}
     conf = {
         "spark.app.name": "mlops-assets",
         "spark.jars": ",".join(str(p) for p in delta_jars(jars_dir)),
@@ -112,11 +115,7 @@ def spark_config(
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
-    if master.startswith("sc://"):
-        # Spark Connect: the server holds the Delta jars and the configuration.
-        conf = {"spark.remote": master}
-    else:
-        conf["spark.master"] = master
+    conf["spark.master"] = master
     host = urlparse(master).hostname if "://" in master else None
     if master.startswith("local") or host in LOOPBACK:
         # A local session or a cluster on this machine: no other interface is needed.

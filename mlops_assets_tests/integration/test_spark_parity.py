@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow
 
 START = datetime.date(2026, 1, 1)
 DAYS = [START + datetime.timedelta(days=i) for i in range(3)]
+# The scenario sends no malformed label lines: these tables stay empty on both engines.
+EMPTY_IN_THIS_SCENARIO = {"quarantine/bronze_labels", "quarantine/silver_labels"}
 # Columns stamped with the wall clock of the run that wrote them.
 RUN_TIME_COLUMNS = ("_ingested_at", "quarantined_at")
 TABLE_KEYS = {
@@ -90,7 +92,7 @@ def read(lake, name: str) -> pl.DataFrame:
 def test_spark_builds_the_same_table_as_polars(lakes, name):
     polars_lake, spark_lake = lakes
     expected, actual = read(polars_lake, name), read(spark_lake, name)
-    assert expected.height > 0, name
+    assert (expected.height == 0) == (name in EMPTY_IN_THIS_SCENARIO), name
     assert actual.schema == expected.schema
     keys = TABLE_KEYS[name]
     assert_frame_equal(
