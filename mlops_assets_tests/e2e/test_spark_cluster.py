@@ -26,7 +26,7 @@ from mlops_assets.settings import project_root
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
-DAYS = 2
+DAYS = 1
 RUN = textwrap.dedent(
     """
     import datetime
@@ -38,11 +38,9 @@ RUN = textwrap.dedent(
     settings = load_settings()
     days = [settings.start_date + datetime.timedelta(days=i) for i in range({days})]
     defs = build_definitions(settings)
-    gold = [dg.AssetKey(["gold", "merchant_category_daily"])]
     with dg.DagsterInstance.ephemeral() as instance:
-        for job, selection in (("medallion_daily", None), ("medallion_daily", gold),
-                               ("features_daily", None)):
-            runs = run_days(defs, days, instance, selection, job_name=job, log_level="ERROR")
+        for job in ("medallion_daily", "features_daily"):
+            runs = run_days(defs, days, instance, job_name=job, log_level="ERROR")
             assert [r.success for r in runs] == [True] * len(days), (job, runs)
     print("ran", len(days), "days")
     """

@@ -30,7 +30,8 @@ from mlops_assets.simulate import Scenario, simulate
 pytestmark = pytest.mark.slow
 
 START = datetime.date(2026, 1, 1)
-DAYS = [START + datetime.timedelta(days=i) for i in range(3)]
+# Two days: the second repeats events of the first and brings late ones.
+DAYS = [START + datetime.timedelta(days=i) for i in range(2)]
 # The scenario sends no malformed label lines: these tables stay empty on both engines.
 EMPTY_IN_THIS_SCENARIO = {"quarantine/bronze_labels", "quarantine/silver_labels"}
 # Columns stamped with the wall clock of the run that wrote them.
@@ -61,10 +62,8 @@ def build_lake(root, engine: str) -> None:
         {"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev", "MLOPS_ENGINE": engine}
     )
     defs = build_definitions(settings)
-    gold = [dg.AssetKey(["gold", "merchant_category_daily"])]
     with dg.DagsterInstance.ephemeral() as instance:
         assert all(r.success for r in run_days(defs, DAYS, instance, log_level="ERROR"))
-        assert all(r.success for r in run_days(defs, DAYS, instance, gold, log_level="ERROR"))
         features = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
         assert [r.success for r in features] == [True] * len(DAYS)
 
@@ -74,7 +73,7 @@ def lakes(tmp_path_factory, spark):
     polars_root = tmp_path_factory.mktemp("polars")
     spark_root = tmp_path_factory.mktemp("spark")
     scenario = Scenario.demo(
-        days=len(DAYS), transactions_per_day=600, n_cards=120, seed=3, start_date=START
+        days=len(DAYS), transactions_per_day=800, n_cards=120, seed=3, start_date=START
     )
     simulate(scenario, polars_root / "dev" / "landing")
     shutil.copytree(polars_root / "dev" / "landing", spark_root / "dev" / "landing")
