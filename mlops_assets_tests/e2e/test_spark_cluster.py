@@ -133,8 +133,15 @@ def test_medallion_and_features_run_on_a_standalone_cluster(cluster, tmp_path):
         "MLOPS_ENGINE": "spark",
         "MLOPS_START_DATE": scenario.start_date.isoformat(),
         "MLOPS_SPARK_MASTER": master_url,
+        # A two-core cluster and a tiny day: few shuffle and Delta snapshot tasks.
         "MLOPS_SPARK_CONF": json.dumps(
-            {"spark.executor.memory": "1g", "spark.cores.max": "2", "spark.app.name": "parity"}
+            {
+                "spark.executor.memory": "1g",
+                "spark.cores.max": "2",
+                "spark.app.name": "parity",
+                "spark.sql.shuffle.partitions": "4",
+                "spark.databricks.delta.snapshotPartitions": "2",
+            }
         ),
     }
     done = subprocess.run(
