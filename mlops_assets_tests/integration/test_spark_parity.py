@@ -198,3 +198,99 @@ def test_merges_by_either_engine_update_insert_and_delete_within_the_day(spark, 
         spark_io.merge_partition(spark, uri, twice, {"day": one}, keys=["id"])
     delta_io.merge_partition(uri, day_frame(one, ["c"]), {"day": one}, keys=["id"])
     assert sorted(r["id"] for r in spark_io.read_table(spark, uri).collect()) == ["c", "x"]
+
+
+def on_both(spark, frame: pl.DataFrame, compute) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`compute` on a polars frame and on the same rows as a Spark frame, both as polars."""
+    expected = compute(frame)
+    actual = compute(spark.createDataFrame(frame.to_arrow()))
+    return expected, pl.from_arrow(actual.toArrow())
+
+
+def test_card_windows_agree_at_their_edges_and_on_equal_times(spark):
+    from mlops_assets.transforms.features import card_behaviour
+
+    day = DAYS[1]
+    noon = datetime.datetime.combine(day, datetime.time(12), datetime.UTC)
+    hour, micro = datetime.timedelta(hours=1), datetime.timedelta(microseconds=1)
+    times = [
+        noon - datetime.timedelta(days=7),  # exactly 7 days before: outside the 7-day window
+        noon - datetime.timedelta(days=7) + micro,  # just inside it
+        noon - hour,  # exactly 1 h before noon: outside the 1 h window
+        noon - hour + micro,
+        noon,
+        noon,  # the same instant twice
+        datetime.datetime.combine(day, datetime.time(3), datetime.UTC),  # a night transaction
+    ]
+    transactions = pl.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(len(times))],
+            "card_id": ["c1"] * (len(times) - 1) + ["c2"],
+            "event_time": times,
+            "amount": [10.0, 20.0, 5.0, 7.5, 100.0, 1.25, 3.0],
+            "channel": ["online", "pos", "pos", "online", "atm", "online", "pos"],
+            "country": ["DE", "FR", None, "DE", "DE", "DE", "DE"],
+            "card_country": ["DE", "DE", "DE", None, "DE", "FR", "DE"],
+        }
+    ).with_columns(pl.col("event_time").dt.date().alias("event_date"))
+    expected, actual = on_both(spark, transactions, lambda f: card_behaviour(f, day))
+    assert expected.height == 5  # the day's transactions
+    assert actual.schema == expected.schema
+    keys = ["card_id", "transaction_id"]
+    assert_frame_equal(actual.sort(keys), expected.sort(keys), check_exact=False, rel_tol=1e-12)
+    at_noon = expected.filter(pl.col("transaction_id") == "t4").row(0, named=True)
+    assert (at_noon["txn_count_1h"], at_noon["txn_count_7d"]) == (3, 5)
+
+
+def test_silver_parsing_agrees_on_awkward_values(spark):
+    from mlops_assets.transforms.silver import TRANSACTIONS, validate
+
+    amounts = [" 12.5 ", "5.", ".5", "1e5", "inf", "nan", "-3", "2000000", "abc", "", "7"]
+    times = [
+        "2026-01-02T10:00:00Z",
+        "2026-01-02 10:00:00+00:00",
+        "2026-01-02T10:00:00.123456+0000",
+        "2026-01-02T10:00:00.5",
+        "2026-02-30T10:00:00Z",  # matches the pattern, is no date
+        "2026-01-02T25:00:00Z",
+        "2025-11-01T10:00:00Z",  # more than 30 days before its landing day
+        "2026-01-04T03:00:00Z",  # more than 2 h after it
+        "2026-01-02T10:00:00",
+        " 2026-01-02T23:59:59Z ",
+        "2026-01-02T10:00:00.123456789Z",
+    ]
+    channels = ["pos", "online", "atm", "POS", "x", ""]
+    # Every amount with every time, so that each value meets each other rule.
+    pairs = [(a, t) for a in amounts for t in times]
+    count = len(pairs)
+    bronze = pl.DataFrame(
+        {
+            "transaction_id": [f"t{i:03d}" for i in range(count)],
+            "event_time": [t for _, t in pairs],
+            "card_id": ["c"] * count,
+            "merchant_id": ["m"] * count,
+            "merchant_category": ["food"] * count,
+            "amount": [a for a, _ in pairs],
+            "currency": ["EUR"] * count,
+            "channel": [channels[i % 7] if i % 7 < len(channels) else "pos" for i in range(count)],
+            "_source_file": ["f.csv"] * count,
+            "_line_number": list(range(2, count + 2)),
+            "_ingested_at": [datetime.datetime(2026, 1, 3, tzinfo=datetime.UTC)] * count,
+            "landing_date": [DAYS[1]] * count,
+        }
+    )
+
+    def check(frame):
+        import narwhals as nw
+
+        valid, rejected = validate(nw.from_native(frame), TRANSACTIONS, "landing_date")
+        return valid.to_native(), rejected.to_native()
+
+    valid_pl, rejected_pl = check(bronze)
+    valid_sp, rejected_sp = check(spark.createDataFrame(bronze.to_arrow()))
+    valid_sp = pl.from_arrow(valid_sp.toArrow())
+    rejected_sp = pl.from_arrow(rejected_sp.toArrow())
+    assert 0 < valid_pl.height < count
+    assert rejected_pl.get_column("reason").n_unique() >= 6
+    assert_frame_equal(valid_sp.sort("transaction_id"), valid_pl.sort("transaction_id"))
+    assert_frame_equal(rejected_sp.sort("transaction_id"), rejected_pl.sort("transaction_id"))
