@@ -9,30 +9,44 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export MLOPS_ENV ?= dev
 
-.PHONY: install demo test test-fast test-unit test-integration test-e2e lint validate ui bench clean
+.PHONY: install jars demo test test-fast test-unit test-integration test-e2e lint validate ui bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra ml --python $(PYTHON)
+	$(UV) sync --frozen --extra ml --extra spark --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.synced
+
+# The io.delta jars matching the installed delta-spark, from Maven Central into .jars/ (Spark
+# loads them from there; nothing is downloaded at run time). Maven caches them in ~/.m2.
+JARS := .jars
+MVN_DEPENDENCY := org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+$(JARS)/.fetched: uv.lock | $(VENV)/.synced
+	mkdir -p $(JARS)
+	set -e; for coordinate in $$($(BIN)/python -m mlops_assets.lakehouse.spark_session); do \
+	  mvn -q -B $(MVN_DEPENDENCY):copy -Dartifact=$$coordinate -DoutputDirectory=$(JARS); \
+	done
+	touch $@
+
+## jars: fetch the io.delta jars Spark needs (Delta Lake on Spark) into .jars/
+jars: $(JARS)/.fetched
 
 ## demo: simulate landing days and build bronze, silver, gold and quarantine tables
 demo: install
 	$(BIN)/mlops demo
 
 ## test: lint, validate definitions, then unit, integration and e2e tests (slow ones included)
-test: install lint validate
+test: install jars lint validate
 	$(BIN)/pytest mlops_assets_tests/unit -q
 	$(BIN)/pytest mlops_assets_tests/integration -q
 	$(BIN)/pytest mlops_assets_tests/e2e -q
 
 ## test-fast: what `make test` runs, without tests marked slow
-test-fast: install lint validate
+test-fast: install jars lint validate
 	$(BIN)/pytest mlops_assets_tests -q -m "not slow"
 
 lint: install
@@ -48,7 +62,7 @@ ui: install
 	$(BIN)/mlops ui
 
 ## bench: the benchmarks under benchmarks/, figures printed and saved to .bench/
-bench: install
+bench: install jars
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -14,6 +14,7 @@ BENCHMARKS = (
     "bench_drift",
     "bench_serving",
     "bench_batch",
+    "bench_spark",
 )
 
 

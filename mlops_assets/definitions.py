@@ -30,7 +30,7 @@ from mlops_assets.defs.monitoring import (
     monitoring_assets,
 )
 from mlops_assets.defs.online import online_assets
-from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.resources import LakehouseResource, SparkResource
 from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, load_settings
@@ -81,6 +81,7 @@ def build_definitions(
         resources={
             "lakehouse": LakehouseResource.from_settings(settings),
             "monitoring": monitoring,
+            "spark": SparkResource.from_settings(settings),
         },
     )
 

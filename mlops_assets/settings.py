@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,9 +21,20 @@ READ_POLICY: dict[str, tuple[str, ...]] = {
 
 
 class Engine(StrEnum):
-    """Dataframe engine that runs the transforms (polars only in this version)."""
+    """Dataframe engine that runs the transforms and the Delta I/O of an asset group.
+
+    `polars`: polars + delta-rs in the Dagster process (the embedded default, fastest on one
+    machine). `spark`: PySpark with Delta Lake on Spark, on the configured Spark master.
+    """
 
     POLARS = "polars"
+    SPARK = "spark"
+
+
+# Asset groups whose engine can be chosen on its own (`MLOPS_ENGINE_<GROUP>`); a group's
+# quarantine table is written by the same asset, so it follows its group.
+ENGINE_GROUPS = ("bronze", "silver", "gold", "features")
+DEFAULT_SPARK_MASTER = "local[*]"
 
 
 class SettingsError(ValueError):
@@ -43,12 +55,21 @@ class Settings:
         data_root: Folder holding every environment's root (`data/` by default).
         engine: Dataframe engine for transforms.
         start_date: First day of the daily partitions.
+        group_engines: Engine per asset group where it differs from `engine`.
+        spark_master: Spark master URL: `local[*]`, `local[N]`, `spark://host:port` (a
+            standalone cluster) or `sc://host:port` (Spark Connect).
+        spark_jars_dir: Folder holding the io.delta jars `make jars` fetched.
+        spark_conf: Further Spark configuration (object storage credentials, memory, ...).
     """
 
     env: str
     data_root: Path
     engine: Engine = Engine.POLARS
     start_date: datetime.date = DEFAULT_START_DATE
+    group_engines: dict[str, Engine] = field(default_factory=dict)
+    spark_master: str = DEFAULT_SPARK_MASTER
+    spark_jars_dir: Path = field(default_factory=lambda: project_root() / ".jars")
+    spark_conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -56,6 +77,21 @@ class Settings:
                 f"MLOPS_ENV={self.env!r} is not an environment; "
                 f"use one of {', '.join(ENVIRONMENTS)}"
             )
+        unknown = sorted(set(self.group_engines) - set(ENGINE_GROUPS))
+        if unknown:
+            raise SettingsError(
+                f"engine set for unknown asset groups {', '.join(unknown)}; groups with an "
+                f"engine of their own are {', '.join(ENGINE_GROUPS)}"
+            )
+
+    def engine_for(self, group: str) -> Engine:
+        """The engine that runs an asset group: its own setting, else the environment's."""
+        if group not in ENGINE_GROUPS:
+            raise SettingsError(
+                f"asset group {group!r} has no engine setting; use one of "
+                f"{', '.join(ENGINE_GROUPS)}"
+            )
+        return self.group_engines.get(group, self.engine)
 
     @property
     def env_root(self) -> Path:
@@ -105,8 +141,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from environment variables.
 
     Variables: `MLOPS_ENV` (dev, staging, prod; default dev), `MLOPS_DATA_ROOT` (default
-    `<repo>/data`), `MLOPS_ENGINE` (polars or spark; default polars), `MLOPS_START_DATE`
-    (first partition day, ISO date; default 2026-01-01).
+    `<repo>/data`), `MLOPS_ENGINE` (polars or spark; default polars), `MLOPS_ENGINE_<GROUP>`
+    (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES), `MLOPS_START_DATE`
+    (first partition day, ISO date; default 2026-01-01), `MLOPS_SPARK_MASTER` (default
+    `local[*]`), `MLOPS_SPARK_JARS` (folder of the io.delta jars; default `<repo>/.jars`),
+    `MLOPS_SPARK_CONF` (a JSON object of further Spark settings).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -120,14 +159,31 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ) if environ is None else environ
     env = environ.get("MLOPS_ENV", "dev").strip().lower() or "dev"
     data_root = Path(environ.get("MLOPS_DATA_ROOT") or project_root() / "data").resolve()
-    engine_name = environ.get("MLOPS_ENGINE", Engine.POLARS.value).strip().lower()
-    try:
-        engine = Engine(engine_name)
-    except ValueError:
+    engine = _engine(environ, "MLOPS_ENGINE") or Engine.POLARS
+    group_engines = {
+        group: chosen
+        for group in ENGINE_GROUPS
+        if (chosen := _engine(environ, f"MLOPS_ENGINE_{group.upper()}")) is not None
+    }
+    spark_master = environ.get("MLOPS_SPARK_MASTER", "").strip() or DEFAULT_SPARK_MASTER
+    if not spark_master.startswith(("local", "spark://", "sc://", "yarn", "k8s://")):
         raise SettingsError(
-            f"MLOPS_ENGINE={engine_name!r} is not an engine; use one of "
-            f"{', '.join(e.value for e in Engine)}"
-        ) from None
+            f"MLOPS_SPARK_MASTER={spark_master!r} is not a Spark master URL; use local[*], "
+            "local[N], spark://host:port, sc://host:port, yarn or k8s://..."
+        )
+    jars_dir = Path(environ.get("MLOPS_SPARK_JARS") or project_root() / ".jars").resolve()
+    conf_text = environ.get("MLOPS_SPARK_CONF", "").strip() or "{}"
+    try:
+        spark_conf = json.loads(conf_text)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"MLOPS_SPARK_CONF is not JSON: {error}") from None
+    if not isinstance(spark_conf, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in spark_conf.values()
+    ):
+        raise SettingsError(
+            "MLOPS_SPARK_CONF must be a JSON object of Spark keys to plain values, e.g. "
+            '{"spark.executor.memory": "4g"}'
+        )
     start_text = environ.get("MLOPS_START_DATE", DEFAULT_START_DATE.isoformat())
     try:
         start_date = datetime.date.fromisoformat(start_text)
@@ -135,7 +191,29 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"MLOPS_START_DATE={start_text!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
-    return Settings(env=env, data_root=data_root, engine=engine, start_date=start_date)
+    return Settings(
+        env=env,
+        data_root=data_root,
+        engine=engine,
+        start_date=start_date,
+        group_engines=group_engines,
+        spark_master=spark_master,
+        spark_jars_dir=jars_dir,
+        spark_conf={str(k): str(v) for k, v in spark_conf.items()},
+    )
+
+
+def _engine(environ: dict[str, str], variable: str) -> Engine | None:
+    """The engine a variable names, None when it is unset or empty."""
+    name = environ.get(variable, "").strip().lower()
+    if not name:
+        return None
+    try:
+        return Engine(name)
+    except ValueError:
+        raise SettingsError(
+            f"{variable}={name!r} is not an engine; use one of {', '.join(e.value for e in Engine)}"
+        ) from None
 
 
 def use_mlflow_store(uri: str) -> None:

@@ -1,13 +1,15 @@
-"""Dagster resources: the lakehouse of the active environment."""
+"""Dagster resources: the lakehouse of the active environment, and its Spark session."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from mlops_assets.lakehouse.catalog import Catalog, TableRef
-from mlops_assets.settings import Settings, load_settings
+from mlops_assets.settings import Engine, Settings, load_settings
 
 
 class LakehouseResource(dg.ConfigurableResource):
@@ -16,16 +18,25 @@ class LakehouseResource(dg.ConfigurableResource):
     Attributes:
         env: Environment whose root every write goes to (dev, staging, prod).
         data_root: Folder holding the environments' roots.
+        engine: Engine of the asset groups (`polars` or `spark`).
+        group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
     """
 
     env: str
     data_root: str
+    engine: str = Engine.POLARS.value
+    group_engines: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
         """Build the resource for the environment the settings select."""
         settings = settings or load_settings()
-        return cls(env=settings.env, data_root=str(settings.data_root))
+        return cls(
+            env=settings.env,
+            data_root=str(settings.data_root),
+            engine=settings.engine.value,
+            group_engines={group: e.value for group, e in settings.group_engines.items()},
+        )
 
     @property
     def settings(self) -> Settings:
@@ -34,9 +45,14 @@ class LakehouseResource(dg.ConfigurableResource):
         return Settings(
             env=self.env,
             data_root=Path(self.data_root),
-            engine=base.engine,
+            engine=Engine(self.engine),
             start_date=base.start_date,
+            group_engines={group: Engine(e) for group, e in self.group_engines.items()},
         )
+
+    def engine_for(self, group: str) -> Engine:
+        """The engine that runs an asset group (`bronze`, `silver`, `gold`, `features`)."""
+        return self.settings.engine_for(group)
 
     @property
     def catalog(self) -> Catalog:
@@ -55,3 +71,56 @@ class LakehouseResource(dg.ConfigurableResource):
     def read_uri(self, table: TableRef, env: str | None = None) -> str:
         """Location to read `table`, from `env` when the read policy allows it."""
         return self.catalog.uri_for_read(table, env)
+
+
+class SparkResource(dg.ConfigurableResource):
+    """The Spark session (Delta Lake on Spark) of the asset groups that run on Spark.
+
+    A thin resource around dagster-pyspark's `LazyPySparkResource`, which builds the session:
+    the session starts on first use, so runs on the polars engine never start a JVM (and do
+    not need pyspark installed), and the configuration is typed and checked (master URL, the
+    io.delta jars present and matching the installed delta-spark) instead of a free-form
+    dict. The session lives as long as the process: a run's steps share it.
+
+    Attributes:
+        master: `local[*]`, `local[N]`, `spark://host:port` (standalone cluster) or
+            `sc://host:port` (Spark Connect).
+        jars_dir: Folder holding the io.delta jars (`make jars`).
+        conf: Further Spark settings (object storage, memory, ...); they win over ours.
+    """
+
+    master: str
+    jars_dir: str
+    conf: dict[str, str] = {}
+    _delegate: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> SparkResource:
+        """Build the resource from `MLOPS_SPARK_*` settings."""
+        settings = settings or load_settings()
+        return cls(
+            master=settings.spark_master,
+            jars_dir=str(settings.spark_jars_dir),
+            conf=dict(settings.spark_conf),
+        )
+
+    @property
+    def session(self) -> Any:
+        """The `pyspark.sql.SparkSession`, started on first use.
+
+        Raises:
+            SparkSetupError: pyspark is not installed, or the io.delta jars are missing.
+        """
+        if self._delegate is None:
+            from mlops_assets.lakehouse.spark_session import spark_config
+
+            config = spark_config(self.master, Path(self.jars_dir), self.conf)
+            from dagster_pyspark import LazyPySparkResource
+
+            self._delegate = LazyPySparkResource(spark_config=config)
+        return self._delegate.spark_session
+
+
+def engine_kinds(group: str) -> set[str]:
+    """Kinds the UI shows for an asset group: its engine as the environment sets it, delta."""
+    return {load_settings().engine_for(group).value, "delta"}

@@ -2,6 +2,7 @@
 
 import datetime
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import narwhals as nw
@@ -9,14 +10,17 @@ import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.partitions import DAILY, partition_day
-from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.resources import LakehouseResource, SparkResource, engine_kinds
+from mlops_assets.lakehouse import spark_io
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import (
+    WriteResult,
     read_partition,
     scan_table,
     table_exists,
     write_partition,
 )
+from mlops_assets.settings import Engine
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 from mlops_assets.transforms.quarantine import to_quarantine
 from mlops_assets.transforms.silver import (
@@ -33,6 +37,7 @@ from mlops_assets.transforms.silver import (
 
 OWNERS = ["team:data-engineering"]
 CODE_VERSION = "silver-1"
+ENGINE_GROUP = "silver"
 # A day's feed is fresh when its latest event is this close to the end of the landing day.
 FRESHNESS_HOURS = 6
 # Above this share of rejected records, the source is probably broken: warn.
@@ -100,6 +105,156 @@ def known_keys(
     return others.select(key).collect()
 
 
+def known_keys_spark(spark: Any, uri: str, spec: SilverTable, day: datetime.date, batch: Any):
+    """`known_keys` on Spark: the keys of other partitions the batch could repeat."""
+    from pyspark.sql import functions as F
+
+    key = spec.contract.key
+    if not spark_io.table_exists(spark, uri):
+        return spark.createDataFrame([], f"{key} string")
+    others = spark_io.read_table(spark, uri).filter(F.col("landing_date") != F.lit(day))
+    if spec.prune_by_date:
+        days = [r[0] for r in batch.select(spec.date_column).distinct().collect()]
+        others = others.filter(F.col(spec.date_column).isin(days))
+    return others.select(key)
+
+
+@dataclass(frozen=True)
+class SilverDay:
+    """What building one silver partition did, whatever the engine."""
+
+    written: WriteResult
+    quarantined: WriteResult
+    bronze_records: int
+    in_batch: int
+    of_others: int
+    event_days: list[str]
+    raw_fields: list[str]
+    figures: dict[str, Any]
+    reasons: list[dict]
+
+
+def build_day_polars(
+    lakehouse: LakehouseResource, spec: SilverTable, day: datetime.date, now: datetime.datetime
+) -> SilverDay:
+    """Validate, deduplicate and write one landing day's silver partition on polars."""
+    contract = spec.contract
+    table = TableRef("silver", spec.source)
+    quarantine_table = TableRef("quarantine", f"silver_{spec.source}")
+    bronze = read_partition(
+        lakehouse.read_uri(TableRef("bronze", spec.source)), {"landing_date": day}
+    )
+    valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
+    valid = with_event_date(valid, spec.time_column, spec.date_column).to_native()
+    uri = lakehouse.write_uri(table)
+    known = known_keys(uri, spec, day, valid)
+    unique, in_batch, of_others = deduplicate(
+        nw.from_native(valid), contract.key, nw.from_native(known)
+    )
+    silver = unique.to_native()
+    written = write_partition(uri, silver, {"landing_date": day}, table=str(table))
+    raw_fields = [
+        c
+        for c in bronze.columns
+        if c not in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT, "landing_date")
+    ]
+    quarantine = to_quarantine(
+        rejected, stage="silver", landing_date=day, quarantined_at=now, raw_fields=raw_fields
+    ).to_native()
+    quarantined = write_partition(
+        lakehouse.write_uri(quarantine_table),
+        quarantine,
+        {"landing_date": day},
+        table=str(quarantine_table),
+    )
+    reasons = (
+        quarantine.group_by("column", REASON).len().sort("len", descending=True).head(10).to_dicts()
+        if quarantine.height
+        else []
+    )
+    return SilverDay(
+        written=written,
+        quarantined=quarantined,
+        bronze_records=bronze.height,
+        in_batch=in_batch,
+        of_others=of_others,
+        event_days=sorted(str(d) for d in silver.get_column(spec.date_column).unique()),
+        raw_fields=raw_fields,
+        figures=_check_figures(spec, uri, silver, day),
+        reasons=reasons,
+    )
+
+
+def build_day_spark(
+    spark: Any,
+    lakehouse: LakehouseResource,
+    spec: SilverTable,
+    day: datetime.date,
+    now: datetime.datetime,
+) -> SilverDay:
+    """`build_day_polars` on Spark: the same transforms (narwhals and their Spark twins)."""
+    from pyspark.sql import functions as F
+
+    contract = spec.contract
+    table = TableRef("silver", spec.source)
+    quarantine_table = TableRef("quarantine", f"silver_{spec.source}")
+    bronze = spark_io.read_partition(
+        spark, lakehouse.read_uri(TableRef("bronze", spec.source)), {"landing_date": day}
+    )
+    valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
+    # Deduplication counts, then the write reads the validated records again: keep them.
+    valid = with_event_date(valid, spec.time_column, spec.date_column).to_native().cache()
+    try:
+        uri = lakehouse.write_uri(table)
+        known = known_keys_spark(spark, uri, spec, day, valid)
+        unique, in_batch, of_others = deduplicate(
+            nw.from_native(valid), contract.key, nw.from_native(known)
+        )
+        written = spark_io.write_partition(
+            spark, uri, unique.to_native(), {"landing_date": day}, table=str(table)
+        )
+    finally:
+        valid.unpersist()
+    raw_fields = [
+        c
+        for c in bronze.columns
+        if c not in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT, "landing_date")
+    ]
+    quarantine = to_quarantine(
+        rejected, stage="silver", landing_date=day, quarantined_at=now, raw_fields=raw_fields
+    ).to_native()
+    quarantined = spark_io.write_partition(
+        spark,
+        lakehouse.write_uri(quarantine_table),
+        quarantine,
+        {"landing_date": day},
+        table=str(quarantine_table),
+    )
+    reasons = [
+        {"column": r["column"], REASON: r[REASON], "len": r["len"]}
+        for r in spark_io.read_table(spark, quarantined.uri)
+        .filter(F.col("landing_date") == F.lit(day))
+        .groupBy("column", REASON)
+        .agg(F.count(F.lit(1)).alias("len"))
+        .orderBy(F.col("len").desc(), "column", REASON)
+        .limit(10)
+        .collect()
+    ]
+    silver = spark_io.read_table(spark, uri).filter(F.col("landing_date") == F.lit(day))
+    event_days = sorted(str(r[0]) for r in silver.select(spec.date_column).distinct().collect())
+    return SilverDay(
+        written=written,
+        quarantined=quarantined,
+        bronze_records=bronze.count(),
+        in_batch=in_batch,
+        of_others=of_others,
+        event_days=event_days,
+        raw_fields=raw_fields,
+        figures=_check_figures_spark(spark, spec, written, silver, day),
+        reasons=reasons,
+    )
+
+
 def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
     """The silver asset of one source, with its quarantine table and checks."""
     source = spec.source
@@ -154,7 +309,7 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 description=spec.description,
                 group_name="silver",
                 owners=OWNERS,
-                kinds={"polars", "delta"},
+                kinds=engine_kinds(ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(table), "schema_policy": "strict", "key": contract.key},
             ),
@@ -168,7 +323,7 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
-                kinds={"polars", "delta"},
+                kinds=engine_kinds(ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(quarantine_table)},
             ),
@@ -178,89 +333,63 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
         # Deduplication reads the other partitions: one writer at a time keeps keys unique.
         pool=f"silver_{source}",
     )
-    def _silver(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+    def _silver(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, spark: SparkResource
+    ):
         day = partition_day(context)
         now = datetime.datetime.now(datetime.UTC)
         bronze_uri = lakehouse.read_uri(bronze_table)
-        if not table_exists(bronze_uri):
-            raise dg.Failure(f"{bronze_table} does not exist yet: materialize it for {day} first")
-        # A day may hold no records (no chargebacks reported that day): silver is then empty.
-        bronze = read_partition(bronze_uri, {"landing_date": day})
-        valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
-        valid = with_event_date(valid, spec.time_column, spec.date_column).to_native()
-        uri = lakehouse.write_uri(table)
-        known = known_keys(uri, spec, day, valid)
-        unique, in_batch, of_others = deduplicate(
-            nw.from_native(valid), contract.key, nw.from_native(known)
-        )
-        silver = unique.to_native()
-        written = write_partition(uri, silver, {"landing_date": day}, table=str(table))
-        raw_fields = [
-            c
-            for c in bronze.columns
-            if c not in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT, "landing_date")
-        ]
-        quarantine = to_quarantine(
-            rejected,
-            stage="silver",
-            landing_date=day,
-            quarantined_at=now,
-            raw_fields=raw_fields,
-        ).to_native()
-        quarantined = write_partition(
-            lakehouse.write_uri(quarantine_table),
-            quarantine,
-            {"landing_date": day},
-            table=str(quarantine_table),
-        )
+        if lakehouse.engine_for(ENGINE_GROUP) is Engine.SPARK:
+            session = spark.session
+            if not spark_io.table_exists(session, bronze_uri):
+                raise dg.Failure(
+                    f"{bronze_table} does not exist yet: materialize it for {day} first"
+                )
+            built = build_day_spark(session, lakehouse, spec, day, now)
+        else:
+            if not table_exists(bronze_uri):
+                raise dg.Failure(
+                    f"{bronze_table} does not exist yet: materialize it for {day} first"
+                )
+            # A day may hold no records (no chargebacks reported that day): silver is empty.
+            built = build_day_polars(lakehouse, spec, day, now)
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={
-                **table_metadata(written, str(table)),
-                "bronze_records": bronze.height,
-                "rejected_records": quarantine.height,
-                "duplicates_within_day": in_batch,
-                "duplicates_of_other_days": of_others,
-                "event_days": dg.MetadataValue.json(
-                    sorted(str(d) for d in silver.get_column(spec.date_column).unique())
-                ),
+                **table_metadata(built.written, str(table)),
+                "bronze_records": built.bronze_records,
+                "rejected_records": built.quarantined.rows_written,
+                "duplicates_within_day": built.in_batch,
+                "duplicates_of_other_days": built.of_others,
+                "event_days": dg.MetadataValue.json(built.event_days),
                 "unmapped_source_columns": dg.MetadataValue.json(
-                    sorted(set(raw_fields) - set(contract.columns))
+                    sorted(set(built.raw_fields) - set(contract.columns))
                 ),
             },
             check_results=_check_results(
-                spec, uri, silver, day, bronze.height, quarantine.height, key
+                spec,
+                built.figures,
+                day,
+                built.bronze_records,
+                built.quarantined.rows_written,
+                key,
             ),
-        )
-        reasons = (
-            quarantine.group_by("column", REASON)
-            .len()
-            .sort("len", descending=True)
-            .head(10)
-            .to_dicts()
-            if quarantine.height
-            else []
         )
         yield dg.MaterializeResult(
             asset_key=["quarantine", f"silver_{source}"],
             metadata={
-                **table_metadata(quarantined, str(quarantine_table)),
-                "top_reasons": dg.MetadataValue.json(reasons),
+                **table_metadata(built.quarantined, str(quarantine_table)),
+                "top_reasons": dg.MetadataValue.json(built.reasons),
             },
         )
 
     return _silver
 
 
-def _check_results(
-    spec: SilverTable,
-    uri: str,
-    silver: pl.DataFrame,
-    day: datetime.date,
-    bronze_records: int,
-    rejected: int,
-    key: list[str],
-) -> list[dg.AssetCheckResult]:
+def _check_figures(
+    spec: SilverTable, uri: str, silver: pl.DataFrame, day: datetime.date
+) -> dict[str, Any]:
+    """What the checks judge, on polars: key counts of the table, the partition's figures."""
     contract = spec.contract
     keys = scan_table(uri).select(pl.col(contract.key))
     stats = keys.select(pl.len().alias("rows"), pl.col(contract.key).n_unique().alias("unique"))
@@ -272,17 +401,81 @@ def _check_results(
         .items()
         if count
     }
-    landing_start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
-    times = silver.get_column(spec.time_column)
+    earliest_allowed, latest_allowed = _allowed_times(day)
     out_of_range = 0
     for name in contract.decimals:
         out_of_range += silver.filter((pl.col(name) <= 0) | (pl.col(name) > MAX_AMOUNT)).height
-    earliest_allowed = landing_start - datetime.timedelta(days=MAX_LATENESS_DAYS)
-    latest_allowed = landing_start + datetime.timedelta(days=1, hours=MAX_SKEW_HOURS)
     out_of_range += silver.filter(
         (pl.col(spec.time_column) < earliest_allowed) | (pl.col(spec.time_column) > latest_allowed)
     ).height
-    latest = times.max() if len(times) else None
+    times = silver.get_column(spec.time_column)
+    return {
+        "rows": rows,
+        "unique": unique,
+        "nulls": nulls,
+        "out_of_range": out_of_range,
+        "latest": times.max() if len(times) else None,
+    }
+
+
+def _check_figures_spark(
+    spark: Any, spec: SilverTable, written: WriteResult, silver: Any, day: datetime.date
+) -> dict[str, Any]:
+    """`_check_figures` on Spark, from the table's latest snapshot (the write's, as on polars).
+
+    Spark keeps the latest snapshot of a table it wrote; rebuilding a given version from the
+    log would cost seconds per read.
+    """
+    from pyspark.sql import functions as F
+
+    contract = spec.contract
+    table = spark_io.read_table(spark, written.uri)
+    rows, unique = table.select(F.count(F.lit(1)), F.count_distinct(F.col(contract.key))).collect()[
+        0
+    ]
+    # count_distinct leaves nulls out; polars' n_unique counts null as one value.
+    unique += table.filter(F.col(contract.key).isNull()).limit(1).count()
+    earliest_allowed, latest_allowed = _allowed_times(day)
+    time = F.col(spec.time_column)
+    out_of_range = (time < F.lit(earliest_allowed)) | (time > F.lit(latest_allowed))
+    for name in contract.decimals:
+        out_of_range = out_of_range | (F.col(name) <= 0) | (F.col(name) > MAX_AMOUNT)
+    figures = silver.select(
+        *[F.count_if(F.col(n).isNull()).alias(n) for n in contract.required],
+        F.count_if(F.coalesce(out_of_range, F.lit(False))).alias("__out_of_range"),
+        F.max(time).alias("__latest"),
+    ).collect()[0]
+    latest = figures["__latest"]
+    return {
+        "rows": int(rows),
+        "unique": int(unique),
+        "nulls": {n: int(figures[n]) for n in contract.required if figures[n]},
+        "out_of_range": int(figures["__out_of_range"]),
+        # Spark hands out naive datetimes in the session's clock, which is UTC.
+        "latest": latest.replace(tzinfo=datetime.UTC) if latest is not None else None,
+    }
+
+
+def _allowed_times(day: datetime.date) -> tuple[datetime.datetime, datetime.datetime]:
+    landing_start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+    return (
+        landing_start - datetime.timedelta(days=MAX_LATENESS_DAYS),
+        landing_start + datetime.timedelta(days=1, hours=MAX_SKEW_HOURS),
+    )
+
+
+def _check_results(
+    spec: SilverTable,
+    figures: dict[str, Any],
+    day: datetime.date,
+    bronze_records: int,
+    rejected: int,
+    key: list[str],
+) -> list[dg.AssetCheckResult]:
+    contract = spec.contract
+    rows, unique, nulls = figures["rows"], figures["unique"], figures["nulls"]
+    out_of_range, latest = figures["out_of_range"], figures["latest"]
+    landing_start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
     fresh_after = landing_start + datetime.timedelta(days=1, hours=-FRESHNESS_HOURS)
     share = rejected / bronze_records if bronze_records else 0.0
     return [

@@ -580,6 +580,7 @@ def read_lineage(uri: str | Path, day: str | None = None) -> dict[str, Any] | No
         The lineage, or None when no write of the table (or of that day) carries one.
     """
     for entry in DeltaTable(str(uri)).history():
+        entry = {**entry, **_user_metadata(entry)}
         if LINEAGE_KEY not in entry:
             if day is None:
                 return None
@@ -588,6 +589,15 @@ def read_lineage(uri: str | Path, day: str | None = None) -> dict[str, Any] | No
         if day is None or lineage.get("day") == day:
             return lineage
     return None
+
+
+def _user_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
+    # Spark writers (spark_io) keep the commit's metadata as a JSON object in `userMetadata`.
+    try:
+        payload = json.loads(entry.get("userMetadata") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def describe_write(

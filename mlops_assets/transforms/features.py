@@ -1,13 +1,17 @@
 """Feature computations: card behaviour over trailing time windows, merchant risk from labels.
 
-These are polars expressions: narwhals has no time-based rolling windows yet, so the Spark
-engine will need its own versions of these functions, held equal by the parity tests.
+Merchant daily and merchant risk are narwhals code and run unchanged on polars and Spark.
+Card behaviour needs time-based rolling windows, which narwhals does not have: it is polars
+code with a Spark twin (range windows over event-time microseconds) behind the same function,
+held equal by the parity tests. Each function returns the engine's native frame it was given.
 """
 
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
+import narwhals as nw
 import polars as pl
 
 UTC = datetime.UTC
@@ -19,9 +23,26 @@ MERCHANT_WINDOW_DAYS = 30
 MERCHANT_PRIOR_RATE = 0.01
 MERCHANT_PRIOR_WEIGHT = 200.0
 NIGHT_HOURS = (0, 6)
+SPARK_LIKE = (nw.Implementation.PYSPARK, nw.Implementation.PYSPARK_CONNECT)
+CARD_FEATURE_COLUMNS = (
+    "card_id",
+    "transaction_id",
+    "event_time",
+    "event_date",
+    "txn_count_1h",
+    "txn_count_24h",
+    "txn_count_7d",
+    "amount_sum_24h",
+    "amount_max_24h",
+    "amount_mean_7d",
+    "amount_std_7d",
+    "online_share_7d",
+    "foreign_share_7d",
+    "night_share_7d",
+)
 
 
-def card_behaviour(transactions: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
+def card_behaviour(transactions: Any, day: datetime.date) -> Any:
     """Card behaviour after each of a day's transactions, over trailing time windows.
 
     Each row describes a card just after one of its transactions (`event_time` is the
@@ -39,8 +60,10 @@ def card_behaviour(transactions: pl.DataFrame, day: datetime.date) -> pl.DataFra
 
     Returns:
         One row per transaction of `day`, keyed by `card_id` and `transaction_id`, sorted by
-        card and time.
+        card and time; a polars frame for a polars frame, a Spark frame for a Spark frame.
     """
+    if nw.from_native(transactions).implementation in SPARK_LIKE:
+        return _card_behaviour_spark(transactions, day)
     t = "event_time"
     ordered = transactions.select(
         "transaction_id",
@@ -77,66 +100,98 @@ def card_behaviour(transactions: pl.DataFrame, day: datetime.date) -> pl.DataFra
         rolling(pl.col("_night"), "7d", "mean").alias("night_share_7d"),
     )
     return features.filter(pl.col(t).dt.date() == day).select(
-        "card_id",
-        "transaction_id",
-        t,
-        pl.col(t).dt.date().alias("event_date"),
-        "txn_count_1h",
-        "txn_count_24h",
-        "txn_count_7d",
-        "amount_sum_24h",
-        "amount_max_24h",
-        "amount_mean_7d",
-        "amount_std_7d",
-        "online_share_7d",
-        "foreign_share_7d",
-        "night_share_7d",
+        *[pl.col(t).dt.date().alias(c) if c == "event_date" else c for c in CARD_FEATURE_COLUMNS]
     )
 
 
-def merchant_daily(
-    day_transactions: pl.DataFrame, reported_labels: pl.DataFrame, day: datetime.date
-) -> pl.DataFrame:
+def _card_behaviour_spark(transactions: Any, day: datetime.date) -> Any:
+    # Range windows over the card's event times in microseconds: `(t - w, t]` is the frame
+    # from t - w + 1 us to t. Rows of the same card at the same instant are peers in a range
+    # frame, as they are in polars' time-based windows.
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    t = "event_time"
+    micros = {"1h": 3_600 * 10**6, "24h": 86_400 * 10**6, "7d": 7 * 86_400 * 10**6}
+    start, end = NIGHT_HOURS
+    base = transactions.select(
+        "transaction_id",
+        "card_id",
+        t,
+        "amount",
+        (F.col("channel") == "online").cast("double").alias("_online"),
+        F.coalesce(F.col("country") != F.col("card_country"), F.lit(False))
+        .cast("double")
+        .alias("_foreign"),
+        ((F.hour(t) >= start) & (F.hour(t) < end)).cast("double").alias("_night"),
+        F.unix_micros(F.col(t)).alias("_micros"),
+    )
+
+    def window(size: str):
+        return Window.partitionBy("card_id").orderBy("_micros").rangeBetween(-(micros[size] - 1), 0)
+
+    features = base.select(
+        "card_id",
+        "transaction_id",
+        t,
+        F.to_date(F.col(t)).alias("event_date"),
+        F.count(F.lit(1)).over(window("1h")).cast("long").alias("txn_count_1h"),
+        F.count(F.lit(1)).over(window("24h")).cast("long").alias("txn_count_24h"),
+        F.count(F.lit(1)).over(window("7d")).cast("long").alias("txn_count_7d"),
+        F.sum("amount").over(window("24h")).alias("amount_sum_24h"),
+        F.max("amount").over(window("24h")).alias("amount_max_24h"),
+        F.avg("amount").over(window("7d")).alias("amount_mean_7d"),
+        F.coalesce(F.stddev_samp("amount").over(window("7d")), F.lit(0.0)).alias("amount_std_7d"),
+        F.avg("_online").over(window("7d")).alias("online_share_7d"),
+        F.avg("_foreign").over(window("7d")).alias("foreign_share_7d"),
+        F.avg("_night").over(window("7d")).alias("night_share_7d"),
+    )
+    return features.filter(F.col("event_date") == F.lit(day)).select(*CARD_FEATURE_COLUMNS)
+
+
+def merchant_daily(day_transactions: Any, reported_labels: Any, day: datetime.date) -> Any:
     """Per merchant, one day's transactions and the chargebacks reported that day.
 
     Args:
         day_transactions: Silver transactions with `event_date == day` (`merchant_id`,
-            `amount`).
+            `amount`), a polars or Spark frame.
         reported_labels: Labels reported on `day`, joined to their transaction's merchant
-            (`merchant_id`, `is_fraud`).
+            (`merchant_id`, `is_fraud`), of the same engine.
         day: The day.
 
     Returns:
-        One row per merchant active that day (by transactions or by reports).
+        One row per merchant active that day (by transactions or by reports), as the engine's
+        native frame.
     """
-    volume = day_transactions.group_by("merchant_id").agg(
-        pl.len().cast(pl.Int64).alias("transactions"),
-        pl.col("amount").sum().alias("amount_sum"),
+    transactions = nw.from_native(day_transactions)
+    volume = transactions.group_by("merchant_id").agg(
+        nw.len().cast(nw.Int64).alias("transactions"),
+        nw.col("amount").sum().alias("amount_sum"),
     )
-    reports = reported_labels.group_by("merchant_id").agg(
-        pl.col("is_fraud").sum().cast(pl.Int64).alias("fraud_reported"),
-        pl.len().cast(pl.Int64).alias("chargebacks_reported"),
-    )
-    return (
-        volume.join(reports, on="merchant_id", how="full", coalesce=True)
-        .with_columns(
-            pl.col("transactions", "fraud_reported", "chargebacks_reported").fill_null(0),
-            pl.col("amount_sum").fill_null(0.0),
-            pl.lit(day).alias("day"),
+    reports = (
+        nw.from_native(reported_labels)
+        .group_by("merchant_id")
+        .agg(
+            nw.col("is_fraud").cast(nw.Int64).sum().cast(nw.Int64).alias("fraud_reported"),
+            nw.len().cast(nw.Int64).alias("chargebacks_reported"),
         )
-        .select(
-            "merchant_id",
-            "day",
-            "transactions",
-            "amount_sum",
-            "fraud_reported",
-            "chargebacks_reported",
+    )
+    joined = volume.join(reports, on="merchant_id", how="full", suffix="_reported")
+    return (
+        joined.select(
+            nw.coalesce("merchant_id", "merchant_id_reported").alias("merchant_id"),
+            nw.lit(day).alias("day"),
+            nw.col("transactions").fill_null(0).cast(nw.Int64),
+            nw.col("amount_sum").fill_null(0.0).cast(nw.Float64),
+            nw.col("fraud_reported").fill_null(0).cast(nw.Int64),
+            nw.col("chargebacks_reported").fill_null(0).cast(nw.Int64),
         )
         .sort("merchant_id")
+        .to_native()
     )
 
 
-def merchant_risk(daily: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
+def merchant_risk(daily: Any, day: datetime.date) -> Any:
     """Merchant risk as known at the end of `day`, from the 30 days ending with it.
 
     A chargeback counts from the end of the day it was reported, so the row's timestamp key
@@ -144,31 +199,31 @@ def merchant_risk(daily: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
     uses it only from then on.
 
     Args:
-        daily: `merchant_daily` rows for days in `[day - 29, day]`.
+        daily: `merchant_daily` rows for days in `[day - 29, day]`, a polars or Spark frame.
         day: The last day of the window.
 
     Returns:
         One row per merchant seen in the window: `transactions_30d`, `fraud_reported_30d`,
         `chargebacks_30d`, `fraud_rate_30d` (smoothed towards the prior), keyed by
-        `merchant_id` and `as_of`.
+        `merchant_id` and `as_of`, as the engine's native frame.
     """
     start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
-    window = daily.filter(pl.col("day") >= start, pl.col("day") <= day)
+    window = nw.from_native(daily).filter(nw.col("day") >= start, nw.col("day") <= day)
     as_of = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), UTC)
     return (
         window.group_by("merchant_id")
         .agg(
-            pl.col("transactions").sum().alias("transactions_30d"),
-            pl.col("fraud_reported").sum().alias("fraud_reported_30d"),
-            pl.col("chargebacks_reported").sum().alias("chargebacks_30d"),
+            nw.col("transactions").sum().cast(nw.Int64).alias("transactions_30d"),
+            nw.col("fraud_reported").sum().cast(nw.Int64).alias("fraud_reported_30d"),
+            nw.col("chargebacks_reported").sum().cast(nw.Int64).alias("chargebacks_30d"),
         )
         .with_columns(
             (
-                (pl.col("fraud_reported_30d") + MERCHANT_PRIOR_RATE * MERCHANT_PRIOR_WEIGHT)
-                / (pl.col("transactions_30d") + MERCHANT_PRIOR_WEIGHT)
+                (nw.col("fraud_reported_30d") + MERCHANT_PRIOR_RATE * MERCHANT_PRIOR_WEIGHT)
+                / (nw.col("transactions_30d") + MERCHANT_PRIOR_WEIGHT)
             ).alias("fraud_rate_30d"),
-            pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias("as_of"),
-            pl.lit(day).alias("day"),
+            nw.lit(as_of).cast(nw.Datetime("us", "UTC")).alias("as_of"),
+            nw.lit(day).alias("day"),
         )
         .select(
             "merchant_id",
@@ -180,4 +235,5 @@ def merchant_risk(daily: pl.DataFrame, day: datetime.date) -> pl.DataFrame:
             "fraud_rate_30d",
         )
         .sort("merchant_id")
+        .to_native()
     )

@@ -32,8 +32,9 @@ def merchant_category_daily(transactions: FrameT, labels: FrameT) -> FrameT:
             nw.col("amount").sum().alias("amount_total"),
             nw.col("amount").mean().alias("amount_mean"),
             nw.col("amount").median().alias("amount_median"),
-            nw.col("is_fraud").is_null().__invert__().sum().alias("labelled"),
-            fraud.sum().alias("fraud_transactions"),
+            # Booleans are counted as integers: Spark does not sum booleans.
+            (~nw.col("is_fraud").is_null()).cast(nw.Int64).sum().alias("labelled"),
+            fraud.cast(nw.Int64).sum().alias("fraud_transactions"),
             nw.when(fraud).then(nw.col("amount")).otherwise(0.0).sum().alias("fraud_amount"),
         )
         .with_columns(

@@ -44,8 +44,8 @@ def to_quarantine(
         Rows with exactly `QUARANTINE_COLUMNS`.
     """
     if raw_fields is not None:
-        # The record's fields as one JSON object (absent fields as null), encoded by polars
-        # so that any character in a value is escaped properly.
+        # The record's fields as one JSON object (absent fields as null), encoded by the
+        # engine so that any character in a value is escaped properly.
         import polars as pl
 
         native = rejects.to_native()
@@ -53,8 +53,24 @@ def to_quarantine(
             rejects = nw.from_native(
                 native.with_columns(pl.struct(raw_fields).struct.json_encode().alias(RAW))
             )
+        elif rejects.implementation in (
+            nw.Implementation.PYSPARK,
+            nw.Implementation.PYSPARK_CONNECT,
+        ):
+            # Spark's JSON encoder, keeping null fields as polars' does.
+            from pyspark.sql import functions as F
+
+            rejects = nw.from_native(
+                native.withColumn(
+                    RAW,
+                    F.to_json(F.struct(*raw_fields), {"ignoreNullFields": "false"}),
+                )
+            )
         else:
-            raise NotImplementedError("quarantine rows are built from polars frames")
+            raise NotImplementedError(
+                f"quarantine rows are built from polars or Spark frames; got "
+                f"{rejects.implementation}"
+            )
     if "column" not in rejects.columns:
         rejects = rejects.with_columns(nw.lit(None, dtype=nw.String).alias("column"))
     return rejects.select(

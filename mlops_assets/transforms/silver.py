@@ -106,19 +106,27 @@ def _typed(name: str) -> str:
     return f"__typed_{name}"
 
 
+SPARK_LIKE = (nw.Implementation.PYSPARK, nw.Implementation.PYSPARK_CONNECT)
+# The timestamp pattern's forms, once brought to `T` and stripped of the UTC suffix, in Spark's
+# datetime pattern syntax (the fraction is optional, up to nanoseconds).
+SPARK_TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]"
+
+
 def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
     """Add a typed twin of every decimal and timestamp column; unparseable values become null.
 
     A value must match the contract's pattern and then parse (so "2026-02-30" is refused).
-    This is polars code: other engines need their own lenient parse here (Spark's casts are
-    lenient), which is not written yet.
+    Parsing is engine code (lenient parses differ): polars here, Spark in
+    `_with_parsed_values_spark`; the parity tests hold the two equal.
 
     Raises:
-        NotImplementedError: The frame is not a polars frame.
+        NotImplementedError: The frame is neither a polars nor a Spark frame.
     """
+    if frame.implementation in SPARK_LIKE:
+        return _with_parsed_values_spark(frame, contract)
     if frame.implementation is not nw.Implementation.POLARS:
         raise NotImplementedError(
-            f"silver validation runs on polars frames; got {frame.implementation}"
+            f"silver validation runs on polars and Spark frames; got {frame.implementation}"
         )
     import polars as pl
 
@@ -145,6 +153,30 @@ def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
         ],
     )
     return nw.from_native(native)
+
+
+def _with_parsed_values_spark(frame: FrameT, contract: Contract) -> FrameT:
+    # Spark's `try_` functions give null where a value does not parse (Spark 4 runs in ANSI
+    # mode, where plain casts fail the query instead). The session clock is UTC.
+    from pyspark.sql import functions as F
+
+    def stripped(name: str):
+        return F.regexp_replace(F.col(name), r"^\s+|\s+$", "")
+
+    typed = {}
+    for c in contract.decimals:
+        typed[_typed(c)] = F.when(
+            stripped(c).rlike(DECIMAL_PATTERN), stripped(c).try_cast("double")
+        )
+    for c in contract.timestamps:
+        value = F.regexp_replace(
+            F.regexp_replace(stripped(c), "^(.{10}) ", "$1T"), r"(Z|\+00:?00)$", ""
+        )
+        typed[_typed(c)] = F.when(
+            stripped(c).rlike(TIMESTAMP_PATTERN),
+            F.try_to_timestamp(value, F.lit(SPARK_TIMESTAMP_FORMAT)),
+        )
+    return nw.from_native(frame.to_native().withColumns(typed))
 
 
 def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:
@@ -269,8 +301,9 @@ def _range_rules(contract: Contract, landing_day: str) -> list[tuple[nw.Expr, nw
     for name in contract.timestamps:
         value = nw.col(_typed(name))
         start = nw.col(landing_day).cast(nw.Datetime("us", "UTC"))
-        too_early = (start - value).dt.total_seconds() > MAX_LATENESS_DAYS * 86_400
-        too_late = (value - start).dt.total_seconds() > 86_400 + MAX_SKEW_HOURS * 3_600
+        # Bounds as timestamps (offsets run on every engine; durations do not on Spark).
+        too_early = value < start.dt.offset_by(f"-{MAX_LATENESS_DAYS}d")
+        too_late = value > start.dt.offset_by(f"{24 + MAX_SKEW_HOURS}h")
         rules.append(
             (
                 too_early | too_late,
@@ -311,11 +344,38 @@ def deduplicate(
         unique = first.filter(~pl.col(key).is_in(known.implode()))
         in_batch, of_others = len(valid) - first.height, first.height - unique.height
         return nw.from_native(unique), in_batch, of_others
+    if valid.implementation in SPARK_LIKE:
+        return _deduplicate_spark(valid, key, known_keys)
     first = valid.filter(nw.col(key).is_first_distinct().over(order_by=[SOURCE_FILE, LINE_NUMBER]))
     unique = first.join(known_keys.select(key).unique(), on=key, how="anti")
     in_batch = len(valid) - len(first)
     of_others = len(first) - len(unique)
     return unique.sort(SOURCE_FILE, LINE_NUMBER), in_batch, of_others
+
+
+def _deduplicate_spark(valid: FrameT, key: str, known_keys: FrameT) -> tuple[FrameT, int, int]:
+    # One pass marks each record: first copy of its key in the batch (by file and line), and
+    # whether another partition holds the key; one aggregation counts both kinds of duplicate.
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy(key).orderBy(SOURCE_FILE, LINE_NUMBER)
+    known = known_keys.to_native().select(key).distinct().withColumn("__known", F.lit(True))
+    marked = (
+        valid.to_native()
+        .withColumn("__first", F.row_number().over(order) == 1)
+        .join(known, on=key, how="left")
+        .withColumn("__known", F.coalesce(F.col("__known"), F.lit(False)))
+    )
+    counts = marked.select(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if("__first").alias("first"),
+        F.count_if(F.col("__first") & ~F.col("__known")).alias("unique"),
+    ).collect()[0]
+    unique = marked.filter(F.col("__first") & ~F.col("__known")).select(*valid.columns)
+    in_batch = counts["rows"] - counts["first"]
+    of_others = counts["first"] - counts["unique"]
+    return nw.from_native(unique), in_batch, of_others
 
 
 def _first_copies_polars(valid, key: str):

@@ -23,13 +23,43 @@ def test_defaults_are_dev_and_the_repository_data_folder():
     [
         ({"MLOPS_ENV": "qa"}, "MLOPS_ENV='qa' is not an environment"),
         ({"MLOPS_ENGINE": "duckdb"}, "MLOPS_ENGINE='duckdb' is not an engine"),
-        ({"MLOPS_ENGINE": "spark"}, "MLOPS_ENGINE='spark' is not an engine; use one of polars"),
+        ({"MLOPS_ENGINE": "duckdb"}, "use one of polars, spark"),
+        ({"MLOPS_ENGINE_SILVER": "dask"}, "MLOPS_ENGINE_SILVER='dask' is not an engine"),
+        ({"MLOPS_SPARK_MASTER": "127.0.0.1:7077"}, "is not a Spark master URL"),
+        ({"MLOPS_SPARK_CONF": "[1]"}, "MLOPS_SPARK_CONF must be a JSON object"),
+        ({"MLOPS_SPARK_CONF": "{oops"}, "MLOPS_SPARK_CONF is not JSON"),
         ({"MLOPS_START_DATE": "01/02/2026"}, "MLOPS_START_DATE='01/02/2026' is not an ISO date"),
     ],
 )
 def test_bad_settings_are_named(variables, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(variables)
+
+
+def test_engine_is_chosen_per_environment_and_per_asset_group():
+    settings = load_settings({"MLOPS_ENGINE": "spark", "MLOPS_ENGINE_BRONZE": "polars"})
+    assert settings.engine is Engine.SPARK
+    assert settings.engine_for("bronze") is Engine.POLARS
+    assert settings.engine_for("silver") is Engine.SPARK
+    assert settings.spark_master == "local[*]"
+    default = load_settings({"MLOPS_ENGINE_FEATURES": "spark"})
+    assert default.engine_for("features") is Engine.SPARK
+    assert default.engine_for("gold") is Engine.POLARS
+    with pytest.raises(SettingsError, match="asset group 'ml' has no engine setting"):
+        default.engine_for("ml")
+
+
+def test_spark_settings_are_read(tmp_path):
+    settings = load_settings(
+        {
+            "MLOPS_SPARK_MASTER": "spark://127.0.0.1:7077",
+            "MLOPS_SPARK_JARS": str(tmp_path),
+            "MLOPS_SPARK_CONF": '{"spark.executor.memory": "4g", "spark.executor.cores": 2}',
+        }
+    )
+    assert settings.spark_master == "spark://127.0.0.1:7077"
+    assert settings.spark_jars_dir == tmp_path
+    assert settings.spark_conf == {"spark.executor.memory": "4g", "spark.executor.cores": "2"}
 
 
 def test_writes_stay_in_the_active_environment_and_reads_follow_the_policy(tmp_path):

@@ -1,0 +1,145 @@
+"""The embedded engine against the scale-out one: polars and Spark local[2] in the same run.
+
+Two figures, each measured on both engines in fresh processes: the medallion day of
+`BENCH_SPARK_ROWS` transactions (1,000,000 by default; the Dagster job for bronze, silver,
+gold and quarantine, as in bench_medallion) and the daily feature refresh on a lake of 8 days
+of `BENCH_SPARK_FEATURE_ROWS` silver transactions (as in bench_features). Spark's session
+starts before the clock: its start-up is reported on its own. The ratio Spark / polars is the
+point: the embedded default must be the fast one on one machine (goal: at least 5x).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.harness import entry_point, measure, report
+
+DAY = datetime.date(2026, 1, 1)
+ROWS = int(os.environ.get("BENCH_SPARK_ROWS", "1000000"))
+FEATURE_ROWS = int(os.environ.get("BENCH_SPARK_FEATURE_ROWS", "200000"))
+FEATURE_HISTORY = 7
+REPEAT = int(os.environ.get("BENCH_SPARK_REPEAT", "1"))
+MASTER = "local[2]"
+ENGINES = ("polars", "spark")
+
+
+def _settings(root: Path, engine: str, start: datetime.date):
+    from mlops_assets.settings import load_settings
+
+    return load_settings(
+        {
+            "MLOPS_DATA_ROOT": str(root),
+            "MLOPS_ENV": "dev",
+            "MLOPS_START_DATE": start.isoformat(),
+            "MLOPS_ENGINE": engine,
+            "MLOPS_SPARK_MASTER": MASTER,
+        }
+    )
+
+
+def _run_job(settings, job_name: str, day: datetime.date) -> dict:
+    """Start Spark first when the job needs it, then time the job alone."""
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.defs.resources import SparkResource
+
+    session_s = 0.0
+    if settings.engine.value == "spark":
+        started = time.perf_counter()
+        SparkResource.from_settings(settings).session.range(1).count()
+        session_s = time.perf_counter() - started
+    job = build_definitions(settings).resolve_job_def(job_name)
+    with dg.DagsterInstance.ephemeral() as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=day.isoformat(),
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        seconds = time.perf_counter() - started
+        steps = {
+            s.step_key: round((s.end_time or 0) - (s.start_time or 0), 2)
+            for s in instance.get_run_step_stats(result.run_id)
+        }
+    if not result.success:
+        raise RuntimeError(f"{job_name} on {settings.engine.value} failed for {day}")
+    return {"seconds": seconds, "session_s": session_s, "steps": steps}
+
+
+def task_medallion(root: str, engine: str, run: str) -> dict:
+    """The medallion job for the day on one engine, on a fresh lake sharing the landing files."""
+    from benchmarks.bench_medallion import _fresh_root
+    from mlops_assets.lakehouse.delta_io import scan_table
+
+    fresh = _fresh_root(root, f"{engine}-{run}")
+    settings = _settings(fresh, engine, DAY)
+    figures = _run_job(settings, "medallion_daily", DAY)
+    figures["silver_rows"] = (
+        scan_table(settings.lake_root / "silver" / "transactions").collect().height
+    )
+    return figures
+
+
+def task_features(root: str, engine: str) -> dict:
+    """The feature refresh of the lake's last day on one engine."""
+    from benchmarks.bench_features import START
+
+    settings = _settings(Path(root), engine, START)
+    return _run_job(settings, "features_daily", START + datetime.timedelta(days=FEATURE_HISTORY))
+
+
+def _median(measurements):
+    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
+
+
+def main() -> None:
+    """Measure both engines on the medallion day and the feature refresh; save the ratios."""
+    os.environ["BENCH_MEDALLION_ROWS"] = str(ROWS)
+    os.environ["BENCH_FEATURES_ROWS"] = str(FEATURE_ROWS)
+    module = "benchmarks.bench_spark"
+    with tempfile.TemporaryDirectory(prefix="bench-spark-") as root:
+        simulated = measure("benchmarks.bench_medallion", "simulate", root)
+        medallion = {e: [] for e in ENGINES}
+        for run in range(REPEAT):
+            for engine in ENGINES:
+                medallion[engine].append(measure(module, "medallion", root, engine, str(run)))
+        features = {}
+        for engine in ENGINES:
+            # A lake of its own per engine: the refresh merges into the feature tables.
+            lake = str(Path(root) / f"features-{engine}")
+            measure("benchmarks.bench_features", "setup", lake, str(FEATURE_HISTORY))
+            features[engine] = _median(
+                [measure(module, "features", lake, engine) for _ in range(REPEAT)]
+            )
+    chosen = {e: _median(medallion[e]) for e in ENGINES}
+    figures = {
+        "transactions": simulated.extra["lines"],
+        "spark_master": MASTER,
+        "repeats": REPEAT,
+        "medallion_polars_s": round(chosen["polars"].seconds, 2),
+        "medallion_spark_s": round(chosen["spark"].seconds, 2),
+        "medallion_spark_to_polars": round(chosen["spark"].seconds / chosen["polars"].seconds, 2),
+        "medallion_silver_rows": {e: chosen[e].extra["silver_rows"] for e in ENGINES},
+        "medallion_steps_s": {e: chosen[e].extra["steps"] for e in ENGINES},
+        "medallion_peak_mib": {e: round(chosen[e].peak_mib) for e in ENGINES},
+        "feature_transactions_per_day": FEATURE_ROWS,
+        "feature_history_days": FEATURE_HISTORY,
+        "features_polars_s": round(features["polars"].seconds, 2),
+        "features_spark_s": round(features["spark"].seconds, 2),
+        "features_spark_to_polars": round(
+            features["spark"].seconds / features["polars"].seconds, 2
+        ),
+        "features_steps_s": {e: features[e].extra["steps"] for e in ENGINES},
+        "spark_session_start_s": round(chosen["spark"].extra["session_s"], 2),
+        "goal": "medallion_spark_to_polars >= 5 and features_spark_to_polars >= 5",
+    }
+    report("spark", figures)
+
+
+if __name__ == "__main__":
+    entry_point(main, {"medallion": task_medallion, "features": task_features})

@@ -1,0 +1,169 @@
+"""The medallion and feature assets on a real Spark standalone cluster on 127.0.0.1.
+
+A master and one worker start from the pyspark distribution (`bin/spark-class`); the assets
+run in a separate process whose Spark master is that cluster, and the master's own status
+page must list the application as finished. Master and worker are stopped whatever happens.
+"""
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import pyspark
+import pytest
+
+from mlops_assets.lakehouse.delta_io import scan_table
+from mlops_assets.settings import project_root
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
+DAYS = 1
+RUN = textwrap.dedent(
+    """
+    import datetime
+    import dagster as dg
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.defs.runner import run_days
+    from mlops_assets.settings import load_settings
+
+    settings = load_settings()
+    days = [settings.start_date + datetime.timedelta(days=i) for i in range({days})]
+    defs = build_definitions(settings)
+    with dg.DagsterInstance.ephemeral() as instance:
+        for job in ("medallion_daily", "features_daily"):
+            runs = run_days(defs, days, instance, job_name=job, log_level="ERROR")
+            assert [r.success for r in runs] == [True] * len(days), (job, runs)
+    print("ran", len(days), "days")
+    """
+).format(days=DAYS)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float, ready) -> dict:
+    deadline = time.monotonic() + seconds
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status = json.loads(response.read())
+            if ready(status):
+                return status
+        except OSError as error:
+            last = error
+        time.sleep(1)
+    raise AssertionError(f"{url} not ready after {seconds} s (last error: {last})")
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(SPARK_CLASS.parent.parent),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOG_DIR": str(tmp_path / "logs"),
+        "SPARK_WORKER_DIR": str(tmp_path / "work"),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    port, ui, worker_ui = free_port(), free_port(), free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    status_url = f"http://127.0.0.1:{ui}/json/"
+    logs = [open(tmp_path / name, "w") for name in ("master.log", "worker.log")]  # noqa: SIM115
+    processes = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [str(SPARK_CLASS), "org.apache.spark.deploy.master.Master"]
+                + ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)],
+                env=env,
+                stdout=logs[0],
+                stderr=subprocess.STDOUT,
+            )
+        )
+        wait_for(status_url, 120, lambda s: s.get("status") == "ALIVE")
+        processes.append(
+            subprocess.Popen(
+                [str(SPARK_CLASS), "org.apache.spark.deploy.worker.Worker", master_url]
+                + ["--host", "127.0.0.1", "--cores", "2", "--memory", "1536m"]
+                + ["--webui-port", str(worker_ui)],
+                env=env,
+                stdout=logs[1],
+                stderr=subprocess.STDOUT,
+            )
+        )
+        wait_for(status_url, 120, lambda s: s.get("aliveworkers", 0) >= 1)
+        yield master_url, status_url, env
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def test_medallion_and_features_run_on_a_standalone_cluster(cluster, tmp_path):
+    from mlops_assets.simulate import Scenario, simulate
+
+    master_url, status_url, spark_env = cluster
+    data = tmp_path / "data"
+    scenario = Scenario.demo(days=DAYS, transactions_per_day=400, n_cards=80, seed=9)
+    manifests = simulate(scenario, data / "dev" / "landing")
+    env = {k: v for k, v in spark_env.items() if not k.startswith(("MLOPS_", "DAGSTER_"))}
+    env |= {
+        "MLOPS_DATA_ROOT": str(data),
+        "MLOPS_ENV": "dev",
+        "MLOPS_ENGINE": "spark",
+        "MLOPS_START_DATE": scenario.start_date.isoformat(),
+        "MLOPS_SPARK_MASTER": master_url,
+        # A two-core cluster and a tiny day: few shuffle and Delta snapshot tasks.
+        "MLOPS_SPARK_CONF": json.dumps(
+            {
+                "spark.executor.memory": "1g",
+                "spark.cores.max": "2",
+                "spark.app.name": "parity",
+                "spark.sql.shuffle.partitions": "4",
+                "spark.databricks.delta.snapshotPartitions": "2",
+            }
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", RUN],
+        env=env,
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    # The cluster ran the work: the master lists the application, finished.
+    status = wait_for(status_url, 60, lambda s: s.get("completedapps"))
+    assert [app["name"] for app in status["completedapps"]] == ["parity"]
+    assert status["completedapps"][0]["state"] == "FINISHED"
+    lake = data / "dev" / "lake"
+    silver = scan_table(lake / "silver" / "transactions").collect()
+    assert silver.height == sum(m.valid_transactions for m in manifests)
+    assert silver["transaction_id"].is_duplicated().sum() == 0
+    features = scan_table(lake / "features" / "card_behaviour").collect()
+    end = scenario.start_date + datetime.timedelta(days=DAYS)
+    built_days = silver.filter(pl.col("event_date").is_between(scenario.start_date, end, "left"))
+    assert features.height == built_days.height > 0
+    assert scan_table(lake / "gold" / "merchant_category_daily").collect().height > 0
+    assert scan_table(lake / "features" / "merchant_risk").collect().height > 0
