@@ -240,7 +240,9 @@ class Demo:
         }
         self.story.windows.append(window)
         mature = day - datetime.timedelta(days=self.label_days)
-        perf = f", PR-AUC of {mature} (labels now mature) {pr_auc:.3f}" if pr_auc else ""
+        perf = (
+            f", PR-AUC of {mature} (labels now mature) {pr_auc:.3f}" if pr_auc is not None else ""
+        )
         say(
             f"{day}: version {window['model_version']} scored {window['rows']:,} transactions "
             f"({window['flagged']:,} flagged); drifted features {window['drifted_share']:.0%}, "
@@ -292,22 +294,24 @@ class Demo:
         return True
 
     def stream_one_file(self, day: datetime.date) -> None:
-        """Score the day's landed transactions file through the streaming path."""
-        sensor = self.defs.resolve_sensor_def("landed_transactions")
-        context = dg.build_sensor_context(
-            instance=self.instance, resources={"lakehouse": _resource(self.defs, "lakehouse")}
-        )
-        result = sensor(context)
-        wanted = f"transactions/{day.isoformat()}/"
-        for request in getattr(result, "run_requests", None) or []:
-            name = request.run_config["ops"]["serving__stream_predictions"]["config"]["file"]
-            if not name.startswith(wanted):
-                continue
+        """Score the day's landed transactions files through the streaming path.
+
+        In a deployment the `landed_transactions` sensor requests these runs as files land;
+        the demo's landing files were all simulated up front, so it requests them itself.
+        """
+        root = self.settings.landing_root
+        for path in sorted((root / "transactions" / day.isoformat()).glob("*.csv")):
+            name = path.relative_to(root).as_posix()
+            config = {"ops": {"serving__stream_predictions": {"config": {"file": name}}}}
             started = time.perf_counter()
-            done = self.materialize(
-                [["serving", "stream_predictions"]], run_config=request.run_config
-            )
+            done = self.materialize([["serving", "stream_predictions"]], run_config=config)
+            if not done.success:
+                say(f"stream: scoring {name} failed: see the run in the UI")
+                continue
             meta = done.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+            if "skipped" in meta and meta["skipped"].value:
+                say(f"stream: {name} was scored when it first landed (checkpoint)")
+                continue
             say(
                 f"stream: {name} scored as it landed: {meta['scored'].value:,} predictions, "
                 f"{meta['errors'].value} unreadable lines logged as errors, "
@@ -329,7 +333,7 @@ class Demo:
         try:
             for row in rows.iter_rows(named=True):
                 body = {
-                    "transaction_id": f"online-{row['transaction_id']}",
+                    "transaction_id": row["transaction_id"],
                     "card_id": row["card_id"],
                     "merchant_id": row["merchant_id"],
                     "event_time": row["event_time"].isoformat(),
@@ -431,10 +435,11 @@ def run(settings: Settings, args: Any) -> int:
         demo.online_burst(days[normal - 1])
         demo.tick()
         for day in days[normal:]:
+            if day == days[normal]:
+                # As it lands: before the day's own features are published.
+                demo.stream_one_file(day)
             if not demo.ingest(day):
                 return 1
-            if day == days[normal]:
-                demo.stream_one_file(day)
             if not demo.score_and_monitor(day):
                 return 1
             demo.tick()
@@ -456,7 +461,7 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
     retrains = len(story.retrain_requests)
     if drifted:
         say(
-            f"the loop: drift was detected and {retrains} retraining was requested"
+            f"the loop: {retrains} retraining requested after drift"
             + (
                 f" ({story.retrain_requests[0]['run_key']}); champions in turn: "
                 f"{' -> '.join(story.champion_versions)}"

@@ -34,13 +34,23 @@ def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: Lakehouse
     settings = lakehouse.settings
     cycle = lifecycle(settings)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    seen, inbox_seq = cursor.get("version", 0), cursor.get("inbox", 0)
+    seen, inbox_seq = cursor.get("version"), cursor.get("inbox", 0)
+    if seen is None:
+        # First tick: versions up to the champion are history, not new work.
+        from mlops_assets.models.lifecycle import CHAMPION
+
+        seen = int(cycle.version_of(CHAMPION) or 0)
     pushed: set[int] = set()
     if settings.webhook_inbox_path.exists():
         deliveries = Inbox(settings.webhook_inbox_path).since(inbox_seq)
         for delivery in deliveries:
             inbox_seq = delivery.seq
-            if delivery.model == cycle.name and delivery.version and delivery.action == "created":
+            if (
+                delivery.model == cycle.name
+                and delivery.entity == "model_version"
+                and delivery.action == "created"
+                and delivery.version
+            ):
                 pushed.add(int(delivery.version))
     versions = sorted(
         cycle.client.search_model_versions(f"name = '{cycle.name}'"), key=lambda v: int(v.version)

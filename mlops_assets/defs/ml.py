@@ -266,6 +266,8 @@ class ValidationConfig(dg.Config):
     owners=["team:ml-platform"],
     kinds={"mlflow", "sklearn", "delta"},
     code_version="model-validation-1",
+    # One validation or promotion at a time: the champion a verdict compares with must stay.
+    pool="model_registry",
     check_specs=[
         dg.AssetCheckSpec(
             "passes_validation",
@@ -287,7 +289,12 @@ def model_validation(
     blocking check (promotion in the same run waits on it), a tag on the version and a row in
     the `ml/model_audit` Delta table.
     """
-    from mlops_assets.models.deploy import lifecycle, newest_version, validate_version
+    from mlops_assets.models.deploy import (
+        lifecycle,
+        newest_version,
+        validate_version,
+        version_trained_in_run,
+    )
     from mlops_assets.models.validation import ValidationPolicy
 
     settings = lakehouse.settings
@@ -301,7 +308,11 @@ def model_validation(
         )
     except ValueError as error:
         raise dg.Failure(str(error)) from error
-    version = config.version or newest_version(lifecycle(settings))
+    cycle = lifecycle(settings)
+    # The version this run trained, when it trained one; else the newest.
+    version = (
+        config.version or version_trained_in_run(cycle, context.run.run_id) or newest_version(cycle)
+    )
     if version is None:
         raise dg.Failure(f"no version of {settings.env}.fraud_detector is registered yet")
     uri = lakehouse.read_uri(TRAINING_SET)
@@ -362,6 +373,7 @@ class PromotionConfig(dg.Config):
     owners=["team:ml-platform"],
     kinds={"mlflow"},
     code_version="champion-1",
+    pool="model_registry",
 )
 def champion(
     context: dg.AssetExecutionContext, config: PromotionConfig, lakehouse: LakehouseResource
@@ -373,12 +385,17 @@ def champion(
     it cleared the absolute thresholds. Who, when, why and the metrics go to the version's
     tags and to the `ml/model_audit` table; a refusal is audited too and fails this asset.
     """
-    from mlops_assets.models.deploy import lifecycle, promote_version
+    from mlops_assets.models.deploy import lifecycle, promote_version, version_validated_in_run
     from mlops_assets.models.lifecycle import CHALLENGER, LifecycleError
 
     settings = lakehouse.settings
     cycle = lifecycle(settings)
-    version = config.version or cycle.version_of(CHALLENGER)
+    # The version this run validated, when it validated one; else the challenger.
+    version = (
+        config.version
+        or version_validated_in_run(cycle, context.run.run_id)
+        or cycle.version_of(CHALLENGER)
+    )
     if version is None:
         raise dg.Failure(f"{cycle.name} has no challenger to promote; validate a version first")
     try:

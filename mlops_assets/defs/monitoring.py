@@ -228,7 +228,8 @@ def profiles(
     if not current.height:
         raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
     frames = []
-    for version in current.get_column("model_version").unique().to_list():
+    versions = sorted(current.get_column("model_version").unique().to_list(), key=int)
+    for version in versions:
         rows = current.filter(pl.col("model_version") == version)
         spec_columns = [
             c
@@ -304,7 +305,11 @@ def performance(
     more chargebacks landed updates it; `mature` says whether every label can be known.
     """
     from mlops_assets.monitoring.performance import performance_by
-    from mlops_assets.monitoring.windows import window_predictions, with_labels
+    from mlops_assets.monitoring.windows import (
+        one_per_transaction,
+        window_predictions,
+        with_labels,
+    )
 
     day = partition_day(context)
     current = window_predictions(_log(lakehouse), day)
@@ -324,7 +329,7 @@ def performance(
     )
     horizon = label_horizon(lakehouse)
     maturity = monitoring.label_maturity_days
-    labelled = with_labels(current, chargebacks, horizon, maturity)
+    labelled = with_labels(one_per_transaction(current), chargebacks, horizon, maturity)
     table = performance_by(labelled, ["model_version"], amount="amount")
     mature_at = datetime.datetime.combine(
         day + datetime.timedelta(days=1 + maturity), datetime.time(), datetime.UTC
@@ -338,7 +343,7 @@ def performance(
     written = write_partition(
         lakehouse.write_uri(PERFORMANCE), table, {"day": day}, table=str(PERFORMANCE)
     )
-    latest = table.sort("model_version", descending=True).row(0, named=True)
+    latest = table.sort(pl.col("model_version").cast(pl.Int64), descending=True).row(0, named=True)
     numbers = {
         k: float(v)
         for k, v in latest.items()
@@ -478,11 +483,15 @@ def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
         if not windows:
             return dg.SkipReason("no monitoring windows yet: materialize monitoring/drift_metrics")
         last = cursor.get("last_retrain_day")
-        decision = decide(windows, policy, datetime.date.fromisoformat(last) if last else None)
+        requested = cursor.get("requested", [])
+        decision = decide(
+            windows, policy, datetime.date.fromisoformat(last) if last else None, requested
+        )
         alerted = set(cursor.get("alerted", []))
         latest = max(w.day for w in windows)
         url = monitoring.alert_webhook_url or None
-        if decision.run_key and decision.run_key not in alerted:
+        episode = decision.run_key if decision.episode_start else None
+        if episode and episode not in alerted:
             raise_alert(
                 alerts_uri(lakehouse),
                 Alert(
@@ -499,7 +508,7 @@ def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
                 ),
                 url,
             )
-            alerted.add(decision.run_key)
+            alerted.add(episode)
         cursor["alerted"] = sorted(alerted)
         context.log.info(decision.reason)
         if not decision.retrain:
@@ -519,6 +528,7 @@ def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
             url,
         )
         cursor["last_retrain_day"] = latest.isoformat()
+        cursor["requested"] = [*requested, decision.run_key]
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
@@ -553,8 +563,12 @@ def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records every failed run (failing blocking checks included) as an alert.",
 )
-def alert_on_run_failure(context: dg.RunFailureSensorContext, lakehouse: LakehouseResource):
-    """Append a `run_failed` alert naming the job, the run and the failure."""
+def alert_on_run_failure(
+    context: dg.RunFailureSensorContext,
+    lakehouse: LakehouseResource,
+    monitoring: MonitoringResource,
+):
+    """Append a `run_failed` alert naming the job, the run and the failure (and post it)."""
     from mlops_assets.monitoring.alerts import Alert, raise_alert
 
     run = context.dagster_run
@@ -568,4 +582,5 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, lakehouse: Lakehou
             env=lakehouse.env,
             details={"run_id": run.run_id, "tags": dict(run.tags)},
         ),
+        monitoring.alert_webhook_url or None,
     )

@@ -22,6 +22,8 @@ from mlops_assets.settings import use_mlflow_store
 INFERENCE_LOG = TableRef("serving", "inference_log")
 STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
 OWNERS = ["team:ml-platform"]
+# Day folders of landed transactions the streaming sensor watches (the newest ones).
+LOOKBACK_DAYS = 3
 
 
 def load_champion(lakehouse: LakehouseResource):
@@ -142,7 +144,7 @@ def stream_predictions(
     stop between the two) is not scored again.
     """
     from mlops_assets.features.online_store import OnlineStore
-    from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file, streamed_files
+    from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file, streamed_version
 
     settings = lakehouse.settings
     path = settings.landing_root / config.file
@@ -156,26 +158,41 @@ def stream_predictions(
     done = checkpoint.filter(pl.col("file") == config.file)
     if done.height:
         context.log.info(f"{config.file} was scored before (log version {done['log_version'][0]})")
-        return dg.MaterializeResult(metadata={"file": config.file, "skipped": True})
-    seen = int(checkpoint.get_column("log_version").max() or -1) if checkpoint.height else -1
-    recovered = streamed_files(log_uri, seen).get(config.file)
+        row = done.row(0, named=True)
+        return dg.MaterializeResult(
+            metadata={
+                "file": config.file,
+                "skipped": True,
+                "log_version": row["log_version"] if row["log_version"] is not None else -1,
+                "lines": row["lines"] or 0,
+                "scored": row["scored"] or 0,
+                "errors": row["errors"] or 0,
+                "recovered_from_log": False,
+            }
+        )
+    recovered = streamed_version(log_uri, config.file)
     model = load_champion(lakehouse)
     batch = None
+    version: int | None
     if recovered is None:
         with OnlineStore(settings.online_store_path) as store:
             batch = score_file(path, settings.landing_root, model, store, run_id=context.run.run_id)
         from mlops_assets.serving.inference_log import inference_schema, prepare_frame
 
-        rows = prepare_frame(batch.rows, inference_schema(model.spec))
-        written = append_table(
-            log_uri,
-            rows,
-            partition_by=["day"],
-            table=str(INFERENCE_LOG),
-            metadata={STREAM_FILE_KEY: config.file},
-            count_rows=False,
-        )
-        version = written.version
+        if batch.rows.height:
+            rows = prepare_frame(batch.rows, inference_schema(model.spec))
+            written = append_table(
+                log_uri,
+                rows,
+                partition_by=["day"],
+                table=str(INFERENCE_LOG),
+                metadata={STREAM_FILE_KEY: config.file},
+                count_rows=False,
+            )
+            version = written.version
+        else:
+            # A header-only or empty file: nothing to log, the checkpoint still records it.
+            version = None
     else:
         context.log.warning(f"{config.file} is in the log (version {recovered}) without checkpoint")
         version = recovered
@@ -198,7 +215,7 @@ def stream_predictions(
     return dg.MaterializeResult(
         metadata={
             "file": config.file,
-            "log_version": version,
+            "log_version": version if version is not None else -1,
             "lines": record["lines"] or 0,
             "scored": record["scored"] or 0,
             "errors": record["errors"] or 0,
@@ -244,21 +261,28 @@ stream_job = dg.define_asset_job(
 def landed_transactions(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource):
     """One `stream_score` run per new landed transactions file, keyed by the file's name.
 
-    The cursor lists the files requested; the run key (the file's name) keeps a file from
+    Only the newest `LOOKBACK_DAYS` day folders are watched, and the cursor lists the files
+    requested in them, so it stays small; the run key (the file's name) keeps a file from
     being requested twice even if the cursor is lost, and the run itself skips files the
-    checkpoint already holds.
+    checkpoint already holds. A file whose run failed is not requested again by the sensor:
+    launch `stream_score` for it by hand (the failure is in `monitoring/alerts`).
     """
     root = lakehouse.settings.landing_root
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     folder = root / "transactions"
-    landed = (
+    days = (
         sorted(
-            p.relative_to(root).as_posix()
-            for p in folder.glob("*/*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+            (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )[-LOOKBACK_DAYS:]
         if folder.is_dir()
         else []
+    )
+    landed = sorted(
+        p.relative_to(root).as_posix()
+        for day in days
+        for p in day.iterdir()
+        if p.is_file() and not p.name.startswith(".")
     )
     new = [f for f in landed if f not in seen]
     if not new:
@@ -272,7 +296,8 @@ def landed_transactions(context: dg.SensorEvaluationContext, lakehouse: Lakehous
             )
             for name in new
         ],
-        cursor=json.dumps(sorted(seen | set(new))),
+        # Files of folders that left the watched days are dropped from the cursor.
+        cursor=json.dumps(sorted((seen & set(landed)) | set(new))),
     )
 
 

@@ -6,6 +6,7 @@ audit table, so assets, sensors and the `mlops model` command leave the same tra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,14 @@ import polars as pl
 from mlops_assets.features.spec import FRAUD_SPEC, FeatureSpec
 from mlops_assets.lakehouse.catalog import Catalog
 from mlops_assets.models.audit import AUDIT, AuditEvent, record
-from mlops_assets.models.lifecycle import CHAMPION, Lifecycle, LifecycleError, Move, model_name
+from mlops_assets.models.lifecycle import (
+    CHAMPION,
+    VALIDATION_TAG,
+    Lifecycle,
+    LifecycleError,
+    Move,
+    model_name,
+)
 from mlops_assets.models.validation import (
     Check,
     ValidationPolicy,
@@ -39,6 +47,26 @@ def mlflow_client(settings: Settings) -> Any:
 def lifecycle(settings: Settings) -> Lifecycle:
     """The lifecycle of the environment's fraud detector."""
     return Lifecycle(mlflow_client(settings), model_name(settings.env))
+
+
+def version_validated_in_run(cycle: Lifecycle, run_id: str) -> str | None:
+    """The version a Dagster run validated (newest if several), or None."""
+    found = [
+        int(v.version)
+        for v in cycle.client.search_model_versions(f"name = '{cycle.name}'")
+        if json.loads(v.tags.get(VALIDATION_TAG, "{}")).get("dagster_run_id") == run_id
+    ]
+    return str(max(found)) if found else None
+
+
+def version_trained_in_run(cycle: Lifecycle, run_id: str) -> str | None:
+    """The version a Dagster run trained to validate itself, or None."""
+    found = [
+        int(v.version)
+        for v in cycle.client.search_model_versions(f"name = '{cycle.name}'")
+        if v.tags.get(VALIDATED_IN_RUN_TAG) == run_id
+    ]
+    return str(max(found)) if found else None
 
 
 def newest_version(cycle: Lifecycle) -> str | None:
@@ -135,11 +163,14 @@ def validate_version(
             champion=champion.model if champion else None,
             champion_spec=champion.spec if champion else None,
         )
-    except (ValueError, KeyError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - any failure to load or score fails validation
         failed = Check("loads_and_scores", False, f"{type(error).__name__}: {error}")
         result = ValidationResult(policy.mode, (failed,))
     details = result.to_dict()
     details["holdout_from"] = split_time
+    # Promotion checks that the champion is still the one this verdict compared against.
+    details["champion_version"] = champion_version
+    details["dagster_run_id"] = dagster_run_id
     cycle.record_validation(version, result.passed, details)
     record(
         Catalog(settings).uri_for_write(AUDIT),
@@ -187,6 +218,12 @@ def promote_version(
     validation = cycle.validation(version) or {}
     uri = Catalog(settings).uri_for_write(AUDIT)
     try:
+        if "champion_version" in validation and validation["champion_version"] != before:
+            raise LifecycleError(
+                f"{cycle.name} version {version} was validated against champion "
+                f"{validation['champion_version'] or 'none'}, but the champion is now "
+                f"{before or 'none'}: validate it again"
+            )
         move = cycle.promote(version, who, why)
     except LifecycleError as error:
         record(

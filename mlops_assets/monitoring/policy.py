@@ -12,7 +12,7 @@ within the cooldown after a retraining.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -100,11 +100,22 @@ def decide(
     windows: Sequence[Window],
     policy: DriftPolicy,
     last_retrain_day: datetime.date | None = None,
+    requested: Collection[str] = (),
 ) -> Decision:
     """Decide whether to request retraining after the latest window.
 
     Windows may come in any order; of several windows of one day (two model versions), the
-    newer version's counts.
+    newer version's counts. An episode belongs to the version serving now: its consecutive
+    alerting days, the last of them at most `label_maturity_days` before the latest window
+    (a performance alert only shows once a day's labels are mature). Its run key names the
+    version and the first day; a key already used (a retraining that did not replace the
+    model) gets a retry suffix once the cooldown has passed.
+
+    Args:
+        windows: The monitoring windows.
+        policy: Thresholds, label maturity, cooldown.
+        last_retrain_day: Latest window day at which retraining was requested.
+        requested: Run keys requested before.
     """
     by_day: dict[datetime.date, Window] = {}
     for window in sorted(windows, key=lambda w: (w.day, int(w.model_version or 0))):
@@ -113,16 +124,23 @@ def decide(
         return Decision(False, "no monitoring windows yet")
     days = sorted(by_day)
     latest = days[-1]
-    if not by_day[latest].reasons(policy):
+    version = by_day[latest].model_version
+    mine = [d for d in days if by_day[d].model_version == version]
+    alerting = [d for d in mine if by_day[d].reasons(policy)]
+    if not alerting or (latest - alerting[-1]).days > policy.label_maturity_days:
         return Decision(False, f"window {latest} is within every threshold")
-    start = latest
-    for day in reversed(days[:-1]):
+    last = alerting[-1]
+    start = last
+    for day in reversed([d for d in mine if d < last]):
         if (start - day).days != 1 or not by_day[day].reasons(policy):
             break
         start = day
-    reasons = "; ".join(by_day[latest].reasons(policy))
-    key = f"drift-episode-{start.isoformat()}"
-    labelled = (latest - start).days + 1 - policy.label_maturity_days
+    reasons = "; ".join(by_day[last].reasons(policy))
+    base = f"drift-v{version}-{start.isoformat()}"
+    used = [k for k in requested if k == base or k.startswith(f"{base}-retry")]
+    key = base if not used else f"{base}-retry{len(used)}"
+    mature_until = latest - datetime.timedelta(days=policy.label_maturity_days)
+    labelled = (min(last, mature_until) - start).days + 1
     if labelled < policy.min_labelled_days:
         return Decision(
             False,

@@ -38,6 +38,20 @@ def window_predictions(log: pl.LazyFrame, day: datetime.date) -> pl.DataFrame:
     return pl.concat([latest, others], how="diagonal_relaxed").sort("event_time", "request_id")
 
 
+def one_per_transaction(predictions: pl.DataFrame) -> pl.DataFrame:
+    """One prediction per (version, transaction): batch first, then the latest other mode.
+
+    A transaction scored in batch and in streaming (or online) counts once in performance.
+    """
+    rank = pl.when(pl.col("mode") == "batch").then(0).otherwise(1)
+    return (
+        predictions.with_columns(rank.alias("_rank"))
+        .sort("_rank", pl.col("logged_at"), descending=[False, True])
+        .unique(["model_version", "transaction_id"], keep="first", maintain_order=True)
+        .drop("_rank")
+    )
+
+
 def with_labels(
     predictions: pl.DataFrame,
     chargebacks: pl.DataFrame,

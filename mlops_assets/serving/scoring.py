@@ -20,7 +20,6 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 
-from mlops_assets.lakehouse.delta_io import table_exists
 from mlops_assets.lakehouse.landing import read_landing_file
 from mlops_assets.models.training import model_inputs
 from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, split_lines
@@ -212,23 +211,18 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def streamed_files(uri: str | Path, after_version: int = -1) -> dict[str, int]:
-    """Files whose rows the inference log holds, from its commit metadata: file to version.
+def streamed_version(uri: str | Path, source: str) -> int | None:
+    """The inference log version whose commit carries a streamed file's rows, or None.
 
-    Only commits after `after_version` are read (the checkpoint table covers the earlier
-    ones), so a file appended by a run that stopped before writing its checkpoint is still
-    found.
+    Every commit file of the log is searched for the file's name in the commit metadata: a
+    run that appended and stopped before its checkpoint leaves such a commit at any version,
+    also below versions other files' runs checkpointed since. (delta-rs' `history()` numbers
+    versions from the handle's snapshot and mislabels them when commits land meanwhile, so
+    the log's files are read directly.)
     """
-    from deltalake import DeltaTable
-
-    if not table_exists(uri):
-        return {}
-    table = DeltaTable(str(uri))
-    newest = table.version()
-    if newest <= after_version:
-        return {}
-    found = {}
-    for entry in table.history(limit=newest - after_version):
-        if STREAM_FILE_KEY in entry and entry.get("version", newest + 1) > after_version:
-            found[entry[STREAM_FILE_KEY]] = int(entry["version"])
-    return found
+    log = Path(uri) / "_delta_log"
+    if not log.is_dir():
+        return None
+    needle = json.dumps({STREAM_FILE_KEY: source})[1:-1].encode()
+    found = [int(p.stem) for p in log.glob("[0-9]*.json") if needle in p.read_bytes()]
+    return max(found) if found else None

@@ -28,10 +28,26 @@ def test_an_episode_asks_once_enough_of_its_days_have_mature_labels():
     # Day 5 starts the episode; labels of days 5 and 6 are mature at the end of day 9.
     assert [d.retrain for d in asks] == [False, False, False, False, True, True]
     assert "0 of 2 days with mature labels" in asks[0].reason
-    assert {d.run_key for d in asks} == {"drift-episode-2026-01-06"}
+    assert {d.run_key for d in asks} == {"drift-v1-2026-01-06"}
     # After the retraining on day 9, the same episode does not ask again within the cooldown.
-    later = decide(calm + drifted, POLICY, last_retrain_day=DAY + datetime.timedelta(days=9))
+    retrained = DAY + datetime.timedelta(days=9)
+    later = decide(calm + drifted, POLICY, last_retrain_day=retrained, requested=[asks[4].run_key])
     assert not later.retrain and "cooling down" in later.reason
+    # A retraining that did not replace the model: after the cooldown, a retry under a new key.
+    longer = drifted + [window(11 + i, share=0.7) for i in range(7)]
+    retry = decide(calm + longer, POLICY, last_retrain_day=retrained, requested=[asks[4].run_key])
+    assert retry.retrain and retry.run_key == "drift-v1-2026-01-06-retry1"
+    # A new champion starts afresh: its own days make its own episode.
+    fresh = [window(11 + i, share=0.7, version="2") for i in range(2)]
+    assert decide(calm + drifted + fresh, POLICY).episode_start == DAY + datetime.timedelta(days=11)
+
+
+def test_a_performance_drop_starts_an_episode_once_its_labels_are_mature():
+    windows = [window(i, pr_auc=0.1 if 3 <= i <= 6 else 0.8) for i in range(7)]
+    windows += [window(7 + i) for i in range(3)]  # recent days: labels not mature yet
+    decision = decide(windows, POLICY)
+    assert decision.retrain and decision.episode_start == DAY + datetime.timedelta(days=3)
+    assert "PR-AUC 0.100 below 0.3" in decision.reason
 
 
 def test_a_break_in_drift_ends_the_episode_and_reasons_are_named():
