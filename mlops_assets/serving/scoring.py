@@ -223,6 +223,27 @@ def streamed_version(uri: str | Path, source: str) -> int | None:
     log = Path(uri) / "_delta_log"
     if not log.is_dir():
         return None
-    needle = json.dumps({STREAM_FILE_KEY: source})[1:-1].encode()
-    found = [int(p.stem) for p in log.glob("[0-9]*.json") if needle in p.read_bytes()]
+    found = []
+    for commit in log.glob("[0-9]*.json"):
+        data = commit.read_bytes()
+        if STREAM_FILE_KEY.encode() not in data:
+            continue
+        for line in data.splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info is not None and _commit_value(info, STREAM_FILE_KEY) == source:
+                found.append(int(commit.stem))
     return max(found) if found else None
+
+
+def _commit_value(info: dict, key: str) -> object:
+    # delta-rs writes custom commit metadata at the top of commitInfo; other writers nest it
+    # as a JSON string under userMetadata.
+    if key in info:
+        return info[key]
+    nested = info.get("userMetadata")
+    if isinstance(nested, str):
+        try:
+            return json.loads(nested).get(key)
+        except (ValueError, AttributeError):
+            return None
+    return None
