@@ -17,6 +17,7 @@ from mlops_assets.defs.jobs import (
     medallion_job,
     medallion_schedule,
     online_job,
+    refresh_job,
     retrain_job,
     train_job,
     training_set_job,
@@ -64,6 +65,7 @@ def build_definitions(
         jobs=[
             medallion_job,
             features_job,
+            refresh_job,
             online_job,
             training_set_job,
             train_job,

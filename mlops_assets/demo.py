@@ -100,11 +100,19 @@ class Demo:
         )
 
     def ingest(self, day: datetime.date) -> bool:
-        """Medallion and feature runs of a landing day, then the online store."""
+        """What the schedules run for a landing day, in-process.
+
+        The medallion run, a refresh of every event day the landing day touched (its late
+        events), then the online store.
+        """
+        from mlops_assets.defs.partitions import event_days_touched
+
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        for job in ("medallion_daily", "features_daily"):
-            if not self.run_job(job, day, run_config=quiet).success:
-                say(f"{job} failed for {day}: open the UI (make ui) for the run's logs")
+        runs = [("medallion_daily", day)]
+        runs += [("refresh_event_days", d) for d in event_days_touched(day)]
+        for job, partition in runs:
+            if not self.run_job(job, partition, run_config=quiet).success:
+                say(f"{job} failed for {partition}: open the UI (make ui) for the run's logs")
                 return False
         return self.run_job("online_publish", run_config=quiet).success
 
@@ -418,11 +426,6 @@ def run(settings: Settings, args: Any) -> int:
         for day in days[:normal]:
             if not demo.ingest(day):
                 return 1
-        # Late events and chargebacks of a day land on later days: refresh gold once all are in.
-        gold = [["gold", "merchant_category_daily"]]
-        if not all(demo.materialize(gold, day).success for day in days[:normal]):
-            say("the gold refresh failed: open the UI (make ui) for the run's logs")
-            return 1
         say(
             f"{normal} days through bronze, silver, gold, features and the online store in "
             f"{time.perf_counter() - phase:.1f} s"

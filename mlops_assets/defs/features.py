@@ -163,6 +163,8 @@ def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) 
     owners=OWNERS,
     kinds=engine_kinds(ENGINE_GROUP),
     code_version=CODE_VERSION,
+    # One writer of the table at a time (a manual run beside a scheduled refresh).
+    pool="features_card_behaviour",
     partitions_def=DAILY,
     metadata=feature_table_metadata(CARD_BEHAVIOUR),
     check_specs=[
@@ -261,6 +263,8 @@ def card_behaviour_features(
     owners=OWNERS,
     kinds=engine_kinds(ENGINE_GROUP),
     code_version=CODE_VERSION,
+    # One writer of the table at a time (a manual run beside a scheduled refresh).
+    pool="features_merchant_daily",
     partitions_def=DAILY,
     metadata={"table": str(MERCHANT_DAILY), "entity_keys": dg.MetadataValue.json(["merchant_id"])},
 )
@@ -405,6 +409,8 @@ def _stored_rows_spark(spark: Any, written: WriteResult, day: datetime.date) -> 
     owners=OWNERS,
     kinds=engine_kinds(ENGINE_GROUP),
     code_version=CODE_VERSION,
+    # One writer of the table at a time (a manual run beside a scheduled refresh).
+    pool="features_merchant_risk",
     partitions_def=DAILY,
     metadata=feature_table_metadata(MERCHANT_RISK),
 )

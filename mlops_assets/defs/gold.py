@@ -117,6 +117,8 @@ def build_day_spark(
     owners=OWNERS,
     kinds=engine_kinds(ENGINE_GROUP),
     code_version=CODE_VERSION,
+    # One writer of the table at a time (a manual run beside a scheduled refresh).
+    pool="gold_merchant_category_daily",
     partitions_def=DAILY,
     metadata={"table": str(MERCHANT_CATEGORY_DAILY), "schema_policy": "strict"},
 )

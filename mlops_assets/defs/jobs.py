@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+
 import dagster as dg
+
+from mlops_assets.defs.partitions import event_days_touched
 
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
 
@@ -25,10 +29,39 @@ features_job = dg.define_asset_job(
     description="Refresh the day's feature rows (card behaviour, merchant daily and risk).",
 )
 
-# An hour after the medallion run, so the day's silver rows are in.
-features_schedule = dg.build_schedule_from_partitioned_job(
-    features_job, hour_of_day=1, minute_of_hour=30
+# Runs that share this tag run one at a time, in the order they were requested (dagster.yaml).
+LANE_TAG = "mlops/lane"
+
+refresh_job = dg.define_asset_job(
+    name="refresh_event_days",
+    selection=dg.AssetSelection.groups("gold", "features"),
+    description=(
+        "Refresh an event day's gold and feature rows, with the late events and chargebacks "
+        "landed since it was last built."
+    ),
+    tags={LANE_TAG: "event_days"},
 )
+
+
+@dg.schedule(
+    job=refresh_job,
+    cron_schedule="30 1 * * *",
+    execution_timezone="UTC",
+    name="refresh_event_days_schedule",
+    description=(
+        "An hour after the medallion run: refresh every event day the landing day that just "
+        "ended touched (that day and the LATE_DAYS before it), oldest first, one at a time."
+    ),
+)
+def features_schedule(context: dg.ScheduleEvaluationContext):
+    """Request one run per event day the day that just ended can have added rows to."""
+    landed = context.scheduled_execution_time.date() - datetime.timedelta(days=1)
+    for day in event_days_touched(landed):
+        yield dg.RunRequest(
+            run_key=f"{day.isoformat()} after landing day {landed.isoformat()}",
+            partition_key=day.isoformat(),
+        )
+
 
 training_set_job = dg.define_asset_job(
     name="training_set",

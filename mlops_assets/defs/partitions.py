@@ -44,3 +44,15 @@ def days_around(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMap
             end_offset=end_offset,
             allow_nonexistent_upstream_partitions=True,
         )
+
+
+def event_days_touched(landing_day: datetime.date) -> list[datetime.date]:
+    """The event days a landing day can add rows to, oldest first, within the partitions.
+
+    A landing day holds its own events and late events of the `LATE_DAYS` days before it:
+    those days' gold and feature rows change when it lands, and are refreshed oldest first
+    (a day's merchant risk reads the merchant days before it).
+    """
+    first = load_settings().start_date
+    days = [landing_day - datetime.timedelta(days=k) for k in range(LATE_DAYS, -1, -1)]
+    return [d for d in days if d >= first]
