@@ -245,10 +245,15 @@ def checkpoints(uri: str) -> pl.DataFrame:
     return scan_table(uri).collect()
 
 
+STREAM_MAX_RETRIES = 3
+
 stream_job = dg.define_asset_job(
     name="stream_score",
     selection=dg.AssetSelection.assets(["serving", "stream_predictions"]),
     description="Score one landed transactions file into the inference log (streaming).",
+    # A failed micro-batch is run again by the daemon (run_retries in dagster.yaml): the
+    # sensor requests each file once, and a rerun never scores a file twice.
+    tags={"dagster/max_retries": str(STREAM_MAX_RETRIES)},
 )
 
 

@@ -1,19 +1,25 @@
 """Batch and streaming scoring into the inference log, on the shared lake with a champion."""
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import landed_transactions
-from mlops_assets.lakehouse.delta_io import append_table, read_partition, scan_table
+from mlops_assets.lakehouse.delta_io import append_table, read_partition, scan_table, table_exists
 from mlops_assets.models.training import model_inputs
 from mlops_assets_tests.integration.conftest import DAYS, QUIET
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def log_rows(settings) -> pl.DataFrame:
-    return scan_table(settings.lake_root / "serving" / "inference_log").collect()
+    uri = settings.lake_root / "serving" / "inference_log"
+    if not table_exists(uri):
+        return pl.DataFrame({"request_id": []}, schema={"request_id": pl.String})
+    return scan_table(uri).collect()
 
 
 def materialize(defs, instance, key, **kwargs):
@@ -138,3 +144,47 @@ def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_l
     assert log_rows(settings).height == count
     checkpoint = scan_table(settings.lake_root / "serving" / "stream_checkpoint").collect()
     assert sorted(checkpoint.get_column("file")) == sorted([name, other])
+
+
+def test_a_failed_stream_run_is_retried_and_the_retry_scores_the_file_once(cd_lake, champion):
+    import yaml
+
+    # The daemon's own decision whether a failed run is retried (run_retries in dagster.yaml).
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    from mlops_assets.defs.serving import STREAM_MAX_RETRIES
+
+    settings, defs, _ = cd_lake
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert config["run_retries"] == {"enabled": True, "max_retries": 0}
+    jobs = {job.name: job for job in defs.resolve_all_job_defs()}
+    retried = {name for name, job in jobs.items() if "dagster/max_retries" in job.tags}
+    assert retried == {"stream_score"}
+    assert jobs["stream_score"].tags["dagster/max_retries"] == str(STREAM_MAX_RETRIES)
+
+    landing = settings.landing_root
+    [source] = sorted((landing / "transactions" / DAYS[-2].isoformat()).iterdir())
+    name = "transactions/2026-01-14/moved-then-back.csv"
+    with dg.instance_for_test(overrides=config) as instance:
+        # The sensor saw the file; it was moved away before its run read it.
+        failed = defs.resolve_job_def("stream_score").execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={
+                "ops": {"serving__stream_predictions": {"config": {"file": name}}},
+                **QUIET,
+            },
+        )
+        assert not failed.success
+        assert should_retry(instance.get_run_by_id(failed.run_id), instance)
+        # Back in place, the retry scores it, and any later attempt adds nothing.
+        target = landing / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        lines = len(source.read_text().splitlines()) - 1
+        before = log_rows(settings).height
+        for _ in range(2):
+            assert stream(defs, instance, name).success
+            assert log_rows(settings).height == before + lines
+        rows = log_rows(settings).filter(pl.col("request_id").str.starts_with(f"stream:{name}:"))
+        assert rows.height == lines
