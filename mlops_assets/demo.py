@@ -26,6 +26,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.settings import Settings
 
 
@@ -105,8 +106,6 @@ class Demo:
         The medallion run, a refresh of every event day the landing day touched (its late
         events), then the online store.
         """
-        from mlops_assets.defs.partitions import event_days_touched
-
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         runs = [("medallion_daily", day)]
         runs += [("refresh_event_days", d) for d in event_days_touched(day)]

@@ -53,6 +53,6 @@ def event_days_touched(landing_day: datetime.date) -> list[datetime.date]:
     those days' gold and feature rows change when it lands, and are refreshed oldest first
     (a day's merchant risk reads the merchant days before it).
     """
-    first = load_settings().start_date
+    first = DAILY.start.date()
     days = [landing_day - datetime.timedelta(days=k) for k in range(LATE_DAYS, -1, -1)]
     return [d for d in days if d >= first]
