@@ -16,7 +16,7 @@ $(UV):
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra ml --extra spark --python $(PYTHON)
+	$(UV) sync --frozen --extra ml --extra spark --extra stack --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.synced

@@ -36,6 +36,15 @@ class Engine(StrEnum):
 ENGINE_GROUPS = ("bronze", "silver", "gold", "features")
 DEFAULT_SPARK_MASTER = "local[*]"
 
+# Cron of each schedule (UTC), overridable per schedule with `MLOPS_CRON_<NAME>`. The daily
+# ones catch up: each tick requests every landing day that is complete and not yet done.
+DEFAULT_CRONS: dict[str, str] = {
+    "medallion": "30 0 * * *",
+    "refresh": "30 1 * * *",
+    "serve_and_monitor": "30 2 * * *",
+    "weekly_retrain": "0 3 * * 1",
+}
+
 
 class SettingsError(ValueError):
     """A setting names an unknown environment, engine or path."""
@@ -60,6 +69,14 @@ class Settings:
             standalone cluster) or `sc://host:port` (Spark Connect).
         spark_jars_dir: Folder holding the io.delta jars `make jars` fetched.
         spark_conf: Further Spark configuration (object storage credentials, memory, ...).
+        crons: Cron (UTC) of each schedule, by name (`DEFAULT_CRONS`).
+        automation: Whether schedules and sensors run by default when the daemon starts;
+            None means "prod only".
+        online_store_url: The online store: empty for the embedded SQLite file under
+            `data/<env>/online/`, or `redis://host:port/db` for a Redis server shared by
+            several serving replicas.
+        dagster_postgres_url: PostgreSQL URL of the Dagster instance's run, event-log and
+            schedule storage; empty for the embedded SQLite instance under `data/<env>/dagster`.
     """
 
     env: str
@@ -70,6 +87,10 @@ class Settings:
     spark_master: str = DEFAULT_SPARK_MASTER
     spark_jars_dir: Path = field(default_factory=lambda: project_root() / ".jars")
     spark_conf: dict[str, str] = field(default_factory=dict)
+    crons: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CRONS))
+    automation: bool | None = None
+    online_store_url: str = ""
+    dagster_postgres_url: str = ""
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -92,6 +113,19 @@ class Settings:
                 f"{', '.join(ENGINE_GROUPS)}"
             )
         return self.group_engines.get(group, self.engine)
+
+    @property
+    def automation_on(self) -> bool:
+        """Whether schedules and sensors run by default: prod yes, others when asked."""
+        return self.env == "prod" if self.automation is None else self.automation
+
+    def cron(self, name: str) -> str:
+        """The cron of a schedule (`DEFAULT_CRONS` names them)."""
+        if name not in self.crons:
+            raise SettingsError(
+                f"no schedule named {name!r}; schedules are {', '.join(self.crons)}"
+            )
+        return self.crons[name]
 
     @property
     def env_root(self) -> Path:
@@ -145,7 +179,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES), `MLOPS_START_DATE`
     (first partition day, ISO date; default 2026-01-01), `MLOPS_SPARK_MASTER` (default
     `local[*]`), `MLOPS_SPARK_JARS` (folder of the io.delta jars; default `<repo>/.jars`),
-    `MLOPS_SPARK_CONF` (a JSON object of further Spark settings).
+    `MLOPS_SPARK_CONF` (a JSON object of further Spark settings), `MLOPS_CRON_<SCHEDULE>`
+    (the cron of one schedule: MEDALLION, REFRESH, SERVE_AND_MONITOR, WEEKLY_RETRAIN),
+    `MLOPS_AUTOMATION` (`on` or `off`: schedules and sensors running by default; default on
+    in prod only), `MLOPS_ONLINE_STORE` (`redis://host:port/db`; default the embedded SQLite
+    file), `MLOPS_DAGSTER_POSTGRES_URL` (PostgreSQL storage of the Dagster instance).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -191,6 +229,32 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"MLOPS_START_DATE={start_text!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
+    crons = dict(DEFAULT_CRONS)
+    for name in DEFAULT_CRONS:
+        variable = f"MLOPS_CRON_{name.upper()}"
+        text = environ.get(variable, "").strip()
+        if text:
+            if len(text.split()) != 5:
+                raise SettingsError(
+                    f"{variable}={text!r} is not a cron of five fields (minute hour day month "
+                    "weekday), e.g. '30 0 * * *' or '* * * * *'"
+                )
+            crons[name] = text
+    automation_text = environ.get("MLOPS_AUTOMATION", "").strip().lower()
+    if automation_text not in ("", "on", "off"):
+        raise SettingsError(f"MLOPS_AUTOMATION={automation_text!r} must be on or off")
+    online_store_url = environ.get("MLOPS_ONLINE_STORE", "").strip()
+    if online_store_url and not online_store_url.startswith(("redis://", "rediss://")):
+        raise SettingsError(
+            f"MLOPS_ONLINE_STORE={online_store_url!r} is not a Redis URL (redis://host:port/db); "
+            "leave it empty for the embedded SQLite store"
+        )
+    postgres_url = environ.get("MLOPS_DAGSTER_POSTGRES_URL", "").strip()
+    if postgres_url and not postgres_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(
+            f"MLOPS_DAGSTER_POSTGRES_URL={postgres_url!r} is not a PostgreSQL URL "
+            "(postgresql://user@host:port/db)"
+        )
     return Settings(
         env=env,
         data_root=data_root,
@@ -200,6 +264,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         spark_master=spark_master,
         spark_jars_dir=jars_dir,
         spark_conf={str(k): str(v) for k, v in spark_conf.items()},
+        crons=crons,
+        automation=None if not automation_text else automation_text == "on",
+        online_store_url=online_store_url,
+        dagster_postgres_url=postgres_url,
     )
 
 

@@ -1,0 +1,1 @@
+"""The production-shaped stack on one machine: PostgreSQL, Redis, MLflow, Dagster, serving."""

@@ -1,0 +1,195 @@
+"""Server processes of the stack: started in their own process group, stopped with all of it.
+
+Each server runs detached (its own session, so its process group holds every child it forks:
+MLflow's job consumers, Dagster's code servers), writes its output to a log file, and leaves a
+pid file so that another command (`mlops stack down`) can stop the whole group later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A server of the stack could not be started, reached or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+@dataclass
+class ServerProcess:
+    """One server of the stack: its command, where it logs, and how to tell it is ready.
+
+    Attributes:
+        name: Short name (`postgres`, `redis`, `mlflow`, ...), also the pid and log file name.
+        command: The command line.
+        state_dir: Folder of the stack's pid and log files.
+        env: Variables added to the process environment.
+        cwd: Working folder of the process.
+        port: TCP port it listens on (readiness is the port accepting connections).
+        ready: Further readiness check, called until it returns True.
+    """
+
+    name: str
+    command: Sequence[str]
+    state_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    port: int | None = None
+    ready: Callable[[], bool] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the process group's id is kept while it runs."""
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's standard output and error."""
+        return self.state_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The running server's process group id, None when it is not running."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def start(self, timeout: float = 120.0) -> int:
+        """Start the server (unless it runs already) and wait until it is ready.
+
+        Returns:
+            The process group id.
+
+        Raises:
+            StackError: The server exited or was not ready within `timeout`; the message
+                ends with the last lines of its log.
+        """
+        running = self.pid()
+        if running is not None:
+            self.wait_ready(timeout, running)
+            return running
+        if self.port is not None and port_open(self.port):
+            raise StackError(
+                f"{self.name}: port 127.0.0.1:{self.port} is already taken by another process; "
+                f"stop it or choose another port"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            log.write(
+                f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command)}\n".encode()
+            )
+            log.flush()
+            process = subprocess.Popen(
+                list(self.command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        self.wait_ready(timeout, process.pid, process)
+        return process.pid
+
+    def wait_ready(self, timeout: float, pid: int, process: subprocess.Popen | None = None) -> None:
+        """Wait until the port accepts connections and `ready` says yes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = process.poll() if process is not None else (None if _alive(pid) else -1)
+            if exited is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise StackError(f"{self.name} exited with code {exited}:\n{self.tail()}")
+            if (self.port is None or port_open(self.port)) and (self.ready is None or self.ready()):
+                return
+            time.sleep(0.2)
+        raise StackError(f"{self.name} was not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the whole process group: SIGTERM, then SIGKILL after `timeout`.
+
+        Returns:
+            Whether the server was running.
+        """
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        stop_group(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def stop_group(pgid: int, timeout: float = 30.0) -> None:
+    """SIGTERM a process group, SIGKILL it if any member is left after `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Fields after the command: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
