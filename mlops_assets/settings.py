@@ -50,6 +50,41 @@ class SettingsError(ValueError):
     """A setting names an unknown environment, engine or path."""
 
 
+@dataclass(frozen=True)
+class StackPorts:
+    """TCP ports (on 127.0.0.1) of the servers of the local stack (`mlops stack up`).
+
+    Each is overridable with `MLOPS_STACK_<NAME>_PORT` (`MLOPS_STACK_POSTGRES_PORT`, ...);
+    the serving replicas with `MLOPS_STACK_SERVE_PORTS`, a comma-separated list with one
+    port per replica.
+
+    Attributes:
+        postgres: PostgreSQL (the Dagster instance's storage and MLflow's backend store).
+        redis: Redis (the online store shared by the serving replicas).
+        mlflow: The MLflow tracking server and model registry.
+        webserver: The Dagster webserver.
+        readonly_webserver: A second Dagster webserver in read-only mode.
+        serve: The `mlops serve` replicas, one port each.
+    """
+
+    postgres: int = 15432
+    redis: int = 16379
+    mlflow: int = 5000
+    webserver: int = 3000
+    readonly_webserver: int = 3001
+    serve: tuple[int, ...] = (8000, 8001)
+
+    def __post_init__(self) -> None:
+        ports = [self.postgres, self.redis, self.mlflow, self.webserver]
+        ports += [self.readonly_webserver, *self.serve]
+        if not self.serve:
+            raise SettingsError("the stack needs at least one serving port")
+        if any(not 0 < port < 65536 for port in ports):
+            raise SettingsError(f"stack ports must be between 1 and 65535: {ports}")
+        if len(set(ports)) != len(ports):
+            raise SettingsError(f"stack ports must differ from each other: {ports}")
+
+
 def project_root() -> Path:
     """Return the repository root (the folder holding `pyproject.toml`)."""
     return Path(__file__).resolve().parent.parent
@@ -77,6 +112,7 @@ class Settings:
             several serving replicas.
         dagster_postgres_url: PostgreSQL URL of the Dagster instance's run, event-log and
             schedule storage; empty for the embedded SQLite instance under `data/<env>/dagster`.
+        stack_ports: Ports of the local stack's servers (`mlops stack up`).
     """
 
     env: str
@@ -91,6 +127,7 @@ class Settings:
     automation: bool | None = None
     online_store_url: str = ""
     dagster_postgres_url: str = ""
+    stack_ports: StackPorts = field(default_factory=StackPorts)
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -183,7 +220,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     (the cron of one schedule: MEDALLION, REFRESH, SERVE_AND_MONITOR, WEEKLY_RETRAIN),
     `MLOPS_AUTOMATION` (`on` or `off`: schedules and sensors running by default; default on
     in prod only), `MLOPS_ONLINE_STORE` (`redis://host:port/db`; default the embedded SQLite
-    file), `MLOPS_DAGSTER_POSTGRES_URL` (PostgreSQL storage of the Dagster instance).
+    file), `MLOPS_DAGSTER_POSTGRES_URL` (PostgreSQL storage of the Dagster instance),
+    `MLOPS_STACK_<NAME>_PORT` (a port of the local stack: POSTGRES, REDIS, MLFLOW, WEBSERVER,
+    READONLY_WEBSERVER) and `MLOPS_STACK_SERVE_PORTS` (the serving replicas' ports, e.g.
+    `8000,8001`).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -255,6 +295,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"MLOPS_DAGSTER_POSTGRES_URL={postgres_url!r} is not a PostgreSQL URL "
             "(postgresql://user@host:port/db)"
         )
+    interval_text = environ.get("MLOPS_SENSOR_INTERVAL_SECONDS", "").strip()
+    if interval_text and not (interval_text.isdigit() and int(interval_text) > 0):
+        raise SettingsError(
+            f"MLOPS_SENSOR_INTERVAL_SECONDS={interval_text!r} is not a whole number of seconds"
+        )
     return Settings(
         env=env,
         data_root=data_root,
@@ -268,7 +313,35 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         automation=None if not automation_text else automation_text == "on",
         online_store_url=online_store_url,
         dagster_postgres_url=postgres_url,
+        stack_ports=_stack_ports(environ),
     )
+
+
+def _port(variable: str, text: str) -> int:
+    """A TCP port a variable names."""
+    try:
+        port = int(text.strip())
+    except ValueError:
+        raise SettingsError(f"{variable}={text!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SettingsError(f"{variable}={text!r} is not a port between 1 and 65535")
+    return port
+
+
+def _stack_ports(environ: dict[str, str]) -> StackPorts:
+    """The local stack's ports: the defaults, overridden by `MLOPS_STACK_*_PORT(S)`."""
+    chosen: dict[str, object] = {}
+    for name in ("postgres", "redis", "mlflow", "webserver", "readonly_webserver"):
+        variable = f"MLOPS_STACK_{name.upper()}_PORT"
+        text = environ.get(variable, "").strip()
+        if text:
+            chosen[name] = _port(variable, text)
+    serve_text = environ.get("MLOPS_STACK_SERVE_PORTS", "").strip()
+    if serve_text:
+        chosen["serve"] = tuple(
+            _port("MLOPS_STACK_SERVE_PORTS", part) for part in serve_text.split(",") if part.strip()
+        )
+    return StackPorts(**chosen)
 
 
 def _engine(environ: dict[str, str], variable: str) -> Engine | None:

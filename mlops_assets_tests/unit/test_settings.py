@@ -82,3 +82,41 @@ def test_table_refs_refuse_unknown_layers_and_paths():
         TableRef("platinum", "x")
     with pytest.raises(ValueError, match="plain folder name"):
         TableRef("silver", "../prod")
+
+
+def test_stack_ports_have_defaults_and_are_overridable():
+    from mlops_assets.settings import StackPorts
+
+    default = load_settings({}).stack_ports
+    assert default == StackPorts()
+    assert (default.postgres, default.redis, default.mlflow) == (15432, 16379, 5000)
+    assert (default.webserver, default.readonly_webserver, default.serve) == (
+        3000,
+        3001,
+        (8000, 8001),
+    )
+    chosen = load_settings(
+        {
+            "MLOPS_STACK_POSTGRES_PORT": "25432",
+            "MLOPS_STACK_REDIS_PORT": "26379",
+            "MLOPS_STACK_MLFLOW_PORT": "5050",
+            "MLOPS_STACK_WEBSERVER_PORT": "3100",
+            "MLOPS_STACK_READONLY_WEBSERVER_PORT": "3101",
+            "MLOPS_STACK_SERVE_PORTS": "9000, 9001,9002",
+        }
+    ).stack_ports
+    assert chosen == StackPorts(25432, 26379, 5050, 3100, 3101, (9000, 9001, 9002))
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"MLOPS_STACK_REDIS_PORT": "redis"}, "MLOPS_STACK_REDIS_PORT='redis' is not a port"),
+        ({"MLOPS_STACK_MLFLOW_PORT": "70000"}, "is not a port between 1 and 65535"),
+        ({"MLOPS_STACK_WEBSERVER_PORT": "5000"}, "stack ports must differ"),
+        ({"MLOPS_STACK_SERVE_PORTS": ","}, "at least one serving port"),
+    ],
+)
+def test_bad_stack_ports_are_named(variables, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(variables)
