@@ -113,6 +113,8 @@ class Settings:
         dagster_postgres_url: PostgreSQL URL of the Dagster instance's run, event-log and
             schedule storage; empty for the embedded SQLite instance under `data/<env>/dagster`.
         stack_ports: Ports of the local stack's servers (`mlops stack up`).
+        sensor_interval_seconds: Minimum interval of every polling sensor when set (each
+            sensor's own interval otherwise), e.g. short in an end-to-end test.
     """
 
     env: str
@@ -128,6 +130,7 @@ class Settings:
     online_store_url: str = ""
     dagster_postgres_url: str = ""
     stack_ports: StackPorts = field(default_factory=StackPorts)
+    sensor_interval_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -223,7 +226,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     file), `MLOPS_DAGSTER_POSTGRES_URL` (PostgreSQL storage of the Dagster instance),
     `MLOPS_STACK_<NAME>_PORT` (a port of the local stack: POSTGRES, REDIS, MLFLOW, WEBSERVER,
     READONLY_WEBSERVER) and `MLOPS_STACK_SERVE_PORTS` (the serving replicas' ports, e.g.
-    `8000,8001`).
+    `8000,8001`), `MLOPS_SENSOR_INTERVAL_SECONDS` (minimum interval of every polling
+    sensor).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -300,6 +304,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"MLOPS_SENSOR_INTERVAL_SECONDS={interval_text!r} is not a whole number of seconds"
         )
+    interval_text = environ.get("MLOPS_SENSOR_INTERVAL_SECONDS", "").strip()
+    if interval_text and not (interval_text.isdigit() and int(interval_text) > 0):
+        raise SettingsError(
+            f"MLOPS_SENSOR_INTERVAL_SECONDS={interval_text!r} is not a whole number of seconds"
+        )
     return Settings(
         env=env,
         data_root=data_root,
@@ -314,6 +323,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         online_store_url=online_store_url,
         dagster_postgres_url=postgres_url,
         stack_ports=_stack_ports(environ),
+        sensor_interval_seconds=int(interval_text) if interval_text else None,
     )
 
 

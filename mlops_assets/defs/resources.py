@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,13 @@ class LakehouseResource(dg.ConfigurableResource):
     @property
     def settings(self) -> Settings:
         """Settings of the configured environment."""
-        base = load_settings()
-        return Settings(
+        # The process's other settings (online store, crons, Spark) with this resource's
+        # environment and engines.
+        return dataclasses.replace(
+            load_settings(),
             env=self.env,
             data_root=Path(self.data_root),
             engine=Engine(self.engine),
-            start_date=base.start_date,
             group_engines={group: Engine(e) for group, e in self.group_engines.items()},
         )
 

@@ -119,3 +119,57 @@ def read_landing_file(
         pl.lit(ingested_at).cast(pl.Datetime("us", "UTC")).alias(INGESTED_AT),
     )
     return LandingFile(path, relative, header, problem, lines)
+
+
+# The landing contract's completion marker: a feed writes a day's data files first (each under
+# a temporary name, renamed when whole) and the day's manifest last, `_manifests/<day>.json`.
+MANIFESTS_DIR = "_manifests"
+SOURCES = ("transactions", "labels")
+
+
+def complete_landing_days(
+    landing_root: Path,
+    now: datetime.datetime,
+    quiet: datetime.timedelta = datetime.timedelta(minutes=30),
+) -> list[datetime.date]:
+    """Landing days that are complete, oldest first.
+
+    A day is complete when its manifest exists (the feed says so), or, for feeds that write
+    no manifest, once the day has ended (UTC) and none of its files changed for `quiet`: a
+    file still being written or a late part file keeps the day open.
+
+    Args:
+        landing_root: The environment's landing folder.
+        now: The current time (UTC), e.g. a schedule tick's time.
+        quiet: How long a day without a manifest must be untouched after it ended.
+    """
+    days: dict[datetime.date, list[Path]] = {}
+    for source in SOURCES:
+        folder = landing_root / source
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            try:
+                day = datetime.date.fromisoformat(entry.name)
+            except ValueError:
+                continue
+            if entry.is_dir():
+                days.setdefault(day, []).append(entry)
+    manifests = landing_root / MANIFESTS_DIR
+    complete = []
+    for day, folders in sorted(days.items()):
+        if (manifests / f"{day.isoformat()}.json").is_file():
+            complete.append(day)
+            continue
+        ended = datetime.datetime.combine(
+            day + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+        )
+        if now < ended + quiet:
+            continue
+        changed = max(
+            (p.stat().st_mtime for folder in folders for p in folder.iterdir()),
+            default=0.0,
+        )
+        if changed <= (now - quiet).timestamp():
+            complete.append(day)
+    return complete
