@@ -14,8 +14,10 @@ when another connection commits) on every call, so a publish from any process is
 the next lookup. The optional in-process cache of decoded rows is tagged with the physical
 table it was read from, so a publish retires it without any coordination between threads.
 
-Redis is the planned production backend behind the same interface (`publish`, `lookup`,
-`lookup_many`, `tables`, `describe`, `stats`); this embedded store is the local default.
+`RedisOnlineStore` (`redis_store.py`) offers the same interface (`publish`, `lookup`,
+`lookup_many`, `tables`, `describe`, `stats`, `close`) on a Redis server that several serving
+replicas share; `open_online_store` picks the backend from the settings (`MLOPS_ONLINE_STORE`),
+and this embedded store stays the default.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class UnknownTableError(KeyError):
         return str(self.args[0])
 
 
+class OnlineStoreUnavailableError(ConnectionError):
+    """The online store's server could not be reached; the message names its URL."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PublishResult:
     """What a publish did, for asset metadata.
@@ -93,7 +99,7 @@ class PublishResult:
         rows: Keys published (one row per key).
         published_at: When the publish committed (UTC).
         latest_feature_time: Newest feature time among the published rows, None if empty.
-        path: The store file.
+        path: The store file (the server's URL, password hidden, for Redis).
         version: The table's version after the publish (1 for the first publish).
     """
 
@@ -389,8 +395,11 @@ class OnlineStore:
             bounds memory without per-lookup bookkeeping.
     """
 
+    backend = "sqlite"
+
     def __init__(self, path: Path | str, *, cache: bool = True, cache_size: int = 100_000) -> None:
         self.path = Path(path).absolute()
+        self.location = str(self.path)
         self.cache_enabled = cache
         self.cache_size = cache_size
         self._local = threading.local()
@@ -447,18 +456,9 @@ class OnlineStore:
             TypeError: A feature, key or feature time has a type the store cannot hold, or a
                 default does not match its feature's type.
         """
-        if isinstance(frame, pl.LazyFrame):
-            frame = frame.collect()
-        specs, time_spec = _validate(table, frame, key, feature_time, features, defaults)
-        encoded_defaults = {f.name: _encode_value(f, defaults[f.name]) for f in specs}
-
-        latest = frame.select(list(dict.fromkeys([key, feature_time, *features]))).sort(
-            feature_time, maintain_order=True
+        specs, time_spec, encoded_defaults, latest, stored_latest = _prepare(
+            table, frame, key, feature_time, features, defaults
         )
-        # The sort is stable, so among rows with the same time the last in frame order is last.
-        latest = latest.unique(subset=[key], keep="last", maintain_order=False)
-        latest_time = latest.get_column(feature_time).max() if latest.height else None
-        stored_latest = _encode_value(time_spec, latest_time)
         rows = latest.select(
             pl.col(key).cast(pl.String).alias("k"),
             _encode_column(feature_time, time_spec.kind, time_spec.time_zone).alias("t"),
@@ -731,6 +731,57 @@ class OnlineStore:
         for reader in readers:
             reader.close()
         self._cache.clear()
+
+
+def open_online_store(settings: Any, **options: Any) -> Any:
+    """The environment's online store: Redis when `online_store_url` is set, else SQLite.
+
+    Args:
+        settings: The environment's `Settings`: `online_store_url` empty means the embedded
+            SQLite file at `online_store_path`, `redis://host:port/db` a shared Redis server
+            whose keys start with `mlops:<env>:online` (so environments may share a database).
+        **options: Passed to the backend: `cache` and `cache_size` for `OnlineStore`;
+            `prefix`, `socket_timeout` and `connect_timeout` for `RedisOnlineStore`.
+
+    Returns:
+        An `OnlineStore` or a `RedisOnlineStore`; both say which they are with `backend`
+        (`sqlite`, `redis`) and `location` (the file, or the URL without its password).
+    """
+    url = settings.online_store_url
+    if not url:
+        return OnlineStore(settings.online_store_path, **options)
+    from mlops_assets.features.redis_store import RedisOnlineStore
+
+    options.setdefault("prefix", f"mlops:{settings.env}:online")
+    return RedisOnlineStore(url, **options)
+
+
+def _prepare(
+    table: str,
+    frame: pl.DataFrame | pl.LazyFrame,
+    key: str,
+    feature_time: str,
+    features: Sequence[str],
+    defaults: Mapping[str, Any],
+) -> tuple[list[_Feature], _Feature, dict[str, Any], pl.DataFrame, Any]:
+    """Validate a publish and keep the latest row per key, for any backend.
+
+    Returns:
+        The feature specs, the feature time's spec, the defaults as stored, the latest row
+        per key (the key, feature time and feature columns, unordered) and the newest
+        feature time as stored (None when the frame is empty).
+    """
+    if isinstance(frame, pl.LazyFrame):
+        frame = frame.collect()
+    specs, time_spec = _validate(table, frame, key, feature_time, features, defaults)
+    encoded_defaults = {f.name: _encode_value(f, defaults[f.name]) for f in specs}
+    latest = frame.select(list(dict.fromkeys([key, feature_time, *features]))).sort(
+        feature_time, maintain_order=True
+    )
+    # The sort is stable, so among rows with the same time the last in frame order is last.
+    latest = latest.unique(subset=[key], keep="last", maintain_order=False)
+    latest_time = latest.get_column(feature_time).max() if latest.height else None
+    return specs, time_spec, encoded_defaults, latest, _encode_value(time_spec, latest_time)
 
 
 def _validate(

@@ -1,6 +1,7 @@
-"""Shared fixtures: a small lake with a promoted champion (built once per test session)."""
+"""Shared fixtures: a small lake with a promoted champion, a Redis server (once per session)."""
 
 import datetime
+import os
 
 import dagster as dg
 import pytest
@@ -64,3 +65,46 @@ def champion(cd_lake):
     result = retrain(defs, instance)
     assert result.success
     return result
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free 127.0.0.1 port, persistence off, for the whole session.
+
+    Started in its own process group through the stack's `ServerProcess`; `stop()` ends the
+    group. Tests share the server and keep apart by key prefix.
+    """
+    import shutil
+
+    from mlops_assets.stack.process import ServerProcess, free_port
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    state = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = ServerProcess(
+        name="redis",
+        command=[
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(state),
+            "--daemonize",
+            "no",
+        ],
+        state_dir=state,
+        port=port,
+    )
+    server.start(timeout=30)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.stop()

@@ -1,4 +1,8 @@
-"""The online store on a temporary SQLite file: latest rows, defaults, atomic re-publish, types."""
+"""The online store on SQLite and on a real Redis: latest rows, defaults, atomic re-publish, types.
+
+Behaviour tests run against both backends (`backend` fixture); a test's stores share one
+SQLite file, or one Redis server under a key prefix of their own, like serving replicas do.
+"""
 
 import datetime
 import sqlite3
@@ -7,17 +11,24 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
+import redis
 
 from mlops_assets.features.online_store import (
     FeatureVector,
     OnlineStore,
+    OnlineStoreUnavailableError,
     PublishResult,
     UnknownTableError,
+    open_online_store,
 )
+from mlops_assets.features.redis_store import RedisOnlineStore
+from mlops_assets.settings import load_settings
+from mlops_assets.stack.process import free_port
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 1, 1, tzinfo=UTC)
@@ -39,7 +50,7 @@ def uniform(keys: list[str], value: int, n_features: int = 6) -> pl.DataFrame:
     )
 
 
-def publish_uniform(store: OnlineStore, keys: list[str], value: int) -> PublishResult:
+def publish_uniform(store, keys: list[str], value: int) -> PublishResult:
     features = [f"f{i}" for i in range(6)]
     return store.publish(
         "cards",
@@ -51,10 +62,43 @@ def publish_uniform(store: OnlineStore, keys: list[str], value: int) -> PublishR
     )
 
 
+class Backend:
+    """Opens stores of one backend that share their storage (a file, or a Redis key prefix)."""
+
+    def __init__(self, name: str, tmp_path: Path, redis_url: str | None) -> None:
+        self.name = name
+        self.path = tmp_path / "online" / "features.sqlite"
+        self.url = redis_url
+        self.prefix = f"test:{uuid.uuid4().hex}"
+        self.opened: list = []
+
+    def open(self, cache: bool = True):
+        if self.name == "sqlite":
+            store = OnlineStore(self.path, cache=cache)
+        else:
+            store = RedisOnlineStore(self.url, prefix=self.prefix)
+        self.opened.append(store)
+        return store
+
+    def script(self) -> str:
+        """Python source opening a store on the same storage, for another process."""
+        if self.name == "sqlite":
+            return f"OnlineStore({str(self.path)!r})"
+        return f"RedisOnlineStore({self.url!r}, prefix={self.prefix!r})"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request, tmp_path) -> Backend:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    opened = Backend(request.param, tmp_path, url)
+    yield opened
+    for store in opened.opened:
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path) -> OnlineStore:
-    with OnlineStore(tmp_path / "online" / "features.sqlite") as opened:
-        yield opened
+def store(backend):
+    return backend.open()
 
 
 def test_latest_row_per_key_wins_with_ties_and_unordered_input(store):
@@ -75,7 +119,10 @@ def test_latest_row_per_key_wins_with_ties_and_unordered_input(store):
     )
     assert (result.table, result.rows, result.version) == ("cards", 3, 1)
     assert result.latest_feature_time == at(5)
-    assert Path(result.path).is_file()
+    if isinstance(store, OnlineStore):
+        assert Path(result.path).is_file()
+    else:
+        assert result.path == store.location
     got = {k: store.lookup("cards", k) for k in "abc"}
     # a: two rows at the latest time, the later one in frame order wins; b: tie at its only time.
     assert {k: v.values["amount_sum_1h"] for k, v in got.items()} == {
@@ -112,10 +159,9 @@ def test_missing_keys_get_the_documented_defaults_and_are_counted(store):
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_republish_replaces_contents_for_another_reader(tmp_path, cache):
-    path = tmp_path / "features.sqlite"
-    writer = OnlineStore(path)
-    reader = OnlineStore(path, cache=cache)
+def test_republish_replaces_contents_for_another_reader(backend, cache):
+    writer = backend.open()
+    reader = backend.open(cache=cache)
     publish_uniform(writer, ["a", "b", "c"], 1)
     assert [reader.lookup("cards", k).values["f0"] for k in "abc"] == [1, 1, 1]
 
@@ -130,14 +176,29 @@ def test_republish_replaces_contents_for_another_reader(tmp_path, cache):
     assert (described["version"], described["rows"]) == (2, 3)
     assert described["latest_feature_time"] == at(2)
     assert reader.tables() == ["cards"]
-    # The old physical table is gone: the file holds the catalog and one table per feature table.
-    with sqlite3.connect(path) as conn:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-    assert len(names) == 2
-    # The batch after the single lookups is answered from the cache refilled with version 2.
-    assert reader.stats()["cards"]["cache_hits"] == (3 if cache else 0)
-    writer.close()
-    reader.close()
+    if backend.name == "sqlite":
+        # The old physical table is gone: the file holds the catalog and one table per feature
+        # table.
+        with sqlite3.connect(backend.path) as conn:
+            names = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+        assert len(names) == 2
+        # The batch after the single lookups is answered from the cache refilled with version 2.
+        assert reader.stats()["cards"]["cache_hits"] == (3 if cache else 0)
+    else:
+        # The old generation is gone: the catalog, one entry and one row hash remain, for good.
+        client = redis.Redis.from_url(backend.url)
+        names = sorted(k.decode() for k in client.scan_iter(f"{backend.prefix}:*"))
+        generation = client.hget(f"{backend.prefix}:catalog", "cards").decode()
+        assert names == [
+            f"{backend.prefix}:catalog",
+            f"{backend.prefix}:meta:{generation}",
+            f"{backend.prefix}:rows:{generation}",
+        ]
+        assert client.ttl(f"{backend.prefix}:rows:{generation}") == -1
+        assert reader.stats()["cards"]["cache_hits"] == 0
+        client.close()
 
 
 def test_types_round_trip(store):
@@ -245,15 +306,17 @@ def test_lookup_many_matches_lookup(store):
     assert store.lookup_many("cards", []) == []
 
 
-def test_tables_on_an_empty_store(tmp_path):
-    store = OnlineStore(tmp_path / "none" / "features.sqlite")
+def test_tables_on_an_empty_store(backend, tmp_path):
+    store = backend.open()
     assert store.tables() == []
     with pytest.raises(UnknownTableError, match=r"known tables: \[\]"):
         store.lookup("cards", "a")
-    assert not (tmp_path / "none").exists()
+    with pytest.raises(UnknownTableError, match=r"known tables: \[\]"):
+        store.describe("cards")
+    assert not (tmp_path / "online").exists()
 
 
-def bad_publish(store: OnlineStore, **change) -> None:
+def bad_publish(store, **change) -> None:
     frame = pl.DataFrame(
         {
             "card_id": ["a", "b"],
@@ -331,9 +394,8 @@ def test_unknown_table_lists_the_known_ones(store):
         )
 
 
-def test_a_publish_from_another_process_reaches_a_running_reader_within_a_second(tmp_path):
-    path = tmp_path / "features.sqlite"
-    reader = OnlineStore(path)
+def test_a_publish_from_another_process_reaches_a_running_reader_within_a_second(backend):
+    reader = backend.open()
     publish_uniform(reader, ["a", "b"], 1)
     assert reader.lookup("cards", "a").values["f0"] == 1  # connection open, row cached
     script = textwrap.dedent(
@@ -341,6 +403,7 @@ def test_a_publish_from_another_process_reaches_a_running_reader_within_a_second
         import datetime
         import polars as pl
         from mlops_assets.features.online_store import OnlineStore
+        from mlops_assets.features.redis_store import RedisOnlineStore
 
         features = [f"f{{i}}" for i in range(6)]
         frame = pl.DataFrame(
@@ -350,7 +413,7 @@ def test_a_publish_from_another_process_reaches_a_running_reader_within_a_second
                 **{{f: [2, 2] for f in features}},
             }}
         )
-        OnlineStore({str(path)!r}).publish(
+        {backend.script()}.publish(
             "cards", frame, key="card_id", feature_time="ts", features=features,
             defaults=dict.fromkeys(features, -1),
         )
@@ -365,12 +428,11 @@ def test_a_publish_from_another_process_reaches_a_running_reader_within_a_second
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_concurrent_readers_never_see_a_mixed_state(tmp_path, cache):
-    path = tmp_path / "features.sqlite"
+def test_concurrent_readers_never_see_a_mixed_state(backend, cache):
     keys = [f"card-{i}" for i in range(300)]
-    writer = OnlineStore(path)
+    writer = backend.open()
     publish_uniform(writer, keys, 1)
-    store = OnlineStore(path, cache=cache)  # one instance shared by the reader threads
+    store = backend.open(cache=cache)  # one instance shared by the reader threads
     stop = threading.Event()
     seen: set[int] = set()
     failures: list[str] = []
@@ -406,3 +468,132 @@ def test_concurrent_readers_never_see_a_mixed_state(tmp_path, cache):
     assert seen == {1, 2}
     assert writer.describe("cards")["version"] == 13
     store.close()
+
+
+def test_nan_is_served_as_none_and_infinities_survive(store):
+    frame = pl.DataFrame(
+        {
+            "card_id": ["a", "b", "c"],
+            "ts": [T0] * 3,
+            "ratio": [float("nan"), float("inf"), -float("inf")],
+            "whole": [2.0, 3.0, 4.0],
+        }
+    )
+    store.publish(
+        "cards",
+        frame,
+        key="card_id",
+        feature_time="ts",
+        features=["ratio", "whole"],
+        defaults={"ratio": None, "whole": 1},
+    )
+    got = store.lookup_many("cards", ["a", "b", "c", "d"])
+    assert [v.values["ratio"] for v in got[:3]] == [None, float("inf"), -float("inf")]
+    assert [type(v.values["whole"]) for v in got] == [float] * 4
+    assert got[3].values == {"ratio": None, "whole": 1.0}
+
+
+# -- Redis: replicas sharing one server, failures, the settings' choice --------------------
+
+
+@pytest.fixture
+def redis_backend(redis_url, tmp_path) -> Backend:
+    opened = Backend("redis", tmp_path, redis_url)
+    yield opened
+    for store in opened.opened:
+        store.close()
+
+
+def test_two_replicas_sharing_one_redis_see_each_others_publishes(redis_backend):
+    first, second = redis_backend.open(), redis_backend.open()
+    publish_uniform(first, ["a", "b"], 1)
+    assert second.tables() == ["cards"]
+    assert [v.values["f0"] for v in second.lookup_many("cards", ["a", "b"])] == [1, 1]
+    # The other way round, and the first replica's view of version 1 gives way at once.
+    assert publish_uniform(second, ["b", "c"], 2).version == 2
+    assert first.lookup("cards", "a").found is False
+    assert [first.lookup("cards", k).values["f3"] for k in "bc"] == [2, 2]
+    assert first.describe("cards")["version"] == 2 == second.describe("cards")["version"]
+    assert first.stats()["cards"]["lookups"] == 3 and second.stats()["cards"]["lookups"] == 2
+    # A store under another prefix (another environment) shares the server, not the tables.
+    other = RedisOnlineStore(redis_backend.url, prefix=f"{redis_backend.prefix}-other")
+    assert other.tables() == []
+    other.close()
+
+
+def test_close_then_use_again_reconnects(redis_backend):
+    store = redis_backend.open()
+    publish_uniform(store, ["a"], 1)
+    store.close()
+    assert store.lookup("cards", "a").values["f0"] == 1
+
+
+def test_concurrent_publishers_number_versions_one_after_another(redis_backend):
+    stores = [redis_backend.open() for _ in range(4)]
+    versions: list[int] = []
+    errors: list[str] = []
+
+    def publish(store, value: int) -> None:
+        try:
+            for _ in range(5):
+                versions.append(publish_uniform(store, ["a", "b"], value).version)
+        except Exception as error:  # noqa: BLE001 - reported to the main thread below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=publish, args=(s, i)) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(versions) == list(range(1, 21))
+    # Every superseded generation was removed: one entry and one row hash are left.
+    client = redis.Redis.from_url(redis_backend.url)
+    assert len(list(client.scan_iter(f"{redis_backend.prefix}:*"))) == 3
+    client.close()
+
+
+def test_an_unreachable_redis_gives_an_error_naming_the_url():
+    url = f"redis://reader:s3cret@127.0.0.1:{free_port()}/0"
+    store = RedisOnlineStore(url, connect_timeout=0.5)
+    shown = f"redis://reader:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
+    assert store.location == shown and "s3cret" not in repr(store)
+    calls = (
+        store.tables,
+        lambda: store.lookup("cards", "a"),
+        lambda: store.lookup_many("cards", ["a"]),
+        lambda: store.describe("cards"),
+        lambda: publish_uniform(store, ["a"], 1),
+    )
+    for call in calls:
+        with pytest.raises(OnlineStoreUnavailableError) as raised:
+            call()
+        message = str(raised.value)
+        assert message.startswith(f"online store {shown} is unreachable")
+        assert "s3cret" not in message
+        assert isinstance(raised.value, ConnectionError)
+    store.close()
+
+
+def test_open_online_store_follows_the_settings(tmp_path, redis_url):
+    local = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": "dev"})
+    with open_online_store(local, cache=False) as store:
+        assert isinstance(store, OnlineStore) and store.backend == "sqlite"
+        assert store.path == local.online_store_path and not store.cache_enabled
+        assert store.location == str(local.online_store_path)
+    shared = {"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ONLINE_STORE": redis_url}
+    dev = open_online_store(load_settings({**shared, "MLOPS_ENV": "dev"}))
+    staging = open_online_store(load_settings({**shared, "MLOPS_ENV": "staging"}))
+    assert isinstance(dev, RedisOnlineStore) and dev.backend == "redis"
+    assert dev.location == redis_url and dev.prefix == "mlops:dev:online"
+    # Environments sharing one Redis database keep their tables apart.
+    publish_uniform(dev, ["a"], 1)
+    try:
+        assert staging.tables() == [] and dev.tables() == ["cards"]
+        assert dev.describe("cards")["path"] == redis_url
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        client.delete(*client.keys("mlops:dev:online:*"))
+        client.close()
+        dev.close()
+        staging.close()
