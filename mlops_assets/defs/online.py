@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.resources import LakehouseResource
-from mlops_assets.features.online_store import OnlineStore
+from mlops_assets.features.online_store import open_online_store
 from mlops_assets.features.registry import FEATURE_TABLES, FeatureTable
 from mlops_assets.lakehouse.delta_io import scan_table, table_version
 
@@ -42,7 +42,7 @@ def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:
             oldest = newest - datetime.timedelta(days=table.max_staleness_days)
             rows = rows.filter(pl.col(table.timestamp_key) > oldest)
         (key,) = table.entity_keys
-        store = OnlineStore(lakehouse.settings.online_store_path)
+        store = open_online_store(lakehouse.settings)
         try:
             published = store.publish(
                 table.name,

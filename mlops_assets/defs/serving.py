@@ -143,7 +143,7 @@ def stream_predictions(
     row of `serving/stream_checkpoint` records it: a file already in the log (also after a
     stop between the two) is not scored again.
     """
-    from mlops_assets.features.online_store import OnlineStore
+    from mlops_assets.features.online_store import open_online_store
     from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file, streamed_version
 
     settings = lakehouse.settings
@@ -175,7 +175,7 @@ def stream_predictions(
     batch = None
     version: int | None
     if recovered is None:
-        with OnlineStore(settings.online_store_path) as store:
+        with open_online_store(settings) as store:
             batch = score_file(path, settings.landing_root, model, store, run_id=context.run.run_id)
         from mlops_assets.serving.inference_log import inference_schema, prepare_frame
 
