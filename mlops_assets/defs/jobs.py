@@ -1,12 +1,10 @@
-"""Jobs and schedules of the medallion pipeline."""
+"""Jobs of the daily loop and the model lifecycle, and the weekly retraining schedule."""
 
 from __future__ import annotations
 
-import datetime
-
 import dagster as dg
 
-from mlops_assets.defs.partitions import event_days_touched
+from mlops_assets.settings import Settings
 
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
 
@@ -14,11 +12,6 @@ medallion_job = dg.define_asset_job(
     name="medallion_daily",
     selection=MEDALLION,
     description="Ingest a landing day into bronze, validate it into silver, refresh gold.",
-)
-
-# Runs shortly after midnight UTC for the day that just ended; off until turned on in the UI.
-medallion_schedule = dg.build_schedule_from_partitioned_job(
-    medallion_job, hour_of_day=0, minute_of_hour=30
 )
 
 FEATURES = dg.AssetSelection.groups("features")
@@ -41,26 +34,6 @@ refresh_job = dg.define_asset_job(
     ),
     tags={LANE_TAG: "event_days"},
 )
-
-
-@dg.schedule(
-    job=refresh_job,
-    cron_schedule="30 1 * * *",
-    execution_timezone="UTC",
-    name="refresh_event_days_schedule",
-    description=(
-        "An hour after the medallion run: refresh every event day the landing day that just "
-        "ended touched (that day and the LATE_DAYS before it), oldest first, one at a time."
-    ),
-)
-def features_schedule(context: dg.ScheduleEvaluationContext):
-    """Request one run per event day the day that just ended can have added rows to."""
-    landed = context.scheduled_execution_time.date() - datetime.timedelta(days=1)
-    for day in event_days_touched(landed):
-        yield dg.RunRequest(
-            run_key=f"{day.isoformat()} after landing day {landed.isoformat()}",
-            partition_key=day.isoformat(),
-        )
 
 
 training_set_job = dg.define_asset_job(
@@ -97,8 +70,8 @@ retrain_job = dg.define_asset_job(
 )
 
 
-def weekly_retrain_schedule(env: str) -> dg.ScheduleDefinition:
-    """Retrain, validate and promote every Monday at 03:00 UTC; running by default in prod only.
+def weekly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    """Retrain, validate and promote weekly (Monday 03:00 UTC); running by default in prod.
 
     Drift triggers retraining between these runs; the schedule retrains regardless, so a
     model never ages past a week in production.
@@ -106,10 +79,12 @@ def weekly_retrain_schedule(env: str) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="weekly_retrain",
         job=retrain_job,
-        cron_schedule="0 3 * * 1",
+        cron_schedule=settings.cron("weekly_retrain"),
         execution_timezone="UTC",
         default_status=(
-            dg.DefaultScheduleStatus.RUNNING if env == "prod" else dg.DefaultScheduleStatus.STOPPED
+            dg.DefaultScheduleStatus.RUNNING
+            if settings.automation_on
+            else dg.DefaultScheduleStatus.STOPPED
         ),
         tags={"mlops/trigger": "weekly"},
         description="Weekly retraining regardless of drift (on by default in prod).",

@@ -18,7 +18,7 @@ from mlops_assets.lakehouse.delta_io import (
     write_partition,
 )
 from mlops_assets.monitoring.policy import DriftPolicy
-from mlops_assets.settings import use_mlflow_store
+from mlops_assets.settings import Settings, use_mlflow_store
 
 REFERENCE = TableRef("monitoring", "reference")
 DRIFT = TableRef("monitoring", "drift_metrics")
@@ -449,19 +449,21 @@ def alerts_uri(lakehouse: LakehouseResource) -> str:
     return lakehouse.write_uri(ALERTS)
 
 
-def drift_monitor_sensor(env: str) -> dg.SensorDefinition:
+def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:
     """The drift sensor: retraining, validation and promotion once per drift episode.
 
-    Running by default in prod; elsewhere it is turned on in the UI (or evaluated by tests
-    and the demo).
+    Running by default where automation is on (prod); elsewhere it is turned on in the UI
+    (or evaluated by tests and the demo).
     """
 
     @dg.sensor(
         name="drift_monitor",
         job=retrain_job,
-        minimum_interval_seconds=300,
+        minimum_interval_seconds=settings.sensor_interval_seconds or 300,
         default_status=(
-            dg.DefaultSensorStatus.RUNNING if env == "prod" else dg.DefaultSensorStatus.STOPPED
+            dg.DefaultSensorStatus.RUNNING
+            if settings.automation_on
+            else dg.DefaultSensorStatus.STOPPED
         ),
         description=(
             "Reads the monitoring tables and requests retraining, validation and promotion "

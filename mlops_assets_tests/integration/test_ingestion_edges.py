@@ -1,4 +1,4 @@
-"""Ingestion edge cases: unusable files, labels reported twice, the schedule's target day."""
+"""Ingestion edge cases: unusable files, labels reported twice."""
 
 import datetime
 
@@ -7,7 +7,6 @@ import polars as pl
 
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.bronze import ingest_day
-from mlops_assets.defs.jobs import medallion_schedule
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.settings import load_settings
@@ -68,13 +67,3 @@ def test_a_label_reported_again_on_another_day_lands_once(tmp_path):
     assert sorted(labels["transaction_id"]) == ["tx_1", "tx_2"]
     first = labels.filter(pl.col("transaction_id") == "tx_1")
     assert first["landing_date"].item() == DAY1
-
-
-def test_the_daily_schedule_runs_the_day_that_just_ended(tmp_path):
-    defs = build_definitions(load_settings({"MLOPS_DATA_ROOT": str(tmp_path)}))
-    schedule = defs.resolve_schedule_def(medallion_schedule.name)
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime.datetime(2026, 3, 10, 0, 30, tzinfo=datetime.UTC)
-    )
-    requests = list(schedule.evaluate_tick(context).run_requests or [])
-    assert [r.partition_key for r in requests] == ["2026-03-09"]

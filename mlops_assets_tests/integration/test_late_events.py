@@ -6,7 +6,6 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.jobs import LANE_TAG, features_schedule
 from mlops_assets.defs.partitions import LATE_DAYS, event_days_touched
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.settings import load_settings
@@ -15,31 +14,6 @@ from mlops_assets.simulate import Scenario, simulate
 START = datetime.date(2026, 1, 1)
 DAYS = [START + datetime.timedelta(days=i) for i in range(6)]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
-def test_the_schedule_refreshes_the_day_that_ended_and_the_late_days_before_it(tmp_path):
-    defs = build_definitions(load_settings({"MLOPS_DATA_ROOT": str(tmp_path)}))
-    schedule = defs.resolve_schedule_def(features_schedule.name)
-    assert schedule.job_name == "refresh_event_days"
-    assert defs.resolve_job_def("refresh_event_days").tags[LANE_TAG] == "event_days"
-
-    def keys(when: datetime.datetime) -> list[str]:
-        context = dg.build_schedule_context(
-            scheduled_execution_time=when, repository_def=defs.get_repository_def()
-        )
-        return [r.partition_key for r in schedule.evaluate_tick(context).run_requests or []]
-
-    assert keys(datetime.datetime(2026, 3, 10, 1, 30, tzinfo=datetime.UTC)) == [
-        "2026-03-06",
-        "2026-03-07",
-        "2026-03-08",
-        "2026-03-09",
-    ]
-    # No partition before the first day of the lake.
-    assert keys(datetime.datetime(2026, 1, 3, 1, 30, tzinfo=datetime.UTC)) == [
-        "2026-01-01",
-        "2026-01-02",
-    ]
 
 
 def test_late_events_reach_the_features_and_gold_of_their_event_day(tmp_path):

@@ -1,0 +1,276 @@
+"""The daily loop as the daemon runs it: catch-up schedules, sensor settings, a run watchdog.
+
+Each schedule catches up: a tick requests every landing day that is due and not yet done,
+oldest first, whatever the tick's own date, so a stopped daemon, a backfilled landing zone or a
+test with an every-minute cron all end in the same state. Run keys make each request once:
+
+  landing day complete ──► medallion_daily(day)          (medallion schedule)
+  medallion done       ──► refresh_event_days(day-3..day) (refresh schedule, one lane)
+  refreshes done       ──► serve_and_monitor(day): online store, batch scoring, drift,
+                           profiles; and performance of the day whose labels just matured
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+
+import dagster as dg
+
+from mlops_assets.defs.jobs import LANE_TAG, medallion_job, refresh_job
+from mlops_assets.defs.partitions import event_days_touched
+from mlops_assets.lakehouse.landing import complete_landing_days
+from mlops_assets.settings import Settings
+
+# Which landing day a run of the loop belongs to.
+AFTER_TAG = "mlops/landing_day"
+REFRESH_TAG = "mlops/refresh_after"
+SERVED_TAG = "mlops/served_landing_day"
+# Days requested per tick and schedule: a long catch-up is spread over ticks, oldest first.
+DAYS_PER_TICK = 7
+BRONZE = dg.AssetKey(["bronze", "transactions"])
+SILVER = dg.AssetKey(["silver", "transactions"])
+SERVE_DAY = [
+    dg.AssetKey(["online", "card_behaviour"]),
+    dg.AssetKey(["online", "merchant_risk"]),
+    dg.AssetKey(["serving", "batch_predictions"]),
+    dg.AssetKey(["monitoring", "drift_metrics"]),
+    dg.AssetKey(["monitoring", "profiles"]),
+]
+PERFORMANCE = dg.AssetKey(["monitoring", "performance"])
+
+serve_and_monitor_job = dg.define_asset_job(
+    name="serve_and_monitor",
+    selection=dg.AssetSelection.assets(*SERVE_DAY, PERFORMANCE),
+    description=(
+        "After a landing day's refreshes: publish the online store, score the day with the "
+        "champion, measure its drift and profile; measure performance of matured days."
+    ),
+)
+
+
+def schedule_status(settings: Settings) -> dg.DefaultScheduleStatus:
+    """Schedules run by default where the settings turn automation on (prod)."""
+    return (
+        dg.DefaultScheduleStatus.RUNNING
+        if settings.automation_on
+        else dg.DefaultScheduleStatus.STOPPED
+    )
+
+
+def sensor_status(settings: Settings) -> dg.DefaultSensorStatus:
+    """Sensors run by default where the settings turn automation on (prod)."""
+    return (
+        dg.DefaultSensorStatus.RUNNING if settings.automation_on else dg.DefaultSensorStatus.STOPPED
+    )
+
+
+def _tick_time(context: dg.ScheduleEvaluationContext) -> datetime.datetime:
+    return context.scheduled_execution_time or datetime.datetime.now(datetime.UTC)
+
+
+def _tag_values(instance: dg.DagsterInstance, key: str) -> set[str]:
+    return {value for _, values in instance.get_run_tags(tag_keys=[key]) for value in values}
+
+
+def _days(keys: set[str]) -> set[datetime.date]:
+    return {datetime.date.fromisoformat(k) for k in keys}
+
+
+def medallion_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    """Ingest each complete landing day that bronze does not hold yet."""
+
+    @dg.schedule(
+        name="medallion_daily_schedule",
+        job=medallion_job,
+        cron_schedule=settings.cron("medallion"),
+        execution_timezone="UTC",
+        default_status=schedule_status(settings),
+        description=(
+            "Requests medallion_daily for every complete landing day (manifest written, or "
+            "ended and quiet) not yet in bronze, oldest first."
+        ),
+    )
+    def _medallion(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        now = _tick_time(context)
+        done = _days(context.instance.get_materialized_partitions(BRONZE))
+        due = [
+            day
+            for day in complete_landing_days(settings.landing_root, now)
+            if settings.start_date <= day < now.date() and day not in done
+        ]
+        for day in due[:DAYS_PER_TICK]:
+            yield dg.RunRequest(
+                run_key=f"medallion:{day.isoformat()}",
+                partition_key=day.isoformat(),
+                tags={AFTER_TAG: day.isoformat()},
+            )
+
+    return _medallion
+
+
+def refresh_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    """Refresh the event days each newly ingested landing day touched."""
+
+    @dg.schedule(
+        name="refresh_event_days_schedule",
+        job=refresh_job,
+        cron_schedule=settings.cron("refresh"),
+        execution_timezone="UTC",
+        default_status=schedule_status(settings),
+        description=(
+            "For every landing day silver holds and no refresh was requested for: refresh "
+            "the event days it touched (that day and the LATE_DAYS before it), oldest first, "
+            "one at a time (the event_days lane)."
+        ),
+    )
+    def _refresh(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        instance = context.instance
+        ingested = _days(instance.get_materialized_partitions(SILVER))
+        requested = _days(_tag_values(instance, REFRESH_TAG))
+        for landed in sorted(ingested - requested)[:DAYS_PER_TICK]:
+            for day in event_days_touched(landed):
+                yield dg.RunRequest(
+                    run_key=f"refresh:{day.isoformat()} after {landed.isoformat()}",
+                    partition_key=day.isoformat(),
+                    tags={
+                        REFRESH_TAG: landed.isoformat(),
+                        LANE_TAG: "event_days",
+                    },
+                )
+
+    return _refresh
+
+
+def _refreshed(instance: dg.DagsterInstance, landed: datetime.date) -> bool:
+    """Whether every refresh requested after a landing day succeeded."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=refresh_job.name, tags={REFRESH_TAG: landed.isoformat()})
+    )
+    wanted = len(event_days_touched(landed))
+    succeeded = {
+        r.dagster_run.tags.get("dagster/partition")
+        for r in records
+        if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    }
+    return len(succeeded) >= wanted
+
+
+def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleDefinition:
+    """Score and monitor each landing day once its refreshes are done and a champion serves."""
+
+    @dg.schedule(
+        name="serve_and_monitor_schedule",
+        job=serve_and_monitor_job,
+        cron_schedule=settings.cron("serve_and_monitor"),
+        execution_timezone="UTC",
+        default_status=schedule_status(settings),
+        description=(
+            "For every landing day whose refreshes succeeded: publish the online store, score "
+            "the day, measure its drift and profile, and the performance of the day whose "
+            "labels just matured. Waits for a champion."
+        ),
+    )
+    def _serve(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        from mlops_assets.models.deploy import lifecycle
+        from mlops_assets.models.lifecycle import CHAMPION
+
+        instance = context.instance
+        refreshed = _days(_tag_values(instance, REFRESH_TAG))
+        served = _days(_tag_values(instance, SERVED_TAG))
+        pending = sorted(refreshed - served)[:DAYS_PER_TICK]
+        if not pending:
+            return
+        if lifecycle(settings).version_of(CHAMPION) is None:
+            yield dg.SkipReason(
+                f"no champion yet: {len(pending)} landing days wait for one to be promoted"
+            )
+            return
+        for landed in pending:
+            if not _refreshed(instance, landed):
+                break  # in order: a later day waits for an earlier one's refreshes
+            day = landed.isoformat()
+            yield dg.RunRequest(
+                run_key=f"serve:{day}",
+                partition_key=day,
+                asset_selection=SERVE_DAY,
+                tags={SERVED_TAG: day},
+            )
+            matured = landed - datetime.timedelta(days=label_maturity_days)
+            if matured in served or matured in pending:
+                yield dg.RunRequest(
+                    run_key=f"performance:{matured.isoformat()} after {day}",
+                    partition_key=matured.isoformat(),
+                    asset_selection=[PERFORMANCE],
+                    tags={"mlops/performance_after": day},
+                )
+
+    return _serve
+
+
+# Engine events of the default run launcher name the run worker's process id.
+_PID_PREFIX = "Started process for run (pid: "
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20
+    ).records
+    for record in records:
+        message = record.event_log_entry.message or ""
+        if message.startswith(_PID_PREFIX):
+            return int(message[len(_PID_PREFIX) :].split(")")[0])
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def run_watchdog(settings: Settings) -> dg.SensorDefinition:
+    """Fail runs whose worker process died, so that their pool slots are freed."""
+
+    @dg.sensor(
+        name="run_worker_watchdog",
+        minimum_interval_seconds=settings.sensor_interval_seconds or 30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Marks a started run failed when its run worker process (on this machine, the "
+            "default run launcher) is gone, e.g. killed; its pool slots are then freed."
+        ),
+    )
+    def _watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        instance = context.instance
+        started = instance.get_run_records(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]), limit=200
+        )
+        failed = []
+        for record in started:
+            run = record.dagster_run
+            pid = _worker_pid(instance, run.run_id)
+            if pid is None or _process_alive(pid):
+                continue
+            instance.report_run_failed(
+                run,
+                f"run worker process {pid} is gone (killed or crashed) while the run was "
+                "STARTED; marked failed by run_worker_watchdog",
+            )
+            freed = instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            context.log.warning(f"run {run.run_id}: worker {pid} gone; freed {freed} pool slots")
+            failed.append(run.run_id)
+        return dg.SkipReason(
+            f"marked failed: {', '.join(failed)}" if failed else "every started run's worker lives"
+        )
+
+    return _watchdog
