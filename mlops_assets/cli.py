@@ -202,6 +202,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(load_settings(), host=args.host, port=args.port, token=token)
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """Start, stop or show the local stack (PostgreSQL, Redis, MLflow, Dagster, serving)."""
+    from mlops_assets.stack.process import StackError
+    from mlops_assets.stack.stack import Stack
+
+    stack = Stack(load_settings())
+    if args.action == "up":
+
+        def ready(name: str, seconds: float) -> None:
+            print(f"{name:28s} ready in {seconds:5.1f} s", flush=True)
+
+        try:
+            seconds = stack.up(on_ready=ready)
+        except StackError as error:
+            print(f"mlops stack up failed: {error}", file=sys.stderr)
+            print("`mlops stack down` stops what did start", file=sys.stderr)
+            return 1
+        print(f"the stack is up ({seconds['total']:.1f} s):")
+        for name, url in stack.urls.items():
+            print(f"  {name:28s} {url}")
+        print(f"variables for a shell: source {stack.env_file}")
+        return 0
+    if args.action == "down":
+        stopped = stack.down()
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        return 0
+    rows = stack.status()
+    for row in rows:
+        port = "-" if row.port is None else str(row.port)
+        pid = "-" if row.pid is None else str(row.pid)
+        print(f"{row.name:28s} pid {pid:>8s}  port {port:>5s}  {'up' if row.up else 'down'}")
+    return 0 if all(row.up for row in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mlops` argument parser."""
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
@@ -270,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=None, help="bearer token required to score (or MLOPS_SERVE_TOKEN)"
     )
     serve.set_defaults(func=cmd_serve)
+    stack = sub.add_parser(
+        "stack",
+        help="the local stack: PostgreSQL, Redis, MLflow, Dagster webservers and daemon, serving",
+    )
+    stack.add_argument(
+        "action", choices=("up", "down", "status"), help="status exits 1 unless all are up"
+    )
+    stack.set_defaults(func=cmd_stack)
     return parser
 
 

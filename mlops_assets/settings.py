@@ -294,10 +294,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             "leave it empty for the embedded SQLite store"
         )
     postgres_url = environ.get("MLOPS_DAGSTER_POSTGRES_URL", "").strip()
-    if postgres_url and not postgres_url.startswith(("postgresql://", "postgres://")):
+    if postgres_url and not postgres_url.startswith(
+        ("postgresql://", "postgres://", "postgresql+")
+    ):
         raise SettingsError(
             f"MLOPS_DAGSTER_POSTGRES_URL={postgres_url!r} is not a PostgreSQL URL "
-            "(postgresql://user@host:port/db)"
+            "(postgresql+psycopg2://user@host:port/db)"
         )
     interval_text = environ.get("MLOPS_SENSOR_INTERVAL_SECONDS", "").strip()
     if interval_text and not (interval_text.isdigit() and int(interval_text) > 0):

@@ -14,19 +14,31 @@ import dagster as dg
 from mlops_assets.settings import Settings, project_root
 
 
-def prepare_dagster_home(settings: Settings) -> Path:
-    """Make `data/<env>/dagster/` the Dagster home, with the project's `dagster.yaml`.
+def prepare_dagster_home(settings: Settings, set_env: bool = True) -> Path:
+    """Make `data/<env>/dagster/` the Dagster home, with the project's instance settings.
+
+    The home gets the top-level `dagster.yaml` (SQLite storage under the home), or the stack's
+    `mlops_assets/stack/dagster.postgres.yaml` (PostgreSQL storage at
+    `MLOPS_DAGSTER_POSTGRES_URL`) when `settings.dagster_postgres_url` is set.
+
+    Args:
+        settings: The environment's settings.
+        set_env: Also set `DAGSTER_HOME` in this process.
 
     Returns:
-        The Dagster home folder (also set as `DAGSTER_HOME` in this process).
+        The Dagster home folder.
     """
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    source = project_root() / "dagster.yaml"
+    if settings.dagster_postgres_url:
+        source = project_root() / "mlops_assets" / "stack" / "dagster.postgres.yaml"
+    else:
+        source = project_root() / "dagster.yaml"
     target = home / "dagster.yaml"
     if not target.exists() or target.read_bytes() != source.read_bytes():
         shutil.copyfile(source, target)
-    os.environ["DAGSTER_HOME"] = str(home)
+    if set_env:
+        os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 

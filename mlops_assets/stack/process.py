@@ -63,6 +63,8 @@ class ServerProcess:
         cwd: Working folder of the process.
         port: TCP port it listens on (readiness is the port accepting connections).
         ready: Further readiness check, called until it returns True.
+        stop_signal: The signal that asks the group to stop (SIGTERM; PostgreSQL's fast
+            shutdown is SIGINT).
     """
 
     name: str
@@ -72,6 +74,7 @@ class ServerProcess:
     cwd: Path | None = None
     port: int | None = None
     ready: Callable[[], bool] | None = None
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid_file(self) -> Path:
@@ -143,16 +146,20 @@ class ServerProcess:
         raise StackError(f"{self.name} was not ready after {timeout:.0f} s:\n{self.tail()}")
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the whole process group: SIGTERM, then SIGKILL after `timeout`.
+        """Stop the whole process group: `stop_signal`, then SIGKILL after `timeout`.
 
         Returns:
             Whether the server was running.
         """
-        pid = self.pid()
-        if pid is None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return False
+        # The leader may be gone while members of its group (workers it forked) live on.
+        if not group_alive(pid):
             self.pid_file.unlink(missing_ok=True)
             return False
-        stop_group(pid, timeout)
+        stop_group(pid, timeout, self.stop_signal)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -164,24 +171,25 @@ class ServerProcess:
             return "(no log)"
 
 
-def stop_group(pgid: int, timeout: float = 30.0) -> None:
-    """SIGTERM a process group, SIGKILL it if any member is left after `timeout`."""
+def stop_group(pgid: int, timeout: float = 30.0, stop_signal: int = signal.SIGTERM) -> None:
+    """Signal a process group (SIGTERM), SIGKILL it if any member is left after `timeout`."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, stop_signal)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             return
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _group_alive(pgid):
+    while time.monotonic() < deadline and group_alive(pgid):
         time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in the group."""
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of a process group."""
+    members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -191,5 +199,10 @@ def _group_alive(pgid: int) -> bool:
             continue
         # Fields after the command: state, ppid, pgrp, ...
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the group."""
+    return bool(group_members(pgid))
