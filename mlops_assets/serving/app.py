@@ -6,7 +6,8 @@ model holding the `champion` alias and answers with the score, the decision and 
 version; each request after authentication, answered or refused, becomes a row of the
 inference log before its response is sent. `GET /healthz` says whether the process lives and
 what it serves (`degraded` when a new champion failed to load and the previous one still
-serves); `GET /readyz` answers 200 only while a model is loaded and the log writes.
+serves); `GET /readyz` answers 200 only while a model is loaded, the log writes and the online
+store answers. Both name the online store serving (`online_store`: backend and location).
 
 The HTTP layer is the standard library's threaded server speaking HTTP/1.1 with keep-alive,
 one thread per connection. Stopping (`ScoringServer.stop`, or SIGTERM in `serve`) stops
@@ -33,7 +34,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from mlops_assets.features.online_store import OnlineStore
+from mlops_assets.features.online_store import OnlineStore, open_online_store
 from mlops_assets.serving.inference_log import (
     InferenceLog,
     InferenceLogError,
@@ -78,7 +79,7 @@ class ScoringService:
 
     Args:
         holder: Holds the champion model.
-        store: The online feature store.
+        store: The online feature store (`OnlineStore` or `RedisOnlineStore`).
         inference_log: Where every request's row goes.
         token: When set, `POST /v1/score` and `/openapi.json` need `Authorization: Bearer`.
         reject_unknown_cards: Refuse requests whose card the online store does not hold
@@ -273,6 +274,13 @@ class ScoringService:
 
     # -- status ------------------------------------------------------------------------------
 
+    def store_info(self) -> dict[str, Any]:
+        """Which online store serves: `backend` (`sqlite`, `redis`) and `location` (file, URL)."""
+        return {
+            "backend": getattr(self.store, "backend", type(self.store).__name__),
+            "location": getattr(self.store, "location", None),
+        }
+
     def health(self) -> Response:
         """Liveness with the served model's status: `ok`, `degraded` or `starting`."""
         model = self.holder.status()
@@ -289,6 +297,7 @@ class ScoringService:
                 "status": status,
                 "model": model,
                 "inference_log": _log_stats(stats),
+                "online_store": self.store_info(),
                 "requests": dict(self.counts),
                 "started_at": self.started_at.isoformat(),
             },
@@ -312,7 +321,12 @@ class ScoringService:
             self.store.tables()
         except Exception as error:  # noqa: BLE001 - reported, not raised
             reasons.append(f"online store unavailable: {error}")
-        body = {"ready": not reasons, "reasons": reasons, "model": model}
+        body = {
+            "ready": not reasons,
+            "reasons": reasons,
+            "model": model,
+            "online_store": self.store_info(),
+        }
         return Response(200 if not reasons else 503, body)
 
     def openapi(self) -> Response:
@@ -639,7 +653,7 @@ def build_service(
     deadline = time.monotonic() + wait_for_model
     while holder.current is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    store = OnlineStore(settings.online_store_path)
+    store = open_online_store(settings)
     return ScoringService(
         holder,
         store,
