@@ -5,6 +5,11 @@ keeping the latest row per key. Lookups run in a fresh process against the publi
 10,000 random existing keys mixed with 5% unknown keys, each timed with `perf_counter_ns`,
 with the in-process cache on (first pass mostly misses it, a second pass over the same keys
 hits it) and off. Goal: p99 under 1 ms for one key in-process.
+
+The same publish and lookups then run against the Redis store on a local redis-server
+(started for the run, persistence off; skipped when redis-server is not installed): every
+lookup is a round trip over TCP, so its figures sit beside SQLite's cache-off ones, with their
+ratio from the same run. Goal: Redis p99 under 2 ms for one key.
 """
 
 from __future__ import annotations
@@ -79,12 +84,22 @@ def _history(keys: int):
     return frame.sample(fraction=1.0, shuffle=True, seed=3)
 
 
-def task_publish(root: str) -> dict:
-    """Publish the history's latest row per card; time the publish alone."""
+def _open(root: str, mode: str, url: str):
+    """The store a task measures: SQLite (cache on or off) or Redis at `url`."""
     from mlops_assets.features.online_store import OnlineStore
+    from mlops_assets.features.redis_store import RedisOnlineStore
+
+    if mode == "redis":
+        return RedisOnlineStore(url, prefix="bench:online")
+    return OnlineStore(_store_path(root), cache=mode == "cache")
+
+
+def task_publish(root: str, mode: str = "sqlite", url: str = "") -> dict:
+    """Publish the history's latest row per card; time the publish alone."""
+    from benchmarks.redis_server import used_memory_mib
 
     frame = _history(KEYS)
-    store = OnlineStore(_store_path(root))
+    store = _open(root, mode, url)
     started = time.perf_counter()
     result = store.publish(
         "card_features",
@@ -95,11 +110,12 @@ def task_publish(root: str) -> dict:
         defaults=DEFAULTS,
     )
     seconds = time.perf_counter() - started
+    size = used_memory_mib(url) if mode == "redis" else _store_path(root).stat().st_size / 2**20
     return {
         "seconds": seconds,
         "input_rows": frame.height,
         "keys": result.rows,
-        "file_mib": round(_store_path(root).stat().st_size / 2**20, 1),
+        "file_mib": round(size, 1),
     }
 
 
@@ -130,16 +146,14 @@ def _timed(lookup, table: str, keys: list[str]) -> tuple[list[int], int]:
     return nanos, found
 
 
-def task_lookups(root: str, cache: str) -> dict:
+def task_lookups(root: str, cache: str, url: str = "") -> dict:
     """Time single-key lookups of random existing keys plus unknown ones, one by one."""
-    from mlops_assets.features.online_store import OnlineStore
-
     rng = random.Random(11)
     existing = [f"card-{rng.randrange(KEYS):07d}" for _ in range(LOOKUPS)]
     keys = [
         f"unknown-{i}" if rng.random() < MISSING_SHARE else key for i, key in enumerate(existing)
     ]
-    store = OnlineStore(_store_path(root), cache=cache == "cache")
+    store = _open(root, cache, url)
     started = time.perf_counter_ns()
     store.lookup("card_features", "card-0000000")
     cold_us = (time.perf_counter_ns() - started) / 1000
@@ -168,12 +182,39 @@ def task_lookups(root: str, cache: str) -> dict:
     return report
 
 
+def _redis_figures(published, looked_up, sqlite) -> dict:
+    single = looked_up.extra["first_pass"]
+    return {
+        "publish_s": round(published.seconds, 2),
+        "publish_keys_per_s": round(published.extra["keys"] / published.seconds),
+        "publish_peak_mib": round(published.peak_mib),
+        "server_used_memory_mib": published.extra["file_mib"],
+        "single_key": single,
+        "cold_first_lookup_us": looked_up.extra["cold_first_lookup_us"],
+        "lookup_many_1000_ms": looked_up.extra["lookup_many_1000_ms"],
+        "lookup_stats": looked_up.extra["stats"],
+        "p50_vs_sqlite_cache_off": round(single["p50_us"] / sqlite["p50_us"], 1),
+        "p99_vs_sqlite_cache_off": round(single["p99_us"] / sqlite["p99_us"], 1),
+        "goal": "p99 < 2000 us per single-key lookup over local TCP",
+        "goal_met": single["p99_us"] < 2000,
+    }
+
+
 def main() -> None:
     """Publish, then measure lookups with the cache on and off; print and save the figures."""
+    from benchmarks.redis_server import redis_server
+
     with tempfile.TemporaryDirectory(prefix="bench-online-") as root:
         published = measure("benchmarks.bench_online_store", "publish", root)
         cached = measure("benchmarks.bench_online_store", "lookups", root, "cache")
         uncached = measure("benchmarks.bench_online_store", "lookups", root, "nocache")
+        with redis_server(root) as url:
+            redis = "skipped: redis-server is not installed"
+            if url is not None:
+                task = "benchmarks.bench_online_store"
+                on_redis = measure(task, "publish", root, "redis", url)
+                looked_up = measure(task, "lookups", root, "redis", url)
+                redis = _redis_figures(on_redis, looked_up, uncached.extra["first_pass"])
     figures = {
         "keys": published.extra["keys"],
         "features": len(FEATURES),
@@ -191,6 +232,7 @@ def main() -> None:
         "lookup_many_1000_ms": uncached.extra["lookup_many_1000_ms"],
         "lookup_stats_cache_on": cached.extra["stats"],
         "goal": "p99 < 1000 us per single-key lookup in-process",
+        "redis": redis,
     }
     report("online_store", figures)
 

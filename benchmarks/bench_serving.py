@@ -7,6 +7,12 @@ server looks the card and merchant up in the online store, derives the request-t
 and logs every request to the Delta inference log; MLflow's gets the finished model input
 (`dataframe_split`), as it cannot look features up. Both answer the same requests; their
 scores are compared. Goal: 10x MLflow's throughput and a p99 under 5 ms.
+
+Our server runs twice in the same run, with the same requests: on the embedded SQLite online
+store, then on the Redis store (a local redis-server started for the run, the tables published
+to it by the `online_publish` job, `MLOPS_ONLINE_STORE` pointing the server at it), so the
+throughput ratio between the two stores comes from one run on one machine. The Redis run is
+skipped when redis-server is not installed.
 """
 
 from __future__ import annotations
@@ -38,8 +44,11 @@ def _variables(root: str) -> dict[str, str]:
     return variables
 
 
-def task_build(root: str) -> dict:
-    """Build the environment; write each request as both servers take it."""
+def task_build(root: str, redis_url: str = "") -> dict:
+    """Build the environment; write each request as both servers take it.
+
+    With `redis_url`, the online tables are also published to that Redis server.
+    """
     import polars as pl
 
     from mlops_assets.features.online_store import OnlineStore
@@ -68,7 +77,28 @@ def task_build(root: str) -> dict:
             ours.write(json.dumps(request) + "\n")
             body = {"dataframe_split": {"columns": columns, "data": [list(values)]}}
             ml.write(json.dumps(body) + "\n")
+    if redis_url:
+        _publish_to_redis(env.settings, redis_url)
     return {"seconds": built, "requests": len(requests)}
+
+
+def _publish_to_redis(settings, url: str) -> None:
+    """Run `online_publish` with the online store on Redis, as the code server would."""
+    import dataclasses
+
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+
+    os.environ["MLOPS_ONLINE_STORE"] = url
+    defs = build_definitions(dataclasses.replace(settings, online_store_url=url))
+    with dg.DagsterInstance.ephemeral() as instance:
+        published = defs.resolve_job_def("online_publish").execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+    if not published.success:
+        raise RuntimeError("online publish to Redis failed")
 
 
 def task_client(port: str, path: str, bodies: str, count: str) -> dict:
@@ -169,35 +199,51 @@ def _stop(process: subprocess.Popen) -> int:
         return process.wait()
 
 
+def _measure_ours(root: str, log_name: str, extra: dict | None = None):
+    """Serve with `mlops serve` (environment `extra` added), time the client, stop it."""
+    process, port = _run_server(
+        [sys.executable, "-m", "mlops_assets.cli", "serve", "--port"],
+        root,
+        "/readyz",
+        log_name,
+        extra,
+    )
+    try:
+        measured = measure(
+            "benchmarks.bench_serving",
+            "client",
+            str(port),
+            "/v1/score",
+            str(Path(root) / "ours.jsonl"),
+            str(REQUESTS),
+        )
+    finally:
+        stopped = _stop(process)
+    return measured, stopped
+
+
 def main() -> None:
     """Build, serve with each server in turn, measure, compare; print and save the figures."""
     import polars as pl
 
+    from benchmarks.redis_server import redis_server
+
     binaries = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as root:
-        built = measure("benchmarks.bench_serving", "build", root)
-        process, port = _run_server(
-            [sys.executable, "-m", "mlops_assets.cli", "serve", "--port"],
-            root,
-            "/readyz",
-            "ours.log",
-        )
-        try:
-            ours = measure(
-                "benchmarks.bench_serving",
-                "client",
-                str(port),
-                "/v1/score",
-                str(Path(root) / "ours.jsonl"),
-                str(REQUESTS),
-            )
-        finally:
-            stopped = _stop(process)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-serving-") as root,
+        redis_server(root) as redis_url,
+    ):
+        built = measure("benchmarks.bench_serving", "build", root, redis_url or "")
+        ours, stopped = _measure_ours(root, "ours.log", {"MLOPS_ONLINE_STORE": ""})
         print(f"[bench_serving] ours: {ours.extra}"[:400], file=sys.stderr)
         table = pl.read_delta(
             str(Path(root) / "data" / "dev" / "lake" / "serving" / "inference_log")
         )
         logged_ok = table.filter(pl.col("status") == "ok").height
+        on_redis = None
+        if redis_url:
+            on_redis, _ = _measure_ours(root, "ours_redis.log", {"MLOPS_ONLINE_STORE": redis_url})
+            print(f"[bench_serving] ours on redis: {on_redis.extra}"[:400], file=sys.stderr)
         uri = f"sqlite:///{Path(root) / 'data' / 'dev' / 'mlflow.db'}"
         process, port = _run_server(
             [
@@ -230,6 +276,15 @@ def main() -> None:
             _stop(process)
     ours_scores, mlflow_scores = ours.extra.pop("scores"), mlflow.extra.pop("scores")
     same = min(len(ours_scores), len(mlflow_scores))
+    redis: dict | str = "skipped: redis-server is not installed"
+    if on_redis is not None:
+        redis_scores = on_redis.extra.pop("scores")
+        redis = {
+            "ours_on_redis": dict(on_redis.extra),
+            "throughput_vs_sqlite": round(on_redis.extra["rps"] / ours.extra["rps"], 2),
+            "p99_vs_sqlite": round(on_redis.extra["p99_ms"] / ours.extra["p99_ms"], 2),
+            "scores_equal_to_sqlite": redis_scores == ours_scores,
+        }
     figures = {
         "build_s": round(built.seconds, 1),
         "ours": {k: v for k, v in ours.extra.items()},
@@ -244,6 +299,7 @@ def main() -> None:
         "goal_met": ours.extra["rps"] >= 10 * mlflow.extra["rps"] and ours.extra["p99_ms"] < 5,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
+        "online_store_redis": redis,
     }
     report("serving", figures)
 
