@@ -236,6 +236,41 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0 if all(row.up for row in rows) else 1
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Score landed transactions files as they land, recording each in Dagster."""
+    import logging
+    import signal
+    import threading
+
+    import dagster as dg
+
+    from mlops_assets.defs.runner import prepare_dagster_home
+    from mlops_assets.defs.serving import record_stream_batch
+    from mlops_assets.serving.stream_worker import StreamWorker
+
+    logging.basicConfig(level=logging.INFO, format="[stream] %(asctime)s %(message)s")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with dg.DagsterInstance.get() as instance:
+        worker = StreamWorker(
+            settings, record=lambda outcome: record_stream_batch(instance, outcome)
+        )
+        print(
+            f"[stream] scoring files landing under {settings.landing_root / 'transactions'} "
+            f"every {args.poll} s",
+            flush=True,
+        )
+        try:
+            worker.run(stop, poll_seconds=args.poll)
+        finally:
+            worker.close()
+    print(f"[stream] stopped after {worker.outcomes} files", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mlops` argument parser."""
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
@@ -304,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=None, help="bearer token required to score (or MLOPS_SERVE_TOKEN)"
     )
     serve.set_defaults(func=cmd_serve)
+    stream = sub.add_parser(
+        "stream", help="score landed transactions files as they land (the stream worker)"
+    )
+    stream.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    stream.set_defaults(func=cmd_stream)
     stack = sub.add_parser(
         "stack",
         help="the local stack: PostgreSQL, Redis, MLflow, Dagster webservers and daemon, serving",

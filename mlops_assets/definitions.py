@@ -104,14 +104,22 @@ def build_definitions(
 
 
 def tuned(sensor: dg.SensorDefinition, settings: Settings) -> dg.SensorDefinition:
-    """A polling sensor with the environment's default status and interval (settings)."""
+    """A polling sensor with the environment's default status and interval (settings).
+
+    Where the stream worker scores landed files, the `landed_transactions` sensor stays off:
+    one scorer per environment.
+    """
     return dg.sensor(
         name=sensor.name,
         job=sensor.job,
         minimum_interval_seconds=(
             settings.sensor_interval_seconds or sensor.minimum_interval_seconds
         ),
-        default_status=sensor_status(settings),
+        default_status=(
+            dg.DefaultSensorStatus.STOPPED
+            if sensor.name == "landed_transactions" and settings.stream_worker
+            else sensor_status(settings)
+        ),
         description=sensor.description,
     )(sensor._raw_fn)  # the decorated function, with its resource parameters
 

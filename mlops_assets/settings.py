@@ -115,6 +115,8 @@ class Settings:
         stack_ports: Ports of the local stack's servers (`mlops stack up`).
         sensor_interval_seconds: Minimum interval of every polling sensor when set (each
             sensor's own interval otherwise), e.g. short in an end-to-end test.
+        stream_worker: Landed files are scored by the long-lived stream worker (`mlops
+            stream`), so the `landed_transactions` sensor stays off by default.
     """
 
     env: str
@@ -131,6 +133,7 @@ class Settings:
     dagster_postgres_url: str = ""
     stack_ports: StackPorts = field(default_factory=StackPorts)
     sensor_interval_seconds: int | None = None
+    stream_worker: bool = False
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -227,7 +230,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     `MLOPS_STACK_<NAME>_PORT` (a port of the local stack: POSTGRES, REDIS, MLFLOW, WEBSERVER,
     READONLY_WEBSERVER) and `MLOPS_STACK_SERVE_PORTS` (the serving replicas' ports, e.g.
     `8000,8001`), `MLOPS_SENSOR_INTERVAL_SECONDS` (minimum interval of every polling
-    sensor).
+    sensor), `MLOPS_STREAM_WORKER` (`on`: the stream worker scores landed files).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -306,11 +309,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"MLOPS_SENSOR_INTERVAL_SECONDS={interval_text!r} is not a whole number of seconds"
         )
-    interval_text = environ.get("MLOPS_SENSOR_INTERVAL_SECONDS", "").strip()
-    if interval_text and not (interval_text.isdigit() and int(interval_text) > 0):
-        raise SettingsError(
-            f"MLOPS_SENSOR_INTERVAL_SECONDS={interval_text!r} is not a whole number of seconds"
-        )
+    worker_text = environ.get("MLOPS_STREAM_WORKER", "").strip().lower()
+    if worker_text not in ("", "on", "off"):
+        raise SettingsError(f"MLOPS_STREAM_WORKER={worker_text!r} must be on or off")
     return Settings(
         env=env,
         data_root=data_root,
@@ -326,6 +327,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         dagster_postgres_url=postgres_url,
         stack_ports=_stack_ports(environ),
         sensor_interval_seconds=int(interval_text) if interval_text else None,
+        stream_worker=worker_text == "on",
     )
 
 

@@ -1,6 +1,5 @@
 """Serving assets: batch and streaming scoring into the inference log, and its compaction."""
 
-import datetime
 import json
 
 import dagster as dg
@@ -11,19 +10,17 @@ from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import (
-    append_table,
     read_partition,
     scan_table,
     table_exists,
     table_version,
 )
+from mlops_assets.serving.inference_log import INFERENCE_LOG
+from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
 from mlops_assets.settings import use_mlflow_store
 
-INFERENCE_LOG = TableRef("serving", "inference_log")
-STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
+STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 OWNERS = ["team:ml-platform"]
-# Day folders of landed transactions the streaming sensor watches (the newest ones).
-LOOKBACK_DAYS = 3
 
 
 def load_champion(lakehouse: LakehouseResource):
@@ -144,105 +141,44 @@ def stream_predictions(
     stop between the two) is not scored again.
     """
     from mlops_assets.features.online_store import open_online_store
-    from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file, streamed_version
+    from mlops_assets.serving.streaming import score_landed_file
 
     settings = lakehouse.settings
-    path = settings.landing_root / config.file
-    if not path.is_file():
-        raise dg.Failure(
-            f"landed file {config.file!r} does not exist under {settings.landing_root}"
+    try:
+        outcome = score_landed_file(
+            settings.landing_root,
+            config.file,
+            load_model=lambda: load_champion(lakehouse),
+            open_store=lambda: open_online_store(settings),
+            log_uri=lakehouse.write_uri(INFERENCE_LOG),
+            checkpoint_uri=lakehouse.write_uri(STREAM_CHECKPOINT),
+            log_table=str(INFERENCE_LOG),
+            checkpoint_table=str(STREAM_CHECKPOINT),
+            run_id=context.run.run_id,
         )
-    log_uri = lakehouse.write_uri(INFERENCE_LOG)
-    checkpoint_uri = lakehouse.write_uri(STREAM_CHECKPOINT)
-    checkpoint = checkpoints(checkpoint_uri)
-    done = checkpoint.filter(pl.col("file") == config.file)
-    if done.height:
-        context.log.info(f"{config.file} was scored before (log version {done['log_version'][0]})")
-        row = done.row(0, named=True)
-        return dg.MaterializeResult(
-            metadata={
-                "file": config.file,
-                "skipped": True,
-                "log_version": row["log_version"] if row["log_version"] is not None else -1,
-                "lines": row["lines"] or 0,
-                "scored": row["scored"] or 0,
-                "errors": row["errors"] or 0,
-                "recovered_from_log": False,
-            }
+    except FileNotFoundError as error:
+        raise dg.Failure(str(error)) from None
+    if outcome.skipped:
+        context.log.info(f"{config.file} was scored before (log version {outcome.log_version})")
+    elif outcome.recovered:
+        context.log.warning(
+            f"{config.file} was in the log (version {outcome.log_version}) without checkpoint"
         )
-    recovered = streamed_version(log_uri, config.file)
-    model = load_champion(lakehouse)
-    batch = None
-    version: int | None
-    if recovered is None:
-        with open_online_store(settings) as store:
-            batch = score_file(path, settings.landing_root, model, store, run_id=context.run.run_id)
-        from mlops_assets.serving.inference_log import inference_schema, prepare_frame
+    return dg.MaterializeResult(metadata=outcome.metadata())
 
-        if batch.rows.height:
-            rows = prepare_frame(batch.rows, inference_schema(model.spec))
-            written = append_table(
-                log_uri,
-                rows,
-                partition_by=["day"],
-                table=str(INFERENCE_LOG),
-                metadata={STREAM_FILE_KEY: config.file},
-                count_rows=False,
-            )
-            version = written.version
-        else:
-            # A header-only or empty file: nothing to log, the checkpoint still records it.
-            version = None
-    else:
-        context.log.warning(f"{config.file} is in the log (version {recovered}) without checkpoint")
-        version = recovered
-    record = {
-        "file": config.file,
-        "log_version": version,
-        "lines": batch.lines if batch else None,
-        "scored": batch.scored if batch else None,
-        "errors": batch.errors if batch else None,
-        "model_version": model.version,
-        "dagster_run_id": context.run.run_id,
-        "at": datetime.datetime.now(datetime.UTC),
-    }
-    append_table(
-        checkpoint_uri,
-        pl.DataFrame([record], schema=CHECKPOINT_SCHEMA),
-        table=str(STREAM_CHECKPOINT),
-        count_rows=False,
+
+def record_stream_batch(instance: dg.DagsterInstance, outcome: StreamOutcome) -> None:
+    """Record a micro-batch the stream worker scored as a runless materialization.
+
+    The worker scores outside Dagster runs; the event puts each file on the
+    `serving/stream_predictions` asset's timeline, with the same metadata a run gives.
+    """
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=STREAM_PREDICTIONS,
+            metadata={**outcome.metadata(), "scored_by": "stream worker"},
+        )
     )
-    return dg.MaterializeResult(
-        metadata={
-            "file": config.file,
-            "log_version": version if version is not None else -1,
-            "lines": record["lines"] or 0,
-            "scored": record["scored"] or 0,
-            "errors": record["errors"] or 0,
-            "seconds": batch.seconds if batch else 0.0,
-            "model_version": model.version,
-            "recovered_from_log": recovered is not None,
-        }
-    )
-
-
-CHECKPOINT_SCHEMA = {
-    "file": pl.String,
-    "log_version": pl.Int64,
-    "lines": pl.Int64,
-    "scored": pl.Int64,
-    "errors": pl.Int64,
-    "model_version": pl.String,
-    "dagster_run_id": pl.String,
-    "at": pl.Datetime("us", "UTC"),
-}
-
-
-def checkpoints(uri: str) -> pl.DataFrame:
-    """The files streaming has scored, with the inference log version of each."""
-    if not table_exists(uri):
-        return pl.DataFrame(schema=CHECKPOINT_SCHEMA)
-    return scan_table(uri).collect()
 
 
 STREAM_MAX_RETRIES = 3
@@ -266,29 +202,19 @@ stream_job = dg.define_asset_job(
 def landed_transactions(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource):
     """One `stream_score` run per new landed transactions file, keyed by the file's name.
 
-    Only the newest `LOOKBACK_DAYS` day folders are watched, and the cursor lists the files
+    Only the newest day folders are watched (`LOOKBACK_DAYS` of `serving.streaming`), files
+    still being written (temporary names) are not requested, and the cursor lists the files
     requested in them, so it stays small; the run key (the file's name) keeps a file from
     being requested twice even if the cursor is lost, and the run itself skips files the
     checkpoint already holds. A file whose run failed is not requested again by the sensor:
     launch `stream_score` for it by hand (the failure is in `monitoring/alerts`).
     """
+    from mlops_assets.serving.streaming import landed_files
+
     root = lakehouse.settings.landing_root
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     folder = root / "transactions"
-    days = (
-        sorted(
-            (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=lambda p: p.name,
-        )[-LOOKBACK_DAYS:]
-        if folder.is_dir()
-        else []
-    )
-    landed = sorted(
-        p.relative_to(root).as_posix()
-        for day in days
-        for p in day.iterdir()
-        if p.is_file() and not p.name.startswith(".")
-    )
+    landed = landed_files(root)
     new = [f for f in landed if f not in seen]
     if not new:
         return dg.SkipReason(f"no new transactions file under {folder}")

@@ -1,6 +1,7 @@
 """Batch and streaming scoring into the inference log, on the shared lake with a champion."""
 
 import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -188,3 +189,58 @@ def test_a_failed_stream_run_is_retried_and_the_retry_scores_the_file_once(cd_la
             assert log_rows(settings).height == before + lines
         rows = log_rows(settings).filter(pl.col("request_id").str.starts_with(f"stream:{name}:"))
         assert rows.height == lines
+
+
+def test_the_stream_worker_scores_complete_files_once_and_records_them_in_dagster(
+    cd_lake, champion, tmp_path
+):
+    from mlops_assets.defs.serving import record_stream_batch
+    from mlops_assets.serving.stream_worker import StreamWorker
+
+    settings, defs, _ = cd_lake
+    landing = settings.landing_root
+    [source] = sorted((landing / "transactions" / DAYS[-1].isoformat()).iterdir())
+    folder = landing / "transactions" / "2026-01-15"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = len(source.read_text().splitlines()) - 1
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        worker = StreamWorker(
+            settings, record=lambda done: record_stream_batch(instance, done), settle_seconds=0.3
+        )
+        try:
+            deadline = 60
+            while worker.holder.current is None and deadline > 0:
+                time.sleep(0.5)
+                deadline -= 0.5
+            assert worker.holder.current is not None
+            # Files the sensor's runs scored before are in the checkpoint: not scored again.
+            before = log_rows(settings).height
+            worker.run_once()
+            assert log_rows(settings).height == before
+            # A file still being written under its temporary name is left alone.
+            partial = folder / "feed.csv.part"
+            partial.write_text(source.read_text()[: len(source.read_text()) // 2])
+            assert worker.run_once() == []
+            # Renamed into place when whole: scored at the first poll after it settles.
+            partial.write_text(source.read_text())
+            partial.rename(folder / "feed.csv")
+            assert worker.run_once() == []  # just renamed: not settled yet
+            time.sleep(0.4)
+            [outcome] = worker.run_once()
+            assert outcome.file == "transactions/2026-01-15/feed.csv" and not outcome.skipped
+            assert outcome.scored + outcome.errors == lines
+            assert worker.run_once() == []
+            rows = log_rows(settings).filter(
+                pl.col("request_id").str.starts_with(f"stream:{outcome.file}:")
+            )
+            assert rows.height == lines
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey(["serving", "stream_predictions"])
+            )
+            meta = event.asset_materialization.metadata
+            assert meta["file"].value == outcome.file
+            assert meta["scored"].value == outcome.scored
+            assert event.run_id == ""  # recorded without a run
+        finally:
+            worker.close()

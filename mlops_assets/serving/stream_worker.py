@@ -1,0 +1,159 @@
+"""The stream worker: a long-lived process that scores transactions files as they land.
+
+A run per file pays a Dagster run's start-up (queue, run process, imports, the champion loaded
+again) for a few seconds of work. The worker keeps the champion loaded (following its alias)
+and the online store open, polls the landing folder, and scores each complete file with the
+same exactly-once protocol as the `stream_predictions` asset (`serving.streaming`); each
+micro-batch is then reported to its caller, which records it in Dagster as an asset event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlops_assets.lakehouse.catalog import Catalog
+from mlops_assets.serving.inference_log import INFERENCE_LOG
+from mlops_assets.serving.streaming import (
+    STREAM_CHECKPOINT,
+    StreamOutcome,
+    checkpoints,
+    landed_files,
+    score_landed_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StreamWorker:
+    """Scores landed transactions files of an environment as they land, each once.
+
+    Args:
+        settings: The environment's `Settings`.
+        record: Called with each file's outcome (e.g. to report a Dagster asset event).
+        settle_seconds: A file modified more recently than this is left for the next poll
+            (a guard for writers that do not rename a finished file into place).
+        holder: The champion to score with (a started `ChampionHolder` by default).
+        store_factory: Opens the online store (the environment's by default).
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        record: Callable[[StreamOutcome], None] | None = None,
+        settle_seconds: float = 0.5,
+        holder: Any = None,
+        store_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        from mlops_assets.features.online_store import open_online_store
+        from mlops_assets.models.lifecycle import model_name
+        from mlops_assets.serving.model import ChampionHolder
+        from mlops_assets.settings import use_mlflow_store
+
+        self.settings = settings
+        self.record = record
+        self.settle_seconds = settle_seconds
+        catalog = Catalog(settings)
+        self.log_uri = catalog.uri_for_write(INFERENCE_LOG)
+        self.checkpoint_uri = catalog.uri_for_write(STREAM_CHECKPOINT)
+        if holder is None:
+            use_mlflow_store(settings.mlflow_uri)
+            holder = ChampionHolder(model_name(settings.env), poll_seconds=2.0)
+            holder.start()
+        self.holder = holder
+        self._store = (store_factory or (lambda: open_online_store(settings)))()
+        self._done: set[str] | None = None
+        self.outcomes = 0
+
+    def _model(self) -> Any:
+        model = self.holder.current
+        if model is None:
+            raise RuntimeError(f"{self.holder.name} has no champion loaded yet")
+        return model
+
+    def _open_store(self) -> Any:
+        store = self._store
+
+        class _Kept:
+            """The worker's store, kept open across files."""
+
+            def __enter__(self) -> Any:
+                return store
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+        return _Kept()
+
+    def pending(self) -> list[str]:
+        """Complete landed files not scored yet, oldest day first."""
+        if self._done is None:
+            self._done = set(checkpoints(self.checkpoint_uri).get_column("file").to_list())
+        root: Path = self.settings.landing_root
+        now = time.time()
+        due = []
+        for name in landed_files(root):
+            if name in self._done:
+                continue
+            try:
+                changed = (root / name).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if now - changed >= self.settle_seconds:
+                due.append(name)
+        return due
+
+    def run_once(self) -> list[StreamOutcome]:
+        """Score every pending file (none while no champion is loaded)."""
+        if self.holder.current is None:
+            return []
+        outcomes = []
+        for name in self.pending():
+            outcome = score_landed_file(
+                self.settings.landing_root,
+                name,
+                load_model=self._model,
+                open_store=self._open_store,
+                log_uri=self.log_uri,
+                checkpoint_uri=self.checkpoint_uri,
+                log_table=str(INFERENCE_LOG),
+                checkpoint_table=str(STREAM_CHECKPOINT),
+                run_id=f"stream-worker:{self.settings.env}",
+            )
+            assert self._done is not None
+            self._done.add(name)
+            self.outcomes += 1
+            outcomes.append(outcome)
+            if self.record is not None and not outcome.skipped:
+                self.record(outcome)
+        return outcomes
+
+    def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+        """Poll until `stop` is set; a file that fails is logged and tried again next poll."""
+        while not stop.is_set():
+            try:
+                for outcome in self.run_once():
+                    log.info(
+                        "scored %s: %s rows, %s errors in %.2f s (version %s)",
+                        outcome.file,
+                        outcome.scored,
+                        outcome.errors,
+                        outcome.seconds,
+                        outcome.model_version,
+                    )
+            except Exception:  # noqa: BLE001 - a bad file must not stop the stream
+                log.exception("stream worker: a file failed; retrying at the next poll")
+                self._done = None  # re-read the checkpoint: the failed file stays pending
+            stop.wait(poll_seconds)
+
+    def close(self) -> None:
+        """Stop following the champion and close the store."""
+        self.holder.stop()
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
