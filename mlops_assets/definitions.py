@@ -40,7 +40,7 @@ from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource, SparkResource
 from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
 from mlops_assets.defs.silver import silver_assets
-from mlops_assets.settings import Settings, load_settings
+from mlops_assets.settings import Settings, SettingsError, load_settings
 
 
 def build_definitions(
@@ -51,11 +51,21 @@ def build_definitions(
     Args:
         settings: The environment (default: from the process environment).
         monitoring: Drift, performance and retraining thresholds (default: the resource's
-            defaults, alerts posted to `MLOPS_ALERT_WEBHOOK_URL` when set).
+            defaults with the settings' `monitoring` overrides, alerts posted to
+            `MLOPS_ALERT_WEBHOOK_URL` when set).
     """
     settings = settings or load_settings()
+    unknown = sorted(set(settings.monitoring) - set(MonitoringResource.model_fields))
+    if unknown:
+        raise SettingsError(
+            f"MLOPS_MONITORING names unknown thresholds {', '.join(unknown)}; known are "
+            f"{', '.join(sorted(MonitoringResource.model_fields))}"
+        )
     monitoring = monitoring or MonitoringResource(
-        alert_webhook_url=os.environ.get("MLOPS_ALERT_WEBHOOK_URL", "")
+        **{
+            "alert_webhook_url": os.environ.get("MLOPS_ALERT_WEBHOOK_URL", ""),
+            **settings.monitoring,
+        }
     )
     return dg.Definitions(
         assets=[

@@ -117,6 +117,8 @@ class Settings:
             sensor's own interval otherwise), e.g. short in an end-to-end test.
         stream_worker: Landed files are scored by the long-lived stream worker (`mlops
             stream`), so the `landed_transactions` sensor stays off by default.
+        monitoring: Drift, performance and retraining thresholds that differ from the
+            monitoring resource's defaults (`{"label_maturity_days": 2}`).
     """
 
     env: str
@@ -134,6 +136,7 @@ class Settings:
     stack_ports: StackPorts = field(default_factory=StackPorts)
     sensor_interval_seconds: int | None = None
     stream_worker: bool = False
+    monitoring: dict[str, float | int | str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -230,7 +233,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     `MLOPS_STACK_<NAME>_PORT` (a port of the local stack: POSTGRES, REDIS, MLFLOW, WEBSERVER,
     READONLY_WEBSERVER) and `MLOPS_STACK_SERVE_PORTS` (the serving replicas' ports, e.g.
     `8000,8001`), `MLOPS_SENSOR_INTERVAL_SECONDS` (minimum interval of every polling
-    sensor), `MLOPS_STREAM_WORKER` (`on`: the stream worker scores landed files).
+    sensor), `MLOPS_STREAM_WORKER` (`on`: the stream worker scores landed files),
+    `MLOPS_MONITORING` (a JSON object of monitoring thresholds, e.g.
+    `{"label_maturity_days": 2, "min_labelled_days": 3}`).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -312,6 +317,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     worker_text = environ.get("MLOPS_STREAM_WORKER", "").strip().lower()
     if worker_text not in ("", "on", "off"):
         raise SettingsError(f"MLOPS_STREAM_WORKER={worker_text!r} must be on or off")
+    monitoring_text = environ.get("MLOPS_MONITORING", "").strip() or "{}"
+    try:
+        monitoring = json.loads(monitoring_text)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"MLOPS_MONITORING is not JSON: {error}") from None
+    if not isinstance(monitoring, dict) or not all(
+        isinstance(v, int | float | str) and not isinstance(v, bool) for v in monitoring.values()
+    ):
+        raise SettingsError(
+            "MLOPS_MONITORING must be a JSON object of thresholds to numbers, e.g. "
+            '{"label_maturity_days": 2}'
+        )
     return Settings(
         env=env,
         data_root=data_root,
@@ -328,6 +345,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         stack_ports=_stack_ports(environ),
         sensor_interval_seconds=int(interval_text) if interval_text else None,
         stream_worker=worker_text == "on",
+        monitoring=monitoring,
     )
 
 

@@ -120,3 +120,40 @@ def test_stack_ports_have_defaults_and_are_overridable():
 def test_bad_stack_ports_are_named(variables, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(variables)
+
+
+def test_operations_settings_are_read_and_checked():
+    settings = load_settings(
+        {
+            "MLOPS_CRON_REFRESH": "* * * * *",
+            "MLOPS_AUTOMATION": "on",
+            "MLOPS_SENSOR_INTERVAL_SECONDS": "5",
+            "MLOPS_STREAM_WORKER": "on",
+            "MLOPS_MONITORING": '{"label_maturity_days": 2}',
+            "MLOPS_ONLINE_STORE": "redis://127.0.0.1:6379/0",
+        }
+    )
+    assert settings.cron("refresh") == "* * * * *"
+    assert settings.cron("medallion") == "30 0 * * *"
+    assert settings.automation_on and settings.stream_worker
+    assert settings.sensor_interval_seconds == 5
+    assert settings.monitoring == {"label_maturity_days": 2}
+    assert load_settings({"MLOPS_ENV": "prod"}).automation_on
+    assert not load_settings({"MLOPS_ENV": "prod", "MLOPS_AUTOMATION": "off"}).automation_on
+    assert not load_settings({}).automation_on
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"MLOPS_CRON_MEDALLION": "daily"}, "MLOPS_CRON_MEDALLION='daily' is not a cron"),
+        ({"MLOPS_AUTOMATION": "yes"}, "MLOPS_AUTOMATION='yes' must be on or off"),
+        ({"MLOPS_SENSOR_INTERVAL_SECONDS": "0"}, "is not a whole number of seconds"),
+        ({"MLOPS_MONITORING": "[2]"}, "MLOPS_MONITORING must be a JSON object"),
+        ({"MLOPS_ONLINE_STORE": "memcached://x"}, "is not a Redis URL"),
+        ({"MLOPS_STREAM_WORKER": "1"}, "MLOPS_STREAM_WORKER='1' must be on or off"),
+    ],
+)
+def test_bad_operations_settings_are_named(variables, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(variables)
