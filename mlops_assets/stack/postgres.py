@@ -216,6 +216,9 @@ class Postgres:
             The server's process group id.
         """
         self.initialize()
+        if _as_server_user():
+            # Folders on the way may have been tightened since initdb (e.g. a fresh temp root).
+            _grant_search(self.data_dir)
         pid = self.server.start(timeout)
         self.create_databases()
         return pid

@@ -16,6 +16,9 @@ from mlops_assets.stack.mlflow_server import mlflow_process
 from mlops_assets.stack.process import ServerProcess, StackError, port_open
 from mlops_assets.stack.serving import serve_process
 
+# Set in the environment of every server of a stack: the stack's folder.
+STACK_MARKER = "MLOPS_STACK_ROOT"
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerStatus:
@@ -91,6 +94,9 @@ class Stack:
             serve_process(number, self.root, port, env)
             for number, port in enumerate(self.ports.serve, start=1)
         ]
+        # Every process of the stack (and each child it starts) carries this variable.
+        for server in self.servers:
+            server.env = {**server.env, STACK_MARKER: str(self.root)}
 
     @property
     def env_file(self) -> Path:
@@ -139,35 +145,32 @@ class Stack:
             *self.replicas,
         ]
 
-    def _tiers(self) -> list[list[tuple[str, Callable[[], object]]]]:
-        """Start steps by dependency: each tier starts once the one before it is ready.
+    def _tiers(self) -> list[list[ServerProcess]]:
+        """Servers by dependency: each tier needs only the tiers before it.
 
-        PostgreSQL (then the Dagster tables in it) and Redis; MLflow and the Dagster
-        processes, which need only PostgreSQL; the serving replicas, which need MLflow's
-        registry and Redis.
+        PostgreSQL and Redis; MLflow and the Dagster processes, which need PostgreSQL; the
+        serving replicas, which need MLflow's registry and Redis.
         """
         return [
-            [("postgres", self._start_postgres), ("redis", self.redis.start)],
-            [
-                (server.name, server.start)
-                for server in (self.mlflow, self.webserver, self.readonly_webserver, self.daemon)
-            ],
-            [(replica.name, replica.start) for replica in self.replicas],
+            [self.postgres.server, self.redis],
+            [self.mlflow, self.webserver, self.readonly_webserver, self.daemon],
+            list(self.replicas),
         ]
 
-    def _start_postgres(self) -> None:
-        """Start PostgreSQL, then write the Dagster home and create the instance's tables."""
+    def _prepare_dagster(self) -> None:
+        """Write the Dagster home's instance file and create the instance's tables."""
         from mlops_assets.defs.runner import prepare_dagster_home
 
-        self.postgres.start()
         prepare_dagster_home(self.settings, set_env=False)
         dagster_servers.initialize_storage(self.settings.dagster_postgres_url)
 
     def up(self, on_ready: Callable[[str, float], None] | None = None) -> dict[str, float]:
         """Start every server that is not running, in dependency order, and wait for each.
 
-        Servers that run already are only waited for, so `up` twice is harmless. Then
-        `stack.env` is written.
+        The servers of a tier start together once the tier before is ready; the Dagster
+        processes start once their tables exist in PostgreSQL (`dagster-storage`). Servers
+        that run already are only waited for, so `up` twice is harmless. Then `stack.env` is
+        written.
 
         Args:
             on_ready: Called with each step's name and seconds once it is ready.
@@ -183,23 +186,38 @@ class Stack:
         seconds: dict[str, float] = {}
         errors: list[str] = []
 
-        def run(step: tuple[str, Callable[[], object]]) -> None:
-            name, start = step
+        def step(name: str, start: Callable[[], object]) -> bool:
             begun = time.monotonic()
             try:
                 start()
             except Exception as error:  # a step's failure is reported with the others'
-                errors.append(
-                    f"{name}: {error}" if not isinstance(error, StackError) else str(error)
-                )
-                return
+                errors.append(str(error) if isinstance(error, StackError) else f"{name}: {error}")
+                return False
             seconds[name] = time.monotonic() - begun
             if on_ready is not None:
                 on_ready(name, seconds[name])
+            return True
 
+        def together(steps: list[tuple[str, Callable[[], object]]]) -> None:
+            with ThreadPoolExecutor(max_workers=max(len(steps), 1)) as pool:
+                list(pool.map(lambda pair: step(*pair), steps))
+
+        dagster = {self.webserver.name, self.readonly_webserver.name, self.daemon.name}
+
+        def start_dagster() -> None:
+            if step("dagster-storage", self._prepare_dagster):
+                together([(s.name, s.start) for s in self._tiers()[1] if s.name in dagster])
+
+        starts: dict[str, Callable[[], object]] = {"postgres": self.postgres.start}
         for tier in self._tiers():
-            with ThreadPoolExecutor(max_workers=len(tier)) as pool:
-                list(pool.map(run, tier))
+            steps = [
+                (server.name, starts.get(server.name, server.start))
+                for server in tier
+                if server.name not in dagster
+            ]
+            if any(server.name in dagster for server in tier):
+                steps.append(("dagster", start_dagster))
+            together(steps)
             if errors:
                 raise StackError("\n\n".join(errors))
         self.write_env_file()
@@ -215,15 +233,16 @@ class Stack:
         return self.env_file
 
     def down(self, timeout: float = 30.0) -> list[str]:
-        """Stop every server in reverse start order, each process group whole.
+        """Stop every server, tier by tier in reverse start order, each process group whole.
 
         Returns:
             The servers that were running.
         """
-        stopped = []
-        for server in reversed(self.servers):
-            if server.stop(timeout):
-                stopped.append(server.name)
+        stopped: list[str] = []
+        for tier in reversed(self._tiers()):
+            with ThreadPoolExecutor(max_workers=max(len(tier), 1)) as pool:
+                ran = list(pool.map(lambda server: server.stop(timeout), tier))
+            stopped += [server.name for server, was in zip(tier, ran, strict=True) if was]
         return stopped
 
     def status(self) -> list[ServerStatus]:
@@ -234,6 +253,23 @@ class Stack:
             up = pid is not None and (server.port is None or port_open(server.port))
             rows.append(ServerStatus(server.name, pid, server.port, up, server.log_file))
         return rows
+
+    def processes(self) -> list[int]:
+        """Live processes started by this stack (its servers and all their children)."""
+        marker = f"{STACK_MARKER}={self.root}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found.append(int(entry.name))
+        return found
 
     def is_up(self) -> bool:
         """Whether every server is up."""
