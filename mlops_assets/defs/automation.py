@@ -18,7 +18,12 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from mlops_assets.defs.jobs import LANE_TAG, medallion_job, refresh_job
+from mlops_assets.defs.jobs import (
+    LANE_TAG,
+    RETRY_IF_THE_RUN_DIED,
+    medallion_job,
+    refresh_job,
+)
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.lakehouse.landing import complete_landing_days
 from mlops_assets.settings import Settings
@@ -27,6 +32,7 @@ from mlops_assets.settings import Settings
 AFTER_TAG = "mlops/landing_day"
 REFRESH_TAG = "mlops/refresh_after"
 SERVED_TAG = "mlops/served_landing_day"
+PERFORMANCE_TAG = "mlops/performance_after"
 # Days requested per tick and schedule: a long catch-up is spread over ticks, oldest first.
 DAYS_PER_TICK = 7
 BRONZE = dg.AssetKey(["bronze", "transactions"])
@@ -47,6 +53,7 @@ serve_and_monitor_job = dg.define_asset_job(
         "After a landing day's refreshes: publish the online store, score the day with the "
         "champion, measure its drift and profile; measure performance of matured days."
     ),
+    tags=RETRY_IF_THE_RUN_DIED,
 )
 
 
@@ -94,7 +101,11 @@ def medallion_schedule(settings: Settings) -> dg.ScheduleDefinition:
     )
     def _medallion(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         now = _tick_time(context)
-        done = _days(context.instance.get_materialized_partitions(BRONZE))
+        instance = context.instance
+        # Schedules dedupe run keys within a tick only: days with a run (in flight, done or
+        # failed, which the run's retries and alerts handle) are left out by their tag.
+        done = _days(instance.get_materialized_partitions(BRONZE))
+        done |= _days(_tag_values(instance, AFTER_TAG))
         due = [
             day
             for day in complete_landing_days(settings.landing_root, now)
@@ -179,6 +190,7 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
         instance = context.instance
         refreshed = _days(_tag_values(instance, REFRESH_TAG))
         served = _days(_tag_values(instance, SERVED_TAG))
+        measured = _days(_tag_values(instance, PERFORMANCE_TAG))
         pending = sorted(refreshed - served)[:DAYS_PER_TICK]
         if not pending:
             return
@@ -198,12 +210,12 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
                 tags={SERVED_TAG: day},
             )
             matured = landed - datetime.timedelta(days=label_maturity_days)
-            if matured in served or matured in pending:
+            if (matured in served or matured in pending) and landed not in measured:
                 yield dg.RunRequest(
                     run_key=f"performance:{matured.isoformat()} after {day}",
                     partition_key=matured.isoformat(),
                     asset_selection=[PERFORMANCE],
-                    tags={"mlops/performance_after": day},
+                    tags={PERFORMANCE_TAG: day},
                 )
 
     return _serve

@@ -8,10 +8,19 @@ from mlops_assets.settings import Settings
 
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
 
+# The daily loop's runs are re-executed (from the failure) by the daemon when the run itself
+# died, e.g. its process was killed; a failed step or a failing blocking check is not retried
+# (it fails the same way again) but alerted.
+RETRY_IF_THE_RUN_DIED = {
+    "dagster/max_retries": "2",
+    "dagster/retry_on_asset_or_op_failure": "false",
+}
+
 medallion_job = dg.define_asset_job(
     name="medallion_daily",
     selection=MEDALLION,
     description="Ingest a landing day into bronze, validate it into silver, refresh gold.",
+    tags=RETRY_IF_THE_RUN_DIED,
 )
 
 FEATURES = dg.AssetSelection.groups("features")
@@ -32,7 +41,7 @@ refresh_job = dg.define_asset_job(
         "Refresh an event day's gold and feature rows, with the late events and chargebacks "
         "landed since it was last built."
     ),
-    tags={LANE_TAG: "event_days"},
+    tags={LANE_TAG: "event_days", **RETRY_IF_THE_RUN_DIED},
 )
 
 

@@ -160,7 +160,9 @@ def test_a_failed_stream_run_is_retried_and_the_retry_scores_the_file_once(cd_la
     assert config["run_retries"] == {"enabled": True, "max_retries": 0}
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     retried = {name for name, job in jobs.items() if "dagster/max_retries" in job.tags}
-    assert retried == {"stream_score"}
+    # The daily loop's jobs are retried only when their run died (see RETRY_IF_THE_RUN_DIED).
+    assert retried == {"stream_score", "medallion_daily", "refresh_event_days", "serve_and_monitor"}
+    assert jobs["medallion_daily"].tags["dagster/retry_on_asset_or_op_failure"] == "false"
     assert jobs["stream_score"].tags["dagster/max_retries"] == str(STREAM_MAX_RETRIES)
 
     landing = settings.landing_root
