@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export MLOPS_ENV ?= dev
 
-.PHONY: install jars demo test test-fast test-unit test-integration test-e2e lint validate ui bench clean
+.PHONY: install jars demo test test-fast test-unit test-integration test-e2e lint validate ui up down bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -60,6 +60,15 @@ validate: install
 ## ui: the Dagster UI of the active environment on http://127.0.0.1:3000
 ui: install
 	$(BIN)/mlops ui
+
+## up: the local production-shaped stack (PostgreSQL, Redis, MLflow, Dagster webservers and
+## daemon, serving replicas) on 127.0.0.1; state under data/<env>/stack/
+up: install
+	$(BIN)/mlops stack up
+
+## down: stop the local stack (its state stays under data/<env>/)
+down: install
+	$(BIN)/mlops stack down
 
 ## bench: the benchmarks under benchmarks/, figures printed and saved to .bench/
 bench: install jars
