@@ -21,12 +21,15 @@ class LakehouseResource(dg.ConfigurableResource):
         data_root: Folder holding the environments' roots.
         engine: Engine of the asset groups (`polars` or `spark`).
         group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
+        online_store_url: The online store (`redis://...`); empty for the embedded SQLite
+            store, or the process's `MLOPS_ONLINE_STORE`.
     """
 
     env: str
     data_root: str
     engine: str = Engine.POLARS.value
     group_engines: dict[str, str] = {}
+    online_store_url: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
@@ -37,6 +40,7 @@ class LakehouseResource(dg.ConfigurableResource):
             data_root=str(settings.data_root),
             engine=settings.engine.value,
             group_engines={group: e.value for group, e in settings.group_engines.items()},
+            online_store_url=settings.online_store_url,
         )
 
     @property
@@ -44,8 +48,10 @@ class LakehouseResource(dg.ConfigurableResource):
         """Settings of the configured environment."""
         # The process's other settings (online store, crons, Spark) with this resource's
         # environment and engines.
+        base = load_settings()
         return dataclasses.replace(
-            load_settings(),
+            base,
+            online_store_url=self.online_store_url or base.online_store_url,
             env=self.env,
             data_root=Path(self.data_root),
             engine=Engine(self.engine),
