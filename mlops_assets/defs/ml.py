@@ -10,7 +10,7 @@ from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.spec import FRAUD_SPEC
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import overwrite_table, scan_table, table_version
+from mlops_assets.lakehouse.delta_io import overwrite_table, scan_table, table_exists, table_version
 from mlops_assets.models.deploy import VALIDATED_IN_RUN_TAG
 
 CODE_VERSION = "training-set-1"
@@ -36,6 +36,21 @@ def feature_rows(
     }
 
 
+def label_horizon(lakehouse: LakehouseResource) -> datetime.datetime:
+    """What is known about labels: the end of the latest landing day of chargebacks (or now)."""
+    uri = lakehouse.read_uri(TableRef("silver", "labels"))
+    now = datetime.datetime.now(datetime.UTC)
+    if not table_exists(uri):
+        return now
+    latest = scan_table(uri).select(pl.col("landing_date").max()).collect().item()
+    if latest is None:
+        return now
+    end = datetime.datetime.combine(
+        latest + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
+    return min(now, end)
+
+
 class TrainingSetConfig(dg.Config):
     """Which events a training set holds.
 
@@ -43,7 +58,8 @@ class TrainingSetConfig(dg.Config):
         end_date: Last event day (ISO date); the latest day with mature labels when empty.
         days: Event days in the set, ending at `end_date`.
         label_cutoff: Labels reported up to this instant count (ISO 8601 with a time zone);
-            now when empty.
+            when empty, the label horizon: the end of the latest landing day of chargebacks
+            (or now, if earlier), what is known about labels.
         label_maturity_days: Only events at least this old at the cutoff are kept, so their
             chargebacks have had time to arrive (unlabelled recent fraud would be learnt as
             legitimate).
@@ -98,7 +114,7 @@ def training_set(config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.
     cutoff = (
         datetime.datetime.fromisoformat(config.label_cutoff)
         if config.label_cutoff
-        else datetime.datetime.now(datetime.UTC)
+        else label_horizon(lakehouse)
     )
     if cutoff.tzinfo is None:
         raise dg.Failure(f"label_cutoff {config.label_cutoff!r} needs a time zone, e.g. +00:00")

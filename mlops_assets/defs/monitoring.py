@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.jobs import retrain_job
+from mlops_assets.defs.ml import label_horizon
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import INFERENCE_LOG
@@ -262,21 +263,6 @@ def profiles(
             "score_p99": stat("p99"),
         }
     )
-
-
-def label_horizon(lakehouse: LakehouseResource) -> datetime.datetime:
-    """What is known about labels: the end of the latest landing day of chargebacks (or now)."""
-    uri = lakehouse.read_uri(TableRef("silver", "labels"))
-    now = datetime.datetime.now(datetime.UTC)
-    if not table_exists(uri):
-        return now
-    latest = scan_table(uri).select(pl.col("landing_date").max()).collect().item()
-    if latest is None:
-        return now
-    end = datetime.datetime.combine(
-        latest + datetime.timedelta(days=1), datetime.time(), datetime.UTC
-    )
-    return min(now, end)
 
 
 @dg.asset(
