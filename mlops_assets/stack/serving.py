@@ -35,3 +35,18 @@ def serve_process(
         cwd=project_root(),
         port=port,
     )
+
+
+def stream_worker_process(state_dir: Path, env: Mapping[str, str]) -> ServerProcess:
+    """The stream worker (`mlops stream`): scores landed transactions files as they land.
+
+    It waits for a champion by itself (files landed before one is promoted are scored once it
+    is), so it is ready as soon as it runs.
+    """
+    return ServerProcess(
+        name="stream-worker",
+        command=[os.path.join(os.path.dirname(sys.executable), "mlops"), "stream"],
+        state_dir=state_dir,
+        env=dict(env),
+        cwd=project_root(),
+    )

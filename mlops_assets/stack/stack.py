@@ -14,7 +14,7 @@ from mlops_assets.settings import Settings, StackPorts, load_settings
 from mlops_assets.stack import dagster_servers, postgres, redis_server
 from mlops_assets.stack.mlflow_server import mlflow_process
 from mlops_assets.stack.process import ServerProcess, StackError, port_open
-from mlops_assets.stack.serving import serve_process
+from mlops_assets.stack.serving import serve_process, stream_worker_process
 
 # Set in the environment of every server of a stack: the stack's folder.
 STACK_MARKER = "MLOPS_STACK_ROOT"
@@ -43,8 +43,8 @@ class Stack:
     """The production-shaped stack of one environment on this machine.
 
     Servers, in start order: PostgreSQL and Redis; MLflow (on PostgreSQL); the Dagster
-    webserver, the read-only webserver, the Dagster daemon and the serving replicas. Every
-    server binds 127.0.0.1, and every state folder, pid and log file is under
+    webserver, the read-only webserver, the Dagster daemon, the serving replicas and the stream
+    worker. Every server binds 127.0.0.1, and every state folder, pid and log file is under
     `data/<env>/stack/` (the Dagster home stays `data/<env>/dagster/`).
 
     Args:
@@ -94,6 +94,7 @@ class Stack:
             serve_process(number, self.root, port, env)
             for number, port in enumerate(self.ports.serve, start=1)
         ]
+        self.stream_worker = stream_worker_process(self.root, env)
         # Every process of the stack (and each child it starts) carries this variable.
         for server in self.servers:
             server.env = {**server.env, STACK_MARKER: str(self.root)}
@@ -114,6 +115,8 @@ class Stack:
             "MLFLOW_TRACKING_URI": self.urls["mlflow"],
             "MLOPS_ONLINE_STORE": settings.online_store_url,
             "MLOPS_DAGSTER_POSTGRES_URL": settings.dagster_postgres_url,
+            # The stream worker scores landed files; the per-file sensor stays off.
+            "MLOPS_STREAM_WORKER": "on",
             **self.extra_env,
         }
 
@@ -143,18 +146,19 @@ class Stack:
             self.readonly_webserver,
             self.daemon,
             *self.replicas,
+            self.stream_worker,
         ]
 
     def _tiers(self) -> list[list[ServerProcess]]:
         """Servers by dependency: each tier needs only the tiers before it.
 
         PostgreSQL and Redis; MLflow and the Dagster processes, which need PostgreSQL; the
-        serving replicas, which need MLflow's registry and Redis.
+        serving replicas and the stream worker, which need MLflow's registry and Redis.
         """
         return [
             [self.postgres.server, self.redis],
             [self.mlflow, self.webserver, self.readonly_webserver, self.daemon],
-            list(self.replicas),
+            [*self.replicas, self.stream_worker],
         ]
 
     def _prepare_dagster(self) -> None:
