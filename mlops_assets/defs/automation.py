@@ -168,6 +168,21 @@ def _refreshed(instance: dg.DagsterInstance, landed: datetime.date) -> bool:
     return len(succeeded) >= wanted
 
 
+def servable(refreshed: set[datetime.date], served: set[datetime.date]) -> set[datetime.date]:
+    """Landing days the serve schedule owes: each day after the last one served.
+
+    Before anything was served (a first champion), the loop starts with the two newest
+    refreshed days: older days are history the champion was trained on, scored by a backfill
+    if wanted, not by the daily loop.
+    """
+    if not refreshed:
+        return set()
+    if served:
+        return {d for d in refreshed if d > max(served)}
+    newest = max(refreshed)
+    return {d for d in refreshed if d >= newest - datetime.timedelta(days=1)}
+
+
 def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleDefinition:
     """Score and monitor each landing day once its refreshes are done and a champion serves."""
 
@@ -191,7 +206,7 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
         refreshed = _days(_tag_values(instance, REFRESH_TAG))
         served = _days(_tag_values(instance, SERVED_TAG))
         measured = _days(_tag_values(instance, PERFORMANCE_TAG))
-        pending = sorted(refreshed - served)[:DAYS_PER_TICK]
+        pending = sorted(servable(refreshed, served))[:DAYS_PER_TICK]
         if not pending:
             return
         if lifecycle(settings).version_of(CHAMPION) is None:

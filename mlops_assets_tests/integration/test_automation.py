@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.automation import REFRESH_TAG, SERVED_TAG
+from mlops_assets.defs.automation import REFRESH_TAG, SERVED_TAG, servable
 from mlops_assets.defs.jobs import LANE_TAG
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.settings import load_settings
@@ -163,3 +163,14 @@ def test_the_watchdog_fails_a_run_whose_worker_died_and_frees_its_pool_slots(tmp
         instance.report_engine_event(f"Started process for run (pid: {os.getpid()}).", alive)
         quiet = sensor(dg.build_sensor_context(instance=instance))
         assert alive.run_id not in quiet.skip_message
+
+
+def test_the_loop_serves_each_day_after_the_last_served_and_starts_with_the_newest_two():
+    days = {START + datetime.timedelta(days=i) for i in range(6)}
+    newest = max(days)
+    assert servable(days, set()) == {newest - datetime.timedelta(days=1), newest}
+    assert servable(days, {START + datetime.timedelta(days=3)}) == {
+        START + datetime.timedelta(days=4),
+        newest,
+    }
+    assert servable(set(), set()) == set()
