@@ -15,6 +15,7 @@ BENCHMARKS = (
     "bench_serving",
     "bench_batch",
     "bench_spark",
+    "bench_daemon",
 )
 
 
