@@ -248,7 +248,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from mlops_assets.defs.serving import record_stream_batch
     from mlops_assets.serving.stream_worker import StreamWorker
 
-    logging.basicConfig(level=logging.INFO, format="[stream] %(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[stream] %(asctime)s %(message)s")
+    logging.getLogger("mlops_assets").setLevel(logging.INFO)
     settings = load_settings()
     prepare_dagster_home(settings)
     stop = threading.Event()
