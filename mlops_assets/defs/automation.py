@@ -274,7 +274,8 @@ def run_watchdog(settings: Settings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Marks a started run failed when its run worker process (on this machine, the "
-            "default run launcher) is gone, e.g. killed; its pool slots are then freed."
+            "default run launcher) is gone, e.g. killed, and frees the pool slots of runs that "
+            "ended holding them."
         ),
     )
     def _watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
@@ -293,11 +294,21 @@ def run_watchdog(settings: Settings) -> dg.SensorDefinition:
                 f"run worker process {pid} is gone (killed or crashed) while the run was "
                 "STARTED; marked failed by run_worker_watchdog",
             )
-            freed = instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            context.log.warning(f"run {run.run_id}: worker {pid} gone; freed {freed} pool slots")
+            context.log.warning(f"run {run.run_id}: worker {pid} gone; marked failed")
             failed.append(run.run_id)
+        # A finished run still holding pool slots died in a step (however its failure was
+        # noticed, here or by the code server that launched it): free them.
+        storage = instance.event_log_storage
+        for run_id in storage.get_concurrency_run_ids():
+            record = instance.get_run_record_by_id(run_id)
+            if record is not None and record.dagster_run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                context.log.warning(f"run {run_id} ended holding pool slots: freed")
+                failed.append(run_id)
         return dg.SkipReason(
-            f"marked failed: {', '.join(failed)}" if failed else "every started run's worker lives"
+            f"failed or freed: {', '.join(failed)}"
+            if failed
+            else "every started run's worker lives"
         )
 
     return _watchdog

@@ -252,6 +252,7 @@ def worker_pid(watch: Watch, run_id: str) -> int | None:
     return None
 
 
+@pytest.mark.timeout(DEADLINE_SECONDS + 900)
 def test_the_daemon_closes_the_loop(deployment):
     stack, staged, days = deployment
     watch = Watch(stack)
