@@ -13,7 +13,6 @@ test with an every-minute cron all end in the same state. Run keys make each req
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterator
 
 import dagster as dg
@@ -27,6 +26,7 @@ from mlops_assets.defs.jobs import (
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.lakehouse.landing import complete_landing_days
 from mlops_assets.settings import Settings
+from mlops_assets.stack.process import process_alive
 
 # Which landing day a run of the loop belongs to.
 AFTER_TAG = "mlops/landing_day"
@@ -251,20 +251,6 @@ def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def run_watchdog(settings: Settings) -> dg.SensorDefinition:
     """Fail runs whose worker process died, so that their pool slots are freed."""
 
@@ -287,7 +273,7 @@ def run_watchdog(settings: Settings) -> dg.SensorDefinition:
         for record in started:
             run = record.dagster_run
             pid = _worker_pid(instance, run.run_id)
-            if pid is None or _process_alive(pid):
+            if pid is None or process_alive(pid):
                 continue
             instance.report_run_failed(
                 run,

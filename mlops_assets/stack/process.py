@@ -36,7 +36,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, exited but not reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,7 +93,7 @@ class ServerProcess:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def start(self, timeout: float = 120.0) -> int:
         """Start the server (unless it runs already) and wait until it is ready.
@@ -136,7 +137,7 @@ class ServerProcess:
         """Wait until the port accepts connections and `ready` says yes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            exited = process.poll() if process is not None else (None if _alive(pid) else -1)
+            exited = process.poll() if process is not None else (None if process_alive(pid) else -1)
             if exited is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise StackError(f"{self.name} exited with code {exited}:\n{self.tail()}")

@@ -34,6 +34,7 @@ import pytest
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.automation import AFTER_TAG, REFRESH_TAG, SERVE_DAY, SERVED_TAG
 from mlops_assets.defs.partitions import event_days_touched
+from mlops_assets.features.spec import FRAUD_SPEC
 from mlops_assets.lakehouse.delta_io import scan_table, table_exists
 from mlops_assets.settings import StackPorts, load_settings
 from mlops_assets.simulate import Drift, Scenario, simulate
@@ -329,19 +330,7 @@ def test_the_daemon_closes_the_loop(deployment):
     silver = watch.table("silver", "transactions")
     request = (
         silver.filter(pl.col("landing_date") == drifted[-1])
-        .select(
-            "transaction_id",
-            "card_id",
-            "merchant_id",
-            "event_time",
-            "amount",
-            "merchant_category",
-            "channel",
-            "entry_mode",
-            "device_type",
-            "country",
-            "card_country",
-        )
+        .select(*FRAUD_SPEC.request_fields)
         .row(0, named=True)
     )
     url = stack.urls["serve-1"]
