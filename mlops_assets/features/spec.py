@@ -297,6 +297,75 @@ class FeatureSpec:
         )
         return self._derive(frame)
 
+    def requests_frame(
+        self, requests: pl.DataFrame, looked_up: Mapping[str, pl.DataFrame]
+    ) -> pl.DataFrame:
+        """Many requests' model input at once, by the rules of `request_frame` row for row.
+
+        Args:
+            requests: One request per row with the request fields (a missing field reads as
+                null); `event_time` a datetime column with a time zone. Other columns stay.
+            looked_up: Table name to a frame aligned with `requests` (its row i is request i's
+                vector): the lookup's features and `feature_time` (null for unknown keys).
+
+        Returns:
+            `requests` in their order with the looked-up features (their defaults where the
+            row is unusable), each lookup's time column and the request-time features.
+        """
+        dtype = requests.schema.get("event_time")
+        if not isinstance(dtype, pl.Datetime) or dtype.time_zone is None:
+            raise ValueError(
+                f"requests' event_time must be a datetime column with a time zone, got {dtype}"
+            )
+        frame = requests.with_columns(
+            *[
+                pl.lit(None).alias(name)
+                for name in self.request_fields
+                if name not in requests.columns
+            ],
+            pl.col("event_time").cast(pl.Datetime("us", "UTC")),
+        )
+        event_time = frame.get_column("event_time")
+        columns: list[pl.Series] = []
+        for lookup in self.lookups:
+            definition = lookup.definition
+            found = looked_up[lookup.table]
+            if found.height != frame.height:
+                raise ValueError(
+                    f"{lookup.table}: {found.height} looked-up rows for {frame.height} requests"
+                )
+            # The rules of `request_frame`: only a row from strictly before the event and
+            # within the table's staleness limit is used; otherwise the features' defaults.
+            limit = datetime.timedelta(days=definition.max_staleness_days)
+            checked = pl.DataFrame(
+                {
+                    "event_time": event_time,
+                    "feature_time": found.get_column("feature_time").cast(pl.Datetime("us", "UTC")),
+                }
+            ).select(
+                (
+                    pl.col("feature_time").is_not_null()
+                    & (pl.col("event_time") - limit <= pl.col("feature_time"))
+                    & (pl.col("feature_time") < pl.col("event_time"))
+                ).alias("usable"),
+                "feature_time",
+            )
+            usable = checked.get_column("usable").fill_null(False)
+            values = found.select(
+                pl.when(pl.lit(usable))
+                .then(pl.col(name))
+                .otherwise(_default(definition.feature(name).default, found.schema[name]))
+                .alias(name)
+                for name in lookup.features
+            )
+            columns.extend(values.get_columns())
+            columns.append(
+                checked.select(
+                    pl.when(pl.lit(usable)).then(pl.col("feature_time")).alias(lookup.time_column)
+                ).to_series()
+            )
+        return self._derive(frame.with_columns(columns))
+
     def fetch(self, store: Any, request: Mapping[str, Any]) -> pl.DataFrame:
         """A request's model input, with its features looked up in the online store by key.
 
@@ -325,6 +394,11 @@ class FeatureSpec:
         return frame.with_columns(
             ON_DEMAND_FEATURES[name].expression().alias(name) for name in self.on_demand
         )
+
+
+def _default(value: Any, dtype: pl.DataType) -> pl.Expr:
+    """A feature's default as a literal of its looked-up column's type (when it has one)."""
+    return pl.lit(value, dtype=None if dtype == pl.Null else dtype)
 
 
 def _tie_breaker(table: FeatureTable) -> str | None:

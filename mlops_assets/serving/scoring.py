@@ -2,10 +2,12 @@
 
 Batch scoring takes a day's transactions with their point-in-time features (the offline path,
 the same join as training) and scores them in one vectorised call. Streaming scoring takes a
-newly landed file, validates its lines against the silver contract, looks each valid
-transaction's features up in the online store (the online path, as the REST server does) and
-scores it; lines that cannot be read or break the contract become `error` rows naming the
-reason, so every line of the file is accounted for.
+newly landed file, validates its lines against the silver contract, looks the valid
+transactions' features up in the online store (the online path, as the REST server does, one
+batch per table) and scores them all at once: the request-time features by the spec's rules
+for many requests (`FeatureSpec.requests_frame`) and one vectorised model call, giving the
+rows the REST server's per-request path gives. Lines that cannot be read or break the contract
+become `error` rows naming the reason, so every line of the file is accounted for.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import polars as pl
 
 from mlops_assets.lakehouse.landing import read_landing_file
 from mlops_assets.models.training import model_inputs
+from mlops_assets.serving.inference_log import UTC_US, feature_schema
 from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, split_lines
 from mlops_assets.transforms.silver import TRANSACTIONS, validate
 
 # Commit metadata of a streamed file's append: the inference log's history is the checkpoint.
 STREAM_FILE_KEY = "mlops.stream_file"
 KEYS = ("transaction_id", "card_id", "merchant_id")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 def batch_predictions(
@@ -108,9 +113,31 @@ def score_file(
     """
     started = time.perf_counter()
     now = now or datetime.datetime.now(datetime.UTC)
-    landing = read_landing_file(path, landing_root, now)
     source = path.relative_to(landing_root).as_posix()
-    lines = landing.lines.height
+    lines, valid, errors = read_valid_lines(path, landing_root, now)
+    ok_rows = _score_online(valid, model, store, source, run_id)
+    error_rows = _error_rows(errors, model, source, now)
+    rows = pl.concat([ok_rows, error_rows], how="diagonal_relaxed")
+    return StreamBatch(
+        source=source,
+        rows=rows,
+        lines=lines,
+        scored=ok_rows.height,
+        errors=error_rows.height,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def read_valid_lines(
+    path: Path, landing_root: Path, now: datetime.datetime
+) -> tuple[int, pl.DataFrame, pl.DataFrame]:
+    """A landed file's lines after the header, checked against the silver contract.
+
+    Returns:
+        The number of lines, the valid transactions (with their line numbers) and the other
+        lines' numbers with their problem (`LINE_NUMBER`, `REASON`).
+    """
+    landing = read_landing_file(path, landing_root, now)
     errors: list[pl.DataFrame] = []
     valid = pl.DataFrame()
     if landing.header_problem:
@@ -127,17 +154,7 @@ def score_file(
         rejected = rejected.to_native()
         if rejected.height:
             errors.append(rejected.select(LINE_NUMBER, REASON))
-    ok_rows = _score_online(valid, model, store, source, run_id)
-    error_rows = _error_rows(pl.concat(errors, how="vertical_relaxed"), model, source, now)
-    rows = pl.concat([ok_rows, error_rows], how="diagonal_relaxed")
-    return StreamBatch(
-        source=source,
-        rows=rows,
-        lines=lines,
-        scored=ok_rows.height,
-        errors=error_rows.height,
-        seconds=time.perf_counter() - started,
-    )
+    return landing.lines.height, valid, pl.concat(errors, how="vertical_relaxed")
 
 
 def _landing_day(path: Path) -> datetime.date:
@@ -152,46 +169,130 @@ def _landing_day(path: Path) -> datetime.date:
 def _score_online(
     valid: pl.DataFrame, model: Any, store: Any, source: str, run_id: str
 ) -> pl.DataFrame:
-    spec = model.spec
-    rows: list[dict[str, Any]] = []
-    records = list(valid.iter_rows(named=True))
-    # One batched lookup per feature table for the whole file (one round trip on Redis),
-    # its time shared out over the file's rows.
-    started = time.perf_counter()
-    vectors = {
-        lookup.table: store.lookup_many(
-            lookup.table, [str(record.get(lookup.keys[0])) for record in records]
-        )
-        for lookup in (spec.lookups if records else ())
-    }
-    lookup_ms = (time.perf_counter() - started) * 1000 / max(len(records), 1)
-    for index, record in enumerate(records):
-        started = time.perf_counter() - lookup_ms / 1000
-        request = {name: record.get(name) for name in spec.request_fields}
-        looked_up = {table: found[index] for table, found in vectors.items()}
-        features = model.features(request, looked_up)
-        score = model.score(features)
-        rows.append(
-            {
-                "request_id": f"stream:{source}:{record[LINE_NUMBER]}",
-                "mode": "stream",
-                "event_time": request["event_time"],
-                **{k: request.get(k) for k in KEYS},
-                "model_name": model.name,
-                "model_version": model.version,
-                "model_alias": model.alias,
-                "score": score,
-                "decision": score >= model.threshold,
-                "threshold": model.threshold,
-                "latency_ms": (time.perf_counter() - started) * 1000,
-                "status": "ok",
-                "request": json.dumps(request, default=_json_value, sort_keys=True),
-                **features,
-            }
-        )
-    if not rows:
+    """Score a file's valid transactions in one go, rows as the per-request path makes them.
+
+    One batched lookup per feature table (one round trip on Redis), the request-time features
+    of every row at once (`FeatureSpec.requests_frame`) and one vectorised model call (as
+    `batch_predictions`); `latency_ms` is the whole file's time shared out over its rows.
+    """
+    if not valid.height:
         return pl.DataFrame()
-    return pl.DataFrame(rows, infer_schema_length=None)
+    spec = model.spec
+    started = time.perf_counter()
+    types = feature_schema(spec)
+    looked_up = {
+        lookup.table: _vector_frame(
+            lookup.features,
+            store.lookup_many(lookup.table, [str(k) for k in _column(valid, lookup.keys[0])]),
+            types,
+        )
+        for lookup in spec.lookups
+    }
+    features = spec.requests_frame(valid, looked_up)
+    scores = model.pyfunc.predict(model_inputs(features, spec))[:, 1]
+    score = pl.Series("score", scores, dtype=pl.Float64)
+    requests = _request_json(valid, spec.request_fields)
+    known = [k for k in KEYS if k in spec.request_fields and k in valid.columns]
+    base = valid.select(
+        (pl.lit(f"stream:{source}:") + pl.col(LINE_NUMBER).cast(pl.String)).alias("request_id"),
+        pl.lit("stream").alias("mode"),
+        pl.col("event_time"),
+        *[pl.col(k) if k in known else pl.lit(None).alias(k) for k in KEYS],
+        pl.lit(model.name).alias("model_name"),
+        pl.lit(model.version).alias("model_version"),
+        pl.lit(model.alias).alias("model_alias"),
+        pl.lit(score),
+        (pl.lit(score) >= model.threshold).alias("decision"),
+        pl.lit(model.threshold, dtype=pl.Float64).alias("threshold"),
+    )
+    per_row = (time.perf_counter() - started) * 1000 / valid.height
+    rows = base.with_columns(
+        pl.lit(per_row, dtype=pl.Float64).alias("latency_ms"),
+        pl.lit("ok").alias("status"),
+        requests,
+    )
+    return rows.hstack(
+        features.select(c for c in spec.feature_columns if c not in rows.columns).get_columns()
+    )
+
+
+def _column(frame: pl.DataFrame, name: str) -> list[Any]:
+    """A column's Python values (None throughout when the frame lacks it)."""
+    if name not in frame.columns:
+        return [None] * frame.height
+    return frame.get_column(name).to_list()
+
+
+def _vector_frame(
+    features: tuple[str, ...], vectors: list[Any], types: dict[str, pl.DataType]
+) -> pl.DataFrame:
+    """`FeatureVector`s as a frame: the features in their registry types and `feature_time`."""
+    # Aware datetimes reach polars faster as microseconds since the epoch (the same instants).
+    micros = [
+        None if v.feature_time is None else (v.feature_time - _EPOCH) // _MICROSECOND
+        for v in vectors
+    ]
+    return pl.DataFrame(
+        [
+            *[
+                pl.Series(name, [v.values[name] for v in vectors], dtype=types[name])
+                for name in features
+            ],
+            pl.Series("feature_time", micros, dtype=pl.Int64).cast(UTC_US),
+        ]
+    )
+
+
+def _request_json(valid: pl.DataFrame, fields: tuple[str, ...]) -> pl.Series:
+    """Each row's request as the per-request path logs it.
+
+    That is `json.dumps(request, default=_json_value, sort_keys=True)` of the row's request
+    fields, built column by column: `"name": value` pieces joined in the key order, each
+    value encoded by the same encoder (or, for plain ASCII strings and UTC timestamps, as it
+    would encode them).
+    """
+    names = sorted(set(fields))
+    if not names:
+        return pl.Series("request", ["{}"] * valid.height, dtype=pl.String)
+    encode = json.JSONEncoder(default=_json_value, sort_keys=True).encode
+    parts: list[pl.Expr] = []
+    for i, name in enumerate(names):
+        parts.append(pl.lit(("{" if i == 0 else ", ") + encode(name) + ": "))
+        parts.append(pl.lit(_json_values(valid, name, encode)))
+    parts.append(pl.lit("}"))
+    return valid.select(pl.concat_str(parts).alias("request")).to_series()
+
+
+def _json_values(valid: pl.DataFrame, name: str, encode: Any) -> pl.Series:
+    """A column's values as `encode` writes each of them (`null` where the column lacks)."""
+    if name not in valid.columns:
+        return pl.Series(name, ["null"] * valid.height, dtype=pl.String)
+    column = valid.get_column(name)
+    if column.dtype == UTC_US:
+        # `datetime.isoformat()` of a UTC value: the fraction only when it is not zero.
+        value = pl.col(name)
+        column = valid.select(
+            pl.when(value.dt.microsecond() == 0)
+            .then(value.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+            .otherwise(value.dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"))
+        ).to_series()
+    if column.dtype == pl.String:
+        # Printable ASCII without quotes or backslashes is written as it is, between quotes;
+        # any other string is encoded once per distinct value.
+        plain = column.str.contains(r"^[ !#-\[\]-~]*$")
+        others = column.filter(~plain).unique()
+        encoded = pl.Series([encode(v) for v in others.to_list()], dtype=pl.String)
+        return pl.select(
+            pl.when(pl.lit(plain))
+            .then(pl.lit('"') + pl.lit(column) + pl.lit('"'))
+            .otherwise(pl.lit(column).replace_strict(others, encoded, default=None))
+            .fill_null("null")
+        ).to_series()
+    if column.dtype.is_numeric() or column.dtype == pl.Boolean:
+        # Numbers, booleans and nulls never hold ", ": one encoded list splits into its items.
+        items = encode(column.to_list())[1:-1]
+        return pl.Series(name, items.split(", ") if items else [], dtype=pl.String)
+    return pl.Series(name, [encode(v) for v in column.to_list()], dtype=pl.String)
 
 
 def _error_rows(

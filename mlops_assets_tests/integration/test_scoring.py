@@ -246,3 +246,144 @@ def test_the_stream_worker_scores_complete_files_once_and_records_them_in_dagste
             assert event.run_id == ""  # recorded without a run
         finally:
             worker.close()
+
+
+def score_row_by_row(valid: pl.DataFrame, model, store, source: str) -> pl.DataFrame:
+    """The per-request reference: each valid line's features and score as the REST server
+    builds them (`model.features`, `model.score`), rows as the streaming path logs them."""
+    import json
+
+    from mlops_assets.serving.scoring import KEYS, _json_value
+
+    spec = model.spec
+    records = list(valid.iter_rows(named=True))
+    vectors = {
+        lookup.table: store.lookup_many(
+            lookup.table, [str(record.get(lookup.keys[0])) for record in records]
+        )
+        for lookup in (spec.lookups if records else ())
+    }
+    rows = []
+    for index, record in enumerate(records):
+        request = {name: record.get(name) for name in spec.request_fields}
+        features = model.features(request, {t: found[index] for t, found in vectors.items()})
+        score = model.score(features)
+        rows.append(
+            {
+                "request_id": f"stream:{source}:{record['_line_number']}",
+                "mode": "stream",
+                "event_time": request["event_time"],
+                **{k: request.get(k) for k in KEYS},
+                "model_name": model.name,
+                "model_version": model.version,
+                "model_alias": model.alias,
+                "score": score,
+                "decision": score >= model.threshold,
+                "threshold": model.threshold,
+                "latency_ms": 0.0,
+                "status": "ok",
+                "request": json.dumps(request, default=_json_value, sort_keys=True),
+                **features,
+            }
+        )
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def test_a_landed_file_is_scored_at_once_exactly_as_request_by_request(cd_lake, champion, tmp_path):
+    import datetime
+
+    from polars.testing import assert_frame_equal
+
+    from mlops_assets.defs.serving import load_champion
+    from mlops_assets.features.online_store import OnlineStore
+    from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK
+    from mlops_assets.serving.scoring import (
+        _error_rows,
+        _score_online,
+        read_valid_lines,
+        score_file,
+    )
+
+    settings, _, _ = cd_lake
+    model = load_champion(LakehouseResource.from_settings(settings))
+    [source] = sorted((settings.landing_root / "transactions" / DAYS[-1].isoformat()).iterdir())
+    header, *lines = source.read_text().splitlines()
+    columns = header.split(",")
+    at = {name: columns.index(name) for name in columns}
+    edited = []
+    for i, line in enumerate(lines, start=1):
+        values = line.split(",")
+        if i % 7 == 0:  # a card the online store does not know
+            values[at["card_id"]] = f"card_unknown_{i}"
+        if i % 11 == 0:  # an unknown merchant
+            values[at["merchant_id"]] = f"m_unknown_{i}"
+        # A day after the published rows, so that the store's rows are usable ...
+        event_time = datetime.datetime.fromisoformat(values[at["event_time"]])
+        event_time += datetime.timedelta(days=1)
+        if i % 13 == 0:  # ... but for a week later: merchant rows beyond 3 days of staleness
+            event_time += datetime.timedelta(days=7)
+        if i % 17 == 0:  # ... and before the rows' own times: defaults
+            event_time -= datetime.timedelta(days=3)
+        if i % 23 == 0:  # whole seconds (no fraction in the logged request)
+            event_time = event_time.replace(microsecond=0)
+        values[at["event_time"]] = event_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if i % 19 == 0:  # optional fields missing: null country, unknown category
+            values[at["country"]] = ""
+            values[at["entry_mode"]] = ""
+        if i % 29 == 0:  # escaped in the request's JSON
+            values[at["merchant_category"]] = "café/bar"
+        edited.append(",".join(values))
+    edited[5:5] = ["not,a,valid,line", edited[0].replace(",", ";")]
+    landing = tmp_path / "landing"
+    folder = landing / "transactions" / (DAYS[-1] + datetime.timedelta(days=8)).isoformat()
+    folder.mkdir(parents=True)
+    mixed = folder / "mixed.csv"
+    mixed.write_text("\n".join([header, *edited]) + "\n")
+    (folder / "header-only.csv").write_text(header + "\n")
+    (folder / "empty.csv").write_text("")
+    now = datetime.datetime.combine(
+        DAYS[-1] + datetime.timedelta(days=8), datetime.time(1), datetime.UTC
+    )
+
+    with OnlineStore(settings.online_store_path) as store:
+        for path in sorted(folder.iterdir()):
+            name = path.relative_to(landing).as_posix()
+            batch = score_file(path, landing, model, store, run_id="vectorised", now=now)
+            count, valid, errors = read_valid_lines(path, landing, now)
+            reference = score_row_by_row(valid, model, store, name)
+            expected = pl.concat(
+                [reference, _error_rows(errors, model, name, now)], how="diagonal_relaxed"
+            )
+            assert batch.lines == count == batch.scored + batch.errors
+            assert batch.scored == reference.height
+            # Same columns, types and values; scores bit for bit.
+            assert_frame_equal(
+                batch.rows.drop("latency_ms", strict=False),
+                expected.drop("latency_ms", strict=False),
+                check_exact=True,
+            )
+            assert_frame_equal(
+                _score_online(valid, model, store, name, "again").drop("latency_ms", strict=False),
+                reference.drop("latency_ms", strict=False),
+                check_exact=True,
+            )
+            if path == mixed:
+                ok = batch.rows.filter(pl.col("status") == "ok")
+                # Every line is scored but the two broken ones; the file's time is shared out.
+                assert ok.height == len(lines) and batch.errors == 2
+                assert ok.get_column("latency_ms").n_unique() == 1
+                assert ok.get_column("latency_ms")[0] > 0
+                # Unknown and unusable rows took the defaults, the others the store's values.
+                defaulted = ok.filter(
+                    (pl.col("seconds_since_card_txn") == 30 * 86_400.0)
+                    & (pl.col("txn_count_7d") == CARD_BEHAVIOUR.feature("txn_count_7d").default)
+                )
+                assert 0 < defaulted.height < ok.height
+                assert defaulted.get_column("card_id").str.starts_with("card_unknown_").any()
+                prior = MERCHANT_RISK.feature("fraud_rate_30d").default
+                stale = ok.filter(pl.col("fraud_rate_30d") == prior)
+                assert 0 < stale.height < ok.height
+                assert stale.get_column("merchant_id").str.starts_with("m_unknown_").any()
+                assert ok.get_column("request").str.contains("caf\\u00e9/bar", literal=True).any()
+            else:
+                assert batch.rows.height == batch.scored == 0
