@@ -135,6 +135,7 @@ def test_up_starts_every_server_on_postgres_redis_and_mlflow(stack, state):
         "dagster-daemon",
         "serve-1",
         "serve-2",
+        "stream-worker",
     ]
     assert all(row.up and row.pid for row in rows), rows
     env_file = stack.env_file.read_text()
