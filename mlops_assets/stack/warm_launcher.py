@@ -37,6 +37,11 @@ gone as FAILED, and the daemon's run monitoring then marks the run failed.
 When the fork server cannot be started or reached, the launcher launches the run through the
 code server as Dagster's default launcher does (an engine event on the run names the socket and
 the reason), or, with `fallback_to_code_server: false`, fails the launch with that error.
+Only a launch that never reached a server (nothing listens on the socket) goes to a new server
+or to the code server. A launch whose answer is lost (a timeout after the request was sent) is
+sent once more to the same server, which answers a run it forked already (and whose worker
+still runs) with that worker instead of forking again; when that fails too the launch fails,
+since the worker may be running: one run is never forked twice.
 """
 
 from __future__ import annotations
@@ -88,6 +93,26 @@ class ForkServerUnavailable(RuntimeError):
     def __init__(self, socket_path: str, reason: object) -> None:
         super().__init__(f"warm run launcher: fork server on {socket_path} unavailable: {reason}")
         self.socket_path = socket_path
+
+
+class LaunchOutcomeUnknown(RuntimeError):
+    """The launch request reached the fork server but no answer came back.
+
+    The server may have forked the run's worker already, so the launch is neither sent to a new
+    server nor to the code server (one run must not run twice).
+    """
+
+    def __init__(self, socket_path: str, reason: object) -> None:
+        super().__init__(
+            f"warm run launcher: the launch was sent to the fork server on {socket_path} but "
+            f"no answer came back ({reason}); the run's worker may have started"
+        )
+        self.socket_path = socket_path
+
+
+# Errors of `connect` alone: nothing listens on the socket, so the request never reached a
+# server and may be sent again (to a server started anew).
+_NOT_LISTENING = (FileNotFoundError, ConnectionRefusedError)
 
 
 def default_socket_path(dagster_home: str | os.PathLike[str]) -> str:
@@ -219,6 +244,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         }
         try:
             answer = self._request(payload, start=True)
+        except LaunchOutcomeUnknown as error:
+            raise DagsterLaunchFailedError(str(error)) from error
         except ForkServerUnavailable as error:
             if not self._fallback or context.workspace is None:
                 raise DagsterLaunchFailedError(str(error)) from error
@@ -233,17 +260,44 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: f"{pid}:{start}"})
 
     def _request(self, payload: Mapping[str, Any], start: bool) -> dict:
+        """Send a request; start the server and send it again only when none listened.
+
+        Raises:
+            ForkServerUnavailable: No server listens (and none could be started), or the
+                server answered with an error: the request was not carried out.
+            LaunchOutcomeUnknown: The request reached a server but its answer did not come
+                back (a timeout, a reset connection): the server may have carried it out.
+        """
         path = self.socket_path
         try:
-            return request(path, payload)
-        except (OSError, RuntimeError) as error:
-            if not start or isinstance(error, RuntimeError):
+            return self._send(path, payload)
+        except _NOT_LISTENING as error:
+            if not start:
                 raise ForkServerUnavailable(path, error) from error
         self._ensure_server(path)
         try:
-            return request(path, payload)
-        except (OSError, RuntimeError) as error:
+            return self._send(path, payload)
+        except _NOT_LISTENING as error:
             raise ForkServerUnavailable(path, error) from error
+
+    @staticmethod
+    def _send(path: str, payload: Mapping[str, Any]) -> dict:
+        """One request, sent once more to the same server after an error past `connect`.
+
+        The server answers a launch of a run it forked already with that run's worker, so the
+        second launch forks nothing.
+        """
+        try:
+            return request(path, payload)
+        except _NOT_LISTENING:
+            raise
+        except RuntimeError as error:
+            raise ForkServerUnavailable(path, error) from error
+        except (OSError, ValueError) as first:
+            try:
+                return request(path, payload)
+            except Exception as error:
+                raise LaunchOutcomeUnknown(path, f"{first}; again: {error}") from error
 
     def _ensure_server(self, path: str) -> None:
         """Start the fork server (unless one answers) and wait until it answers a ping."""
@@ -468,12 +522,17 @@ def _handle(connection: socket.socket, listener: socket.socket, children: dict[i
             answer: dict[str, Any] = {"pid": os.getpid(), "children": len(children)}
         elif message.get("op") == "launch":
             run_id = str(message["run_id"])
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                connection.close()
-                _run_child(run_id, message.get("instance_ref"))
-            children[pid] = run_id
+            # A run forked already and still running (the launcher sent the launch again after
+            # losing the answer) is answered with its worker: a run is forked once.
+            _reap(children)
+            pid = next((child for child, forked in children.items() if forked == run_id), 0)
+            if not pid:
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    connection.close()
+                    _run_child(run_id, message.get("instance_ref"))
+                children[pid] = run_id
             answer = {"pid": pid, "start": process_start_ticks(pid)}
         else:
             answer = {"error": f"unknown request {message!r}"[:200]}
