@@ -17,6 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Set in the environment of every server of a stack (the stack's folder): a pid whose process
+# lacks it is not the server's (a stale pid file whose pid was reused).
+STACK_MARKER = "MLOPS_STACK_ROOT"
+
 
 class StackError(RuntimeError):
     """A server of the stack could not be started, reached or stopped."""
@@ -88,12 +92,42 @@ class ServerProcess:
         return self.state_dir / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The running server's process group id, None when it is not running."""
+        """The running server's process group id, None when it is not running.
+
+        With the stack's marker in `env`, a live pid counts only when its process carries the
+        marker: a pid file left by a crash or a reboot whose pid now names another process is
+        removed.
+        """
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if process_alive(pid) else None
+        if not process_alive(pid):
+            return None
+        ours = self._ours(pid)
+        if ours is None:
+            return None
+        if not ours:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def _ours(self, pid: int) -> bool | None:
+        """Whether the process carries the stack's marker (True without a marker in `env`).
+
+        None when its environment cannot be read (another user's process, as a non-root user):
+        it is then neither stopped nor its pid file removed.
+        """
+        value = self.env.get(STACK_MARKER)
+        if value is None:
+            return True
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        return f"{STACK_MARKER}={value}".encode() in environ.split(b"\0")
 
     def start(self, timeout: float = 120.0) -> int:
         """Start the server (unless it runs already) and wait until it is ready.
@@ -157,8 +191,15 @@ class ServerProcess:
         except (FileNotFoundError, ValueError):
             return False
         # The leader may be gone while members of its group (workers it forked) live on.
-        if not group_alive(pid):
+        members = group_members(pid)
+        if not members:
             self.pid_file.unlink(missing_ok=True)
+            return False
+        # A stale pid file whose pid (and group) are another program's now: not signalled.
+        ours = [self._ours(member) for member in members]
+        if not any(ours):
+            if False in ours:
+                self.pid_file.unlink(missing_ok=True)
             return False
         stop_group(pid, timeout, self.stop_signal)
         self.pid_file.unlink(missing_ok=True)

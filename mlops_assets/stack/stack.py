@@ -13,11 +13,8 @@ from pathlib import Path
 from mlops_assets.settings import Settings, StackPorts, load_settings
 from mlops_assets.stack import dagster_servers, postgres, redis_server
 from mlops_assets.stack.mlflow_server import mlflow_process
-from mlops_assets.stack.process import ServerProcess, StackError, port_open
+from mlops_assets.stack.process import STACK_MARKER, ServerProcess, StackError, port_open
 from mlops_assets.stack.serving import serve_process, stream_worker_process
-
-# Set in the environment of every server of a stack: the stack's folder.
-STACK_MARKER = "MLOPS_STACK_ROOT"
 
 
 @dataclasses.dataclass(frozen=True)
