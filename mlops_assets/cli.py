@@ -207,7 +207,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from mlops_assets.stack.process import StackError
     from mlops_assets.stack.stack import Stack
 
-    stack = Stack(load_settings())
+    try:
+        # Finds the PostgreSQL and Redis programs: an error names the one missing.
+        stack = Stack(load_settings())
+    except StackError as error:
+        print(f"mlops stack {args.action}: {error}", file=sys.stderr)
+        return 2
     if args.action == "up":
 
         def ready(name: str, seconds: float) -> None:
@@ -225,10 +230,18 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(f"variables for a shell: source {stack.env_file}")
         return 0
     if args.action == "down":
-        stopped = stack.down()
+        try:
+            stopped = stack.down()
+        except StackError as error:
+            print(f"mlops stack down: {error}", file=sys.stderr)
+            return 2
         print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
         return 0
-    rows = stack.status()
+    try:
+        rows = stack.status()
+    except StackError as error:
+        print(f"mlops stack status: {error}", file=sys.stderr)
+        return 2
     for row in rows:
         port = "-" if row.port is None else str(row.port)
         pid = "-" if row.pid is None else str(row.pid)
