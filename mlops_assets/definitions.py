@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import dagster as dg
@@ -61,12 +62,23 @@ def build_definitions(
             f"MLOPS_MONITORING names unknown thresholds {', '.join(unknown)}; known are "
             f"{', '.join(sorted(MonitoringResource.model_fields))}"
         )
-    monitoring = monitoring or MonitoringResource(
-        **{
-            "alert_webhook_url": os.environ.get("MLOPS_ALERT_WEBHOOK_URL", ""),
-            **settings.monitoring,
-        }
-    )
+    if monitoring is None:
+        import pydantic
+
+        try:
+            monitoring = MonitoringResource(
+                **{
+                    "alert_webhook_url": os.environ.get("MLOPS_ALERT_WEBHOOK_URL", ""),
+                    **settings.monitoring,
+                }
+            )
+        except pydantic.ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise SettingsError(
+                f"MLOPS_MONITORING={json.dumps(settings.monitoring)} has bad thresholds: {problems}"
+            ) from None
     return dg.Definitions(
         assets=[
             *bronze_assets,

@@ -326,7 +326,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         isinstance(v, int | float | str) and not isinstance(v, bool) for v in monitoring.values()
     ):
         raise SettingsError(
-            "MLOPS_MONITORING must be a JSON object of thresholds to numbers, e.g. "
+            "MLOPS_MONITORING must be a JSON object of threshold names to values, e.g. "
             '{"label_maturity_days": 2}'
         )
     return Settings(

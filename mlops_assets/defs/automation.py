@@ -23,7 +23,7 @@ from mlops_assets.defs.jobs import (
     medallion_job,
     refresh_job,
 )
-from mlops_assets.defs.partitions import event_days_touched
+from mlops_assets.defs.partitions import DAILY, event_days_touched
 from mlops_assets.lakehouse.landing import complete_landing_days
 from mlops_assets.settings import Settings
 from mlops_assets.stack.process import process_alive
@@ -104,12 +104,13 @@ def medallion_schedule(settings: Settings) -> dg.ScheduleDefinition:
         instance = context.instance
         # Schedules dedupe run keys within a tick only: days with a run (in flight, done or
         # failed, which the run's retries and alerts handle) are left out by their tag.
+        first_day = DAILY.start.date()  # the partitions' own first day
         done = _days(instance.get_materialized_partitions(BRONZE))
         done |= _days(_tag_values(instance, AFTER_TAG))
         due = [
             day
             for day in complete_landing_days(settings.landing_root, now)
-            if settings.start_date <= day < now.date() and day not in done
+            if first_day <= day < now.date() and day not in done
         ]
         for day in due[:DAYS_PER_TICK]:
             yield dg.RunRequest(
@@ -140,8 +141,15 @@ def refresh_schedule(settings: Settings) -> dg.ScheduleDefinition:
         instance = context.instance
         ingested = _days(instance.get_materialized_partitions(SILVER))
         requested = _days(_tag_values(instance, REFRESH_TAG))
-        for landed in sorted(ingested - requested)[:DAYS_PER_TICK]:
+        # Landing days never requested, and the newest requested ones, whose refreshes may
+        # have been requested only in part (a tick that stopped half way).
+        candidates = sorted(ingested - requested)[:DAYS_PER_TICK]
+        candidates += sorted(requested & ingested)[-DAYS_PER_TICK:]
+        for landed in sorted(set(candidates)):
+            done = _refresh_runs(instance, landed)
             for day in event_days_touched(landed):
+                if day.isoformat() in done:
+                    continue
                 yield dg.RunRequest(
                     run_key=f"refresh:{day.isoformat()} after {landed.isoformat()}",
                     partition_key=day.isoformat(),
@@ -154,18 +162,38 @@ def refresh_schedule(settings: Settings) -> dg.ScheduleDefinition:
     return _refresh
 
 
-def _refreshed(instance: dg.DagsterInstance, landed: datetime.date) -> bool:
-    """Whether every refresh requested after a landing day succeeded."""
+def _refresh_runs(instance: dg.DagsterInstance, landed: datetime.date) -> dict[str, str]:
+    """The refresh runs requested after a landing day: event day to the best status seen."""
     records = instance.get_run_records(
         dg.RunsFilter(job_name=refresh_job.name, tags={REFRESH_TAG: landed.isoformat()})
     )
-    wanted = len(event_days_touched(landed))
-    succeeded = {
-        r.dagster_run.tags.get("dagster/partition")
-        for r in records
-        if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-    }
-    return len(succeeded) >= wanted
+    runs: dict[str, str] = {}
+    for record in records:
+        day = record.dagster_run.tags.get("dagster/partition", "")
+        status = record.dagster_run.status.value
+        if runs.get(day) != dg.DagsterRunStatus.SUCCESS.value:
+            runs[day] = status
+    return runs
+
+
+def _refresh_progress(instance: dg.DagsterInstance, landed: datetime.date) -> tuple[int, int]:
+    """Refreshes after a landing day that succeeded, and how many it needs."""
+    runs = _refresh_runs(instance, landed)
+    succeeded = sum(status == dg.DagsterRunStatus.SUCCESS.value for status in runs.values())
+    return succeeded, len(event_days_touched(landed))
+
+
+def _served_ok(instance: dg.DagsterInstance, day: datetime.date) -> bool:
+    """Whether the serve run of a landing day succeeded (its predictions are logged)."""
+    records = instance.get_run_records(
+        dg.RunsFilter(
+            job_name=serve_and_monitor_job.name,
+            tags={SERVED_TAG: day.isoformat()},
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+        ),
+        limit=1,
+    )
+    return bool(records)
 
 
 def servable(refreshed: set[datetime.date], served: set[datetime.date]) -> set[datetime.date]:
@@ -207,31 +235,52 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
         served = _days(_tag_values(instance, SERVED_TAG))
         measured = _days(_tag_values(instance, PERFORMANCE_TAG))
         pending = sorted(servable(refreshed, served))[:DAYS_PER_TICK]
-        if not pending:
-            return
-        if lifecycle(settings).version_of(CHAMPION) is None:
+        if pending and lifecycle(settings).version_of(CHAMPION) is None:
             yield dg.SkipReason(
                 f"no champion yet: {len(pending)} landing days wait for one to be promoted"
             )
             return
+        requests: list[dg.RunRequest] = []
+        waiting = None
         for landed in pending:
-            if not _refreshed(instance, landed):
-                break  # in order: a later day waits for an earlier one's refreshes
+            succeeded, wanted = _refresh_progress(instance, landed)
+            if succeeded < wanted:
+                # In order: a later day waits for an earlier one's refreshes.
+                waiting = (
+                    f"serving waits for the refreshes after landing day {landed}: "
+                    f"{succeeded} of {wanted} succeeded"
+                )
+                break
             day = landed.isoformat()
-            yield dg.RunRequest(
-                run_key=f"serve:{day}",
-                partition_key=day,
-                asset_selection=SERVE_DAY,
-                tags={SERVED_TAG: day},
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"serve:{day}",
+                    partition_key=day,
+                    asset_selection=SERVE_DAY,
+                    tags={SERVED_TAG: day},
+                )
             )
+        # Performance of the day whose labels matured with a landing day, once both days'
+        # serve runs succeeded (the matured day's predictions are in the log, and the
+        # landing day's chargebacks in silver).
+        for landed in sorted(served - measured)[-2 * DAYS_PER_TICK :]:
             matured = landed - datetime.timedelta(days=label_maturity_days)
-            if (matured in served or matured in pending) and landed not in measured:
-                yield dg.RunRequest(
-                    run_key=f"performance:{matured.isoformat()} after {day}",
+            if matured not in served or not (
+                _served_ok(instance, landed) and _served_ok(instance, matured)
+            ):
+                continue
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"performance:{matured.isoformat()} after {landed.isoformat()}",
                     partition_key=matured.isoformat(),
                     asset_selection=[PERFORMANCE],
-                    tags={PERFORMANCE_TAG: day},
+                    tags={PERFORMANCE_TAG: landed.isoformat()},
                 )
+            )
+        if requests:
+            yield from requests
+        elif waiting:
+            yield dg.SkipReason(waiting)
 
     return _serve
 
@@ -274,6 +323,10 @@ def run_watchdog(settings: Settings) -> dg.SensorDefinition:
             run = record.dagster_run
             pid = _worker_pid(instance, run.run_id)
             if pid is None or process_alive(pid):
+                continue
+            # The worker may have finished the run and exited since the list was read.
+            current = instance.get_run_by_id(run.run_id)
+            if current is None or current.status != dg.DagsterRunStatus.STARTED:
                 continue
             instance.report_run_failed(
                 run,

@@ -67,12 +67,22 @@ def _lines_at(data: bytes, offsets: list[int]) -> set[int]:
     return lines
 
 
+# Names a writer uses while a file is still being written (the landing contract: write under
+# such a name, rename when whole); never read.
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".inprogress", ".filepart", ".crdownload")
+
+
+def is_partial(name: str) -> bool:
+    """Whether a landed name is one a writer is still writing (hidden or temporary)."""
+    return name.startswith((".", "_", "~")) or name.lower().endswith(PARTIAL_SUFFIXES)
+
+
 def day_files(landing_root: Path, source: str, day: datetime.date) -> list[Path]:
-    """Landing files of one source for one day, in name order."""
+    """Complete landing files of one source for one day, in name order (no partial names)."""
     folder = landing_root / source / day.isoformat()
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_file() and not is_partial(p.name))
 
 
 def read_landing_file(

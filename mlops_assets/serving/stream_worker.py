@@ -69,6 +69,7 @@ class StreamWorker:
         self._store = (store_factory or (lambda: open_online_store(settings)))()
         self._done: set[str] | None = None
         self.outcomes = 0
+        self.failures = 0
 
     def _model(self) -> Any:
         model = self.holder.current
@@ -109,32 +110,45 @@ class StreamWorker:
         return due
 
     def run_once(self) -> list[StreamOutcome]:
-        """Score every pending file (none while no champion is loaded)."""
+        """Score every pending file (none while no champion is loaded).
+
+        A file that fails is logged and stays pending (tried again at the next poll); the
+        other files go on. A micro-batch that could not be recorded in Dagster is logged with
+        the file's name (its rows and checkpoint are written).
+        """
         if self.holder.current is None:
             return []
         outcomes = []
         for name in self.pending():
-            outcome = score_landed_file(
-                self.settings.landing_root,
-                name,
-                load_model=self._model,
-                open_store=self._open_store,
-                log_uri=self.log_uri,
-                checkpoint_uri=self.checkpoint_uri,
-                log_table=str(INFERENCE_LOG),
-                checkpoint_table=str(STREAM_CHECKPOINT),
-                run_id=f"stream-worker:{self.settings.env}",
-            )
+            try:
+                outcome = score_landed_file(
+                    self.settings.landing_root,
+                    name,
+                    load_model=self._model,
+                    open_store=self._open_store,
+                    log_uri=self.log_uri,
+                    checkpoint_uri=self.checkpoint_uri,
+                    log_table=str(INFERENCE_LOG),
+                    checkpoint_table=str(STREAM_CHECKPOINT),
+                    run_id=f"stream-worker:{self.settings.env}",
+                )
+            except Exception:  # noqa: BLE001 - a bad file must not stop the stream
+                log.exception("stream worker: scoring %s failed; retrying at the next poll", name)
+                self.failures += 1
+                continue
             assert self._done is not None
             self._done.add(name)
             self.outcomes += 1
             outcomes.append(outcome)
             if self.record is not None and not outcome.skipped:
-                self.record(outcome)
+                try:
+                    self.record(outcome)
+                except Exception:  # noqa: BLE001 - the file is scored; say it was not recorded
+                    log.exception("stream worker: %s scored but not recorded in Dagster", name)
         return outcomes
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Poll until `stop` is set; a file that fails is logged and tried again next poll."""
+        """Poll until `stop` is set."""
         while not stop.is_set():
             try:
                 for outcome in self.run_once():
@@ -146,9 +160,9 @@ class StreamWorker:
                         outcome.seconds,
                         outcome.model_version,
                     )
-            except Exception:  # noqa: BLE001 - a bad file must not stop the stream
-                log.exception("stream worker: a file failed; retrying at the next poll")
-                self._done = None  # re-read the checkpoint: the failed file stays pending
+            except Exception:  # noqa: BLE001 - e.g. the checkpoint table briefly unreadable
+                log.exception("stream worker: a poll failed; retrying")
+                self._done = None  # re-read the checkpoint at the next poll
             stop.wait(poll_seconds)
 
     def close(self) -> None:

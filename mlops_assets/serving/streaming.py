@@ -20,15 +20,12 @@ import polars as pl
 
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import append_table, scan_table, table_exists
+from mlops_assets.lakehouse.landing import is_partial
 
 STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
 
 # Day folders of landed transactions watched (the newest ones).
 LOOKBACK_DAYS = 3
-# Names a writer uses while a file is still being written (the landing contract: write under
-# such a name, rename when whole); never scored.
-PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".inprogress", ".filepart", ".crdownload")
-
 CHECKPOINT_SCHEMA = {
     "file": pl.String,
     "log_version": pl.Int64,
@@ -89,13 +86,13 @@ def checkpoints(uri: str) -> pl.DataFrame:
     return scan_table(uri).collect()
 
 
-def is_partial(name: str) -> bool:
-    """Whether a landed name is one a writer is still writing (hidden or temporary)."""
-    return name.startswith((".", "_", "~")) or name.lower().endswith(PARTIAL_SUFFIXES)
-
-
 def landed_files(landing_root: Path, lookback_days: int = LOOKBACK_DAYS) -> list[str]:
-    """Complete transactions files of the newest day folders, relative to the landing root."""
+    """Complete transactions files of the newest day folders, relative to the landing root.
+
+    Only the newest `lookback_days` day folders are watched: files of older folders (landed
+    while no champion served, or while the worker was down longer than that) are left to
+    batch scoring.
+    """
     folder = landing_root / "transactions"
     if not folder.is_dir():
         return []

@@ -40,8 +40,8 @@ def serve_process(
 def stream_worker_process(state_dir: Path, env: Mapping[str, str]) -> ServerProcess:
     """The stream worker (`mlops stream`): scores landed transactions files as they land.
 
-    It waits for a champion by itself (files landed before one is promoted are scored once it
-    is), so it is ready as soon as it runs.
+    It waits for a champion by itself (files of the newest three landing days that landed
+    before one was promoted are scored once it is), so it is ready as soon as it runs.
     """
     return ServerProcess(
         name="stream-worker",

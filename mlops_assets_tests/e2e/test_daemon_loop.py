@@ -280,7 +280,7 @@ def test_the_daemon_closes_the_loop(deployment):
         rows = log.filter(pl.col("request_id").str.starts_with(f"stream:{name}:"))
         assert rows.height == lines, name
 
-    # Kill the first drifted day's medallion run in its silver step (the worker process).
+    # Kill the second drifted day's medallion run in its silver step (the worker process).
     target = drifted[1].isoformat()
 
     def medallion_in_silver():
@@ -343,6 +343,12 @@ def test_the_daemon_closes_the_loop(deployment):
     watch.until("the replica to answer with the new champion", served_by_new_champion, deadline)
 
     # Every drifted day went through the schedules: medallion, refreshes in one lane, serving.
+    def all_served():
+        runs = watch.runs("serve_and_monitor")
+        done = {r["tags"].get(SERVED_TAG) for r in runs if r["status"] == "SUCCESS"}
+        return {d.isoformat() for d in drifted} <= done
+
+    watch.until("every drifted day served", all_served, deadline, every=5.0)
     runs = watch.runs()
     by_schedule = [r for r in runs if "dagster/schedule_name" in r["tags"]]
     for day in drifted:
@@ -357,14 +363,41 @@ def test_the_daemon_closes_the_loop(deployment):
             r for r in by_schedule if r["tags"].get(REFRESH_TAG) == key and r["status"] == "SUCCESS"
         ]
         assert len(refreshes) == len(event_days_touched(day)), key
+        served = [
+            r for r in by_schedule if r["tags"].get(SERVED_TAG) == key and r["status"] == "SUCCESS"
+        ]
+        assert len(served) == 1, key
+    # Partitions ran at once: some medallion runs of the drifted days overlapped in time.
+    medallions = [
+        r
+        for r in runs
+        if r["jobName"] == "medallion_daily"
+        and r["tags"].get("dagster/partition") in {d.isoformat() for d in drifted}
+        and r["startTime"]
+        and r["endTime"]
+    ]
+    assert any(
+        a["startTime"] < b["endTime"] and b["startTime"] < a["endTime"]
+        for a in medallions
+        for b in medallions
+        if a["runId"] != b["runId"]
+    ), "no two medallion runs overlapped"
     lane = sorted(
-        (r for r in runs if r["jobName"] == "refresh_event_days" and r["startTime"]),
+        (
+            r
+            for r in runs
+            if r["jobName"] == "refresh_event_days" and r["startTime"] and r["endTime"]
+        ),
         key=lambda r: r["startTime"],
     )
     for before, after in zip(lane, lane[1:], strict=False):
         assert after["startTime"] >= before["endTime"] - 0.5, (before, after)
     silver = watch.table("silver", "transactions")
     assert silver["transaction_id"].is_unique().all()
+    # The killed run's pool slot was freed: no slot is held once the runs are done.
+    with environment(stack.env), dg.DagsterInstance.get() as instance:
+        info = instance.event_log_storage.get_concurrency_info("silver_transactions")
+        assert info.active_slot_count == 0
     alerts = watch.table("monitoring", "alerts")
     failed = alerts.filter(pl.col("kind") == "run_failed")
     assert failed["details"].str.contains(killed["runId"]).any()

@@ -90,6 +90,11 @@ def test_the_refresh_schedule_follows_each_ingested_day_once_in_order(loop):
     # Day 1's refreshes ran: only day 2's are requested again (their run keys dedupe them in
     # the daemon; the tags show what is still owed).
     assert {r.tags[REFRESH_TAG] for r in again} == {DAYS[1].isoformat()}
+    # A tick that created only part of a day's refreshes: the rest are requested, not again
+    # those that ran.
+    execute(defs, instance, again[0], "refresh_event_days")
+    rest = tick(defs, instance, "refresh_event_days_schedule").run_requests
+    assert [r.partition_key for r in rest] == [r.partition_key for r in again[1:]]
 
 
 def test_the_serve_schedule_waits_for_a_champion(loop):
@@ -124,6 +129,21 @@ def test_automation_runs_by_default_in_prod_and_when_asked(tmp_path):
     assert crons.cron_schedule == "* * * * *"
 
 
+def start(instance, run):
+    instance.handle_new_event(
+        dg.EventLogEntry(
+            error_info=None,
+            level="DEBUG",
+            user_message="",
+            run_id=run.run_id,
+            timestamp=datetime.datetime.now().timestamp(),
+            dagster_event=dg.DagsterEvent(
+                event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name
+            ),
+        )
+    )
+
+
 def test_the_watchdog_fails_a_run_whose_worker_died_and_frees_its_pool_slots(tmp_path):
     defs = build_definitions(load_settings({"MLOPS_DATA_ROOT": str(tmp_path / "data")}))
     job = defs.resolve_job_def("online_publish")
@@ -132,18 +152,7 @@ def test_the_watchdog_fails_a_run_whose_worker_died_and_frees_its_pool_slots(tmp
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         run = instance.create_run_for_job(job_def=job)
-        instance.handle_new_event(
-            dg.EventLogEntry(
-                error_info=None,
-                level="DEBUG",
-                user_message="",
-                run_id=run.run_id,
-                timestamp=datetime.datetime.now().timestamp(),
-                dagster_event=dg.DagsterEvent(
-                    event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name
-                ),
-            )
-        )
+        start(instance, run)
         instance.report_engine_event(f"Started process for run (pid: {dead.pid}).", run)
         storage = instance.event_log_storage
         storage.set_concurrency_slots("silver_transactions", 1)
@@ -158,11 +167,13 @@ def test_the_watchdog_fails_a_run_whose_worker_died_and_frees_its_pool_slots(tmp
         info = storage.get_concurrency_info("silver_transactions")
         assert info.active_slot_count == 0
 
-        # A run whose worker lives is left alone.
+        # A started run whose worker lives is left alone.
         alive = instance.create_run_for_job(job_def=job)
+        start(instance, alive)
         instance.report_engine_event(f"Started process for run (pid: {os.getpid()}).", alive)
         quiet = sensor(dg.build_sensor_context(instance=instance))
         assert alive.run_id not in quiet.skip_message
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
 
 
 def test_the_loop_serves_each_day_after_the_last_served_and_starts_with_the_newest_two():

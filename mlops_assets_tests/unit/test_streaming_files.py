@@ -1,4 +1,5 @@
-from mlops_assets.serving.streaming import is_partial, landed_files
+from mlops_assets.lakehouse.landing import is_partial
+from mlops_assets.serving.streaming import landed_files
 
 
 def test_names_a_writer_is_still_writing_are_partial():
