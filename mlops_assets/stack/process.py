@@ -98,11 +98,14 @@ class ServerProcess:
         marker: a pid file left by a crash or a reboot whose pid now names another process is
         removed.
         """
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        pid, started = self._read_pid_file()
+        if pid is None or not process_alive(pid):
             return None
-        if not process_alive(pid):
+        if started is not None:
+            # The pid and its start time name exactly the process this stack started.
+            if start_time(pid) == started:
+                return pid
+            self.pid_file.unlink(missing_ok=True)
             return None
         ours = self._ours(pid)
         if ours is None:
@@ -111,6 +114,14 @@ class ServerProcess:
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
+
+    def _read_pid_file(self) -> tuple[int | None, str | None]:
+        """The pid and start time the pid file records (start time None in old files)."""
+        try:
+            fields = self.pid_file.read_text().split()
+            return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+        except (FileNotFoundError, ValueError, IndexError):
+            return None, None
 
     def _ours(self, pid: int) -> bool | None:
         """Whether the process carries the stack's marker (True without a marker in `env`).
@@ -163,7 +174,10 @@ class ServerProcess:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(process.pid))
+        # The start time beside the pid: a pid reused by another process after a crash or a
+        # reboot is not taken for the server (servers such as PostgreSQL overwrite their
+        # environment with their process title, so the stack's marker cannot tell).
+        self.pid_file.write_text(f"{process.pid} {start_time(process.pid) or ''}".strip())
         self.wait_ready(timeout, process.pid, process)
         return process.pid
 
@@ -186,17 +200,17 @@ class ServerProcess:
         Returns:
             Whether the server was running.
         """
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        pid, started = self._read_pid_file()
+        if pid is None:
             return False
         # The leader may be gone while members of its group (workers it forked) live on.
         members = group_members(pid)
         if not members:
             self.pid_file.unlink(missing_ok=True)
             return False
+        leader_is_ours = started is not None and start_time(pid) == started
         # A stale pid file whose pid (and group) are another program's now: not signalled.
-        ours = [self._ours(member) for member in members]
+        ours = [True] if leader_is_ours else [self._ours(member) for member in members]
         if not any(ours):
             if False in ours:
                 self.pid_file.unlink(missing_ok=True)
@@ -211,6 +225,15 @@ class ServerProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def start_time(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, from /proc), None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19]
 
 
 def stop_group(pgid: int, timeout: float = 30.0, stop_signal: int = signal.SIGTERM) -> None:

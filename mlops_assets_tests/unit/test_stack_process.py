@@ -63,3 +63,21 @@ def test_without_a_marker_in_its_env_a_server_takes_any_live_pid(tmp_path, start
     sleeper.state_dir.mkdir()
     sleeper.pid_file.write_text(str(process.pid))
     assert sleeper.pid() == process.pid
+
+
+def test_a_pid_file_records_the_start_time_and_a_reused_pid_is_not_taken(tmp_path):
+    import subprocess
+
+    from mlops_assets.stack.process import ServerProcess, start_time
+
+    server = ServerProcess("sleeper", ["sleep", "30"], tmp_path, env={STACK_MARKER: "elsewhere"})
+    pid = server.start(timeout=10)
+    try:
+        assert server.pid_file.read_text().split() == [str(pid), start_time(pid)]
+        assert server.pid() == pid
+        # The same pid recorded with another start time: another process now.
+        server.pid_file.write_text(f"{pid} 1")
+        assert server.pid() is None
+        assert not server.pid_file.exists()
+    finally:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
