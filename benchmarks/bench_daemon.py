@@ -63,17 +63,6 @@ STREAM_GOAL_S = 10.0
 DAEMON_GOAL_RATIO = 1.5
 TIMEOUT_S = 120.0
 
-LAUNCH_RUN = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
 RUN = """
 query($runId: ID!) {
   runOrError(runId: $runId) {
@@ -392,7 +381,7 @@ def _stamp(text: str | float | None) -> float | None:
 
 def launch_medallion(port: int, day: datetime.date) -> dict:
     """Launch `medallion_daily` for a day through the webserver; time it until SUCCESS."""
-    from mlops_assets.stack.dagster_servers import graphql
+    from mlops_assets.stack.dagster_servers import LAUNCH_RUN, graphql
 
     params = {
         "selector": {

@@ -13,6 +13,19 @@ from pathlib import Path
 from mlops_assets.settings import project_root
 from mlops_assets.stack.process import ServerProcess
 
+# Launch a job's run through GraphQL (`executionParams`: selector, run config, tags).
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
 WORKSPACE_LOADED_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus } } } }
 """

@@ -16,7 +16,7 @@ import pytest
 
 from mlops_assets.settings import StackPorts, load_settings
 from mlops_assets.simulate import Scenario, simulate
-from mlops_assets.stack.dagster_servers import graphql
+from mlops_assets.stack.dagster_servers import LAUNCH_RUN, graphql
 from mlops_assets.stack.process import free_port, group_members, process_alive
 from mlops_assets.stack.stack import Stack
 from mlops_assets.stack.warm_launcher import WORKER_TAG, default_socket_path
@@ -30,17 +30,6 @@ SMALL, LARGE = 300, 5000
 PID_PREFIX = "Started process for run (pid: "
 TIMEOUT_S = 120.0
 
-LAUNCH_RUN = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
 TERMINATE_RUN = """
 mutation($runId: String!) {
   terminateRun(runId: $runId) {
