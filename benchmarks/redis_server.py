@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,37 +10,16 @@ from pathlib import Path
 @contextlib.contextmanager
 def redis_server(root: str | Path) -> Iterator[str | None]:
     """Run redis-server under `root` for the block; yield its URL, None when not installed."""
-    from mlops_assets.stack.process import ServerProcess, free_port
+    from mlops_assets.stack.process import StackError
+    from mlops_assets.stack.redis_server import redis_binary, scratch_redis
 
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
+    try:
+        redis_binary()
+    except StackError:
         yield None
         return
-    state = Path(root) / "redis"
-    port = free_port()
-    server = ServerProcess(
-        name="redis",
-        command=[
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(state),
-        ],
-        state_dir=state,
-        port=port,
-    )
-    server.start(timeout=30)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.stop()
+    with scratch_redis(Path(root) / "redis") as url:
+        yield url
 
 
 def used_memory_mib(url: str) -> float:

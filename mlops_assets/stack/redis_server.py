@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_assets.stack.process import ServerProcess, StackError
+from mlops_assets.stack.process import ServerProcess, StackError, free_port
 
 
 def redis_binary() -> str:
@@ -70,3 +72,41 @@ def redis_process(data_dir: Path, state_dir: Path, port: int) -> ServerProcess:
         port=port,
         ready=answers_ping,
     )
+
+
+@contextlib.contextmanager
+def scratch_redis(state_dir: Path) -> Iterator[str]:
+    """A throwaway Redis for tests and benchmarks: 127.0.0.1, a free port, no persistence.
+
+    Yields its URL while the block runs, then stops its process group.
+
+    Raises:
+        StackError: Redis is not installed, or did not start.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ServerProcess(
+        name="redis",
+        command=[
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(state_dir),
+            "--daemonize",
+            "no",
+        ],
+        state_dir=state_dir,
+        port=port,
+    )
+    server.start(timeout=30)
+    try:
+        yield url(port)
+    finally:
+        server.stop()

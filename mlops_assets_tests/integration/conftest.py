@@ -1,7 +1,6 @@
 """Shared fixtures: a small lake with a promoted champion, a Redis server (once per session)."""
 
 import datetime
-import os
 
 import dagster as dg
 import pytest
@@ -74,37 +73,12 @@ def redis_url(tmp_path_factory):
     Started in its own process group through the stack's `ServerProcess`; `stop()` ends the
     group. Tests share the server and keep apart by key prefix.
     """
-    import shutil
+    from mlops_assets.stack.process import StackError
+    from mlops_assets.stack.redis_server import redis_binary, scratch_redis
 
-    from mlops_assets.stack.process import ServerProcess, free_port
-
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    state = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    server = ServerProcess(
-        name="redis",
-        command=[
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(state),
-            "--daemonize",
-            "no",
-        ],
-        state_dir=state,
-        port=port,
-    )
-    server.start(timeout=30)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.stop()
+        redis_binary()
+    except StackError as error:
+        pytest.skip(str(error))
+    with scratch_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
