@@ -447,9 +447,9 @@ def _median(runs: list[dict], key: str) -> float | None:
 
 def main() -> None:
     """Start the stack, build, measure both paths of each figure; print and save."""
-    from mlops_assets.settings import StackPorts, load_settings
-    from mlops_assets.stack.process import StackError, free_port
-    from mlops_assets.stack.stack import Stack
+    from mlops_assets.settings import load_settings
+    from mlops_assets.stack.process import StackError
+    from mlops_assets.stack.stack import Stack, free_ports
 
     reason = missing()
     if reason is not None:
@@ -458,14 +458,7 @@ def main() -> None:
     # Not under a private temporary folder alone: PostgreSQL runs as `postgres` when we are
     # root, and the stack grants it the search bit it needs on the way.
     folder = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
-    ports = StackPorts(
-        postgres=free_port(),
-        redis=free_port(),
-        mlflow=free_port(),
-        webserver=free_port(),
-        readonly_webserver=free_port(),
-        serve=(free_port(), free_port()),
-    )
+    ports = free_ports(2)
     try:
         stack = Stack(
             load_settings({"MLOPS_ENV": "prod"}),

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlops_assets.settings import Settings, StackPorts, load_settings
 from mlops_assets.stack import dagster_servers, postgres, redis_server
 from mlops_assets.stack.mlflow_server import mlflow_process
-from mlops_assets.stack.process import STACK_MARKER, ServerProcess, StackError, port_open
+from mlops_assets.stack.process import STACK_MARKER, ServerProcess, StackError, free_port, port_open
 from mlops_assets.stack.serving import serve_process, stream_worker_process
 
 
@@ -280,3 +280,15 @@ class Stack:
 def child_env(stack: Stack) -> dict[str, str]:
     """This process's environment with the stack's variables: for a child process."""
     return {**os.environ, **stack.env}
+
+
+def free_ports(replicas: int = 1) -> StackPorts:
+    """Ports of a stack on free 127.0.0.1 ports (tests and benchmarks beside other stacks)."""
+    return StackPorts(
+        postgres=free_port(),
+        redis=free_port(),
+        mlflow=free_port(),
+        webserver=free_port(),
+        readonly_webserver=free_port(),
+        serve=tuple(free_port() for _ in range(replicas)),
+    )

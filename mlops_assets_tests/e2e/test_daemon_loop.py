@@ -36,11 +36,10 @@ from mlops_assets.defs.automation import AFTER_TAG, REFRESH_TAG, SERVE_DAY, SERV
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.features.spec import FRAUD_SPEC
 from mlops_assets.lakehouse.delta_io import scan_table, table_exists
-from mlops_assets.settings import StackPorts, load_settings
+from mlops_assets.settings import load_settings
 from mlops_assets.simulate import Drift, Scenario, simulate
 from mlops_assets.stack.dagster_servers import graphql
-from mlops_assets.stack.process import free_port
-from mlops_assets.stack.stack import Stack
+from mlops_assets.stack.stack import Stack, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -158,14 +157,7 @@ def deployment():
     )
     staged = root / "feed"
     simulate(scenario, staged)
-    ports = StackPorts(
-        postgres=free_port(),
-        redis=free_port(),
-        mlflow=free_port(),
-        webserver=free_port(),
-        readonly_webserver=free_port(),
-        serve=(free_port(),),
-    )
+    ports = free_ports(1)
     extra = {
         "MLOPS_AUTOMATION": "on",
         "MLOPS_SENSOR_INTERVAL_SECONDS": "5",

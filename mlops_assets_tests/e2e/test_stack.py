@@ -14,11 +14,11 @@ import psycopg2
 import pytest
 import redis
 
-from mlops_assets.settings import StackPorts, load_settings
+from mlops_assets.settings import load_settings
 from mlops_assets.stack.dagster_servers import graphql
 from mlops_assets.stack.postgres import libpq_url
-from mlops_assets.stack.process import free_port, group_members, port_open
-from mlops_assets.stack.stack import Stack
+from mlops_assets.stack.process import group_members, port_open
+from mlops_assets.stack.stack import Stack, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,14 +67,7 @@ INSTANCE = "{ instance { info daemonHealth { allDaemonStatuses { daemonType heal
 
 @pytest.fixture(scope="module")
 def stack():
-    ports = StackPorts(
-        postgres=free_port(),
-        redis=free_port(),
-        mlflow=free_port(),
-        webserver=free_port(),
-        readonly_webserver=free_port(),
-        serve=(free_port(), free_port()),
-    )
+    ports = free_ports(2)
     # Not under pytest's temporary root: a pytest session starting meanwhile makes that root
     # private again (0700), and PostgreSQL runs as the `postgres` user when we are root.
     folder = Path(tempfile.mkdtemp(prefix="mlops-stack-"))

@@ -14,11 +14,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mlops_assets.settings import StackPorts, load_settings
+from mlops_assets.settings import load_settings
 from mlops_assets.simulate import Scenario, simulate
 from mlops_assets.stack.dagster_servers import LAUNCH_RUN, graphql
-from mlops_assets.stack.process import free_port, group_members, process_alive
-from mlops_assets.stack.stack import Stack
+from mlops_assets.stack.process import group_members, process_alive
+from mlops_assets.stack.stack import Stack, free_ports
 from mlops_assets.stack.warm_launcher import WORKER_TAG, default_socket_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -64,14 +64,7 @@ def _day(index: int) -> datetime.date:
 
 @pytest.fixture(scope="module")
 def stack():
-    ports = StackPorts(
-        postgres=free_port(),
-        redis=free_port(),
-        mlflow=free_port(),
-        webserver=free_port(),
-        readonly_webserver=free_port(),
-        serve=(free_port(), free_port()),
-    )
+    ports = free_ports(2)
     # Not under pytest's temporary root: a pytest session starting meanwhile makes that root
     # private again (0700), and PostgreSQL runs as the `postgres` user when we are root.
     folder = Path(tempfile.mkdtemp(prefix="mlops-warm-"))
