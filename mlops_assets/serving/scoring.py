@@ -35,6 +35,18 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 
+def _model_columns(model: Any, score: pl.Series) -> list[pl.Expr]:
+    """The log's model, score and decision columns, the same for batch and stream rows."""
+    return [
+        pl.lit(model.name).alias("model_name"),
+        pl.lit(model.version).alias("model_version"),
+        pl.lit(model.alias).alias("model_alias"),
+        pl.lit(score),
+        (pl.lit(score) >= model.threshold).alias("decision"),
+        pl.lit(model.threshold, dtype=pl.Float64).alias("threshold"),
+    ]
+
+
 def batch_predictions(
     model: Any, features: pl.DataFrame, *, mode: str, run_id: str
 ) -> pl.DataFrame:
@@ -63,12 +75,7 @@ def batch_predictions(
         pl.lit(mode).alias("mode"),
         pl.col("event_time"),
         *[pl.col(k).cast(pl.String) for k in KEYS],
-        pl.lit(model.name).alias("model_name"),
-        pl.lit(model.version).alias("model_version"),
-        pl.lit(model.alias).alias("model_alias"),
-        pl.lit(score),
-        (pl.lit(score) >= model.threshold).alias("decision"),
-        pl.lit(model.threshold, dtype=pl.Float64).alias("threshold"),
+        *_model_columns(model, score),
         pl.lit(per_row, dtype=pl.Float64).alias("latency_ms"),
         pl.lit("ok").alias("status"),
         pl.struct(list(spec.request_fields)).struct.json_encode().alias("request"),
@@ -198,12 +205,7 @@ def _score_online(
         pl.lit("stream").alias("mode"),
         pl.col("event_time"),
         *[pl.col(k) if k in known else pl.lit(None).alias(k) for k in KEYS],
-        pl.lit(model.name).alias("model_name"),
-        pl.lit(model.version).alias("model_version"),
-        pl.lit(model.alias).alias("model_alias"),
-        pl.lit(score),
-        (pl.lit(score) >= model.threshold).alias("decision"),
-        pl.lit(model.threshold, dtype=pl.Float64).alias("threshold"),
+        *_model_columns(model, score),
     )
     per_row = (time.perf_counter() - started) * 1000 / valid.height
     rows = base.with_columns(
