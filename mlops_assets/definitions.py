@@ -40,7 +40,12 @@ from mlops_assets.defs.monitoring import (
 )
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource, SparkResource
-from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
+from mlops_assets.defs.serving import (
+    serving_assets,
+    serving_jobs,
+    serving_sensors,
+    serving_specs,
+)
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.settings import Settings, SettingsError, load_settings
 
@@ -89,6 +94,7 @@ def build_definitions(
             *online_assets,
             *ml_assets,
             *serving_assets,
+            *serving_specs,
             *monitoring_assets,
             *monitoring_specs,
         ],
