@@ -24,15 +24,17 @@ EXPECTED_ASSETS = {
     "ml/champion": "ml",
     "serving/batch_predictions": "serving",
     "serving/stream_predictions": "serving",
+    "serving/stream_checkpoint": "serving",
     "serving/inference_log": "serving",
     "monitoring/drift_metrics": "monitoring",
     "monitoring/profiles": "monitoring",
     "monitoring/performance": "monitoring",
     "monitoring/drift_report": "monitoring",
     "monitoring/reference": "monitoring",
+    "monitoring/alerts": "monitoring",
 }
 # Tables kept per something other than the day (model version, the whole history).
-NOT_DAILY = {"monitoring/reference"}
+NOT_DAILY = {"monitoring/reference", "monitoring/alerts"}
 
 
 def load(tmp_path) -> dg.Definitions:
@@ -93,12 +95,14 @@ def test_asset_graph_snapshot(tmp_path):
             "silver/transactions",
         ],
         "serving/stream_predictions": ["online/card_behaviour", "online/merchant_risk"],
+        "serving/stream_checkpoint": ["serving/stream_predictions"],
         "serving/inference_log": ["serving/batch_predictions"],
         "monitoring/drift_metrics": ["monitoring/reference", "serving/batch_predictions"],
         "monitoring/profiles": ["serving/batch_predictions"],
         "monitoring/performance": ["serving/batch_predictions", "silver/labels"],
         "monitoring/drift_report": ["monitoring/reference", "serving/batch_predictions"],
         "monitoring/reference": ["ml/fraud_model", "ml/training_set"],
+        "monitoring/alerts": ["monitoring/drift_metrics", "monitoring/performance"],
     }
 
 
