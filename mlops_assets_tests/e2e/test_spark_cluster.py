@@ -66,7 +66,8 @@ def wait_for(url: str, seconds: float, ready) -> dict:
                 status = json.loads(response.read())
             if ready(status):
                 return status
-        except OSError as error:
+        except (OSError, ValueError) as error:
+            # Not up yet, or a page still starting (an empty answer is not JSON).
             last = error
         time.sleep(1)
     raise AssertionError(f"{url} not ready after {seconds} s (last error: {last})")
