@@ -8,12 +8,13 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
 from mlops_assets.lakehouse.landing import day_files, read_landing_file
 from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, SOURCE_FILE, UTF8, split_lines
 from mlops_assets.transforms.quarantine import to_quarantine
 
@@ -105,7 +106,7 @@ def _ingest_and_write(
     )
 
 
-def build_bronze_asset(source: str) -> dg.AssetsDefinition:
+def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
     """The bronze asset of one landing source, with its quarantine table."""
     table = TableRef("bronze", source)
     quarantine_table = TableRef("quarantine", f"bronze_{source}")
@@ -123,7 +124,7 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 ),
                 group_name="bronze",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(table), "schema_policy": SchemaPolicy.ADDITIVE.value},
             ),
@@ -137,7 +138,7 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(quarantine_table)},
             ),
@@ -150,7 +151,7 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 blocking=True,
             )
         ],
-        partitions_def=DAILY,
+        partitions_def=daily_partitions(settings),
     )
     def _bronze(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
         day = partition_day(context)
@@ -191,4 +192,6 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
     return _bronze
 
 
-bronze_assets = [build_bronze_asset(source) for source in SOURCES]
+def bronze_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The bronze assets of an environment, one per landing source."""
+    return [build_bronze_asset(source, settings) for source in SOURCES]

@@ -8,12 +8,13 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, LATE_DAYS, days_around, partition_day
+from mlops_assets.defs.partitions import LATE_DAYS, daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK, FeatureTable
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import WriteResult
 from mlops_assets.lakehouse.store import Frame, TableMissingError, TableStore
+from mlops_assets.settings import Settings
 from mlops_assets.transforms.features import (
     CARD_LOOKBACK_DAYS,
     MERCHANT_WINDOW_DAYS,
@@ -90,137 +91,152 @@ def _lineage(day: datetime.date, sources: dict[str, int | None], lookback: int) 
     }
 
 
-@dg.asset(
-    key=["features", "card_behaviour"],
-    deps=[
-        dg.AssetDep(
-            ["silver", "transactions"],
-            # The look-back, plus the landing days after D where D's late events land.
-            partition_mapping=days_around(-CARD_LOOKBACK_DAYS, LATE_DAYS),
-        )
-    ],
-    group_name="features",
-    owners=OWNERS,
-    kinds=engine_kinds(ENGINE_GROUP),
-    code_version=CODE_VERSION,
-    # One writer of the table at a time (a manual run beside a scheduled refresh).
-    pool="features_card_behaviour",
-    partitions_def=DAILY,
-    metadata=feature_table_metadata(CARD_BEHAVIOUR),
-    check_specs=[
-        dg.AssetCheckSpec(
-            "one_row_per_transaction",
-            asset=["features", "card_behaviour"],
-            description="The day's rows match the day's silver transactions one to one.",
-            blocking=True,
-        )
-    ],
-)
-def card_behaviour_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
-    """Card behaviour features: one row per card per transaction, keyed by card and time.
+def card_behaviour_asset(settings: Settings) -> dg.AssetsDefinition:
+    """The card behaviour feature table of an environment."""
 
-    Counts and amounts over 1 h, 24 h and 7 days, spending statistics, and shares of online,
-    foreign and night transactions, each as of just after a transaction. A day is recomputed
-    from its own transactions and the 7 days before (bounded look-back, whatever the history)
-    and merged into the table on (card_id, transaction_id). Lineage (silver version read, code
-    version) is stored in the Delta commit and shown here.
-    """
-    day = partition_day(context)
-    start = day - datetime.timedelta(days=CARD_LOOKBACK_DAYS)
-    columns = [
-        "transaction_id",
-        "card_id",
-        "event_time",
-        "amount",
-        "channel",
-        "country",
-        "card_country",
-        "event_date",
-    ]
-    store = lakehouse.store(ENGINE_GROUP)
-    window, version = _read_window(store, SILVER_TRANSACTIONS, "event_date", start, day, columns)
-    with store.kept(window) as window:
-        rows = nw.from_native(card_behaviour(window.to_native(), day))
-        lineage = _lineage(day, {str(SILVER_TRANSACTIONS): version}, CARD_LOOKBACK_DAYS)
-        written = merge_feature_day(store, CARD_BEHAVIOUR, rows, day, lineage)
-        window_rows, day_transactions = store.to_polars(
-            window.select(
-                nw.len().alias("rows"),
-                (nw.col("event_date") == day).cast(nw.Int64).sum().alias("day_rows"),
+    @dg.asset(
+        key=["features", "card_behaviour"],
+        deps=[
+            dg.AssetDep(
+                ["silver", "transactions"],
+                # The look-back, plus the landing days after D where D's late events land.
+                partition_mapping=days_around(-CARD_LOOKBACK_DAYS, LATE_DAYS),
             )
-        ).row(0)
-    # Read the merged partition back: the table, not the computation, must hold one row per
-    # transaction of the day.
-    stored = store.to_polars(
-        store.read_written(written).select(
-            nw.len(),
-            nw.col("transaction_id").n_unique().alias("transactions"),
-            nw.col("card_id").n_unique().alias("cards"),
-        )
-    ).row(0)
-    stored_rows, stored_ids, cards = stored
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(CARD_BEHAVIOUR.ref)),
-            "lineage": dg.MetadataValue.json(lineage),
-            "cards": cards,
-            "lookback_rows_read": window_rows,
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="one_row_per_transaction",
-                passed=stored_rows == stored_ids == day_transactions,
-                metadata={
-                    "table_rows": stored_rows,
-                    "distinct_transactions": stored_ids,
-                    "silver_transactions": day_transactions,
-                },
+        ],
+        group_name="features",
+        owners=OWNERS,
+        kinds=engine_kinds(settings, ENGINE_GROUP),
+        code_version=CODE_VERSION,
+        # One writer of the table at a time (a manual run beside a scheduled refresh).
+        pool="features_card_behaviour",
+        partitions_def=daily_partitions(settings),
+        metadata=feature_table_metadata(CARD_BEHAVIOUR),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "one_row_per_transaction",
+                asset=["features", "card_behaviour"],
+                description="The day's rows match the day's silver transactions one to one.",
+                blocking=True,
             )
         ],
     )
+    def card_behaviour_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        """Card behaviour features: one row per card per transaction, keyed by card and time.
+
+        Counts and amounts over 1 h, 24 h and 7 days, spending statistics, and shares of online,
+        foreign and night transactions, each as of just after a transaction. A day is recomputed
+        from its own transactions and the 7 days before (bounded look-back, whatever the history)
+        and merged into the table on (card_id, transaction_id). Lineage (silver version read, code
+        version) is stored in the Delta commit and shown here.
+        """
+        day = partition_day(context)
+        start = day - datetime.timedelta(days=CARD_LOOKBACK_DAYS)
+        columns = [
+            "transaction_id",
+            "card_id",
+            "event_time",
+            "amount",
+            "channel",
+            "country",
+            "card_country",
+            "event_date",
+        ]
+        store = lakehouse.store(ENGINE_GROUP)
+        window, version = _read_window(
+            store, SILVER_TRANSACTIONS, "event_date", start, day, columns
+        )
+        with store.kept(window) as window:
+            rows = nw.from_native(card_behaviour(window.to_native(), day))
+            lineage = _lineage(day, {str(SILVER_TRANSACTIONS): version}, CARD_LOOKBACK_DAYS)
+            written = merge_feature_day(store, CARD_BEHAVIOUR, rows, day, lineage)
+            window_rows, day_transactions = store.to_polars(
+                window.select(
+                    nw.len().alias("rows"),
+                    (nw.col("event_date") == day).cast(nw.Int64).sum().alias("day_rows"),
+                )
+            ).row(0)
+        # Read the merged partition back: the table, not the computation, must hold one row per
+        # transaction of the day.
+        stored = store.to_polars(
+            store.read_written(written).select(
+                nw.len(),
+                nw.col("transaction_id").n_unique().alias("transactions"),
+                nw.col("card_id").n_unique().alias("cards"),
+            )
+        ).row(0)
+        stored_rows, stored_ids, cards = stored
+        return dg.MaterializeResult(
+            metadata={
+                **table_metadata(written, str(CARD_BEHAVIOUR.ref)),
+                "lineage": dg.MetadataValue.json(lineage),
+                "cards": cards,
+                "lookback_rows_read": window_rows,
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="one_row_per_transaction",
+                    passed=stored_rows == stored_ids == day_transactions,
+                    metadata={
+                        "table_rows": stored_rows,
+                        "distinct_transactions": stored_ids,
+                        "silver_transactions": day_transactions,
+                    },
+                )
+            ],
+        )
+
+    return card_behaviour_features
 
 
-@dg.asset(
-    key=["features", "merchant_daily"],
-    deps=[
-        dg.AssetDep(["silver", "transactions"], partition_mapping=days_around(0, LATE_DAYS)),
-        dg.AssetDep(["silver", "labels"]),
-    ],
-    group_name="features",
-    owners=OWNERS,
-    kinds=engine_kinds(ENGINE_GROUP),
-    code_version=CODE_VERSION,
-    # One writer of the table at a time (a manual run beside a scheduled refresh).
-    pool="features_merchant_daily",
-    partitions_def=DAILY,
-    metadata={"table": str(MERCHANT_DAILY), "entity_keys": dg.MetadataValue.json(["merchant_id"])},
-)
-def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
-    """Per merchant and day: transactions, amount, and chargebacks reported that day.
+def merchant_daily_asset(settings: Settings) -> dg.AssetsDefinition:
+    """The merchant daily building-block table of an environment."""
 
-    The daily building block of merchant risk, so that a 30-day window costs 30 small rows per
-    merchant instead of 30 days of transactions. Chargebacks are counted on the day they are
-    reported (when they became known), joined to their transaction's merchant; chargebacks
-    whose transaction is not in silver (or is older than 120 days) are counted as
-    `unmatched_chargebacks`.
-    """
-    day = partition_day(context)
-    store = lakehouse.store(ENGINE_GROUP)
-    rows, tx_version, label_version, chargebacks, unmatched = _merchant_day(store, day)
-    lineage = _lineage(
-        day, {str(SILVER_TRANSACTIONS): tx_version, str(SILVER_LABELS): label_version}, 0
-    )
-    written = store.merge_partition(
-        MERCHANT_DAILY, rows, {"day": day}, keys=["merchant_id"], lineage=lineage
-    )
-    return dg.MaterializeResult(
+    @dg.asset(
+        key=["features", "merchant_daily"],
+        deps=[
+            dg.AssetDep(["silver", "transactions"], partition_mapping=days_around(0, LATE_DAYS)),
+            dg.AssetDep(["silver", "labels"]),
+        ],
+        group_name="features",
+        owners=OWNERS,
+        kinds=engine_kinds(settings, ENGINE_GROUP),
+        code_version=CODE_VERSION,
+        # One writer of the table at a time (a manual run beside a scheduled refresh).
+        pool="features_merchant_daily",
+        partitions_def=daily_partitions(settings),
         metadata={
-            **table_metadata(written, str(MERCHANT_DAILY)),
-            "lineage": dg.MetadataValue.json(lineage),
-            "chargebacks_reported": chargebacks,
-            "unmatched_chargebacks": unmatched,
-        }
+            "table": str(MERCHANT_DAILY),
+            "entity_keys": dg.MetadataValue.json(["merchant_id"]),
+        },
     )
+    def merchant_daily_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        """Per merchant and day: transactions, amount, and chargebacks reported that day.
+
+        The daily building block of merchant risk, so that a 30-day window costs 30 small rows per
+        merchant instead of 30 days of transactions. Chargebacks are counted on the day they are
+        reported (when they became known), joined to their transaction's merchant; chargebacks
+        whose transaction is not in silver (or is older than 120 days) are counted as
+        `unmatched_chargebacks`.
+        """
+        day = partition_day(context)
+        store = lakehouse.store(ENGINE_GROUP)
+        rows, tx_version, label_version, chargebacks, unmatched = _merchant_day(store, day)
+        lineage = _lineage(
+            day, {str(SILVER_TRANSACTIONS): tx_version, str(SILVER_LABELS): label_version}, 0
+        )
+        written = store.merge_partition(
+            MERCHANT_DAILY, rows, {"day": day}, keys=["merchant_id"], lineage=lineage
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **table_metadata(written, str(MERCHANT_DAILY)),
+                "lineage": dg.MetadataValue.json(lineage),
+                "chargebacks_reported": chargebacks,
+                "unmatched_chargebacks": unmatched,
+            }
+        )
+
+    return merchant_daily_features
 
 
 def _merchant_day(store: TableStore, day: datetime.date):
@@ -248,62 +264,73 @@ def _merchant_day(store: TableStore, day: datetime.date):
     return rows, tx_version, label_version, chargebacks, chargebacks - matched
 
 
-@dg.asset(
-    key=["features", "merchant_risk"],
-    deps=[
-        dg.AssetDep(
-            ["features", "merchant_daily"],
-            partition_mapping=days_around(-(MERCHANT_WINDOW_DAYS - 1), 0),
-        )
-    ],
-    group_name="features",
-    owners=OWNERS,
-    kinds=engine_kinds(ENGINE_GROUP),
-    code_version=CODE_VERSION,
-    # One writer of the table at a time (a manual run beside a scheduled refresh).
-    pool="features_merchant_risk",
-    partitions_def=DAILY,
-    metadata=feature_table_metadata(MERCHANT_RISK),
-)
-def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
-    """Merchant risk features as known at the end of each day, keyed by merchant and `as_of`.
+def merchant_risk_asset(settings: Settings) -> dg.AssetsDefinition:
+    """The merchant risk feature table of an environment."""
 
-    Volume, fraud chargebacks and a smoothed fraud rate over the 30 days ending with the day,
-    counting only chargebacks reported by its end; `as_of` is the following midnight, so a
-    training event never sees a label reported after it. Merged into the table on merchant_id
-    within the day's partition, which the daily run after midnight publishes.
-    """
-    day = partition_day(context)
-    start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
-    columns = ["merchant_id", "day", "transactions", "fraud_reported", "chargebacks_reported"]
-    store = lakehouse.store(ENGINE_GROUP)
-    if store.exists(MERCHANT_DAILY):
-        daily, version = _read_window(store, MERCHANT_DAILY, "day", start, day, columns)
-    else:
-        daily, version = (
-            store.empty(
-                {
-                    "merchant_id": pl.String,
-                    "day": pl.Date,
-                    "transactions": pl.Int64,
-                    "fraud_reported": pl.Int64,
-                    "chargebacks_reported": pl.Int64,
-                }
-            ),
-            None,
-        )
-    rows = nw.from_native(merchant_risk(daily.to_native(), day))
-    lineage = _lineage(day, {str(MERCHANT_DAILY): version}, MERCHANT_WINDOW_DAYS)
-    written = merge_feature_day(store, MERCHANT_RISK, rows, day, lineage)
-    days_in_window = int(store.to_polars(daily.select(nw.col("day").n_unique())).item())
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(MERCHANT_RISK.ref)),
-            "lineage": dg.MetadataValue.json(lineage),
-            "merchants": written.rows_written,
-            "days_in_window": days_in_window,
-        }
+    @dg.asset(
+        key=["features", "merchant_risk"],
+        deps=[
+            dg.AssetDep(
+                ["features", "merchant_daily"],
+                partition_mapping=days_around(-(MERCHANT_WINDOW_DAYS - 1), 0),
+            )
+        ],
+        group_name="features",
+        owners=OWNERS,
+        kinds=engine_kinds(settings, ENGINE_GROUP),
+        code_version=CODE_VERSION,
+        # One writer of the table at a time (a manual run beside a scheduled refresh).
+        pool="features_merchant_risk",
+        partitions_def=daily_partitions(settings),
+        metadata=feature_table_metadata(MERCHANT_RISK),
     )
+    def merchant_risk_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        """Merchant risk features as known at the end of each day, keyed by merchant and `as_of`.
+
+        Volume, fraud chargebacks and a smoothed fraud rate over the 30 days ending with the day,
+        counting only chargebacks reported by its end; `as_of` is the following midnight, so a
+        training event never sees a label reported after it. Merged into the table on merchant_id
+        within the day's partition, which the daily run after midnight publishes.
+        """
+        day = partition_day(context)
+        start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
+        columns = ["merchant_id", "day", "transactions", "fraud_reported", "chargebacks_reported"]
+        store = lakehouse.store(ENGINE_GROUP)
+        if store.exists(MERCHANT_DAILY):
+            daily, version = _read_window(store, MERCHANT_DAILY, "day", start, day, columns)
+        else:
+            daily, version = (
+                store.empty(
+                    {
+                        "merchant_id": pl.String,
+                        "day": pl.Date,
+                        "transactions": pl.Int64,
+                        "fraud_reported": pl.Int64,
+                        "chargebacks_reported": pl.Int64,
+                    }
+                ),
+                None,
+            )
+        rows = nw.from_native(merchant_risk(daily.to_native(), day))
+        lineage = _lineage(day, {str(MERCHANT_DAILY): version}, MERCHANT_WINDOW_DAYS)
+        written = merge_feature_day(store, MERCHANT_RISK, rows, day, lineage)
+        days_in_window = int(store.to_polars(daily.select(nw.col("day").n_unique())).item())
+        return dg.MaterializeResult(
+            metadata={
+                **table_metadata(written, str(MERCHANT_RISK.ref)),
+                "lineage": dg.MetadataValue.json(lineage),
+                "merchants": written.rows_written,
+                "days_in_window": days_in_window,
+            }
+        )
+
+    return merchant_risk_features
 
 
-feature_assets = [card_behaviour_features, merchant_daily_features, merchant_risk_features]
+def feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The feature assets of an environment."""
+    return [
+        card_behaviour_asset(settings),
+        merchant_daily_asset(settings),
+        merchant_risk_asset(settings),
+    ]

@@ -143,6 +143,6 @@ class LakehouseResource(dg.ConfigurableResource):
         return self.catalog.uri_for_read(table, env)
 
 
-def engine_kinds(group: str) -> set[str]:
+def engine_kinds(settings: Settings, group: str) -> set[str]:
     """Kinds the UI shows for an asset group: its engine as the environment sets it, delta."""
-    return {load_settings().engine_for(group).value, "delta"}
+    return {settings.engine_for(group).value, "delta"}

@@ -9,11 +9,12 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
+from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import WriteResult
 from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 from mlops_assets.transforms.quarantine import to_quarantine
 from mlops_assets.transforms.silver import (
@@ -157,7 +158,7 @@ def build_day(
     )
 
 
-def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
+def build_silver_asset(spec: SilverTable, settings: Settings) -> dg.AssetsDefinition:
     """The silver asset of one source, with its quarantine table and checks."""
     source = spec.source
     contract = spec.contract
@@ -211,7 +212,7 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 description=spec.description,
                 group_name="silver",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(table), "schema_policy": "strict", "key": contract.key},
             ),
@@ -225,13 +226,13 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(quarantine_table)},
             ),
         ],
         check_specs=checks,
-        partitions_def=DAILY,
+        partitions_def=daily_partitions(settings),
         # Deduplication reads the other partitions: one writer at a time keeps keys unique.
         pool=f"silver_{source}",
     )
@@ -374,4 +375,6 @@ def _check_results(
     ]
 
 
-silver_assets = [build_silver_asset(spec) for spec in SILVER_TABLES]
+def silver_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The silver assets of an environment, one per source."""
+    return [build_silver_asset(spec, settings) for spec in SILVER_TABLES]
