@@ -87,10 +87,10 @@ def build_definitions(
             ) from None
     return dg.Definitions(
         assets=[
-            *bronze_assets,
-            *silver_assets,
-            *gold_assets,
-            *feature_assets,
+            *bronze_assets(settings),
+            *silver_assets(settings),
+            *gold_assets(settings),
+            *feature_assets(settings),
             *online_assets,
             *ml_assets,
             *serving_assets,
