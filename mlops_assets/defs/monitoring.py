@@ -2,6 +2,7 @@
 
 import datetime
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
@@ -131,11 +132,15 @@ def load_version(lakehouse: LakehouseResource, version: str):
 
 
 def reference_rows(
-    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, model
+    lakehouse: LakehouseResource, model, built: list[dg.AssetMaterialization]
 ) -> pl.DataFrame:
-    """A version's reference (`monitoring.reference`): read, or built once and reported.
+    """A version's reference (`monitoring.reference`): read, or built once and kept.
 
-    A reference built now is recorded as a materialization of `monitoring/reference`.
+    Args:
+        lakehouse: The lake.
+        model: The loaded version.
+        built: Receives a `monitoring/reference` materialization when the reference is built
+            now; the asset yields it after its own result.
     """
     from mlops_assets.models.deploy import mlflow_client
     from mlops_assets.monitoring.reference import ReferenceSourceError, model_reference
@@ -154,7 +159,7 @@ def reference_rows(
     except ReferenceSourceError as error:
         raise dg.Failure(str(error)) from None
     if reference.written is not None:
-        context.log_event(
+        built.append(
             dg.AssetMaterialization(
                 asset_key=REFERENCE_KEY,
                 metadata={
@@ -190,7 +195,7 @@ def drift_metrics(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
     monitoring: MonitoringResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """Drift of each feature and of the prediction, per day and model version.
 
     The day's predictions (every mode) of each model version are compared with the version's
@@ -214,12 +219,13 @@ def drift_metrics(
         raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
     previous = window_predictions(log, day - datetime.timedelta(days=1))
     thresholds = monitoring.thresholds()
+    built: list[dg.AssetMaterialization] = []
     tables, summaries = [], {}
     for version in sorted(current.get_column("model_version").unique().to_list(), key=int):
         model = load_version(lakehouse, version)
         columns = [*model.spec.feature_columns, "score"]
         window = current.filter(pl.col("model_version") == version).select(columns)
-        reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
+        reference = reference_rows(lakehouse, model, built).select(columns).cast(window.schema)
         rows, result = drift_rows(
             reference,
             window,
@@ -256,7 +262,7 @@ def drift_metrics(
         lakehouse.write_uri(DRIFT), pl.concat(tables), {"day": day}, table=str(DRIFT)
     )
     latest = summaries[max(summaries, key=int)]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": written.rows_written,
             "delta_version": written.version,
@@ -268,6 +274,7 @@ def drift_metrics(
             "by_version": dg.MetadataValue.json(summaries),
         }
     )
+    yield from built
 
 
 @dg.asset(
@@ -428,7 +435,7 @@ def drift_report(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
     monitoring: MonitoringResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """Evidently's HTML drift report of the day against the model's training reference.
 
     For people: a seeded sample (20,000 rows a side at most) of the day's predictions of the
@@ -447,10 +454,11 @@ def drift_report(
     model = load_version(lakehouse, version)
     columns = [*model.spec.feature_columns, "score"]
     window = current.filter(pl.col("model_version") == version).select(columns)
-    reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
+    built: list[dg.AssetMaterialization] = []
+    reference = reference_rows(lakehouse, model, built).select(columns).cast(window.schema)
     path = lakehouse.settings.env_root / "monitoring" / "reports" / f"drift-{day}-v{version}.html"
     drift_report_html(reference, window, path, columns=columns, thresholds=monitoring.thresholds())
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.url(path.as_uri()),
             "path": dg.MetadataValue.path(str(path)),
@@ -458,6 +466,7 @@ def drift_report(
             "rows": window.height,
         }
     )
+    yield from built
 
 
 monitoring_assets = [drift_metrics, profiles, performance, drift_report]

@@ -58,7 +58,8 @@ def test_alerts_of_the_drift_sensor_and_of_failed_runs_are_materializations(tmp_
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         sensor = drift_monitor_sensor(settings)
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = sensor(context)
         assert not result.run_requests  # the episode's labels are not mature yet
         event = instance.get_latest_materialization_event(ALERTS_KEY)
         meta = event.asset_materialization.metadata
@@ -78,14 +79,14 @@ def test_alerts_of_the_drift_sensor_and_of_failed_runs_are_materializations(tmp_
         run = failing.execute_in_process(instance=instance, raise_on_error=False)
         assert not run.success
         [failure] = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        context = dg.build_run_status_sensor_context(
+        with dg.build_run_status_sensor_context(
             sensor_name="alert_on_run_failure",
             dagster_instance=instance,
             dagster_run=run.dagster_run,
             dagster_event=failure.dagster_event,
             resources=resources,
-        ).for_run_failure()
-        alert_on_run_failure(context)
+        ) as status:
+            alert_on_run_failure(status.for_run_failure())
         event = instance.get_latest_materialization_event(ALERTS_KEY)
         meta = event.asset_materialization.metadata
         assert meta["kind"].value == "run_failed" and meta["subject"].value == "failing"
