@@ -72,8 +72,6 @@ class LakehouseResource(dg.ConfigurableResource):
         group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
         online_store_url: The online store (`redis://...`); empty for the embedded SQLite
             store, or the process's `MLOPS_ONLINE_STORE`.
-        spark: The Spark session of the groups that run on Spark (default: from the
-            `MLOPS_SPARK_*` settings, started on first use).
     """
 
     env: str
@@ -81,7 +79,7 @@ class LakehouseResource(dg.ConfigurableResource):
     engine: str = Engine.POLARS.value
     group_engines: dict[str, str] = {}
     online_store_url: str = ""
-    spark: SparkResource | None = None
+    _spark: SparkResource | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
@@ -93,7 +91,6 @@ class LakehouseResource(dg.ConfigurableResource):
             engine=settings.engine.value,
             group_engines={group: e.value for group, e in settings.group_engines.items()},
             online_store_url=settings.online_store_url,
-            spark=SparkResource.from_settings(settings),
         )
 
     @property
@@ -116,8 +113,11 @@ class LakehouseResource(dg.ConfigurableResource):
         settings = self.settings
         options = settings.storage_options
         if settings.engine_for(group) is Engine.SPARK:
-            spark = self.spark or SparkResource.from_settings(settings)
-            return SparkStore(self.catalog, spark.session, options)
+            # The session of the `MLOPS_SPARK_*` settings, started on first use: runs on the
+            # polars engine never start a JVM.
+            if self._spark is None:
+                self._spark = SparkResource.from_settings(settings)
+            return SparkStore(self.catalog, self._spark.session, options)
         return DeltaRsStore(self.catalog, options)
 
     def engine_for(self, group: str) -> Engine:
