@@ -31,6 +31,7 @@ from mlops_assets.lakehouse.delta_io import (
     SchemaPolicy,
     Writer,
     append_table,
+    commit_versions,
     merge_partition,
     read_lineage,
     read_partition,
@@ -186,6 +187,8 @@ def test_partitions_are_replaced_merged_appended_and_read_back_on_s3(s3, options
     assert second.version == table_version(log, storage_options=options)
     entry = DeltaTable(log, storage_options=options).history(1)[0]
     assert entry["source"] == "file-1"
+    assert commit_versions(log, "source", "file-1", storage_options=options) == [second.version]
+    assert commit_versions(log, "source", "file-2", storage_options=options) == []
     assert table_exists(log, storage_options=options)
     assert not table_exists(f"{prefix}/none", storage_options=options)
 
