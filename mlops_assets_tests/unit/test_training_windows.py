@@ -104,7 +104,7 @@ def test_labelled_events_keep_mature_events_with_labels_reported_by_the_cutoff()
             "transaction_id": ["a", "b", "b"],
             "is_fraud": [True, True, True],
             # a's chargeback came after the cutoff: not known at training time.
-            "reported_at": [CUTOFF + datetime.timedelta(hours=1), CUTOFF, CUTOFF],
+            "reported_at": [CUTOFF + datetime.timedelta(hours=13), CUTOFF, CUTOFF],
         }
     ).lazy()
     window = resolve_window(
