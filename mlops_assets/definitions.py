@@ -33,6 +33,7 @@ from mlops_assets.defs.monitoring import (
     alert_on_run_failure,
     drift_monitor_sensor,
     monitoring_assets,
+    monitoring_specs,
 )
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource, SparkResource
@@ -88,6 +89,7 @@ def build_definitions(
             model_audit_spec,
             *serving_assets,
             *monitoring_assets,
+            *monitoring_specs,
         ],
         jobs=[
             medallion_job,

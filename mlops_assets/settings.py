@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +88,172 @@ class StackPorts:
             raise SettingsError(f"stack ports must differ from each other: {ports}")
 
 
+# --- Object storage: the lake on an S3-compatible store -------------------------------------
+#
+# `MLOPS_LAKE_URI` moves the Delta tables off the local disk (landing files, the online store
+# and MLflow stay where they are). Everything about the store is read here and handed out as
+# delta-rs storage options (`Settings.storage_options`) and Spark S3A settings
+# (`Settings.spark_storage_conf`).
+
+DEFAULT_S3_REGION = "us-east-1"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where the lake lives when it is not on the local disk: an S3-compatible object store.
+
+    Attributes:
+        lake_uri: `s3://bucket/prefix` holding every environment's tables
+            (`<lake_uri>/<env>/<layer>/<table>`); empty for the local data root
+            (`data/<env>/lake/`), the embedded default.
+        endpoint: The store's URL (`http://127.0.0.1:8333`); empty for AWS's own endpoint of
+            the region.
+        access_key_id: Access key; empty (with the secret) for the AWS default credential
+            chain (`AWS_*` variables, profile, instance role).
+        secret_access_key: Secret of the access key.
+        region: The store's region (S3-compatible servers accept any; signing needs one).
+    """
+
+    lake_uri: str = ""
+    endpoint: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    region: str = DEFAULT_S3_REGION
+
+    def __post_init__(self) -> None:
+        lake = self.lake_uri
+        if lake:
+            parsed = urllib.parse.urlsplit(lake)
+            if parsed.scheme != "s3":
+                raise SettingsError(
+                    f"MLOPS_LAKE_URI={lake!r} is not an s3:// URI (s3://bucket/prefix); leave "
+                    "it empty for the local data root (MLOPS_DATA_ROOT)"
+                )
+            if not _BUCKET.match(parsed.netloc) or ".." in parsed.netloc:
+                raise SettingsError(
+                    f"MLOPS_LAKE_URI={lake!r}: {parsed.netloc!r} is not an S3 bucket name "
+                    "(3 to 63 lowercase letters, digits, dots and hyphens)"
+                )
+            parts = [p for p in parsed.path.split("/") if p]
+            if parsed.query or parsed.fragment or any(p in (".", "..") for p in parts):
+                raise SettingsError(
+                    f"MLOPS_LAKE_URI={lake!r} must be s3://bucket/prefix without '.', '..', "
+                    "a query or a fragment"
+                )
+        if self.endpoint:
+            parsed = urllib.parse.urlsplit(self.endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise SettingsError(
+                    f"MLOPS_S3_ENDPOINT={self.endpoint!r} is not an http(s) URL "
+                    "(http://127.0.0.1:8333)"
+                )
+            try:
+                parsed.port  # noqa: B018 - a bad port raises
+            except ValueError:
+                raise SettingsError(
+                    f"MLOPS_S3_ENDPOINT={self.endpoint!r} has no valid port"
+                ) from None
+            if parsed.scheme == "http" and parsed.hostname not in _LOOPBACK_HOSTS:
+                raise SettingsError(
+                    f"MLOPS_S3_ENDPOINT={self.endpoint!r}: plain http is allowed only to a store "
+                    "on this machine (127.0.0.1, localhost); use https"
+                )
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            given = "MLOPS_S3_ACCESS_KEY_ID" if self.access_key_id else "MLOPS_S3_SECRET_ACCESS_KEY"
+            raise SettingsError(
+                f"{given} is set without its pair: set both MLOPS_S3_ACCESS_KEY_ID and "
+                "MLOPS_S3_SECRET_ACCESS_KEY, or neither (the AWS default credential chain)"
+            )
+        if not re.match(r"^[a-z0-9-]+$", self.region):
+            raise SettingsError(f"MLOPS_S3_REGION={self.region!r} is not a region name (us-east-1)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the lake is on the object store (else on the local disk)."""
+        return bool(self.lake_uri)
+
+    @property
+    def bucket(self) -> str:
+        """The lake's bucket (empty for a local lake)."""
+        return urllib.parse.urlsplit(self.lake_uri).netloc if self.lake_uri else ""
+
+    @property
+    def prefix(self) -> str:
+        """Key prefix of the lake inside its bucket, without slashes at its ends."""
+        return urllib.parse.urlsplit(self.lake_uri).path.strip("/") if self.lake_uri else ""
+
+    def lake_uri_of(self, env: str) -> str:
+        """`s3://bucket/prefix/<env>`: the root of one environment's tables."""
+        return "/".join(p for p in (f"s3://{self.bucket}", self.prefix, env) if p)
+
+    @property
+    def plain_http(self) -> bool:
+        """Whether the endpoint is plain HTTP (a store on this machine or a test server)."""
+        return self.endpoint.startswith("http://")
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs (and polars) storage options; empty for a local lake.
+
+        Commits are conditional PUTs (`conditional_put=etag`): a commit whose version another
+        writer took first fails and is retried on top of it, so concurrent writers need no
+        lock service.
+        """
+        if not self.enabled:
+            return {}
+        options = {"aws_region": self.region, "aws_conditional_put": "etag"}
+        if self.endpoint:
+            options["aws_endpoint_url"] = self.endpoint
+            # Path-style requests (http://host:port/bucket/key): S3-compatible servers do not
+            # serve bucket subdomains.
+            options["aws_virtual_hosted_style_request"] = "false"
+        if self.plain_http:
+            options["aws_allow_http"] = "true"
+        if self.access_key_id:
+            options["aws_access_key_id"] = self.access_key_id
+            options["aws_secret_access_key"] = self.secret_access_key
+        return options
+
+    def spark_conf(self) -> dict[str, str]:
+        """Hadoop S3A settings of a Spark session (`spark.hadoop.fs.s3a.*`); empty for local.
+
+        Spark reads and writes the lake as `s3a://` (`spark_io` maps `s3://` URIs); Delta on Spark
+        commits through its S3 log store (single driver: see the README, "Object storage").
+        """
+        if not self.enabled:
+            return {}
+        conf = {
+            "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "spark.hadoop.fs.s3a.endpoint.region": self.region,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+        }
+        if self.endpoint:
+            conf["spark.hadoop.fs.s3a.endpoint"] = self.endpoint
+            conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(not self.plain_http).lower()
+        if self.access_key_id:
+            conf["spark.hadoop.fs.s3a.access.key"] = self.access_key_id
+            conf["spark.hadoop.fs.s3a.secret.key"] = self.secret_access_key
+            conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = (
+                "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+            )
+        return conf
+
+
+def _object_store(environ: Mapping[str, str]) -> ObjectStore:
+    """The object store settings: `MLOPS_LAKE_URI` and `MLOPS_S3_*`."""
+    return ObjectStore(
+        lake_uri=environ.get("MLOPS_LAKE_URI", "").strip().rstrip("/"),
+        endpoint=environ.get("MLOPS_S3_ENDPOINT", "").strip().rstrip("/"),
+        access_key_id=environ.get("MLOPS_S3_ACCESS_KEY_ID", "").strip(),
+        secret_access_key=environ.get("MLOPS_S3_SECRET_ACCESS_KEY", "").strip(),
+        region=environ.get("MLOPS_S3_REGION", "").strip() or DEFAULT_S3_REGION,
+    )
+
+
+# --- End of the object storage section ------------------------------------------------------
+
+
 def project_root() -> Path:
     """Return the repository root (the folder holding `pyproject.toml`)."""
     return Path(__file__).resolve().parent.parent
@@ -119,6 +288,8 @@ class Settings:
             stream`), so the `landed_transactions` sensor stays off by default.
         monitoring: Drift, performance and retraining thresholds that differ from the
             monitoring resource's defaults (`{"label_maturity_days": 2}`).
+        object_store: Where the lake lives when it is not on the local disk (`MLOPS_LAKE_URI`,
+            `MLOPS_S3_*`); see `lake_uri` and `storage_options`.
     """
 
     env: str
@@ -137,6 +308,7 @@ class Settings:
     sensor_interval_seconds: int | None = None
     stream_worker: bool = False
     monitoring: dict[str, float | int | str] = field(default_factory=dict)
+    object_store: ObjectStore = field(default_factory=ObjectStore)
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -208,6 +380,41 @@ class Settings:
         """Dagster run and event storage of the environment."""
         return self.env_root / "dagster"
 
+    # Object storage (see `ObjectStore`) ------------------------------------------------------
+
+    @property
+    def lake_on_object_store(self) -> bool:
+        """Whether the lake's tables live on the object store (`MLOPS_LAKE_URI`)."""
+        return self.object_store.enabled
+
+    @property
+    def lake_uri(self) -> str:
+        """Root of the active environment's tables: `s3://bucket/prefix/<env>` or `lake_root`."""
+        return self.lake_uri_of(self.env)
+
+    def lake_uri_of(self, env: str) -> str:
+        """Root of an environment's tables (`<layer>/<table>` below it)."""
+        if self.object_store.enabled:
+            if env not in ENVIRONMENTS:
+                raise SettingsError(
+                    f"{env!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}"
+                )
+            return self.object_store.lake_uri_of(env)
+        return str(self.env_root_of(env) / "lake")
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs storage options of the lake (endpoint, keys, region, conditional put).
+
+        Empty when the lake is on the local disk.
+        """
+        return self.object_store.storage_options()
+
+    @property
+    def spark_storage_conf(self) -> dict[str, str]:
+        """Spark's Hadoop S3A settings for the lake; empty when it is on the local disk."""
+        return self.object_store.spark_conf()
+
     def env_root_of(self, env: str) -> Path:
         """Root of another environment, for policy-checked reads."""
         if env not in ENVIRONMENTS:
@@ -235,7 +442,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     `8000,8001`), `MLOPS_SENSOR_INTERVAL_SECONDS` (minimum interval of every polling
     sensor), `MLOPS_STREAM_WORKER` (`on`: the stream worker scores landed files),
     `MLOPS_MONITORING` (a JSON object of monitoring thresholds, e.g.
-    `{"label_maturity_days": 2, "min_labelled_days": 3}`).
+    `{"label_maturity_days": 2, "min_labelled_days": 3}`), `MLOPS_LAKE_URI` (the lake on an
+    S3-compatible store, `s3://bucket/prefix`; default the local data root) with
+    `MLOPS_S3_ENDPOINT`, `MLOPS_S3_ACCESS_KEY_ID`, `MLOPS_S3_SECRET_ACCESS_KEY` and
+    `MLOPS_S3_REGION` (default us-east-1).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -346,6 +556,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         sensor_interval_seconds=int(interval_text) if interval_text else None,
         stream_worker=worker_text == "on",
         monitoring=monitoring,
+        object_store=_object_store(environ),
     )
 
 

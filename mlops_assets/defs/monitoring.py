@@ -7,27 +7,47 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.jobs import retrain_job
+from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.ml import label_horizon
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import INFERENCE_LOG
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import (
-    read_partition,
     scan_table,
     table_exists,
     write_partition,
 )
 from mlops_assets.monitoring.policy import DriftPolicy
+from mlops_assets.monitoring.reference import REFERENCE
 from mlops_assets.settings import Settings, use_mlflow_store
 
-REFERENCE = TableRef("monitoring", "reference")
+TRAINING_SET = TableRef("ml", "training_set")
 DRIFT = TableRef("monitoring", "drift_metrics")
 PROFILES = TableRef("monitoring", "profiles")
 PERFORMANCE = TableRef("monitoring", "performance")
 OWNERS = ["team:ml-platform"]
 # Fewer previous-window rows than this give no meaningful comparison.
 MIN_WINDOW_ROWS = 1000
+REFERENCE_KEY = dg.AssetKey(["monitoring", "reference"])
+
+
+# Tables written outside an asset of their own: declared here so that the lineage graph shows
+# them, materialized by events of their writers.
+reference_spec = dg.AssetSpec(
+    key=REFERENCE_KEY,
+    deps=[dg.AssetKey(["ml", "training_set"]), dg.AssetKey(["ml", "fraud_model"])],
+    description=(
+        "Each model version's monitoring reference: its hold-out events' features and its "
+        "scores of them (`monitoring.reference`), partitioned by model_version. Built once per "
+        "version by the first drift asset that needs it, which records the materialization."
+    ),
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    code_version="monitoring-reference-1",
+    metadata={"table": str(REFERENCE)},
+)
 
 
 class MonitoringResource(dg.ConfigurableResource):
@@ -76,44 +96,40 @@ def load_version(lakehouse: LakehouseResource, version: str):
     return load_serving_model(model_name(settings.env), version, alias="monitoring")
 
 
-def reference_rows(lakehouse: LakehouseResource, model) -> pl.DataFrame:
-    """A version's reference: its hold-out events' features and its scores of them.
+def reference_rows(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, model
+) -> pl.DataFrame:
+    """A version's reference (`monitoring.reference`): read, or built once and reported.
 
-    The hold-out is what the version was evaluated on (the most recent labelled events of its
-    training set, at the Delta version it trained on), widened to whole days. Computed once
-    per version and kept in `monitoring/reference`.
+    A reference built now is recorded as a materialization of `monitoring/reference`.
     """
-    from mlops_assets.models.deploy import holdout, mlflow_client
-    from mlops_assets.models.training import model_inputs
+    from mlops_assets.models.deploy import mlflow_client
+    from mlops_assets.monitoring.reference import ReferenceSourceError, model_reference
 
-    uri = lakehouse.write_uri(REFERENCE)
-    if table_exists(uri):
-        cached = read_partition(uri, {"model_version": model.version})
-        if cached.height:
-            return cached
-    client = mlflow_client(lakehouse.settings)
-    run = client.get_run(client.get_model_version(model.name, model.version).run_id)
-    inputs = json.loads(run.data.tags.get("mlops.inputs", "{}"))
-    if "ml/training_set" not in inputs:
-        raise dg.Failure(
-            f"{model.name} version {model.version} records no training set version "
-            "(tag mlops.inputs): its reference cannot be rebuilt"
+    def run_tags() -> dict[str, str]:
+        client = mlflow_client(lakehouse.settings)
+        return client.get_run(client.get_model_version(model.name, model.version).run_id).data.tags
+
+    def training_set(version: int) -> pl.DataFrame:
+        return scan_table(lakehouse.read_uri(TRAINING_SET), version=version).collect()
+
+    try:
+        reference = model_reference(
+            lakehouse.write_uri(REFERENCE), model, run_tags=run_tags, training_set=training_set
         )
-    training = scan_table(
-        lakehouse.read_uri(TableRef("ml", "training_set")), version=inputs["ml/training_set"]
-    ).collect()
-    # Whole days from the hold-out's first day: a window is a whole day, and a reference
-    # starting mid-day would differ from every window in its hours alone.
-    split = run.data.tags.get("mlops.split_time")
-    start = split[:10] if split else None
-    rows = holdout(training, f"{start}T00:00:00+00:00" if start else None)
-    scores = model.pyfunc.predict(model_inputs(rows, model.spec))[:, 1]
-    reference = rows.select(model.spec.feature_columns).with_columns(
-        pl.Series("score", scores, dtype=pl.Float64),
-        pl.lit(model.version).alias("model_version"),
-    )
-    write_partition(uri, reference, {"model_version": model.version}, table=str(REFERENCE))
-    return reference
+    except ReferenceSourceError as error:
+        raise dg.Failure(str(error)) from None
+    if reference.written is not None:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=REFERENCE_KEY,
+                metadata={
+                    **table_metadata(reference.written, str(REFERENCE)),
+                    "model_version": model.version,
+                },
+            )
+        )
+    return reference.rows
 
 
 def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
@@ -125,7 +141,10 @@ def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
 
 @dg.asset(
     key=["monitoring", "drift_metrics"],
-    deps=[dg.AssetDep(["serving", "batch_predictions"], partition_mapping=days_around(-1, 0))],
+    deps=[
+        dg.AssetDep(["serving", "batch_predictions"], partition_mapping=days_around(-1, 0)),
+        dg.AssetDep(REFERENCE_KEY),
+    ],
     partitions_def=DAILY,
     group_name="monitoring",
     owners=OWNERS,
@@ -163,7 +182,7 @@ def drift_metrics(
         model = load_version(lakehouse, version)
         columns = [*model.spec.feature_columns, "score"]
         window = current.filter(pl.col("model_version") == version).select(columns)
-        reference = reference_rows(lakehouse, model).select(columns).cast(window.schema)
+        reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
         rows, result = drift_rows(
             reference, window, columns, day=day, model_version=version, baseline="training"
         )
@@ -349,7 +368,7 @@ def performance(
 
 @dg.asset(
     key=["monitoring", "drift_report"],
-    deps=[dg.AssetDep(["serving", "batch_predictions"])],
+    deps=[dg.AssetDep(["serving", "batch_predictions"]), dg.AssetDep(REFERENCE_KEY)],
     partitions_def=DAILY,
     group_name="monitoring",
     owners=OWNERS,
@@ -377,7 +396,7 @@ def drift_report(
     model = load_version(lakehouse, version)
     columns = [*model.spec.feature_columns, "score"]
     window = current.filter(pl.col("model_version") == version).select(columns)
-    reference = reference_rows(lakehouse, model).select(columns).cast(window.schema)
+    reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
     path = lakehouse.settings.env_root / "monitoring" / "reports" / f"drift-{day}-v{version}.html"
     drift_report_html(reference, window, path, columns=columns)
     return dg.MaterializeResult(
@@ -391,6 +410,7 @@ def drift_report(
 
 
 monitoring_assets = [drift_metrics, profiles, performance, drift_report]
+monitoring_specs = [reference_spec]
 
 
 def windows_from_tables(lakehouse: LakehouseResource) -> list:

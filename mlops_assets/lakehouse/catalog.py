@@ -37,6 +37,8 @@ class Catalog:
 
     Writes go only under the active environment's root. Reads of another environment are
     allowed only where `settings.READ_POLICY` says so (dev may read prod), and are read-only.
+    Tables live in `data/<env>/lake/` on the local disk (the default), or under
+    `<MLOPS_LAKE_URI>/<env>/` on an S3-compatible store; the policy is the same.
     """
 
     settings: Settings
@@ -46,13 +48,46 @@ class Catalog:
         """The active environment."""
         return self.settings.env
 
+    @property
+    def on_object_store(self) -> bool:
+        """Whether table locations are `s3://` URIs (`MLOPS_LAKE_URI`) rather than folders."""
+        return self.settings.lake_on_object_store
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs storage options of the lake's tables (empty on the local disk)."""
+        return self.settings.storage_options
+
     def table_path(self, table: TableRef, env: str | None = None) -> Path:
-        """Folder of a table in `env` (the active environment by default)."""
+        """Folder of a table in `env` (the active environment by default) on the local disk.
+
+        Raises:
+            ValueError: The lake is on the object store (use `table_uri`).
+        """
+        if self.on_object_store:
+            raise ValueError(
+                f"{table} lives on the object store ({self.settings.lake_uri}), not in a local "
+                "folder: use table_uri"
+            )
         root = self.settings.env_root_of(env or self.env)
         return root / "lake" / table.layer / table.name
 
+    def table_uri(self, table: TableRef, env: str | None = None) -> str:
+        """Location of a table in `env` (the active environment by default), unchecked.
+
+        `<lake>/<env>/<layer>/<table>` on the object store, `data/<env>/lake/<layer>/<table>`
+        on the local disk. Access is checked by `uri_for_read` and `uri_for_write`.
+        """
+        if self.on_object_store:
+            return f"{self.settings.lake_uri_of(env or self.env)}/{table.layer}/{table.name}"
+        return str(self.table_path(table, env))
+
     def uri_for_write(self, table: TableRef) -> str:
         """Location to write a table; always inside the active environment's root."""
+        if self.on_object_store:
+            # Layer and name are checked plain names (`TableRef`): the URI stays below the
+            # active environment's prefix.
+            return self.table_uri(table)
         path = self.table_path(table).resolve()
         root = self.settings.env_root.resolve()
         if not path.is_relative_to(root):
@@ -73,4 +108,4 @@ class Catalog:
                 f"environment {self.env!r} may not read {source!r} (allowed: "
                 f"{', '.join(READ_POLICY[self.env])})"
             )
-        return str(self.table_path(table, source))
+        return self.table_uri(table, source)

@@ -1,27 +1,48 @@
-"""Delta table I/O on delta-rs: partition replacement by explicit predicate, schema policy."""
+"""Delta table I/O on delta-rs: partition replacement by explicit predicate, schema policy.
+
+Tables live in local folders (the embedded default) or on an S3-compatible object store
+(`s3://bucket/key` URIs). Every function that takes a table URI takes `storage_options`, the
+object store's options as delta-rs spells them (`Settings.storage_options`: endpoint, keys,
+region, conditional put); for an `s3://` URI without them, the process's settings give the
+lake's (`storage_options_for`).
+
+Commits are optimistic and need no lock: delta-rs writes version N of the log only if nobody
+has (an atomic rename on the local disk, a conditional PUT, `conditional_put=etag`, on the
+object store). A writer that loses the race checks the winner's commit for a conflict and
+commits again on top of it (delta-rs' own retries, then `COMMIT_ATTEMPTS` of ours); the first
+writers of a new table create it once, the others write into it. Every commit carries a write
+id, so a write whose commit landed but was reported as failed is not committed twice.
+
+Two writers produce the Parquet files (`Writer`): delta-rs' own (`write_deltalake` with a
+replace predicate, schema merge, commit properties and post-commit hooks), and polars (files
+written by polars, statistics computed here, added by one `create_write_transaction`).
+`WRITERS` says which one each kind of store uses, as measured by the medallion and feature
+benchmarks, which run both in one run (README, "Object storage").
+"""
 
 from __future__ import annotations
 
 import datetime
-import fcntl
+import functools
+import io
 import json
 import math
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -29,7 +50,74 @@ PartitionValue = str | int | datetime.date
 # Keys of the custom metadata our commits carry.
 LINEAGE_KEY = "mlops.lineage"
 WRITE_ID_KEY = "mlops.write_id"
+# Our own attempts at a write whose commit lost races (delta-rs retries within each).
 COMMIT_ATTEMPTS = 8
+# URI schemes of the object store.
+OBJECT_STORE_SCHEMES = ("s3", "s3a")
+# A checkpoint every `delta.checkpointInterval` commits (100) keeps reading the log cheap
+# (one Parquet file instead of a hundred JSON objects); expired logs are cleaned as the
+# table's settings say.
+POST_COMMIT = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=None)
+
+
+class Writer(StrEnum):
+    """What writes the Parquet files of a write.
+
+    `delta-rs`: `write_deltalake` (its Parquet writer, statistics, predicate replace and
+    schema merge in the commit). `polars`: polars writes each file, this module computes its
+    Delta statistics and commits the files' add actions.
+    """
+
+    DELTA_RS = "delta-rs"
+    POLARS = "polars"
+
+
+# The writer of each kind of store ("local", "object_store"), chosen by the benchmarks
+# (`bench_medallion`, `bench_features` run both writers on both stores in one run).
+WRITERS: dict[str, Writer] = {"local": Writer.POLARS, "object_store": Writer.DELTA_RS}
+
+
+def is_object_store_uri(uri: str | Path) -> bool:
+    """Whether a table location is on the object store (`s3://`, `s3a://`)."""
+    return urlsplit(str(uri)).scheme in OBJECT_STORE_SCHEMES
+
+
+def storage_options_for(
+    uri: str | Path, storage_options: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The object-store options to open a table with.
+
+    Args:
+        uri: Table location.
+        storage_options: The caller's options; they win.
+
+    Returns:
+        The caller's options; else, for an object-store URI, the lake's from the process's
+        settings (`MLOPS_S3_*`); None on the local disk (or when there are none, so that
+        delta-rs falls back to the `AWS_*` variables).
+    """
+    if storage_options is not None:
+        return dict(storage_options) or None
+    if not is_object_store_uri(uri):
+        return None
+    from mlops_assets.settings import load_settings
+
+    return load_settings().storage_options or None
+
+
+def writer_for(uri: str | Path) -> Writer:
+    """The writer a table's store uses (`WRITERS`)."""
+    return WRITERS["object_store" if is_object_store_uri(uri) else "local"]
+
+
+def _open(
+    uri: str, options: dict[str, str] | None, version: int | None = None
+) -> DeltaTable | None:
+    """The table at `uri` (at `version`), None when there is none."""
+    try:
+        return DeltaTable(uri, version=version, storage_options=options)
+    except TableNotFoundError:
+        return None
 
 
 class SchemaPolicy(StrEnum):
@@ -75,37 +163,49 @@ class WriteResult:
     added_columns: tuple[str, ...] = ()
 
 
-def table_exists(uri: str | Path) -> bool:
+def table_exists(uri: str | Path, *, storage_options: Mapping[str, str] | None = None) -> bool:
     """Tell whether a Delta table exists at `uri`."""
-    return DeltaTable.is_deltatable(str(uri))
+    options = storage_options_for(uri, storage_options)
+    return DeltaTable.is_deltatable(str(uri), storage_options=options)
 
 
-def table_version(uri: str | Path) -> int | None:
+def table_version(
+    uri: str | Path, *, storage_options: Mapping[str, str] | None = None
+) -> int | None:
     """Current Delta version of the table at `uri`, or None when there is no table."""
-    try:
-        return DeltaTable(str(uri)).version()
-    except TableNotFoundError:
-        return None
+    delta = _open(str(uri), storage_options_for(uri, storage_options))
+    return None if delta is None else delta.version()
 
 
-def scan_table(uri: str | Path, version: int | None = None) -> pl.LazyFrame:
+def scan_table(
+    uri: str | Path,
+    version: int | None = None,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+) -> pl.LazyFrame:
     """Lazily scan a Delta table (optionally at a version) with polars.
 
     Raises:
         FileNotFoundError: No Delta table exists at `uri`.
     """
-    if not table_exists(uri):
+    options = storage_options_for(uri, storage_options)
+    if not DeltaTable.is_deltatable(str(uri), storage_options=options):
         raise FileNotFoundError(f"no Delta table at {uri}")
-    return pl.scan_delta(str(uri), version=version)
+    return pl.scan_delta(str(uri), version=version, storage_options=options)
 
 
 def read_partition(
-    uri: str | Path, partition: Mapping[str, PartitionValue], columns: Sequence[str] | None = None
+    uri: str | Path,
+    partition: Mapping[str, PartitionValue],
+    columns: Sequence[str] | None = None,
+    *,
+    storage_options: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """Read one partition of a table; an absent table or partition reads as an empty frame."""
-    if not table_exists(uri):
+    options = storage_options_for(uri, storage_options)
+    if not DeltaTable.is_deltatable(str(uri), storage_options=options):
         return pl.DataFrame()
-    frame = scan_table(uri)
+    frame = pl.scan_delta(str(uri), storage_options=options)
     for name, value in partition.items():
         frame = frame.filter(pl.col(name) == pl.lit(value))
     if columns is not None:
@@ -121,6 +221,16 @@ def _sql_literal(value: PartitionValue) -> str:
     if isinstance(value, datetime.date):
         return f"'{value.isoformat()}'"
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def _predicate(partition: Mapping[str, PartitionValue], alias: str = "") -> str | None:
+    """SQL predicate selecting exactly one partition (`landing_date = '2026-01-01'`)."""
+    prefix = f"{alias}." if alias else ""
+    for column in partition:
+        if not _IDENTIFIER.match(column):
+            raise ValueError(f"partition column {column!r} is not a plain identifier")
+    terms = [f"{prefix}{c} = {_sql_literal(v)}" for c, v in partition.items()]
+    return " AND ".join(terms) or None
 
 
 def _arrow_schema(table: DeltaTable) -> pa.Schema:
@@ -224,6 +334,257 @@ def _conform(data: pa.Table, existing: pa.Schema, missing: Sequence[str]) -> pa.
     return data
 
 
+class _TableCreatedMeanwhile(Exception):
+    """Another writer created the table between our look and our creating commit."""
+
+
+def _attempts(
+    uri: str,
+    write_id: str,
+    options: dict[str, str] | None,
+    attempt: Callable[[DeltaTable | None], DeltaTable],
+) -> DeltaTable:
+    """Run a write until its commit lands; return the table as its commit left it.
+
+    `attempt` gets the table (None when there is none yet), writes and commits, and returns
+    the table at its own commit. A commit that lost a race (delta-rs retried and found a
+    conflict, or another writer created the table first) is attempted again on the newest
+    version, unless the log shows it landed after all.
+
+    Raises:
+        CommitFailedError: The write lost `COMMIT_ATTEMPTS` races in a row.
+    """
+    for number in range(COMMIT_ATTEMPTS):
+        delta = _open(uri, options)
+        try:
+            return attempt(delta)
+        except (CommitFailedError, _TableCreatedMeanwhile):
+            # delta-rs can report a conflict after its commit landed (an answer lost on the
+            # way back): then there is nothing to redo.
+            version = _commit_version(uri, write_id, options)
+            if version is not None:
+                found = _open(uri, options, version)
+                assert found is not None
+                return found
+            if number == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02 * (number + 1))
+    raise AssertionError("unreachable")
+
+
+def _commit_properties(metadata: Mapping[str, str]) -> CommitProperties:
+    return CommitProperties(custom_metadata=dict(metadata))
+
+
+def _create(
+    uri: str,
+    data: pa.Table,
+    partition: Mapping[str, PartitionValue],
+    partition_by: Sequence[str],
+    metadata: Mapping[str, str],
+    options: dict[str, str] | None,
+    writer: Writer,
+    *,
+    append: bool = False,
+) -> DeltaTable:
+    """Create the table holding `data` (version 0, or 1 with the polars writer).
+
+    `partition` is the one partition `data` holds, empty for the whole table or, with
+    `append`, for rows of several partitions.
+
+    Raises:
+        _TableCreatedMeanwhile: Another writer created the table first.
+    """
+    try:
+        if writer is Writer.DELTA_RS:
+            write_deltalake(
+                uri,
+                data,
+                partition_by=list(partition_by) or None,
+                # Concurrent first appends all land, one creating the table.
+                mode="append" if append else "error",
+                storage_options=options,
+                commit_properties=_commit_properties(metadata),
+                post_commithook_properties=POST_COMMIT,
+            )
+            if append:
+                version = _commit_version(uri, metadata[WRITE_ID_KEY], options)
+                delta = None if version is None else _open(uri, options, version)
+            else:
+                delta = _open(uri, options, 0)
+            if delta is None:
+                raise CommitFailedError(f"table {uri}: the creating commit is lost")
+            return delta
+        # The polars writer adds its files to an empty table, in a commit carrying the
+        # metadata.
+        delta = DeltaTable.create(
+            uri,
+            DeltaSchema.from_arrow(data.schema),
+            mode="error",
+            partition_by=list(partition_by) or None,
+            storage_options=options,
+        )
+    except CommitFailedError as error:
+        raise _TableCreatedMeanwhile(str(error)) from error
+    except DeltaError as error:
+        if "already exists" not in str(error):
+            raise
+        raise _TableCreatedMeanwhile(str(error)) from error
+    mode = "append" if append else "overwrite"
+    return _commit_polars(uri, delta, data, partition, partition_by, metadata, options, mode=mode)
+
+
+def _commit(
+    uri: str,
+    delta: DeltaTable,
+    data: pa.Table,
+    partition: Mapping[str, PartitionValue],
+    partition_by: Sequence[str],
+    metadata: Mapping[str, str],
+    options: dict[str, str] | None,
+    *,
+    mode: str,
+    writer: Writer,
+    merge_schema: bool = False,
+) -> DeltaTable:
+    """Commit `data` into an existing table and return the table at that commit.
+
+    Mode `overwrite` replaces `partition` (the whole table when it is empty); mode `append`
+    adds the rows.
+    """
+    if writer is Writer.DELTA_RS:
+        write_deltalake(
+            delta,
+            data,
+            mode=mode,  # type: ignore[arg-type]
+            predicate=_predicate(partition) if mode == "overwrite" else None,
+            schema_mode="merge" if merge_schema else None,
+            commit_properties=_commit_properties(metadata),
+            post_commithook_properties=POST_COMMIT,
+        )
+        return delta
+    if mode == "append" and merge_schema:
+        # An append commit does not change the table's schema: add the new columns first,
+        # in a commit of their own (older rows read them as null).
+        have = set(_arrow_schema(delta).names)
+        new = [f for f in data.schema if f.name not in have]
+        try:
+            delta.alter.add_columns(list(DeltaSchema.from_arrow(pa.schema(new)).fields))
+        except (CommitFailedError, DeltaError):
+            # A concurrent append may have added the same columns first.
+            delta.update_incremental()
+            if not {f.name for f in new} <= set(_arrow_schema(delta).names):
+                raise
+    return _commit_polars(uri, delta, data, partition, partition_by, metadata, options, mode=mode)
+
+
+def _commit_polars(
+    uri: str,
+    delta: DeltaTable,
+    data: pa.Table,
+    partition: Mapping[str, PartitionValue],
+    partition_by: Sequence[str],
+    metadata: Mapping[str, str],
+    options: dict[str, str] | None,
+    *,
+    mode: str,
+) -> DeltaTable:
+    """Write one Parquet file per partition of `data` with polars; add them in one commit.
+
+    With mode `overwrite`, the commit also removes the files of `partition` (an explicit
+    partition filter; the whole table without one).
+    """
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    groups: dict[tuple[Any, ...], pl.DataFrame]
+    if not partition_by:
+        groups = {(): frame}
+    elif mode == "overwrite":
+        groups = {tuple(partition[c] for c in partition_by): frame}
+    else:
+        groups = frame.partition_by(list(partition_by), as_dict=True)
+    actions: list[AddAction] = []
+    for values, rows in groups.items():
+        if not rows.height:
+            continue
+        where = dict(zip(partition_by, values, strict=True))
+        folder = "/".join(
+            f"{column}={quote(_partition_text(where[column]), safe='')}" for column in partition_by
+        )
+        relative = (folder + "/" if folder else "") + f"part-00000-{uuid.uuid4()}-c000.parquet"
+        content = rows.drop(list(partition_by))
+        size = _write_parquet(uri, relative, content, options)
+        actions.append(
+            AddAction(
+                path=relative,
+                size=size,
+                partition_values={c: _partition_text(where[c]) for c in partition_by},
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=json.dumps(file_statistics(content)),
+            )
+        )
+    delta.create_write_transaction(
+        actions,
+        mode=mode,
+        schema=DeltaSchema.from_arrow(data.schema),
+        partition_by=list(partition_by) or None,
+        partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by]
+        if mode == "overwrite" and partition_by
+        else None,
+        commit_properties=_commit_properties(metadata),
+        post_commithook_properties=POST_COMMIT,
+    )
+    # The handle does not move to the transaction's commit: find it by the write id.
+    version = _commit_version(uri, metadata[WRITE_ID_KEY], options)
+    committed = None if version is None else _open(uri, options, version)
+    if committed is None:
+        raise CommitFailedError(
+            f"table {uri}: the commit of write {metadata[WRITE_ID_KEY]} is lost"
+        )
+    return committed
+
+
+def _write_parquet(
+    uri: str, relative: str, content: pl.DataFrame, options: dict[str, str] | None
+) -> int:
+    """Write one data file of a table with polars; return its size in bytes.
+
+    A crash before the commit leaves only an unreferenced file, which `vacuum` removes.
+    """
+    if not is_object_store_uri(uri):
+        path = Path(uri) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content.write_parquet(path, compression="lz4", statistics=True)
+        return path.stat().st_size
+    buffer = io.BytesIO()
+    content.write_parquet(buffer, compression="lz4", statistics=True)
+    payload = buffer.getvalue()
+    parsed = urlsplit(uri)
+    key = f"{parsed.netloc}/{parsed.path.strip('/')}/{relative}"
+    with _s3_filesystem(tuple(sorted((options or {}).items()))).open_output_stream(key) as out:
+        out.write(payload)
+    return len(payload)
+
+
+@functools.cache
+def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> Any:
+    """A pyarrow S3 filesystem for the polars writer, from delta-rs storage options."""
+    from pyarrow.fs import S3FileSystem
+
+    given = {k.lower().removeprefix("aws_"): v for k, v in options}
+    endpoint = given.get("endpoint_url") or given.get("endpoint") or ""
+    parsed = urlsplit(endpoint) if endpoint else None
+    return S3FileSystem(
+        access_key=given.get("access_key_id"),
+        secret_key=given.get("secret_access_key"),
+        region=given.get("region") or given.get("default_region"),
+        scheme=parsed.scheme if parsed else None,
+        endpoint_override=parsed.netloc if parsed else None,
+        force_virtual_addressing=given.get("virtual_hosted_style_request") == "true",
+    )
+
+
 def write_partition(
     uri: str | Path,
     data: pl.DataFrame,
@@ -232,20 +593,22 @@ def write_partition(
     partition_by: Sequence[str] | None = None,
     policy: SchemaPolicy = SchemaPolicy.STRICT,
     table: str | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Replace exactly one partition of a Delta table with `data`, atomically.
 
     The write is one Delta commit that removes the partition's files (selected by an explicit
-    partition filter built from `partition`) and adds the new one; other partitions are
+    partition filter built from `partition`) and adds the new ones; other partitions are
     untouched. If the write fails before its commit, the table stays at its previous version.
 
     Args:
-        uri: Table location.
+        uri: Table location (a folder, or `s3://bucket/key`).
         data: The partition's complete new content; every row must carry the partition values.
         partition: Partition column to value, e.g. `{"landing_date": date(2026, 1, 1)}`.
         partition_by: The table's partition columns (default: the keys of `partition`).
         policy: Schema policy for the table.
         table: Table name for error messages (default: the uri).
+        storage_options: Object-store options (default: `storage_options_for`).
 
     Returns:
         What was written, with the new version and schema.
@@ -256,13 +619,20 @@ def write_partition(
     """
     uri = str(uri)
     name = table or uri
+    options = storage_options_for(uri, storage_options)
     partition_by = list(partition_by or partition.keys())
     _check_partition(data, partition, name)
     arrow = _normalise(data, name)
     write_id = str(uuid.uuid4())
+    metadata = {WRITE_ID_KEY: write_id}
+    writer = writer_for(uri)
     added: list[str] = []
-    delta = _open_or_create(uri, arrow, partition, partition_by, write_id)
-    if delta is not None:
+
+    def attempt(delta: DeltaTable | None) -> DeltaTable:
+        nonlocal added
+        if delta is None:
+            added = []
+            return _create(uri, arrow, partition, partition_by, metadata, options, writer)
         existing_schema = _arrow_schema(delta)
         if list(delta.metadata().partition_columns) != partition_by:
             raise SchemaChangeError(
@@ -270,47 +640,22 @@ def write_partition(
                 f"not {partition_by}"
             )
         added, missing = check_schema(existing_schema, arrow.schema, policy, name)
-        arrow = _conform(arrow, existing_schema, missing)
-        commit_files(uri, arrow, partition, partition_by, delta, {WRITE_ID_KEY: write_id})
-    return describe_write(
-        uri, write_id, rows_written=arrow.num_rows, partition=partition, added=added
-    )
+        rows = _conform(arrow, existing_schema, missing)
+        return _commit(
+            uri,
+            delta,
+            rows,
+            partition,
+            partition_by,
+            metadata,
+            options,
+            mode="overwrite",
+            writer=writer,
+            merge_schema=bool(added),
+        )
 
-
-def _open_or_create(
-    uri: str,
-    arrow: pa.Table,
-    partition: Mapping[str, PartitionValue],
-    partition_by: Sequence[str],
-    write_id: str,
-    metadata: Mapping[str, str] | None = None,
-) -> DeltaTable | None:
-    """Open the table, or create it holding `arrow` (then return None: the write is done).
-
-    Creation happens under a lock file in the table's folder, so that concurrent first writers
-    (a backfill on a fresh environment) create the table once and the others write into it.
-    """
-    if table_exists(uri):
-        return DeltaTable(uri)
-    # Delta readers and vacuum ignore files whose names start with an underscore.
-    lock_path = Path(uri) / "_mlops_create.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if table_exists(uri):
-                return DeltaTable(uri)
-            commit_files(
-                uri,
-                arrow,
-                partition,
-                partition_by,
-                None,
-                {WRITE_ID_KEY: write_id, **(metadata or {})},
-            )
-            return None
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    written = _attempts(uri, write_id, options, attempt)
+    return _describe(written, uri, rows_written=arrow.num_rows, partition=partition, added=added)
 
 
 def overwrite_table(
@@ -319,6 +664,7 @@ def overwrite_table(
     *,
     table: str | None = None,
     lineage: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Replace a whole unpartitioned table in one commit (strict schema policy).
 
@@ -327,16 +673,24 @@ def overwrite_table(
     """
     uri = str(uri)
     name = table or uri
+    options = storage_options_for(uri, storage_options)
     arrow = _normalise(data, name)
     write_id = str(uuid.uuid4())
     metadata = {WRITE_ID_KEY: write_id}
     if lineage is not None:
         metadata[LINEAGE_KEY] = json.dumps(lineage, default=str)
-    delta = _open_or_create(uri, arrow, {}, [], write_id, metadata)
-    if delta is not None:
+    writer = writer_for(uri)
+
+    def attempt(delta: DeltaTable | None) -> DeltaTable:
+        if delta is None:
+            return _create(uri, arrow, {}, [], metadata, options, writer)
         check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
-        commit_files(uri, arrow, {}, [], delta, metadata)
-    return describe_write(uri, write_id, rows_written=arrow.num_rows, partition={})
+        return _commit(
+            uri, delta, arrow, {}, [], metadata, options, mode="overwrite", writer=writer
+        )
+
+    written = _attempts(uri, write_id, options, attempt)
+    return _describe(written, uri, rows_written=arrow.num_rows, partition={})
 
 
 def _check_partition(
@@ -433,72 +787,54 @@ def commit_files(
     partition_by: Sequence[str],
     delta: DeltaTable | None,
     metadata: Mapping[str, str] | None = None,
+    *,
+    storage_options: Mapping[str, str] | None = None,
 ) -> None:
-    """Write `data` as a Parquet file in the table folder, then commit it in one transaction.
+    """Write `data` as Parquet files of the table, then commit them in one transaction.
 
     With a partition, the commit replaces exactly that partition's files (a partition filter);
-    without, it replaces the whole table. Until the commit, readers see the previous version;
-    a crash before it leaves only an unreferenced file, which `vacuum` removes.
+    without, it replaces the whole table. Without `delta` (no table yet) the table is created
+    holding `data`. Until the commit, readers see the previous version; a crash before it
+    leaves only unreferenced files, which `vacuum` removes. The store's writer (`WRITERS`)
+    writes the files; a commit that loses a race is committed again on the newest version.
 
-    polars writes the Parquet file (several times faster here than delta-rs' own writer) and
-    the file's statistics are computed alongside, so readers keep file skipping.
+    Args:
+        uri: Table location.
+        data: The rows, conformed to the table's schema.
+        partition: The partition replaced; empty to replace the whole table.
+        partition_by: The table's partition columns.
+        delta: The table, None to create it.
+        metadata: Custom commit metadata (a write id is added when it has none).
+        storage_options: Object-store options (default: `storage_options_for`).
     """
-    frame = pl.from_arrow(data)
-    assert isinstance(frame, pl.DataFrame)
-    content = frame.drop(list(partition_by))
-    folder = "/".join(
-        f"{column}={quote(_partition_text(partition[column]), safe='')}" for column in partition_by
-    )
-    actions: list[AddAction] = []
-    if frame.height:
-        relative = (folder + "/" if folder else "") + f"part-00000-{uuid.uuid4()}-c000.parquet"
-        path = Path(uri) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        content.write_parquet(path, compression="lz4", statistics=True)
-        actions.append(
-            AddAction(
-                path=relative,
-                size=path.stat().st_size,
-                partition_values={c: _partition_text(partition[c]) for c in partition_by},
-                modification_time=int(time.time() * 1000),
-                data_change=True,
-                stats=json.dumps(file_statistics(content)),
-            )
+    options = storage_options_for(uri, storage_options)
+    metadata = {WRITE_ID_KEY: str(uuid.uuid4()), **(metadata or {})}
+    writer = writer_for(uri)
+
+    def attempt(table: DeltaTable | None) -> DeltaTable:
+        if table is None:
+            return _create(uri, data, partition, partition_by, metadata, options, writer)
+        return _commit(
+            uri,
+            table,
+            data,
+            partition,
+            partition_by,
+            metadata,
+            options,
+            mode="overwrite",
+            writer=writer,
         )
-    schema = DeltaSchema.from_arrow(data.schema)
-    if delta is None:
-        # The creating commit keeps no custom metadata: create the table empty, then add the
-        # files in a commit of their own that carries it.
-        Path(uri).mkdir(parents=True, exist_ok=True)
-        create_table_with_add_actions(
-            uri, schema, [], mode="error", partition_by=list(partition_by) or None
-        )
-        delta = DeltaTable(uri)
-    for attempt in range(COMMIT_ATTEMPTS):
+
+    if delta is not None:
+        # The caller's handle first; a lost race goes on with a fresh one.
         try:
-            delta.create_write_transaction(
-                actions,
-                mode="overwrite",
-                schema=schema,
-                partition_by=list(partition_by) or None,
-                partition_filters=[(c, "=", _partition_text(partition[c])) for c in partition_by]
-                or None,
-                commit_properties=CommitProperties(custom_metadata=dict(metadata))
-                if metadata
-                else None,
-            )
+            attempt(delta)
             return
         except CommitFailedError:
-            # Another writer committed first (to another partition, or the table's creation):
-            # the files are written, so commit them again on top of the new version. delta-rs
-            # can report a conflict after its commit landed: then there is nothing to redo.
-            write_id = (metadata or {}).get(WRITE_ID_KEY)
-            if write_id and _version_of(uri, write_id) is not None:
+            if _commit_version(uri, metadata[WRITE_ID_KEY], options) is not None:
                 return
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.02 * (attempt + 1))
-            delta = DeltaTable(uri)
+    _attempts(uri, metadata[WRITE_ID_KEY], options, attempt)
 
 
 class DuplicateKeyError(ValueError):
@@ -513,12 +849,15 @@ def merge_partition(
     keys: Sequence[str],
     table: str | None = None,
     lineage: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Merge one partition's rows into a keyed table: update, insert, delete what is gone.
 
     A Delta MERGE on `keys`, limited to the partition: matching rows are updated, new rows
     inserted, and rows of that partition the new data no longer holds are deleted, in one
-    commit. Other partitions are not read or touched. The schema policy is strict.
+    commit. Other partitions are not read or touched. The schema policy is strict. A merge
+    that loses a race to a conflicting commit runs again on the newest version (a merge of
+    the same rows gives the same partition).
 
     Args:
         uri: Table location.
@@ -527,6 +866,7 @@ def merge_partition(
         keys: Columns identifying a row within the partition.
         table: Table name for error messages.
         lineage: Stored in the commit's metadata (see `read_lineage`).
+        storage_options: Object-store options (default: `storage_options_for`).
 
     Returns:
         What was written; `rows_written` is the number of rows merged.
@@ -538,48 +878,66 @@ def merge_partition(
     """
     uri = str(uri)
     name = table or uri
+    options = storage_options_for(uri, storage_options)
     _check_partition(data, partition, name)
     repeated = data.height - data.select(keys).unique().height
     if repeated:
         raise DuplicateKeyError(f"table {name}: {repeated} rows repeat a key of {list(keys)}")
+    for key in keys:
+        if not _IDENTIFIER.match(key):
+            raise ValueError(f"table {name}: key column {key!r} is not a plain identifier")
     write_id = str(uuid.uuid4())
     metadata = {WRITE_ID_KEY: write_id}
     if lineage is not None:
         metadata[LINEAGE_KEY] = json.dumps(lineage, default=str)
     arrow = _normalise(data, name)
-    delta = _open_or_create(uri, arrow, partition, list(partition), write_id, metadata)
-    if delta is None:
-        return describe_write(uri, write_id, rows_written=arrow.num_rows, partition=partition)
-    check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
-    in_partition = " AND ".join(f"t.{c} = {_sql_literal(v)}" for c, v in partition.items())
+    in_partition = _predicate(partition, "t")
     on_keys = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    (
-        delta.merge(
-            source=arrow,
-            predicate=f"{in_partition} AND {on_keys}",
-            source_alias="s",
-            target_alias="t",
-            commit_properties=CommitProperties(custom_metadata=metadata),
+
+    def attempt(delta: DeltaTable | None) -> DeltaTable:
+        if delta is None:
+            return _create(
+                uri, arrow, partition, list(partition), metadata, options, writer_for(uri)
+            )
+        check_schema(_arrow_schema(delta), arrow.schema, SchemaPolicy.STRICT, name)
+        (
+            delta.merge(
+                source=arrow,
+                predicate=f"{in_partition} AND {on_keys}" if in_partition else on_keys,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=_commit_properties(metadata),
+                post_commithook_properties=POST_COMMIT,
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(predicate=in_partition)
+            .execute()
         )
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .when_not_matched_by_source_delete(predicate=in_partition)
-        .execute()
-    )
-    return describe_write(uri, write_id, rows_written=arrow.num_rows, partition=partition)
+        return delta
+
+    written = _attempts(uri, write_id, options, attempt)
+    return _describe(written, uri, rows_written=arrow.num_rows, partition=partition)
 
 
-def read_lineage(uri: str | Path, day: str | None = None) -> dict[str, Any] | None:
+def read_lineage(
+    uri: str | Path,
+    day: str | None = None,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
     """Lineage stored with a write: the latest one, or the latest one of a day's partition.
 
     Args:
         uri: Table location.
         day: ISO date of the partition whose latest write is wanted (lineage `day` field).
+        storage_options: Object-store options (default: `storage_options_for`).
 
     Returns:
         The lineage, or None when no write of the table (or of that day) carries one.
     """
-    for entry in DeltaTable(str(uri)).history():
+    delta = DeltaTable(str(uri), storage_options=storage_options_for(uri, storage_options))
+    for entry in delta.history():
         entry = {**entry, **_user_metadata(entry)}
         if LINEAGE_KEY not in entry:
             if day is None:
@@ -607,14 +965,33 @@ def describe_write(
     rows_written: int,
     partition: Mapping[str, PartitionValue],
     added: Sequence[str] = (),
+    storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Version, size and schema of the table as this write left it.
 
     The write's own commit is found by its id, so a concurrent writer's later commit does not
     get reported as this one's.
+
+    Raises:
+        LookupError: No recent commit of the table carries `write_id`.
     """
-    version = _version_of(uri, write_id)
-    delta = DeltaTable(uri, version=version)
+    options = storage_options_for(uri, storage_options)
+    version = _commit_version(uri, write_id, options)
+    delta = None if version is None else _open(uri, options, version)
+    if delta is None:
+        raise LookupError(f"table {uri}: no recent commit carries write {write_id}")
+    return _describe(delta, uri, rows_written=rows_written, partition=partition, added=added)
+
+
+def _describe(
+    delta: DeltaTable,
+    uri: str,
+    *,
+    rows_written: int,
+    partition: Mapping[str, PartitionValue],
+    added: Sequence[str] = (),
+) -> WriteResult:
+    """A write's result from the table as its commit left it."""
     schema = _arrow_schema(delta)
     return WriteResult(
         uri=uri,
@@ -627,18 +1004,30 @@ def describe_write(
     )
 
 
-def _version_of(uri: str, write_id: str, newest: int = 50) -> int | None:
-    """Version of the commit carrying `write_id`, from the newest commit files of the log.
+def _commit_version(
+    uri: str, write_id: str, options: dict[str, str] | None, newest: int = 50
+) -> int | None:
+    """Version of the commit carrying `write_id` among the table's newest, None if none does.
 
-    The log's files are read directly: under concurrent commits, the version numbers of
-    delta-rs' `history()` can be off by the commits landing meanwhile.
+    delta-rs' `history()` lists every commit in the log but numbers them down from its
+    handle's version: the listing counts only when no commit landed between opening the
+    table and listing (the table's version is the same after the listing).
     """
-    log = Path(uri) / "_delta_log"
-    commits = sorted(log.glob("[0-9]*.json"), reverse=True)[:newest]
-    needle = write_id.encode()
-    for commit in commits:
-        if needle in commit.read_bytes():
-            return int(commit.stem)
+    for _ in range(COMMIT_ATTEMPTS):
+        delta = _open(uri, options)
+        if delta is None:
+            return None
+        seen = delta.version()
+        entries = delta.history(newest)
+        delta.update_incremental()
+        if delta.version() != seen:
+            continue
+        for entry in entries:
+            if entry.get(WRITE_ID_KEY) == write_id or (
+                _user_metadata(entry).get(WRITE_ID_KEY) == write_id
+            ):
+                return int(entry["version"])
+        return None
     return None
 
 
@@ -662,6 +1051,7 @@ def append_table(
     policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
     metadata: Mapping[str, str] | None = None,
     count_rows: bool = True,
+    storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Append rows to a table in one commit: new files only, no existing row is rewritten.
 
@@ -680,6 +1070,7 @@ def append_table(
         metadata: Custom commit metadata (the write id is added).
         count_rows: Whether to count the table's rows for the result (reads the log's file
             list); when False, `table_rows` is -1.
+        storage_options: Object-store options (default: `storage_options_for`).
 
     Returns:
         What was written; `version` is the append's own commit.
@@ -690,6 +1081,7 @@ def append_table(
     """
     uri = str(uri)
     name = table or uri
+    options = storage_options_for(uri, storage_options)
     partition_by = list(partition_by)
     for column in partition_by:
         if column not in data.columns:
@@ -702,97 +1094,45 @@ def append_table(
     arrow = _normalise(data, name)
     write_id = str(uuid.uuid4())
     commit_metadata = {**(metadata or {}), WRITE_ID_KEY: write_id}
+    writer = writer_for(uri)
     added: list[str] = []
-    try:
-        # Opening directly: `table_exists` costs as much as opening, and appends are frequent.
-        delta = DeltaTable(uri)
-    except TableNotFoundError:
-        lock_path = Path(uri) / "_mlops_create.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not table_exists(uri):
-                    create_table_with_add_actions(
-                        uri,
-                        DeltaSchema.from_arrow(arrow.schema),
-                        [],
-                        mode="error",
-                        partition_by=partition_by or None,
-                    )
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        delta = DeltaTable(uri)
-    existing = list(delta.metadata().partition_columns)
-    if existing != partition_by:
-        raise SchemaChangeError(f"table {name}: partitioned by {existing}, not {partition_by}")
-    existing_schema = _arrow_schema(delta)
-    added, missing = check_schema(existing_schema, arrow.schema, policy, name)
-    arrow = _conform(arrow, existing_schema, missing)
-    if added:
-        # An append commit does not change the table's schema: add the new columns first, in
-        # a commit of their own (older rows read them as null).
-        new_fields = DeltaSchema.from_arrow(pa.schema([arrow.schema.field(c) for c in added]))
-        try:
-            delta.alter.add_columns(list(new_fields.fields))
-        except Exception:
-            # A concurrent append may have added the same columns first.
-            if not set(added) <= set(_arrow_schema(DeltaTable(uri)).names):
-                raise
-        delta = DeltaTable(uri)
-    frame = pl.from_arrow(arrow)
-    assert isinstance(frame, pl.DataFrame)
-    groups = frame.partition_by(partition_by, as_dict=True) if partition_by else {(): frame}
-    actions: list[AddAction] = []
-    for values, rows in groups.items():
-        if not rows.height:
-            continue
-        partition = dict(zip(partition_by, values, strict=True))
-        folder = "/".join(
-            f"{column}={quote(_partition_text(partition[column]), safe='')}"
-            for column in partition_by
-        )
-        relative = (folder + "/" if folder else "") + f"part-00000-{uuid.uuid4()}-c000.parquet"
-        path = Path(uri) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        content = rows.drop(partition_by)
-        content.write_parquet(path, compression="lz4", statistics=True)
-        actions.append(
-            AddAction(
-                path=relative,
-                size=path.stat().st_size,
-                partition_values={c: _partition_text(partition[c]) for c in partition_by},
-                modification_time=int(time.time() * 1000),
-                data_change=True,
-                stats=json.dumps(file_statistics(content)),
+    written_schema = arrow.schema
+
+    def attempt(delta: DeltaTable | None) -> DeltaTable:
+        nonlocal added, written_schema
+        if delta is None:
+            added = []
+            return _create(
+                uri, arrow, {}, partition_by, commit_metadata, options, writer, append=True
             )
+        existing = list(delta.metadata().partition_columns)
+        if existing != partition_by:
+            raise SchemaChangeError(f"table {name}: partitioned by {existing}, not {partition_by}")
+        existing_schema = _arrow_schema(delta)
+        added, missing = check_schema(existing_schema, arrow.schema, policy, name)
+        rows = _conform(arrow, existing_schema, missing)
+        written_schema = rows.schema
+        return _commit(
+            uri,
+            delta,
+            rows,
+            {},
+            partition_by,
+            commit_metadata,
+            options,
+            mode="append",
+            writer=writer,
+            merge_schema=bool(added),
         )
-    schema = DeltaSchema.from_arrow(arrow.schema)
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            delta.create_write_transaction(
-                actions,
-                mode="append",
-                schema=schema,
-                partition_by=partition_by or None,
-                commit_properties=CommitProperties(custom_metadata=commit_metadata),
-            )
-            break
-        except CommitFailedError:
-            if _version_of(uri, write_id) is not None:
-                break
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.02 * (attempt + 1))
-            delta = DeltaTable(uri)
+
+    written = _attempts(uri, write_id, options, attempt)
     if count_rows:
-        return describe_write(uri, write_id, rows_written=arrow.num_rows, partition={}, added=added)
-    version = _version_of(uri, write_id)
+        return _describe(written, uri, rows_written=arrow.num_rows, partition={}, added=added)
     return WriteResult(
         uri=uri,
-        version=-1 if version is None else version,
+        version=written.version(),
         rows_written=arrow.num_rows,
         table_rows=-1,
-        schema={f.name: _comparable(f.type) for f in arrow.schema},
+        schema={f.name: _comparable(f.type) for f in written_schema},
         added_columns=tuple(added),
     )
