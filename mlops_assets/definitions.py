@@ -28,6 +28,7 @@ from mlops_assets.defs.jobs import (
     weekly_retrain_schedule,
 )
 from mlops_assets.defs.ml import ml_assets, model_audit_spec
+from mlops_assets.defs.model_monitoring import model_monitoring_assets_all
 from mlops_assets.defs.monitoring import (
     MonitoringResource,
     alert_on_run_failure,
@@ -89,6 +90,7 @@ def build_definitions(
             model_audit_spec,
             *serving_assets,
             *monitoring_assets,
+            *model_monitoring_assets_all,
             *monitoring_specs,
         ],
         jobs=[

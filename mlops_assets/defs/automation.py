@@ -6,8 +6,8 @@ test with an every-minute cron all end in the same state. Run keys make each req
 
   landing day complete ──► medallion_daily(day)          (medallion schedule)
   medallion done       ──► refresh_event_days(day-3..day) (refresh schedule, one lane)
-  refreshes done       ──► serve_and_monitor(day): online store, batch scoring (by every
-                           declared model with a champion), drift, profiles; and
+  refreshes done       ──► serve_and_monitor(day): online store, batch scoring and drift
+                           (of every declared model with a champion), profiles; and
                            performance of the day whose labels just matured
 """
 
@@ -48,16 +48,22 @@ SERVE_DAY = [
     dg.AssetKey(["monitoring", "profiles"]),
 ]
 PERFORMANCE = dg.AssetKey(["monitoring", "performance"])
-# The other declared models' batch scoring: a day is scored by each of them with a champion.
-OTHER_BATCH = {
-    model.name: keys(model).batch_predictions
+# The other declared models' batch scoring and drift: a day is scored and measured by each of
+# them with a champion.
+OTHER_SERVE = {
+    model.name: [
+        keys(model).batch_predictions,
+        dg.AssetKey(["monitoring", model.name, "drift_metrics"]),
+    ]
     for model in MODELS.values()
     if model.name != primary().name
 }
 
 serve_and_monitor_job = dg.define_asset_job(
     name="serve_and_monitor",
-    selection=dg.AssetSelection.assets(*SERVE_DAY, *OTHER_BATCH.values(), PERFORMANCE),
+    selection=dg.AssetSelection.assets(
+        *SERVE_DAY, *(key for served in OTHER_SERVE.values() for key in served), PERFORMANCE
+    ),
     description=(
         "After a landing day's refreshes: publish the online store, score the day with the "
         "champion, measure its drift and profile; measure performance of matured days."
@@ -254,8 +260,9 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
             *SERVE_DAY,
             *(
                 key
-                for name, key in OTHER_BATCH.items()
+                for name, served in OTHER_SERVE.items()
                 if pending and lifecycle(settings, name).version_of(CHAMPION) is not None
+                for key in served
             ),
         ]
         requests: list[dg.RunRequest] = []
