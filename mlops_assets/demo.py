@@ -39,6 +39,8 @@ class Story:
     windows: list[dict[str, Any]] = field(default_factory=list)
     online_answers: int = 0
     report: str | None = None
+    other_champions: dict[str, str] = field(default_factory=dict)
+    other_online_answers: dict[str, int] = field(default_factory=dict)
 
 
 def say(text: str) -> None:
@@ -117,14 +119,18 @@ class Demo:
 
     # --- the story's steps ----------------------------------------------------------------
 
-    def train(self, last_day: datetime.date, days: int) -> bool:
-        """Train, validate and promote on the labels known at the end of `last_day`."""
+    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> bool:
+        """Train, validate and promote a declared model on the labels known at `last_day`'s end."""
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        k = keys(declared(model))
         cutoff = datetime.datetime.combine(
             last_day + datetime.timedelta(days=1), datetime.time(), datetime.UTC
         )
         config = {
             "ops": {
-                "ml__training_set": {
+                k.node(k.training_set): {
                     "config": {
                         "label_cutoff": cutoff.isoformat(),
                         "days": days,
@@ -134,20 +140,31 @@ class Demo:
             },
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
-        return self.report_training(self.run_job("retrain_and_deploy", run_config=config))
+        result = self.run_job(k.job("retrain_and_deploy"), run_config=config)
+        return self.report_training(result, model)
 
-    def report_training(self, result: dg.ExecuteInProcessResult) -> bool:
+    def report_training(
+        self, result: dg.ExecuteInProcessResult, model: str = "fraud_detector"
+    ) -> bool:
         """Print what a `retrain_and_deploy` run did; whether it promoted a champion."""
-        nodes = ("ml__training_set", "ml__fraud_model", "ml__champion")
-        built = {n: result.asset_materializations_for_node(n) for n in nodes}
-        if built["ml__training_set"]:
-            meta = built["ml__training_set"][0].metadata
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        k = keys(declared(model))
+        nodes = {
+            "training_set": k.node(k.training_set),
+            "trained": k.node(k.trained),
+            "champion": k.node(k.champion),
+        }
+        built = {role: result.asset_materializations_for_node(n) for role, n in nodes.items()}
+        if built["training_set"]:
+            meta = built["training_set"][0].metadata
             say(
-                f"training set: {meta['events'].value:,} events of {meta['window'].value} with "
-                f"mature labels, {meta['fraud_events'].value:,} fraud"
+                f"{model} training set: {meta['events'].value:,} events of "
+                f"{meta['window'].value} with mature labels, {meta['fraud_events'].value:,} fraud"
             )
-        if built["ml__fraud_model"]:
-            meta = built["ml__fraud_model"][0].metadata
+        if built["trained"]:
+            meta = built["trained"][0].metadata
             say(
                 f"trained {meta['model'].value} version {meta['version'].value}: hold-out PR-AUC "
                 f"{meta['pr_auc'].value:.3f}, recall at 1% FPR "
@@ -163,17 +180,54 @@ class Demo:
                     f"{evaluation.metadata['champion_pr_auc'].value:.3f}"
                 )
             say(f"validation: {evaluation.description}{extra}")
-        if not result.success or not built["ml__champion"]:
+        if not result.success or not built["champion"]:
             say("no promotion: see the run in the UI and `mlops model status`")
             return False
-        meta = built["ml__champion"][0].metadata
-        self.story.champion_versions.append(str(meta["champion"].value))
+        meta = built["champion"][0].metadata
+        if model == "fraud_detector":
+            self.story.champion_versions.append(str(meta["champion"].value))
+        else:
+            self.story.other_champions[model] = str(meta["champion"].value)
         previous = meta["previous"].value
         say(
-            f"promoted version {meta['champion'].value} to champion"
+            f"promoted {meta['model'].value} version {meta['champion'].value} to champion"
             + (f" (version {previous} kept as previous)" if previous != "none" else "")
         )
         return True
+
+    def score_other_models(self, day: datetime.date) -> None:
+        """Batch-score a day with every other declared model's champion, then monitor it."""
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        for model in self.story.other_champions:
+            k = keys(declared(model))
+            scored = self.materialize([k.batch_predictions.path], day)
+            if not scored.success:
+                say(f"batch scoring of {day} by {model} failed: see the run in the UI")
+                continue
+            meta = scored.asset_materializations_for_node(k.node(k.batch_predictions))[0].metadata
+            watched = self.materialize(
+                [["monitoring", model, "drift_metrics"], ["monitoring", model, "performance"]],
+                day,
+            )
+            drift = ""
+            if watched.success:
+                found = watched.asset_materializations_for_node(
+                    f"monitoring__{model}__drift_metrics"
+                )
+                drift = (
+                    f"; drifted features {found[0].metadata['drifted_share'].value:.0%}"
+                    if found
+                    else ""
+                )
+            else:
+                drift = "; its monitoring failed: see the run in the UI"
+            say(
+                f"{day}: {meta['model'].value} version {meta['model_version'].value} scored "
+                f"{meta['dagster/row_count'].value:,} transactions ({meta['flagged'].value:,} "
+                f"flagged) into serving/inference_log{drift}"
+            )
 
     def load_by_alias(self) -> bool:
         """A clean Python process loads the champion by alias and scores."""
@@ -367,13 +421,60 @@ class Demo:
                         answered += response.status == 200
                 except urllib.error.HTTPError:
                     pass
+            seconds = time.perf_counter() - started
+            others = self._other_models_online(server, rows)
+            ready = service.ready().body
         finally:
             server.stop()
         self.story.online_answers = answered
         say(
-            f"online: {answered} of {rows.height} REST requests answered in "
-            f"{time.perf_counter() - started:.1f} s; every one is a row of serving/inference_log"
+            f"online: {answered} of {rows.height} REST requests answered in {seconds:.1f} s; "
+            "every one is a row of serving/inference_log"
         )
+        for status in ready["models"].values():
+            path = (
+                f"fallback: {status['fallback_reason']}"
+                if status["scorer"] == "reference"
+                else "compiled fast path"
+            )
+            say(
+                f"readiness: {status['model']} version {status['serving_version']} served by "
+                f"the {status['scorer']} scorer ({path})"
+            )
+        for name, count in others.items():
+            say(
+                f"online: {count} of {rows.height} REST requests answered by {name} at "
+                f"/v1/models/{name}/score, beside the fraud detector"
+            )
+
+    def _other_models_online(self, server: Any, rows: pl.DataFrame) -> dict[str, int]:
+        """Send the rows to each other declared model's scoring path; answers per model."""
+        from mlops_assets.models.declaration import declared
+        from mlops_assets.serving.app import model_score_path
+
+        answers = {}
+        for name in self.story.other_champions:
+            fields = declared(name).spec.request_fields
+            answered = 0
+            for row in rows.iter_rows(named=True):
+                body = {
+                    k: (row[k].isoformat() if k == "event_time" else row[k])
+                    for k in fields
+                    if k in row
+                }
+                request = urllib.request.Request(
+                    f"{server.url}{model_score_path(name)}",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answered += response.status == 200
+                except urllib.error.HTTPError:
+                    pass
+            answers[name] = answered
+            self.story.other_online_answers[name] = answered
+        return answers
 
 
 def _resource(defs: dg.Definitions, name: str) -> Any:
@@ -385,6 +486,7 @@ def run(settings: Settings, args: Any) -> int:
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.monitoring import MonitoringResource
     from mlops_assets.defs.runner import prepare_dagster_home
+    from mlops_assets.models.declaration import MODELS
     from mlops_assets.simulate import Drift, Scenario, simulate
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -431,9 +533,14 @@ def run(settings: Settings, args: Any) -> int:
         )
         if not demo.train(days[normal - 1], normal) or not demo.load_by_alias():
             return 1
+        # Every other declared model goes through the same lifecycle from its declaration.
+        for model in list(MODELS)[1:]:
+            if not demo.train(days[normal - 1], normal, model=model):
+                return 1
         for day in days[max(0, normal - 2) : normal]:
             if not demo.score_and_monitor(day):
                 return 1
+            demo.score_other_models(day)
         demo.online_burst(days[normal - 1])
         demo.tick()
         for day in days[normal:]:
@@ -444,6 +551,7 @@ def run(settings: Settings, args: Any) -> int:
                 return 1
             if not demo.score_and_monitor(day):
                 return 1
+            demo.score_other_models(day)
             demo.tick()
         if drifted:
             report = demo.materialize([["monitoring", "drift_report"]], days[normal])
@@ -475,6 +583,11 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
         say(
             f"no drift: {retrains} retraining requested; champion stays version(s) "
             f"{' -> '.join(story.champion_versions)}"
+        )
+    for name, version in story.other_champions.items():
+        say(
+            f"{name}: champion version {version}, batch scored and monitored each day, "
+            f"{story.other_online_answers.get(name, 0)} REST answers beside the fraud detector"
         )
     say(
         "look at: `mlops model status` (lifecycle and audit), serving/inference_log, "

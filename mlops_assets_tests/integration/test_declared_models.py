@@ -104,9 +104,9 @@ def test_the_linear_model_is_trained_validated_and_promoted_by_its_generated_job
     checks = result.get_asset_check_evaluations()
     assert [c.passed for c in checks] == [True]
     assert checks[0].asset_key == LINEAR.validation
-    assert client.get_model_version_by_alias("dev.fraud_linear", "champion").version == version
+    assert str(client.get_model_version_by_alias("dev.fraud_linear", "champion").version) == version
     # The fraud detector's champion is untouched by the other model's lifecycle.
-    assert client.get_model_version_by_alias("dev.fraud_detector", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("dev.fraud_detector", "champion").version) == "1"
     info = mlflow.models.get_model_info(f"models:/dev.fraud_linear/{version}")
     assert info.metadata["feature_spec"]["categorical"] == ["channel", "entry_mode"]
     assert 0 < info.metadata["decision_threshold"] < 1
