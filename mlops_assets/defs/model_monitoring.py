@@ -95,7 +95,12 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
 
     @dg.asset(
         key=["monitoring", model.name, "drift_metrics"],
-        deps=[dg.AssetDep(batch, partition_mapping=days_around(-1, 0))],
+        deps=[
+            dg.AssetDep(batch, partition_mapping=days_around(-1, 0)),
+            # Its reference: the hold-out of the training set the version trained on.
+            dg.AssetDep(keys(model).training_set),
+            dg.AssetDep(keys(model).trained),
+        ],
         partitions_def=DAILY,
         group_name="monitoring",
         owners=OWNERS,

@@ -114,9 +114,9 @@ def test_the_linear_model_is_trained_validated_and_promoted_by_its_generated_job
     assert audit.get_column("action").to_list() == ["validated", "promoted"]
     # The audit table is on the asset graph: the run reported its appends.
     reported = [
-        e.event_specific_data.materialization.asset_key
-        for e in result.get_step_materialization_events()
-        if e.event_specific_data.materialization.asset_key.path == ["ml", "model_audit"]
+        e.asset_key
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["ml", "model_audit"])
     ]
     assert len(reported) == 2
 
@@ -213,9 +213,11 @@ def test_the_rest_server_answers_both_models_and_says_which_path_serves(lake):
 
 def test_the_linear_model_is_monitored_on_its_own_predictions(lake):
     settings, defs, instance, _ = lake
-    day = DAYS[-1]
+    # A day whose labels are mature (3 days, the model's declared maturity) at the horizon.
+    day = DAYS[2]
     selection = [
-        dg.AssetKey(["monitoring", "fraud_linear", n]) for n in ("drift_metrics", "performance")
+        LINEAR.batch_predictions,
+        *(dg.AssetKey(["monitoring", "fraud_linear", n]) for n in ("drift_metrics", "performance")),
     ]
     job = dg.define_asset_job("monitor_linear", selection=selection)
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
@@ -230,5 +232,6 @@ def test_the_linear_model_is_monitored_on_its_own_predictions(lake):
         settings.lake_root / "monitoring" / "fraud_linear__performance"
     ).collect()
     assert performance.get_column("model_version").to_list() == ["1"]
+    assert performance.get_column("mature").to_list() == [True]
     assert performance.get_column("labelled")[0] > 0
     assert table_exists(settings.lake_root / "monitoring" / "fraud_linear__reference")
