@@ -180,4 +180,5 @@ def test_contract_and_validation_checks_are_blocking(tmp_path):
         ("silver/labels", "reject_share_low"): False,
         ("features/card_behaviour", "one_row_per_transaction"): True,
         ("ml/model_validation", "passes_validation"): True,
+        ("ml/fraud_linear/model_validation", "passes_validation"): True,
     }
