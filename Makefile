@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export MLOPS_ENV ?= dev
 
-.PHONY: install jars demo test test-fast test-unit test-integration test-e2e lint validate ui up down bench clean
+.PHONY: install jars weed demo test test-fast test-unit test-integration test-e2e lint validate ui up down bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -21,11 +21,12 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced
 
-# The io.delta jars matching the installed delta-spark, from Maven Central into .jars/ (Spark
-# loads them from there; nothing is downloaded at run time). Maven caches them in ~/.m2.
+# The io.delta jars matching the installed delta-spark, and the Hadoop S3A connector (hadoop-aws
+# and its AWS SDK) matching pyspark's Hadoop, from Maven Central into .jars/ (Spark loads them
+# from there; nothing is downloaded at run time). Maven caches them in ~/.m2.
 JARS := .jars
 MVN_DEPENDENCY := org.apache.maven.plugins:maven-dependency-plugin:3.8.1
-$(JARS)/.fetched: uv.lock | $(VENV)/.synced
+$(JARS)/.fetched: uv.lock mlops_assets/lakehouse/spark_session.py | $(VENV)/.synced
 	mkdir -p $(JARS)
 	set -e; for coordinate in $$($(BIN)/python -m mlops_assets.lakehouse.spark_session); do \
 	  mvn -q -B $(MVN_DEPENDENCY):copy -Dartifact=$$coordinate -DoutputDirectory=$(JARS); \
@@ -35,18 +36,42 @@ $(JARS)/.fetched: uv.lock | $(VENV)/.synced
 ## jars: fetch the io.delta jars Spark needs (Delta Lake on Spark) into .jars/
 jars: $(JARS)/.fetched
 
+# SeaweedFS, the S3-compatible store the object-storage tests and benchmarks run a lake on:
+# the pinned module from the Go module proxy, built once per machine outside the clone (about
+# 7 minutes, 230 MB), then linked to .tools/bin/weed. `go install` refuses the module (its
+# go.mod has replace directives), so a writable copy of it is built instead.
+WEED_MODULE := github.com/seaweedfs/seaweedfs
+WEED_VERSION := v0.0.0-20261109003541-7506e5f91cd6
+WEED_CACHE := $(HOME)/.cache/mlops-tools/weed-$(WEED_VERSION)
+WEED := .tools/bin/weed
+$(WEED_CACHE)/weed:
+	mkdir -p $(WEED_CACHE)
+	set -eo pipefail; work=$$(mktemp -d); trap 'chmod -R u+w "$$work"; rm -rf "$$work"' EXIT; \
+	  source=$$(cd "$$work" && go mod download -json $(WEED_MODULE)@$(WEED_VERSION) \
+	    | $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'); \
+	  cp -r "$$source" "$$work/src"; chmod -R u+w "$$work/src"; \
+	  cd "$$work/src" && go build -o $(WEED_CACHE)/weed.partial ./weed; \
+	  mv $(WEED_CACHE)/weed.partial $(WEED_CACHE)/weed
+
+$(WEED): $(WEED_CACHE)/weed
+	mkdir -p $(dir $@)
+	ln -sf $< $@
+
+## weed: build SeaweedFS (S3-compatible object store) once per machine, link .tools/bin/weed
+weed: $(WEED)
+
 ## demo: simulate landing days and build bronze, silver, gold and quarantine tables
 demo: install
 	$(BIN)/mlops demo
 
 ## test: lint, validate definitions, then unit, integration and e2e tests (slow ones included)
-test: install jars lint validate
+test: install jars weed lint validate
 	$(BIN)/pytest mlops_assets_tests/unit -q
 	$(BIN)/pytest mlops_assets_tests/integration -q
 	$(BIN)/pytest mlops_assets_tests/e2e -q
 
 ## test-fast: what `make test` runs, without tests marked slow
-test-fast: install jars lint validate
+test-fast: install jars weed lint validate
 	$(BIN)/pytest mlops_assets_tests -q -m "not slow"
 
 lint: install
@@ -71,7 +96,7 @@ down: install
 	$(BIN)/mlops stack down
 
 ## bench: the benchmarks under benchmarks/, figures printed and saved to .bench/
-bench: install jars
+bench: install jars weed
 	$(BIN)/python -m benchmarks
 
 clean:

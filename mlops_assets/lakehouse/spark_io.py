@@ -6,6 +6,10 @@ policies are `delta_io`'s (`check_schema` is shared), timestamps are UTC microse
 `timestamp`; `timestamp_ntz` is refused like polars' naive timestamps), and commits carry the
 write id and lineage in `userMetadata`, which `delta_io.read_lineage` reads too. Tables written
 here are read by polars and delta-rs, and the other way round.
+
+Tables on the object store are `s3://` URIs to the rest of the project and `s3a://` to Spark
+(Hadoop's S3A connector, configured from the settings by `spark_session.spark_config`): every
+function here takes either and maps it (`spark_uri`); results name the URI as given.
 """
 
 from __future__ import annotations
@@ -38,11 +42,20 @@ if TYPE_CHECKING:
 _HISTORY_DEPTH = 50
 
 
+def spark_uri(uri: str) -> str:
+    """The location Spark opens for a table: `s3://` and `s3n://` become `s3a://`."""
+    text = str(uri)
+    for scheme in ("s3://", "s3n://"):
+        if text.startswith(scheme):
+            return "s3a://" + text[len(scheme) :]
+    return text
+
+
 def table_exists(spark: SparkSession, uri: str) -> bool:
     """Tell whether a Delta table exists at `uri`."""
     from delta.tables import DeltaTable
 
-    return DeltaTable.isDeltaTable(spark, str(uri))
+    return DeltaTable.isDeltaTable(spark, spark_uri(uri))
 
 
 def table_version(spark: SparkSession, uri: str) -> int | None:
@@ -51,7 +64,7 @@ def table_version(spark: SparkSession, uri: str) -> int | None:
 
     if not table_exists(spark, uri):
         return None
-    return int(DeltaTable.forPath(spark, str(uri)).history(1).collect()[0]["version"])
+    return int(DeltaTable.forPath(spark, spark_uri(uri)).history(1).collect()[0]["version"])
 
 
 def read_table(spark: SparkSession, uri: str, version: int | None = None) -> DataFrame:
@@ -59,7 +72,7 @@ def read_table(spark: SparkSession, uri: str, version: int | None = None) -> Dat
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
-    return reader.load(str(uri))
+    return reader.load(spark_uri(uri))
 
 
 def read_partition(
@@ -191,7 +204,7 @@ def write_partition(
     writer_data = data
     exists = table_exists(spark, uri)
     if exists:
-        target = DeltaTable.forPath(spark, uri)
+        target = DeltaTable.forPath(spark, spark_uri(uri))
         detail = target.detail().select("partitionColumns").collect()[0]
         if list(detail["partitionColumns"]) != partition_by:
             raise SchemaChangeError(
@@ -212,7 +225,7 @@ def write_partition(
             writer = writer.option("mergeSchema", "true")
     else:
         writer = writer.mode("append")
-    writer.save(uri)
+    writer.save(spark_uri(uri))
     return describe_write(spark, uri, write_id, partition=partition, added=added)
 
 
@@ -254,10 +267,10 @@ def merge_partition(
             .option("userMetadata", metadata)
             .partitionBy(*partition)
             .mode("append")
-            .save(uri)
+            .save(spark_uri(uri))
         )
         return describe_write(spark, uri, write_id, partition=partition)
-    target = DeltaTable.forPath(spark, uri)
+    target = DeltaTable.forPath(spark, spark_uri(uri))
     check_schema(arrow_schema(target.toDF(), name), incoming, SchemaPolicy.STRICT, name)
     in_partition = partition_predicate(partition, "t")
     on_keys = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
@@ -292,7 +305,7 @@ def describe_write(
     from pyspark.sql import functions as F
 
     history = (
-        DeltaTable.forPath(spark, uri)
+        DeltaTable.forPath(spark, spark_uri(uri))
         .history(_HISTORY_DEPTH)
         .filter(F.col("userMetadata").contains(write_id))
         .select("version")

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mlops_assets.lakehouse.catalog import Catalog
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import (
     STREAM_CHECKPOINT,
+    StreamLedger,
     StreamOutcome,
-    checkpoints,
-    landed_files,
+    pending_files,
     score_landed_file,
 )
 
@@ -61,6 +59,7 @@ class StreamWorker:
         catalog = Catalog(settings)
         self.log_uri = catalog.uri_for_write(INFERENCE_LOG)
         self.checkpoint_uri = catalog.uri_for_write(STREAM_CHECKPOINT)
+        self.ledger = StreamLedger(self.log_uri, self.checkpoint_uri)
         if holder is None:
             use_mlflow_store(settings.mlflow_uri)
             holder = ChampionHolder(model_name(settings.env), poll_seconds=2.0)
@@ -94,20 +93,10 @@ class StreamWorker:
     def pending(self) -> list[str]:
         """Complete landed files not scored yet, oldest day first."""
         if self._done is None:
-            self._done = set(checkpoints(self.checkpoint_uri).get_column("file").to_list())
-        root: Path = self.settings.landing_root
-        now = time.time()
-        due = []
-        for name in landed_files(root):
-            if name in self._done:
-                continue
-            try:
-                changed = (root / name).stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if now - changed >= self.settle_seconds:
-                due.append(name)
-        return due
+            self._done = self.ledger.done()
+        return pending_files(
+            self.settings.landing_root, self._done, settle_seconds=self.settle_seconds
+        )
 
     def run_once(self) -> list[StreamOutcome]:
         """Score every pending file (none while no champion is loaded).
@@ -126,10 +115,10 @@ class StreamWorker:
                     name,
                     load_model=self._model,
                     open_store=self._open_store,
-                    log_uri=self.log_uri,
-                    checkpoint_uri=self.checkpoint_uri,
-                    log_table=str(INFERENCE_LOG),
-                    checkpoint_table=str(STREAM_CHECKPOINT),
+                    log_uri=self.ledger.log_uri,
+                    checkpoint_uri=self.ledger.checkpoint_uri,
+                    log_table=self.ledger.log_table,
+                    checkpoint_table=self.ledger.checkpoint_table,
                     run_id=f"stream-worker:{self.settings.env}",
                 )
             except Exception:  # noqa: BLE001 - a bad file must not stop the stream

@@ -6,12 +6,17 @@ name, then a row of the stream checkpoint records it. A file in the checkpoint i
 file in the log without a checkpoint row (a stop between the two writes) is checkpointed with
 the version found, never scored again. One scorer at a time per environment: the worker or
 the sensor's runs, not both.
+
+Pieces: `pending_files` (which landed files are due), `StreamLedger` (the two tables: what is
+checkpointed, which log commit holds a file, the commit and the checkpoint row),
+`checkpoint_row` (a checkpoint row) and `score_landed_file` (the protocol, step by step).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +24,9 @@ from typing import Any
 import polars as pl
 
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import append_table, scan_table, table_exists
+from mlops_assets.lakehouse.delta_io import WriteResult, append_table, scan_table, table_exists
 from mlops_assets.lakehouse.landing import is_partial
+from mlops_assets.serving.inference_log import INFERENCE_LOG
 
 STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
 
@@ -52,6 +58,8 @@ class StreamOutcome:
         errors: Lines logged as `error` rows.
         seconds: Time spent scoring (0 when nothing was scored).
         model_version: Version that scored it (the checkpoint's when skipped).
+        checkpoint_version: Checkpoint table version of its row written now (None when
+            skipped).
     """
 
     file: str
@@ -63,6 +71,7 @@ class StreamOutcome:
     errors: int | None
     seconds: float
     model_version: str | None
+    checkpoint_version: int | None = None
 
     def metadata(self) -> dict[str, Any]:
         """Plain values for asset metadata (-1 and 0 where a figure does not apply)."""
@@ -79,7 +88,7 @@ class StreamOutcome:
         }
 
 
-def checkpoints(uri: str) -> pl.DataFrame:
+def checkpoints(uri: str | Path) -> pl.DataFrame:
     """The files streaming has scored, with the inference log version of each."""
     if not table_exists(uri):
         return pl.DataFrame(schema=CHECKPOINT_SCHEMA)
@@ -106,6 +115,163 @@ def landed_files(landing_root: Path, lookback_days: int = LOOKBACK_DAYS) -> list
         for p in day.iterdir()
         if p.is_file() and not is_partial(p.name)
     )
+
+
+def pending_files(
+    landing_root: Path,
+    done: Collection[str],
+    *,
+    settle_seconds: float = 0.0,
+    now: float | None = None,
+    lookback_days: int = LOOKBACK_DAYS,
+) -> list[str]:
+    """Landed files (`landed_files`) not in `done` and settled, oldest day first.
+
+    Args:
+        landing_root: The environment's landing folder.
+        done: Files the checkpoint holds.
+        settle_seconds: A file modified less than this long before `now` is left for later (a
+            guard for writers that do not rename a finished file into place).
+        now: The time compared with (seconds since the epoch; default: now).
+        lookback_days: Newest day folders watched.
+
+    Returns:
+        Names relative to the landing root; a file removed meanwhile is left out.
+    """
+    now = time.time() if now is None else now
+    due = []
+    for name in landed_files(landing_root, lookback_days):
+        if name in done:
+            continue
+        try:
+            changed = (landing_root / name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if now - changed >= settle_seconds:
+            due.append(name)
+    return due
+
+
+class StreamLedger:
+    """The exactly-once protocol's two tables: the inference log and the stream checkpoint.
+
+    A file is scored once: its rows are one append to the log whose commit carries the file's
+    name (`commit_rows`), then one checkpoint row records the file and the log version
+    (`checkpoint`). Before scoring, a file in the checkpoint is done (`checkpointed`), and a
+    file whose rows are in the log without a checkpoint row (a stop between the two writes) is
+    found by its commit (`committed_version`): it is checkpointed, not scored again.
+
+    Args:
+        log_uri: The inference log.
+        checkpoint_uri: The stream checkpoint table.
+        log_table: The log's name, recorded in its commits.
+        checkpoint_table: The checkpoint's name, recorded in its commits.
+    """
+
+    def __init__(
+        self,
+        log_uri: str,
+        checkpoint_uri: str,
+        *,
+        log_table: str = str(INFERENCE_LOG),
+        checkpoint_table: str = str(STREAM_CHECKPOINT),
+    ) -> None:
+        self.log_uri = log_uri
+        self.checkpoint_uri = checkpoint_uri
+        self.log_table = log_table
+        self.checkpoint_table = checkpoint_table
+
+    def rows(self) -> pl.DataFrame:
+        """Every checkpoint row (`CHECKPOINT_SCHEMA`); empty before the first."""
+        return checkpoints(self.checkpoint_uri)
+
+    def done(self) -> set[str]:
+        """The files the checkpoint holds."""
+        return set(self.rows().get_column("file").to_list())
+
+    def checkpointed(self, file: str) -> dict[str, Any] | None:
+        """The file's checkpoint row, None when it has none."""
+        found = self.rows().filter(pl.col("file") == file)
+        return found.row(0, named=True) if found.height else None
+
+    def committed_version(self, file: str) -> int | None:
+        """The log version whose commit carries the file's rows, None when none does."""
+        from mlops_assets.serving.scoring import streamed_version
+
+        return streamed_version(self.log_uri, file)
+
+    def commit_rows(self, file: str, rows: pl.DataFrame) -> WriteResult:
+        """Append a file's rows to the log in one commit that carries the file's name.
+
+        Args:
+            file: The file, relative to the landing root.
+            rows: Its rows, in the log's schema, partitioned by `day`.
+
+        Raises:
+            ValueError: `rows` is empty (a commit without rows would record nothing to find).
+        """
+        from mlops_assets.serving.scoring import STREAM_FILE_KEY
+
+        if not rows.height:
+            raise ValueError(f"no rows of {file!r} to commit to {self.log_table}")
+        return append_table(
+            self.log_uri,
+            rows,
+            partition_by=["day"],
+            table=self.log_table,
+            metadata={STREAM_FILE_KEY: file},
+            count_rows=False,
+        )
+
+    def checkpoint(self, row: Mapping[str, Any]) -> WriteResult:
+        """Record a file as done: one row of `CHECKPOINT_SCHEMA` appended in one commit.
+
+        Raises:
+            ValueError: The row lacks a column of the schema or names an unknown one.
+        """
+        missing = sorted(set(CHECKPOINT_SCHEMA) - set(row))
+        unknown = sorted(set(row) - set(CHECKPOINT_SCHEMA))
+        if missing or unknown:
+            raise ValueError(
+                f"checkpoint row of {row.get('file')!r}: missing {missing}, unknown {unknown}"
+            )
+        return append_table(
+            self.checkpoint_uri,
+            pl.DataFrame([dict(row)], schema=CHECKPOINT_SCHEMA),
+            table=self.checkpoint_table,
+            count_rows=False,
+        )
+
+
+def checkpoint_row(
+    file: str,
+    *,
+    log_version: int | None,
+    batch: Any,
+    model_version: str,
+    run_id: str,
+    at: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """The checkpoint row of a file.
+
+    Args:
+        file: The file, relative to the landing root.
+        log_version: Log version holding its rows (None: the file had no rows).
+        batch: The `StreamBatch` scored now, None when the rows were found in the log.
+        model_version: The version that scored it.
+        run_id: The Dagster run (or worker) that records it.
+        at: When (default: now).
+    """
+    return {
+        "file": file,
+        "log_version": log_version,
+        "lines": batch.lines if batch else None,
+        "scored": batch.scored if batch else None,
+        "errors": batch.errors if batch else None,
+        "model_version": model_version,
+        "dagster_run_id": run_id,
+        "at": at or datetime.datetime.now(datetime.UTC),
+    }
 
 
 def score_landed_file(
@@ -137,14 +303,16 @@ def score_landed_file(
         FileNotFoundError: The file does not exist under the landing root.
     """
     from mlops_assets.serving.inference_log import inference_schema, prepare_frame
-    from mlops_assets.serving.scoring import STREAM_FILE_KEY, score_file, streamed_version
+    from mlops_assets.serving.scoring import score_file
 
     path = landing_root / file
     if not path.is_file():
         raise FileNotFoundError(f"landed file {file!r} does not exist under {landing_root}")
-    done = checkpoints(checkpoint_uri).filter(pl.col("file") == file)
-    if done.height:
-        row = done.row(0, named=True)
+    ledger = StreamLedger(
+        log_uri, checkpoint_uri, log_table=log_table, checkpoint_table=checkpoint_table
+    )
+    row = ledger.checkpointed(file)
+    if row is not None:
         return StreamOutcome(
             file=file,
             skipped=True,
@@ -156,7 +324,7 @@ def score_landed_file(
             seconds=0.0,
             model_version=row["model_version"],
         )
-    recovered = streamed_version(log_uri, file)
+    recovered = ledger.committed_version(file)
     model = load_model()
     batch = None
     version: int | None = recovered
@@ -164,31 +332,12 @@ def score_landed_file(
         with open_store() as store:
             batch = score_file(path, landing_root, model, store, run_id=run_id)
         if batch.rows.height:
-            written = append_table(
-                log_uri,
-                prepare_frame(batch.rows, inference_schema(model.spec)),
-                partition_by=["day"],
-                table=log_table,
-                metadata={STREAM_FILE_KEY: file},
-                count_rows=False,
-            )
-            version = written.version
-    record = {
-        "file": file,
-        "log_version": version,
-        "lines": batch.lines if batch else None,
-        "scored": batch.scored if batch else None,
-        "errors": batch.errors if batch else None,
-        "model_version": model.version,
-        "dagster_run_id": run_id,
-        "at": datetime.datetime.now(datetime.UTC),
-    }
-    append_table(
-        checkpoint_uri,
-        pl.DataFrame([record], schema=CHECKPOINT_SCHEMA),
-        table=checkpoint_table,
-        count_rows=False,
+            rows = prepare_frame(batch.rows, inference_schema(model.spec))
+            version = ledger.commit_rows(file, rows).version
+    record = checkpoint_row(
+        file, log_version=version, batch=batch, model_version=model.version, run_id=run_id
     )
+    written = ledger.checkpoint(record)
     return StreamOutcome(
         file=file,
         skipped=False,
@@ -199,4 +348,5 @@ def score_landed_file(
         errors=record["errors"],
         seconds=batch.seconds if batch else 0.0,
         model_version=model.version,
+        checkpoint_version=written.version,
     )

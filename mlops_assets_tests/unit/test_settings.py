@@ -157,3 +157,91 @@ def test_operations_settings_are_read_and_checked():
 def test_bad_operations_settings_are_named(variables, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(variables)
+
+
+# Object storage ----------------------------------------------------------------------------
+
+S3 = {
+    "MLOPS_LAKE_URI": "s3://lake/mlops/",
+    "MLOPS_S3_ENDPOINT": "http://127.0.0.1:8333",
+    "MLOPS_S3_ACCESS_KEY_ID": "key",
+    "MLOPS_S3_SECRET_ACCESS_KEY": "secret",
+}
+
+
+def test_the_lake_stays_on_the_local_disk_by_default(tmp_path):
+    settings = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": "staging"})
+    assert not settings.lake_on_object_store
+    assert settings.lake_uri == str(tmp_path / "staging" / "lake")
+    assert settings.storage_options == {}
+    assert settings.spark_storage_conf == {}
+    catalog = Catalog(settings)
+    assert catalog.uri_for_write(TableRef("silver", "labels")) == str(
+        tmp_path / "staging" / "lake" / "silver" / "labels"
+    )
+
+
+def test_a_lake_on_s3_gives_delta_rs_and_spark_their_options(tmp_path):
+    settings = load_settings({**S3, "MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_S3_REGION": "eu-1"})
+    assert settings.lake_on_object_store
+    assert settings.lake_uri == "s3://lake/mlops/dev"
+    # Landing files stay on the local disk.
+    assert settings.landing_root == tmp_path / "dev" / "landing"
+    assert settings.storage_options == {
+        "aws_region": "eu-1",
+        "aws_conditional_put": "etag",
+        "aws_endpoint_url": "http://127.0.0.1:8333",
+        "aws_virtual_hosted_style_request": "false",
+        "aws_allow_http": "true",
+        "aws_access_key_id": "key",
+        "aws_secret_access_key": "secret",
+    }
+    spark = settings.spark_storage_conf
+    assert spark["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:8333"
+    assert spark["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert spark["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert spark["spark.hadoop.fs.s3a.access.key"] == "key"
+    assert spark["spark.hadoop.fs.s3a.secret.key"] == "secret"
+    # The secret is not shown where settings are printed.
+    assert "secret" not in repr(settings.object_store)
+
+
+def test_tables_on_s3_are_under_the_lake_per_environment_and_the_read_policy_holds():
+    dev = Catalog(load_settings({**S3, "MLOPS_ENV": "dev"}))
+    table = TableRef("gold", "merchant_category_daily")
+    assert dev.uri_for_write(table) == "s3://lake/mlops/dev/gold/merchant_category_daily"
+    assert dev.uri_for_read(table, "prod") == "s3://lake/mlops/prod/gold/merchant_category_daily"
+    assert dev.storage_options["aws_conditional_put"] == "etag"
+    staging = Catalog(load_settings({**S3, "MLOPS_ENV": "staging"}))
+    with pytest.raises(AccessDeniedError, match="'staging' may not read 'prod'"):
+        staging.uri_for_read(table, "prod")
+    with pytest.raises(ValueError, match="use table_uri"):
+        dev.table_path(table)
+    bucket_only = Catalog(load_settings({**S3, "MLOPS_LAKE_URI": "s3://lake"}))
+    assert bucket_only.uri_for_write(table) == "s3://lake/dev/gold/merchant_category_daily"
+
+
+def test_aws_itself_needs_no_endpoint_and_may_use_the_default_credentials():
+    settings = load_settings({"MLOPS_LAKE_URI": "s3://my-lake"})
+    assert settings.storage_options == {"aws_region": "us-east-1", "aws_conditional_put": "etag"}
+    assert "spark.hadoop.fs.s3a.endpoint" not in settings.spark_storage_conf
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"MLOPS_LAKE_URI": "/data/lake"}, r"MLOPS_LAKE_URI='/data/lake' is not an s3:// URI"),
+        ({"MLOPS_LAKE_URI": "s3a://lake/x"}, "is not an s3:// URI"),
+        ({"MLOPS_LAKE_URI": "s3://Lake_1/x"}, "'Lake_1' is not an S3 bucket name"),
+        ({"MLOPS_LAKE_URI": "s3://lake/../x"}, "without '.', '..'"),
+        ({"MLOPS_S3_ENDPOINT": "127.0.0.1:8333"}, "MLOPS_S3_ENDPOINT='127.0.0.1:8333' is not"),
+        ({"MLOPS_S3_ENDPOINT": "http://10.0.0.5:8333"}, "plain http is allowed only to a store"),
+        ({"MLOPS_S3_ENDPOINT": "http://127.0.0.1:99999"}, "has no valid port"),
+        ({"MLOPS_S3_SECRET_ACCESS_KEY": ""}, "MLOPS_S3_ACCESS_KEY_ID is set without its pair"),
+        ({"MLOPS_S3_ACCESS_KEY_ID": ""}, "MLOPS_S3_SECRET_ACCESS_KEY is set without its pair"),
+        ({"MLOPS_S3_REGION": "EU WEST"}, "MLOPS_S3_REGION='EU WEST' is not a region name"),
+    ],
+)
+def test_bad_object_storage_settings_are_named(variables, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings({**S3, **variables})
