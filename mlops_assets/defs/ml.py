@@ -8,7 +8,7 @@ model (`ml/<name>/training_set`, `ml/<name>/model`, ...).
 """
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import polars as pl
@@ -154,14 +154,15 @@ class PromotionConfig(dg.Config):
     why: str = "passed validation against the champion"
 
 
-def _report_audit(context: dg.AssetExecutionContext, model: ModelDeclaration, event: str) -> None:
-    """Put the audit rows a step appended on `ml/model_audit`'s timeline (lineage)."""
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key=AUDIT_KEY,
-            description=f"{model.name}: {event}",
-            metadata={"model": model.name, "event": event, "table": str(AUDIT)},
-        )
+def _audit_event(model: ModelDeclaration, event: str) -> dg.AssetMaterialization:
+    """The audit rows a step appended, on `ml/model_audit`'s timeline (lineage).
+
+    Yielded after the step's own result, so a node's first materialization stays its asset's.
+    """
+    return dg.AssetMaterialization(
+        asset_key=AUDIT_KEY,
+        description=f"{model.name}: {event}",
+        metadata={"model": model.name, "event": event, "table": str(AUDIT)},
     )
 
 
@@ -385,7 +386,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
     )
     def validation(
         context: dg.AssetExecutionContext, config: ValidationConfig, lakehouse: LakehouseResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         from mlops_assets.models.deploy import (
             lifecycle,
             newest_version,
@@ -425,7 +426,6 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
             dagster_run_id=context.run.run_id,
             model=model.name,
         )
-        _report_audit(context, model, f"version {version} validated")
         numbers = {
             **{f"challenger_{k}": float(v) for k, v in result.metrics.items()},
             **{f"champion_{k}": float(v) for k, v in (result.champion_metrics or {}).items()},
@@ -436,7 +436,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
             )
             for c in result.checks
         }
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "model": cycle.name,
                 "version": version,
@@ -458,6 +458,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
                 )
             ],
         )
+        yield _audit_event(model, f"version {version} validated")
 
     @dg.asset(
         key=k.champion,
@@ -479,7 +480,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
     )
     def champion(
         context: dg.AssetExecutionContext, config: PromotionConfig, lakehouse: LakehouseResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         from mlops_assets.models.deploy import lifecycle, promote_version, version_validated_in_run
         from mlops_assets.models.lifecycle import CHALLENGER, LifecycleError
 
@@ -503,11 +504,10 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
                 model=model.name,
             )
         except LifecycleError as error:
-            _report_audit(context, model, f"promotion of version {version} refused")
+            context.log_event(_audit_event(model, f"promotion of version {version} refused"))
             raise dg.Failure(str(error)) from error
-        _report_audit(context, model, f"version {version} promoted")
         validation = cycle.validation(version) or {}
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "model": cycle.name,
                 "champion": move.version,
@@ -520,6 +520,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
                 },
             }
         )
+        yield _audit_event(model, f"version {version} promoted")
 
     return [training_set, trained, validation, champion]
 
