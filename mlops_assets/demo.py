@@ -156,7 +156,7 @@ class Demo:
             "trained": k.node(k.trained),
             "champion": k.node(k.champion),
         }
-        built = {role: result.asset_materializations_for_node(n) for role, n in nodes.items()}
+        built = {role: _own(result, n) for role, n in nodes.items()}
         if built["training_set"]:
             meta = built["training_set"][0].metadata
             say(
@@ -206,16 +206,14 @@ class Demo:
             if not scored.success:
                 say(f"batch scoring of {day} by {model} failed: see the run in the UI")
                 continue
-            meta = scored.asset_materializations_for_node(k.node(k.batch_predictions))[0].metadata
+            meta = _own(scored, k.node(k.batch_predictions))[0].metadata
             watched = self.materialize(
                 [["monitoring", model, "drift_metrics"], ["monitoring", model, "performance"]],
                 day,
             )
             drift = ""
             if watched.success:
-                found = watched.asset_materializations_for_node(
-                    f"monitoring__{model}__drift_metrics"
-                )
+                found = _own(watched, f"monitoring__{model}__drift_metrics")
                 drift = (
                     f"; drifted features {found[0].metadata['drifted_share'].value:.0%}"
                     if found
@@ -271,7 +269,7 @@ class Demo:
         if not scored.success:
             say(f"batch scoring of {day} failed: see the run in the UI")
             return False
-        batch = scored.asset_materializations_for_node("serving__batch_predictions")[0].metadata
+        batch = _own(scored, "serving__batch_predictions")[0].metadata
         self._scored.add(day)
         watched = self.materialize(
             [["monitoring", "drift_metrics"], ["monitoring", "profiles"]], day
@@ -279,7 +277,7 @@ class Demo:
         if not watched.success:
             say(f"monitoring of {day} failed: see the run in the UI")
             return False
-        drift = watched.asset_materializations_for_node("monitoring__drift_metrics")[0].metadata
+        drift = _own(watched, "monitoring__drift_metrics")[0].metadata
         # Performance of the days whose labels just matured (and of this one, partly labelled).
         pr_auc = None
         for back in range(self.label_days, -1, -1):
@@ -288,7 +286,7 @@ class Demo:
                 continue
             result = self.materialize([["monitoring", "performance"]], older)
             if result.success and back == self.label_days:
-                meta = result.asset_materializations_for_node("monitoring__performance")[0].metadata
+                meta = _own(result, "monitoring__performance")[0].metadata
                 pr_auc = meta["pr_auc"].value if "pr_auc" in meta else None
         window = {
             "day": day.isoformat(),
@@ -369,7 +367,7 @@ class Demo:
             if not done.success:
                 say(f"stream: scoring {name} failed: see the run in the UI")
                 continue
-            meta = done.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+            meta = _own(done, "serving__stream_predictions")[0].metadata
             if "skipped" in meta and meta["skipped"].value:
                 say(f"stream: {name} was scored when it first landed (checkpoint)")
                 continue
@@ -477,6 +475,18 @@ class Demo:
         return answers
 
 
+def _own(result: dg.ExecuteInProcessResult, node: str) -> list[dg.AssetMaterialization]:
+    """A node's materializations of its own asset.
+
+    Not those it reports for others, such as `monitoring/reference` or `ml/model_audit`.
+    """
+    return [
+        m
+        for m in result.asset_materializations_for_node(node)
+        if "__".join(m.asset_key.path) == node
+    ]
+
+
 def _resource(defs: dg.Definitions, name: str) -> Any:
     return (defs.resources or {}).get(name)
 
@@ -556,7 +566,7 @@ def run(settings: Settings, args: Any) -> int:
         if drifted:
             report = demo.materialize([["monitoring", "drift_report"]], days[normal])
             if report.success:
-                meta = report.asset_materializations_for_node("monitoring__drift_report")[0]
+                meta = _own(report, "monitoring__drift_report")[0]
                 demo.story.report = meta.metadata["path"].value
                 say(f"Evidently drift report of {days[normal]}: {demo.story.report}")
     _summary(settings, demo.story, manifests, drift is not None)
