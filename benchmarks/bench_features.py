@@ -4,6 +4,9 @@ Two lakes of silver transactions and labels are synthesized, one of 8 days and o
 feature job (card behaviour, merchant daily, merchant risk) then refreshes the last day of each
 (7 and 60 days of history before it), alternately, each run in a fresh process. Bounded
 look-backs should make the two cost about the same.
+
+A third lake of 8 days lives on a local S3-compatible store (SeaweedFS on 127.0.0.1, `make
+weed`); its refresh, in the same run, gives the object store's cost beside the local disk.
 """
 
 from __future__ import annotations
@@ -15,19 +18,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, report
+from benchmarks.harness import entry_point, measure, object_store, report
 
 START = datetime.date(2026, 1, 1)
 HISTORIES = (7, 60)
 PER_DAY = int(os.environ.get("BENCH_FEATURES_ROWS", "200000"))
-REPEAT = 3
+REPEAT = int(os.environ.get("BENCH_FEATURES_REPEAT", "3"))
+# The lake on the local disk whatever the calling shell sets.
+LOCAL_LAKE = {"MLOPS_LAKE_URI": ""}
 
 
 def _settings(root: str):
     from mlops_assets.settings import load_settings
 
     return load_settings(
-        {"MLOPS_DATA_ROOT": root, "MLOPS_ENV": "dev", "MLOPS_START_DATE": START.isoformat()}
+        {
+            **os.environ,
+            "MLOPS_DATA_ROOT": root,
+            "MLOPS_ENV": "dev",
+            "MLOPS_START_DATE": START.isoformat(),
+        }
     )
 
 
@@ -35,11 +45,16 @@ def task_setup(root: str, history: str) -> dict:
     """Write `history + 1` days of silver transactions and labels, and their merchant_daily."""
     import polars as pl
 
+    from mlops_assets.lakehouse.catalog import Catalog, TableRef
     from mlops_assets.lakehouse.delta_io import write_partition
     from mlops_assets.transforms.features import merchant_daily
 
     settings = _settings(root)
-    lake = settings.lake_root
+    catalog = Catalog(settings)
+    tables = {
+        name: catalog.uri_for_write(TableRef(*name.split("/")))
+        for name in ("silver/transactions", "silver/labels", "features/merchant_daily")
+    }
     started = time.perf_counter()
     cards, merchants = max(1_000, PER_DAY // 4), max(100, PER_DAY // 40)
     reported: dict[datetime.date, list[pl.DataFrame]] = {}
@@ -79,7 +94,7 @@ def task_setup(root: str, history: str) -> dict:
                 pl.lit(day).alias("landing_date"),
             )
         )
-        write_partition(lake / "silver" / "transactions", transactions, {"landing_date": day})
+        write_partition(tables["silver/transactions"], transactions, {"landing_date": day})
         fraud = (
             transactions.filter(pl.col("n") % 100 == 0)
             if "n" in transactions.columns
@@ -100,14 +115,14 @@ def task_setup(root: str, history: str) -> dict:
             labels.join(fraud.select("transaction_id", "merchant_id"), on="transaction_id")
         )
         if report_day < START + datetime.timedelta(days=days):
-            write_partition(lake / "silver" / "labels", labels, {"landing_date": report_day})
+            write_partition(tables["silver/labels"], labels, {"landing_date": report_day})
         for_day = (
             pl.concat(reported[day])
             if day in reported
             else pl.DataFrame(schema={"merchant_id": pl.String, "is_fraud": pl.Boolean})
         )
         daily = merchant_daily(transactions, for_day.select("merchant_id", "is_fraud"), day)
-        write_partition(lake / "features" / "merchant_daily", daily, {"day": day})
+        write_partition(tables["features/merchant_daily"], daily, {"day": day})
     return {"seconds": time.perf_counter() - started, "rows": PER_DAY * days}
 
 
@@ -138,19 +153,31 @@ def task_refresh(root: str, day_index: str) -> dict:
 
 
 def main() -> None:
-    """Measure the refresh at 7 and 60 days of history; print and save the figures."""
-    with tempfile.TemporaryDirectory(prefix="bench-features-") as root:
+    """Measure the refresh at 7 and 60 days of history, and at 7 on the object store."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-features-") as root,
+        object_store(Path(root) / "seaweedfs") as s3,
+    ):
         lakes = {h: str(Path(root) / f"history-{h}") for h in HISTORIES}
+        s3_lake, s3_env = str(Path(root) / "s3-history-7"), s3.environ(prefix="bench-features")
         setup = {
-            h: measure("benchmarks.bench_features", "setup", lakes[h], str(h)) for h in HISTORIES
+            h: measure("benchmarks.bench_features", "setup", lakes[h], str(h), env=LOCAL_LAKE)
+            for h in HISTORIES
         }
-        at_7, at_60 = [], []
-        # Alternate the two so that drift in the machine's speed hits both alike.
+        s3_setup = measure("benchmarks.bench_features", "setup", s3_lake, "7", env=s3_env)
+        at_7, at_60, on_s3 = [], [], []
+        # Alternate the three so that drift in the machine's speed hits all alike.
         for _ in range(REPEAT):
-            at_7.append(measure("benchmarks.bench_features", "refresh", lakes[7], "7"))
-            at_60.append(measure("benchmarks.bench_features", "refresh", lakes[60], "60"))
+            at_7.append(
+                measure("benchmarks.bench_features", "refresh", lakes[7], "7", env=LOCAL_LAKE)
+            )
+            at_60.append(
+                measure("benchmarks.bench_features", "refresh", lakes[60], "60", env=LOCAL_LAKE)
+            )
+            on_s3.append(measure("benchmarks.bench_features", "refresh", s3_lake, "7", env=s3_env))
     median_7 = statistics.median(m.seconds for m in at_7)
     median_60 = statistics.median(m.seconds for m in at_60)
+    median_s3 = statistics.median(m.seconds for m in on_s3)
     figures = {
         "transactions_per_day": PER_DAY,
         "lakes_days": [h + 1 for h in HISTORIES],
@@ -162,6 +189,16 @@ def main() -> None:
         "peak_mib_at_60_days": round(max(m.peak_mib for m in at_60)),
         "ratio_60_to_7": round(median_60 / median_7, 3),
         "goal": "ratio_60_to_7 <= 1.2",
+        "object_store": {
+            "setup_at_7_days_s": round(s3_setup.seconds, 1),
+            "setup_s3_to_local": round(s3_setup.seconds / setup[7].seconds, 2),
+            "refresh_at_7_days_s": round(median_s3, 3),
+            "refresh_runs_s": [round(m.seconds, 3) for m in on_s3],
+            "steps_at_7_days_s": sorted(on_s3, key=lambda m: m.seconds)[len(on_s3) // 2].extra[
+                "steps"
+            ],
+            "refresh_s3_to_local": round(median_s3 / median_7, 2),
+        },
     }
     report("features", figures)
 

@@ -3,6 +3,11 @@
 The floor reads the same landing files and writes their bytes, one line per row, as a Delta
 table: no parsing, validation or aggregation. The medallion figure is the Dagster job for the
 day (bronze, silver, gold and quarantine, transactions and labels) run in-process.
+
+The same job also runs with the lake on a local S3-compatible store (SeaweedFS on 127.0.0.1,
+`make weed`) beside the local disk, each with both Parquet writers of `delta_io` (polars files
+plus a hand-made commit, and delta-rs' own writer), in the same run: the figures say which
+writer each store should use (`delta_io.WRITERS`) and what the object store costs.
 """
 
 from __future__ import annotations
@@ -13,18 +18,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, report
+from benchmarks.harness import entry_point, measure, object_store, report, use_writer
 
 DAY = datetime.date(2026, 1, 1)
 ROWS = int(os.environ.get("BENCH_MEDALLION_ROWS", "1000000"))
-REPEAT = 3
+REPEAT = int(os.environ.get("BENCH_MEDALLION_REPEAT", "3"))
+STORES = ("local", "s3")
+WRITERS = ("polars", "delta-rs")
+# The lake on the local disk whatever the calling shell sets.
+LOCAL_LAKE = {"MLOPS_LAKE_URI": ""}
 
 
 def _settings(root: Path):
     from mlops_assets.settings import load_settings
 
     return load_settings(
-        {"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev", "MLOPS_START_DATE": DAY.isoformat()}
+        {
+            **os.environ,
+            "MLOPS_DATA_ROOT": str(root),
+            "MLOPS_ENV": "dev",
+            "MLOPS_START_DATE": DAY.isoformat(),
+        }
     )
 
 
@@ -86,13 +100,20 @@ def task_io_floor(root: str, run: str) -> dict:
     return {"seconds": time.perf_counter() - started, "rows": rows}
 
 
-def task_medallion(root: str, run: str) -> dict:
-    """Run the medallion job for the day in-process on an ephemeral Dagster instance."""
+def task_medallion(root: str, run: str, writer: str = "") -> dict:
+    """Run the medallion job for the day in-process on an ephemeral Dagster instance.
+
+    The lake is where the environment's `MLOPS_LAKE_URI` says (the local disk without it);
+    `writer` picks delta_io's Parquet writer (the store's default when empty).
+    """
     import dagster as dg
 
     from mlops_assets.definitions import build_definitions
+    from mlops_assets.lakehouse.catalog import Catalog, TableRef
     from mlops_assets.lakehouse.delta_io import scan_table
 
+    if writer:
+        use_writer(writer)
     settings = _settings(_fresh_root(root, run))
     defs = build_definitions(settings)
     job = defs.resolve_job_def("medallion_daily")
@@ -106,23 +127,43 @@ def task_medallion(root: str, run: str) -> dict:
             s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
             for s in instance.get_run_step_stats(result.run_id)
         }
-    silver = scan_table(settings.lake_root / "silver" / "transactions").collect().height
-    return {"seconds": seconds, "steps": steps, "silver_rows": silver}
+    silver_uri = Catalog(settings).uri_for_read(TableRef("silver", "transactions"))
+    silver = scan_table(silver_uri, storage_options=settings.storage_options).collect().height
+    return {"seconds": seconds, "steps": steps, "silver_rows": silver, "uri": silver_uri}
+
+
+def _median(measurements: list) -> object:
+    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
 
 
 def main() -> None:
-    """Measure simulate, the I/O floor and the medallion day; print and save the figures."""
-    with tempfile.TemporaryDirectory(prefix="bench-medallion-") as root:
+    """Measure simulate, the I/O floor and the medallion day on each store and writer."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-medallion-") as root,
+        object_store(Path(root) / "seaweedfs") as s3,
+    ):
         simulated = measure("benchmarks.bench_medallion", "simulate", root)
-        floors, runs = [], []
-        # Alternate the two, each on a fresh lake, so that drift in the machine's speed hits
-        # both alike; the medians are reported.
+        floors: list = []
+        variants: dict[tuple[str, str], list] = {(s, w): [] for s in STORES for w in WRITERS}
+        # Alternate everything, each on a fresh lake, so that drift in the machine's speed
+        # hits all alike; the medians are reported.
         for run in range(REPEAT):
             floors.append(measure("benchmarks.bench_medallion", "io_floor", root, str(run)))
-            runs.append(measure("benchmarks.bench_medallion", "medallion", root, str(run)))
-    floor = sorted(floors, key=lambda m: m.seconds)[len(floors) // 2]
-    medallion = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
+            for store, writer in variants:
+                name = f"{run}-{store}-{writer}"
+                env = s3.environ(prefix=f"bench/{name}") if store == "s3" else LOCAL_LAKE
+                variants[store, writer].append(
+                    measure("benchmarks.bench_medallion", "medallion", root, name, writer, env=env)
+                )
+    from mlops_assets.lakehouse.delta_io import WRITERS
+
+    floor = _median(floors)
+    medians = {key: _median(runs) for key, runs in variants.items()}
+    medallion = medians["local", WRITERS["local"].value]
     lines = simulated.extra["lines"]
+    rows = {m.extra["silver_rows"] for runs in variants.values() for m in runs}
+    if len(rows) != 1:
+        raise RuntimeError(f"the stores and writers built different silver tables: {rows}")
     figures = {
         "transactions": lines,
         "landing_mib": round(simulated.extra["landing_bytes"] / 2**20, 1),
@@ -132,12 +173,30 @@ def main() -> None:
         "io_floor_runs_s": [round(m.seconds, 2) for m in floors],
         "io_floor_peak_mib": round(floor.peak_mib),
         "medallion_s": round(medallion.seconds, 2),
-        "medallion_runs_s": [round(m.seconds, 2) for m in runs],
+        "medallion_runs_s": [round(m.seconds, 2) for m in variants["local", WRITERS["local"]]],
         "medallion_rows_per_s": round(lines / medallion.seconds),
         "medallion_peak_mib": round(medallion.peak_mib),
         "medallion_steps_s": medallion.extra["steps"],
         "ratio_to_io_floor": round(medallion.seconds / floor.seconds, 2),
         "goal": "ratio_to_io_floor <= 2",
+        "object_store": {
+            "medallion_s": {f"{s}/{w}": round(m.seconds, 2) for (s, w), m in medians.items()},
+            "runs_s": {
+                f"{s}/{w}": [round(m.seconds, 2) for m in runs] for (s, w), runs in variants.items()
+            },
+            "steps_s": {f"{s}/{w}": m.extra["steps"] for (s, w), m in medians.items()},
+            "writer_delta_rs_to_polars": {
+                store: round(
+                    medians[store, "delta-rs"].seconds / medians[store, "polars"].seconds, 2
+                )
+                for store in STORES
+            },
+            "store_s3_to_local": {
+                writer: round(medians["s3", writer].seconds / medians["local", writer].seconds, 2)
+                for writer in WRITERS
+            },
+            "writers_in_use": {store: writer.value for store, writer in WRITERS.items()},
+        },
     }
     report("medallion", figures)
 

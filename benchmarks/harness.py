@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / ".bench"
@@ -24,13 +26,16 @@ class Measurement:
     extra: dict
 
 
-def measure(module: str, task: str, *args: str) -> Measurement:
+def measure(
+    module: str, task: str, *args: str, env: Mapping[str, str] | None = None
+) -> Measurement:
     """Run `python -m <module> <task> <args>` in a fresh process and read its JSON report.
 
     The task prints one JSON object on its last stdout line with at least `seconds`; peak
     memory is the child's own maximum resident set (`ru_maxrss`), which it also reports.
+    `env` adds variables to the child's environment (e.g. a lake on the object store).
     """
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, **(env or {}), "PYTHONHASHSEED": "0"}
     done = subprocess.run(
         [sys.executable, "-m", module, task, *args],
         cwd=ROOT,
@@ -74,6 +79,28 @@ def report(name: str, figures: dict) -> None:
     path = save(name, figures)
     print(json.dumps(figures, indent=2))
     print(f"saved {path}")
+
+
+@contextlib.contextmanager
+def object_store(state_dir: Path) -> Iterator[Any]:
+    """A SeaweedFS server on 127.0.0.1 for the benchmarks' lakes on `s3://` (`make weed`).
+
+    Yields the started server (`stack.seaweedfs.SeaweedFS`); its process group is stopped
+    after the block.
+    """
+    from mlops_assets.stack.seaweedfs import scratch_s3
+
+    with scratch_s3(state_dir) as server:
+        yield server
+
+
+def use_writer(name: str) -> None:
+    """Make this process's delta_io write Parquet files with `name` on every store."""
+    from mlops_assets.lakehouse import delta_io
+
+    writer = delta_io.Writer(name)
+    for store in delta_io.WRITERS:
+        delta_io.WRITERS[store] = writer
 
 
 def save(name: str, payload: dict) -> Path:

@@ -38,7 +38,12 @@ from mlops_assets.defs.monitoring import (
 )
 from mlops_assets.defs.online import online_assets
 from mlops_assets.defs.resources import LakehouseResource, SparkResource
-from mlops_assets.defs.serving import serving_assets, serving_jobs, serving_sensors
+from mlops_assets.defs.serving import (
+    serving_assets,
+    serving_jobs,
+    serving_sensors,
+    serving_specs,
+)
 from mlops_assets.defs.silver import silver_assets
 from mlops_assets.models.declaration import MODELS
 from mlops_assets.settings import Settings, SettingsError, load_settings
@@ -81,14 +86,15 @@ def build_definitions(
             ) from None
     return dg.Definitions(
         assets=[
-            *bronze_assets,
-            *silver_assets,
-            *gold_assets,
-            *feature_assets,
+            *bronze_assets(settings),
+            *silver_assets(settings),
+            *gold_assets(settings),
+            *feature_assets(settings),
             *online_assets,
             *ml_assets,
             model_audit_spec,
             *serving_assets,
+            *serving_specs,
             *monitoring_assets,
             *model_monitoring_assets_all,
             *monitoring_specs,

@@ -110,7 +110,9 @@ class Demo:
         """
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         runs = [("medallion_daily", day)]
-        runs += [("refresh_event_days", d) for d in event_days_touched(day)]
+        runs += [
+            ("refresh_event_days", d) for d in event_days_touched(day, self.settings.start_date)
+        ]
         for job, partition in runs:
             if not self.run_job(job, partition, run_config=quiet).success:
                 say(f"{job} failed for {partition}: open the UI (make ui) for the run's logs")

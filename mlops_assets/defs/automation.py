@@ -25,7 +25,7 @@ from mlops_assets.defs.jobs import (
     refresh_job,
 )
 from mlops_assets.defs.ml import keys
-from mlops_assets.defs.partitions import DAILY, event_days_touched
+from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.lakehouse.landing import complete_landing_days
 from mlops_assets.models.declaration import MODELS, primary
 from mlops_assets.settings import Settings
@@ -119,7 +119,7 @@ def medallion_schedule(settings: Settings) -> dg.ScheduleDefinition:
         instance = context.instance
         # Schedules dedupe run keys within a tick only: days with a run (in flight, done or
         # failed, which the run's retries and alerts handle) are left out by their tag.
-        first_day = DAILY.start.date()  # the partitions' own first day
+        first_day = settings.start_date  # the partitions' own first day
         done = _days(instance.get_materialized_partitions(BRONZE))
         done |= _days(_tag_values(instance, AFTER_TAG))
         due = [
@@ -162,7 +162,7 @@ def refresh_schedule(settings: Settings) -> dg.ScheduleDefinition:
         candidates += sorted(requested & ingested)[-DAYS_PER_TICK:]
         for landed in sorted(set(candidates)):
             done = _refresh_runs(instance, landed)
-            for day in event_days_touched(landed):
+            for day in event_days_touched(landed, settings.start_date):
                 if day.isoformat() in done:
                     continue
                 yield dg.RunRequest(
@@ -191,11 +191,13 @@ def _refresh_runs(instance: dg.DagsterInstance, landed: datetime.date) -> dict[s
     return runs
 
 
-def _refresh_progress(instance: dg.DagsterInstance, landed: datetime.date) -> tuple[int, int]:
+def _refresh_progress(
+    instance: dg.DagsterInstance, landed: datetime.date, first_day: datetime.date
+) -> tuple[int, int]:
     """Refreshes after a landing day that succeeded, and how many it needs."""
     runs = _refresh_runs(instance, landed)
     succeeded = sum(status == dg.DagsterRunStatus.SUCCESS.value for status in runs.values())
-    return succeeded, len(event_days_touched(landed))
+    return succeeded, len(event_days_touched(landed, first_day))
 
 
 def _served_ok(instance: dg.DagsterInstance, day: datetime.date) -> bool:
@@ -268,7 +270,7 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
         requests: list[dg.RunRequest] = []
         waiting = None
         for landed in pending:
-            succeeded, wanted = _refresh_progress(instance, landed)
+            succeeded, wanted = _refresh_progress(instance, landed, settings.start_date)
             if succeeded < wanted:
                 # In order: a later day waits for an earlier one's refreshes.
                 waiting = (

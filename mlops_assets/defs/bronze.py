@@ -1,20 +1,20 @@
 """Bronze assets: landing files ingested as they are, unparseable lines quarantined."""
 
 import datetime
-from typing import Any
+from pathlib import Path
 
 import dagster as dg
 import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
-from mlops_assets.defs.resources import LakehouseResource, SparkResource, engine_kinds
-from mlops_assets.lakehouse import spark_io
+from mlops_assets.defs.partitions import daily_partitions, partition_day
+from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult, write_partition
+from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
 from mlops_assets.lakehouse.landing import day_files, read_landing_file
-from mlops_assets.settings import Engine
+from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, SOURCE_FILE, UTF8, split_lines
 from mlops_assets.transforms.quarantine import to_quarantine
 
@@ -29,70 +29,17 @@ class MissingLandingFilesError(FileNotFoundError):
 
 
 def ingest_day(
-    lakehouse: LakehouseResource, source: str, day: datetime.date, ingested_at: datetime.datetime
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
-    """Read one source's landing files of a day into bronze records and quarantine rows.
-
-    Returns:
-        `(records, quarantine, counts)`; counts hold `files`, `lines`, `records`, `quarantined`.
-
-    Raises:
-        MissingLandingFilesError: The day has no landing files for the source.
-    """
-    files = day_files(lakehouse.landing_root, source, day)
-    if not files:
-        raise MissingLandingFilesError(
-            f"no landing files for {source} on {day} under "
-            f"{lakehouse.landing_root / source / day.isoformat()}"
-        )
-    records: list[pl.DataFrame] = []
-    rejects: list[pl.DataFrame] = []
-    lines = 0
-    for path in files:
-        landing = read_landing_file(path, lakehouse.landing_root, ingested_at)
-        lines += landing.lines.height
-        if landing.header_problem:
-            # A file without a usable header cannot be split: every line goes to quarantine.
-            rejects.append(
-                landing.lines.select(pl.exclude(UTF8), pl.lit(landing.header_problem).alias(REASON))
-            )
-            continue
-        good, bad = split_lines(nw.from_native(landing.lines), landing.header)
-        records.append(good.to_native())
-        rejects.append(bad.to_native())
-    # Without a usable header in any file there are no records, only quarantined lines.
-    bronze = (
-        pl.concat(records, how="diagonal_relaxed")
-        if records
-        else pl.DataFrame(schema={SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
-    ).with_columns(pl.lit(day).alias("landing_date"))
-    quarantine = to_quarantine(
-        nw.from_native(pl.concat(rejects, how="diagonal_relaxed")),
-        stage="bronze",
-        landing_date=day,
-        quarantined_at=ingested_at,
-    ).to_native()
-    counts = {
-        "files": len(files),
-        "lines": lines,
-        "records": bronze.height,
-        "quarantined": quarantine.height,
-    }
-    return bronze, quarantine, counts
-
-
-def ingest_day_spark(
-    spark: Any,
-    lakehouse: LakehouseResource,
+    store: TableStore,
+    landing_root: Path,
     source: str,
     day: datetime.date,
     ingested_at: datetime.datetime,
-) -> tuple[Any, Any, dict[str, int]]:
-    """`ingest_day` on Spark: the same records and quarantine rows, as Spark frames.
+) -> tuple[Frame, Frame, dict[str, int]]:
+    """Read one source's landing files of a day into bronze records and quarantine rows.
 
     The driver reads the day's landing files (their bytes decide UTF-8 validity and line
-    numbers, as on polars); splitting, rejecting and shaping run on Spark with the portable
-    narwhals transforms.
+    numbers); splitting, rejecting and shaping run on the store's engine with the portable
+    transforms.
 
     Returns:
         `(records, quarantine, counts)`; counts hold `files` and `lines`.
@@ -100,111 +47,66 @@ def ingest_day_spark(
     Raises:
         MissingLandingFilesError: The day has no landing files for the source.
     """
-    from pyspark.sql import functions as F
-
-    files = day_files(lakehouse.landing_root, source, day)
+    files = day_files(landing_root, source, day)
     if not files:
-        raise MissingLandingFilesError(
-            f"no landing files for {source} on {day} under "
-            f"{lakehouse.landing_root / source / day.isoformat()}"
-        )
-    records: list[Any] = []
-    rejects: list[Any] = []
+        folder = landing_root / source / day.isoformat()
+        raise MissingLandingFilesError(f"no landing files for {source} on {day} under {folder}")
+    records: list[Frame] = []
+    rejects: list[Frame] = []
     lines = 0
     for path in files:
-        landing = read_landing_file(path, lakehouse.landing_root, ingested_at)
+        landing = read_landing_file(path, landing_root, ingested_at)
         lines += landing.lines.height
-        frame = landing.lines
         if landing.header_problem:
-            frame = frame.select(pl.exclude(UTF8), pl.lit(landing.header_problem).alias(REASON))
-            rejects.append(spark.createDataFrame(frame.to_arrow()))
+            # A file without a usable header cannot be split: every line goes to quarantine.
+            rejects.append(
+                store.from_polars(
+                    landing.lines.select(
+                        pl.exclude(UTF8), pl.lit(landing.header_problem).alias(REASON)
+                    )
+                )
+            )
             continue
-        good, bad = split_lines(
-            nw.from_native(spark.createDataFrame(frame.to_arrow())), landing.header
-        )
-        records.append(good.to_native())
-        rejects.append(bad.to_native())
-    if records:
-        bronze = records[0]
-        for more in records[1:]:
-            bronze = bronze.unionByName(more, allowMissingColumns=True)
-    else:
-        bronze = spark.createDataFrame([], f"{SOURCE_FILE} string, {LINE_NUMBER} long")
-    bronze = bronze.withColumn("landing_date", F.lit(day))
-    rejected = rejects[0]
-    for more in rejects[1:]:
-        rejected = rejected.unionByName(more, allowMissingColumns=True)
+        good, bad = split_lines(store.from_polars(landing.lines), landing.header)
+        records.append(good)
+        rejects.append(bad)
+    # Without a usable header in any file there are no records, only quarantined lines.
+    bronze = (
+        store.concat(records)
+        if records
+        else store.empty({SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
+    ).with_columns(nw.lit(day).alias("landing_date"))
     quarantine = to_quarantine(
-        nw.from_native(rejected), stage="bronze", landing_date=day, quarantined_at=ingested_at
-    ).to_native()
+        store.concat(rejects), stage="bronze", landing_date=day, quarantined_at=ingested_at
+    )
     return bronze, quarantine, {"files": len(files), "lines": lines}
 
 
 def _ingest_and_write(
-    lakehouse: LakehouseResource,
-    spark: SparkResource,
+    store: TableStore,
+    landing_root: Path,
     source: str,
     day: datetime.date,
     table: TableRef,
     quarantine_table: TableRef,
 ) -> tuple[WriteResult, WriteResult, dict[str, int], list[dict]]:
-    """Ingest a day on the group's engine and write bronze and quarantine partitions."""
+    """Ingest a day and write the bronze and quarantine partitions."""
     ingested_at = datetime.datetime.now(datetime.UTC)
-    if lakehouse.engine_for(ENGINE_GROUP) is Engine.SPARK:
-        session = spark.session
-        records, quarantine, counts = ingest_day_spark(session, lakehouse, source, day, ingested_at)
-        written = spark_io.write_partition(
-            session,
-            lakehouse.write_uri(table),
-            records,
-            {"landing_date": day},
-            policy=SchemaPolicy.ADDITIVE,
-            table=str(table),
-        )
-        quarantined = spark_io.write_partition(
-            session,
-            lakehouse.write_uri(quarantine_table),
-            quarantine,
-            {"landing_date": day},
-            table=str(quarantine_table),
-        )
-        counts |= {"records": written.rows_written, "quarantined": quarantined.rows_written}
-        reasons = [
-            {REASON: row[REASON], "len": row["len"]}
-            for row in spark_io.read_partition(
-                session, quarantined.uri, {"landing_date": day}, [REASON]
-            )
-            .groupBy(REASON)
-            .count()
-            .withColumnRenamed("count", "len")
-            .orderBy("len", REASON, ascending=[False, True])
-            .limit(10)
-            .collect()
-        ]
-        return written, quarantined, counts, reasons
-    records, quarantine, counts = ingest_day(lakehouse, source, day, ingested_at)
-    written = write_partition(
-        lakehouse.write_uri(table),
-        records,
-        {"landing_date": day},
-        policy=SchemaPolicy.ADDITIVE,
-        table=str(table),
+    partition = {"landing_date": day}
+    records, quarantine, counts = ingest_day(store, landing_root, source, day, ingested_at)
+    written = store.replace_partition(table, records, partition, policy=SchemaPolicy.ADDITIVE)
+    quarantined = store.replace_partition(quarantine_table, quarantine, partition)
+    counts |= {"records": written.rows_written, "quarantined": quarantined.rows_written}
+    reasons = store.to_polars(store.written(quarantine, quarantined).group_by(REASON).agg(nw.len()))
+    return (
+        written,
+        quarantined,
+        counts,
+        reasons.sort(["len", REASON], descending=[True, False]).head(10).to_dicts(),
     )
-    quarantined = write_partition(
-        lakehouse.write_uri(quarantine_table),
-        quarantine,
-        {"landing_date": day},
-        table=str(quarantine_table),
-    )
-    reasons = (
-        quarantine.group_by(REASON).len().sort("len", descending=True).head(10).to_dicts()
-        if quarantine.height
-        else []
-    )
-    return written, quarantined, counts, reasons
 
 
-def build_bronze_asset(source: str) -> dg.AssetsDefinition:
+def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
     """The bronze asset of one landing source, with its quarantine table."""
     table = TableRef("bronze", source)
     quarantine_table = TableRef("quarantine", f"bronze_{source}")
@@ -222,7 +124,7 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 ),
                 group_name="bronze",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(table), "schema_policy": SchemaPolicy.ADDITIVE.value},
             ),
@@ -236,7 +138,7 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(quarantine_table)},
             ),
@@ -249,14 +151,17 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
                 blocking=True,
             )
         ],
-        partitions_def=DAILY,
+        partitions_def=daily_partitions(settings),
     )
-    def _bronze(
-        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, spark: SparkResource
-    ):
+    def _bronze(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
         day = partition_day(context)
         written, quarantined, counts, reasons = _ingest_and_write(
-            lakehouse, spark, source, day, table, quarantine_table
+            lakehouse.store(ENGINE_GROUP),
+            lakehouse.landing_root,
+            source,
+            day,
+            table,
+            quarantine_table,
         )
         accounted = counts["records"] + counts["quarantined"] == counts["lines"]
         yield dg.MaterializeResult(
@@ -287,4 +192,6 @@ def build_bronze_asset(source: str) -> dg.AssetsDefinition:
     return _bronze
 
 
-bronze_assets = [build_bronze_asset(source) for source in SOURCES]
+def bronze_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The bronze assets of an environment, one per landing source."""
+    return [build_bronze_asset(source, settings) for source in SOURCES]

@@ -2,9 +2,11 @@
 
 import datetime
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
+import pydantic
 
 from mlops_assets.defs.jobs import retrain_job
 from mlops_assets.defs.metadata import table_metadata
@@ -20,6 +22,8 @@ from mlops_assets.lakehouse.delta_io import (
 )
 from mlops_assets.monitoring.policy import DriftPolicy
 from mlops_assets.monitoring.reference import REFERENCE
+from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
+from mlops_assets.monitoring.thresholds import Thresholds
 from mlops_assets.settings import Settings, use_mlflow_store
 
 TRAINING_SET = TableRef("ml", "training_set")
@@ -53,10 +57,23 @@ reference_spec = dg.AssetSpec(
 class MonitoringResource(dg.ConfigurableResource):
     """Thresholds of drift, performance and retraining, and where alerts go.
 
+    The thresholds' names, defaults and comparison rules are those of
+    `monitoring.thresholds.Thresholds` (one definition of each); `thresholds()` hands them to
+    the statistics, the Evidently report and the loop's policy alike. `MLOPS_MONITORING`
+    overrides any field by name.
+
     Attributes:
-        max_drifted_share: A day alerts when more than this share of features drifted.
-        max_prediction_drift: A day alerts when the score distribution drifted more than this.
+        drift_share: A day has drifted when at least this share of features drifted.
+        prediction_drift: A day alerts when the score distribution's drift score is at least
+            this.
         min_pr_auc: A day alerts when its PR-AUC (with mature labels) is below this.
+        wasserstein: Distance at or above which a numeric column drifted.
+        jensenshannon: Distance at or above which a categorical column drifted.
+        ks: p-value at or below which a column of a small reference drifted.
+        chisquare: p-value below which a categorical column of a small reference drifted.
+        z: p-value below which a binary column of a small reference drifted.
+        psi_moderate: PSI at or above which a shift reads moderate.
+        psi_major: PSI at or above which a shift reads major.
         min_labelled_days: Days of a drift episode with mature labels before retraining.
         label_maturity_days: Days after which a transaction without chargeback is legitimate.
         cooldown_days: Days after a retraining without another one.
@@ -65,23 +82,41 @@ class MonitoringResource(dg.ConfigurableResource):
         alert_webhook_url: Where alerts are POSTed as JSON (none when empty).
     """
 
-    max_drifted_share: float = 0.5
-    max_prediction_drift: float = 0.1
-    min_pr_auc: float = 0.3
-    min_labelled_days: int = 3
-    label_maturity_days: int = 3
-    cooldown_days: int = 7
+    drift_share: float = THRESHOLDS.drift_share
+    prediction_drift: float = THRESHOLDS.prediction_drift
+    min_pr_auc: float = THRESHOLDS.min_pr_auc
+    wasserstein: float = THRESHOLDS.wasserstein
+    jensenshannon: float = THRESHOLDS.jensenshannon
+    ks: float = THRESHOLDS.ks
+    chisquare: float = THRESHOLDS.chisquare
+    z: float = THRESHOLDS.z
+    psi_moderate: float = THRESHOLDS.psi_moderate
+    psi_major: float = THRESHOLDS.psi_major
+    min_labelled_days: int = DriftPolicy.min_labelled_days
+    label_maturity_days: int = THRESHOLDS.label_maturity_days
+    cooldown_days: int = DriftPolicy.cooldown_days
     retrain_window_days: int = 7
     alert_webhook_url: str = ""
+
+    @pydantic.model_validator(mode="after")
+    def _valid(self) -> "MonitoringResource":
+        """Refuse out-of-range thresholds when the resource is built (not at first use)."""
+        self.policy()
+        return self
+
+    def thresholds(self) -> Thresholds:
+        """The monitoring thresholds.
+
+        Raises:
+            ValueError: A threshold is out of range (its name and value in the message).
+        """
+        return Thresholds(**{name: getattr(self, name) for name in THRESHOLDS.as_dict()})
 
     def policy(self) -> DriftPolicy:
         """The thresholds as the loop's policy."""
         return DriftPolicy(
-            max_drifted_share=self.max_drifted_share,
-            max_prediction_drift=self.max_prediction_drift,
-            min_pr_auc=self.min_pr_auc,
+            thresholds=self.thresholds(),
             min_labelled_days=self.min_labelled_days,
-            label_maturity_days=self.label_maturity_days,
             cooldown_days=self.cooldown_days,
         )
 
@@ -97,11 +132,15 @@ def load_version(lakehouse: LakehouseResource, version: str):
 
 
 def reference_rows(
-    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, model
+    lakehouse: LakehouseResource, model, built: list[dg.AssetMaterialization]
 ) -> pl.DataFrame:
-    """A version's reference (`monitoring.reference`): read, or built once and reported.
+    """A version's reference (`monitoring.reference`): read, or built once and kept.
 
-    A reference built now is recorded as a materialization of `monitoring/reference`.
+    Args:
+        lakehouse: The lake.
+        model: The loaded version.
+        built: Receives a `monitoring/reference` materialization when the reference is built
+            now; the asset yields it after its own result.
     """
     from mlops_assets.models.deploy import mlflow_client
     from mlops_assets.monitoring.reference import ReferenceSourceError, model_reference
@@ -120,7 +159,7 @@ def reference_rows(
     except ReferenceSourceError as error:
         raise dg.Failure(str(error)) from None
     if reference.written is not None:
-        context.log_event(
+        built.append(
             dg.AssetMaterialization(
                 asset_key=REFERENCE_KEY,
                 metadata={
@@ -159,8 +198,10 @@ def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
     metadata={"table": str(DRIFT)},
 )
 def drift_metrics(
-    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext,
+    lakehouse: LakehouseResource,
+    monitoring: MonitoringResource,
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """Drift of each feature and of the prediction, per day and model version.
 
     The day's predictions (every mode) of each model version are compared with the version's
@@ -183,14 +224,22 @@ def drift_metrics(
     if not current.height:
         raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
     previous = window_predictions(log, day - datetime.timedelta(days=1))
+    thresholds = monitoring.thresholds()
+    built: list[dg.AssetMaterialization] = []
     tables, summaries = [], {}
     for version in sorted(current.get_column("model_version").unique().to_list(), key=int):
         model = load_version(lakehouse, version)
         columns = [*model.spec.feature_columns, "score"]
         window = current.filter(pl.col("model_version") == version).select(columns)
-        reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
+        reference = reference_rows(lakehouse, model, built).select(columns).cast(window.schema)
         rows, result = drift_rows(
-            reference, window, columns, day=day, model_version=version, baseline="training"
+            reference,
+            window,
+            columns,
+            day=day,
+            model_version=version,
+            baseline="training",
+            thresholds=thresholds,
         )
         tables.append(rows)
         summary = {
@@ -204,7 +253,13 @@ def drift_metrics(
         before = previous.filter(pl.col("model_version") == version).select(columns)
         if before.height >= MIN_WINDOW_ROWS:
             rows, result = drift_rows(
-                before, window, columns, day=day, model_version=version, baseline="previous_day"
+                before,
+                window,
+                columns,
+                day=day,
+                model_version=version,
+                baseline="previous_day",
+                thresholds=thresholds,
             )
             tables.append(rows)
             summary["drifted_share_vs_previous_day"] = feature_share(result)
@@ -213,7 +268,7 @@ def drift_metrics(
         lakehouse.write_uri(DRIFT), pl.concat(tables), {"day": day}, table=str(DRIFT)
     )
     latest = summaries[max(summaries, key=int)]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": written.rows_written,
             "delta_version": written.version,
@@ -225,6 +280,7 @@ def drift_metrics(
             "by_version": dg.MetadataValue.json(summaries),
         }
     )
+    yield from built
 
 
 @dg.asset(
@@ -382,8 +438,10 @@ def performance(
     code_version="drift-report-1",
 )
 def drift_report(
-    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext,
+    lakehouse: LakehouseResource,
+    monitoring: MonitoringResource,
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """Evidently's HTML drift report of the day against the model's training reference.
 
     For people: a seeded sample (20,000 rows a side at most) of the day's predictions of the
@@ -402,10 +460,11 @@ def drift_report(
     model = load_version(lakehouse, version)
     columns = [*model.spec.feature_columns, "score"]
     window = current.filter(pl.col("model_version") == version).select(columns)
-    reference = reference_rows(context, lakehouse, model).select(columns).cast(window.schema)
+    built: list[dg.AssetMaterialization] = []
+    reference = reference_rows(lakehouse, model, built).select(columns).cast(window.schema)
     path = lakehouse.settings.env_root / "monitoring" / "reports" / f"drift-{day}-v{version}.html"
-    drift_report_html(reference, window, path, columns=columns)
-    return dg.MaterializeResult(
+    drift_report_html(reference, window, path, columns=columns, thresholds=monitoring.thresholds())
+    yield dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.url(path.as_uri()),
             "path": dg.MetadataValue.path(str(path)),
@@ -413,10 +472,27 @@ def drift_report(
             "rows": window.height,
         }
     )
+    yield from built
 
 
 monitoring_assets = [drift_metrics, profiles, performance, drift_report]
-monitoring_specs = [reference_spec]
+ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
+alerts_spec = dg.AssetSpec(
+    key=ALERTS_KEY,
+    deps=[dg.AssetKey(["monitoring", "drift_metrics"]), dg.AssetKey(["monitoring", "performance"])],
+    description=(
+        "Every alert of the environment (`monitoring.alerts`): drift episodes and retraining "
+        "requests the drift_monitor sensor raises from the monitoring tables, failed runs from "
+        "alert_on_run_failure. Appended by those sensors, each append recorded as a runless "
+        "materialization."
+    ),
+    group_name="monitoring",
+    owners=OWNERS,
+    kinds={"delta"},
+    code_version="alerts-1",
+    metadata={"table": "monitoring/alerts"},
+)
+monitoring_specs = [reference_spec, alerts_spec]
 
 
 def windows_from_tables(lakehouse: LakehouseResource) -> list:
@@ -461,6 +537,31 @@ def alerts_uri(lakehouse: LakehouseResource) -> str:
     return lakehouse.write_uri(ALERTS)
 
 
+def raise_and_report(
+    instance: dg.DagsterInstance, lakehouse: LakehouseResource, alert, webhook_url: str | None
+) -> None:
+    """Raise an alert (`monitoring.alerts.raise_alert`) and record the append in Dagster.
+
+    The sensors that raise alerts are not assets: each append is a runless materialization
+    of `monitoring/alerts` with the table's URI, Delta version and the row written.
+    """
+    from mlops_assets.monitoring.alerts import ALERTS, raise_alert
+
+    raised = raise_alert(alerts_uri(lakehouse), alert, webhook_url)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=ALERTS_KEY,
+            metadata={
+                **table_metadata(raised.written, str(ALERTS)),
+                "kind": alert.kind,
+                "severity": alert.severity,
+                "subject": alert.subject,
+                "post_status": raised.status or "",
+            },
+        )
+    )
+
+
 def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:
     """The drift sensor: retraining, validation and promotion once per drift episode.
 
@@ -488,7 +589,7 @@ def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:
         monitoring: MonitoringResource,
     ):
         """Decide from the latest windows; alert on a new episode; request one retraining."""
-        from mlops_assets.monitoring.alerts import Alert, raise_alert
+        from mlops_assets.monitoring.alerts import Alert
         from mlops_assets.monitoring.policy import decide
 
         policy = monitoring.policy()
@@ -506,8 +607,9 @@ def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:
         url = monitoring.alert_webhook_url or None
         episode = decision.run_key if decision.episode_start else None
         if episode and episode not in alerted:
-            raise_alert(
-                alerts_uri(lakehouse),
+            raise_and_report(
+                context.instance,
+                lakehouse,
                 Alert(
                     kind="drift",
                     severity="warning",
@@ -528,8 +630,9 @@ def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:
         if not decision.retrain:
             return dg.SensorResult(skip_reason=decision.reason, cursor=json.dumps(cursor))
         horizon = label_horizon(lakehouse)
-        raise_alert(
-            alerts_uri(lakehouse),
+        raise_and_report(
+            context.instance,
+            lakehouse,
             Alert(
                 kind="retrain_requested",
                 severity="info",
@@ -583,11 +686,12 @@ def alert_on_run_failure(
     monitoring: MonitoringResource,
 ):
     """Append a `run_failed` alert naming the job, the run and the failure (and post it)."""
-    from mlops_assets.monitoring.alerts import Alert, raise_alert
+    from mlops_assets.monitoring.alerts import Alert
 
     run = context.dagster_run
-    raise_alert(
-        alerts_uri(lakehouse),
+    raise_and_report(
+        context.instance,
+        lakehouse,
         Alert(
             kind="run_failed",
             severity="error",

@@ -7,19 +7,18 @@ import warnings
 
 import dagster as dg
 
-from mlops_assets.settings import load_settings
+from mlops_assets.settings import Settings, load_settings
 
 
-def daily_partitions() -> dg.DailyPartitionsDefinition:
-    """Daily partitions from the configured start date, up to today (UTC)."""
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """Daily partitions from the environment's start date, up to today (UTC)."""
     # A day's partition exists once the day has ended: the schedule then runs the day that
     # just ended, with all its landing files in.
-    return dg.DailyPartitionsDefinition(
-        start_date=load_settings().start_date.isoformat(), timezone="UTC"
-    )
+    return dg.DailyPartitionsDefinition(start_date=settings.start_date.isoformat(), timezone="UTC")
 
 
-DAILY = daily_partitions()
+# The process's partitions, for the asset modules not yet built from settings.
+DAILY = daily_partitions(load_settings())
 # Landing days after an event day in which that day's late events still arrive; assets of an
 # event day depend on them.
 LATE_DAYS = 3
@@ -46,13 +45,14 @@ def days_around(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMap
         )
 
 
-def event_days_touched(landing_day: datetime.date) -> list[datetime.date]:
-    """The event days a landing day can add rows to, oldest first, within the partitions.
+def event_days_touched(
+    landing_day: datetime.date, first_day: datetime.date | None = None
+) -> list[datetime.date]:
+    """The event days a landing day can add rows to, oldest first, from `first_day` on.
 
     A landing day holds its own events and late events of the `LATE_DAYS` days before it:
     those days' gold and feature rows change when it lands, and are refreshed oldest first
     (a day's merchant risk reads the merchant days before it).
     """
-    first = DAILY.start.date()
     days = [landing_day - datetime.timedelta(days=k) for k in range(LATE_DAYS, -1, -1)]
-    return [d for d in days if d >= first]
+    return [d for d in days if first_day is None or d >= first_day]

@@ -10,75 +10,8 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from mlops_assets.lakehouse.catalog import Catalog, TableRef
+from mlops_assets.lakehouse.store import DeltaRsStore, SparkStore, TableStore
 from mlops_assets.settings import Engine, Settings, load_settings
-
-
-class LakehouseResource(dg.ConfigurableResource):
-    """The active environment's lakehouse: landing files and Delta tables.
-
-    Attributes:
-        env: Environment whose root every write goes to (dev, staging, prod).
-        data_root: Folder holding the environments' roots.
-        engine: Engine of the asset groups (`polars` or `spark`).
-        group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
-        online_store_url: The online store (`redis://...`); empty for the embedded SQLite
-            store, or the process's `MLOPS_ONLINE_STORE`.
-    """
-
-    env: str
-    data_root: str
-    engine: str = Engine.POLARS.value
-    group_engines: dict[str, str] = {}
-    online_store_url: str = ""
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
-        """Build the resource for the environment the settings select."""
-        settings = settings or load_settings()
-        return cls(
-            env=settings.env,
-            data_root=str(settings.data_root),
-            engine=settings.engine.value,
-            group_engines={group: e.value for group, e in settings.group_engines.items()},
-            online_store_url=settings.online_store_url,
-        )
-
-    @property
-    def settings(self) -> Settings:
-        """Settings of the configured environment."""
-        # The process's other settings (online store, crons, Spark) with this resource's
-        # environment and engines.
-        base = load_settings()
-        return dataclasses.replace(
-            base,
-            online_store_url=self.online_store_url or base.online_store_url,
-            env=self.env,
-            data_root=Path(self.data_root),
-            engine=Engine(self.engine),
-            group_engines={group: Engine(e) for group, e in self.group_engines.items()},
-        )
-
-    def engine_for(self, group: str) -> Engine:
-        """The engine that runs an asset group (`bronze`, `silver`, `gold`, `features`)."""
-        return self.settings.engine_for(group)
-
-    @property
-    def catalog(self) -> Catalog:
-        """Table locations and access policy."""
-        return Catalog(self.settings)
-
-    @property
-    def landing_root(self) -> Path:
-        """Folder landing files arrive in."""
-        return self.settings.landing_root
-
-    def write_uri(self, table: TableRef) -> str:
-        """Location to write `table` in the active environment."""
-        return self.catalog.uri_for_write(table)
-
-    def read_uri(self, table: TableRef, env: str | None = None) -> str:
-        """Location to read `table`, from `env` when the read policy allows it."""
-        return self.catalog.uri_for_read(table, env)
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -129,6 +62,87 @@ class SparkResource(dg.ConfigurableResource):
         return self._delegate.spark_session
 
 
-def engine_kinds(group: str) -> set[str]:
+class LakehouseResource(dg.ConfigurableResource):
+    """The active environment's lakehouse: landing files and Delta tables.
+
+    Attributes:
+        env: Environment whose root every write goes to (dev, staging, prod).
+        data_root: Folder holding the environments' roots.
+        engine: Engine of the asset groups (`polars` or `spark`).
+        group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
+        online_store_url: The online store (`redis://...`); empty for the embedded SQLite
+            store, or the process's `MLOPS_ONLINE_STORE`.
+        spark: The Spark session of the groups that run on Spark (default: from the
+            `MLOPS_SPARK_*` settings, started on first use).
+    """
+
+    env: str
+    data_root: str
+    engine: str = Engine.POLARS.value
+    group_engines: dict[str, str] = {}
+    online_store_url: str = ""
+    spark: SparkResource | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
+        """Build the resource for the environment the settings select."""
+        settings = settings or load_settings()
+        return cls(
+            env=settings.env,
+            data_root=str(settings.data_root),
+            engine=settings.engine.value,
+            group_engines={group: e.value for group, e in settings.group_engines.items()},
+            online_store_url=settings.online_store_url,
+            spark=SparkResource.from_settings(settings),
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """Settings of the configured environment."""
+        # The process's other settings (online store, crons, Spark) with this resource's
+        # environment and engines.
+        base = load_settings()
+        return dataclasses.replace(
+            base,
+            online_store_url=self.online_store_url or base.online_store_url,
+            env=self.env,
+            data_root=Path(self.data_root),
+            engine=Engine(self.engine),
+            group_engines={group: Engine(e) for group, e in self.group_engines.items()},
+        )
+
+    def store(self, group: str) -> TableStore:
+        """The table store of an asset group, on the engine the settings give the group."""
+        settings = self.settings
+        options = settings.storage_options
+        if settings.engine_for(group) is Engine.SPARK:
+            spark = self.spark or SparkResource.from_settings(settings)
+            return SparkStore(self.catalog, spark.session, options)
+        return DeltaRsStore(self.catalog, options)
+
+    def engine_for(self, group: str) -> Engine:
+        """The engine that runs an asset group (`bronze`, `silver`, `gold`, `features`)."""
+        return self.settings.engine_for(group)
+
+    @property
+    def catalog(self) -> Catalog:
+        """Table locations and access policy."""
+        return Catalog(self.settings)
+
+    @property
+    def landing_root(self) -> Path:
+        """Folder landing files arrive in."""
+        return self.settings.landing_root
+
+    def write_uri(self, table: TableRef) -> str:
+        """Location to write `table` in the active environment."""
+        return self.catalog.uri_for_write(table)
+
+    def read_uri(self, table: TableRef, env: str | None = None) -> str:
+        """Location to read `table`, from `env` when the read policy allows it."""
+        return self.catalog.uri_for_read(table, env)
+
+
+def engine_kinds(settings: Settings, group: str) -> set[str]:
     """Kinds the UI shows for an asset group: its engine as the environment sets it, delta."""
-    return {load_settings().engine_for(group).value, "delta"}
+    return {settings.engine_for(group).value, "delta"}

@@ -1,6 +1,7 @@
 """Serving assets: batch and streaming scoring into the inference log, and its compaction."""
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
@@ -21,6 +22,7 @@ from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
 from mlops_assets.settings import use_mlflow_store
 
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
+STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
 OWNERS = ["team:ml-platform"]
 
 
@@ -144,6 +146,36 @@ class StreamConfig(dg.Config):
     file: str
 
 
+def checkpoint_metadata(outcome: StreamOutcome) -> dict:
+    """Metadata of a checkpoint row written: the table, its Delta version, one row."""
+    return {
+        "dagster/uri": dg.MetadataValue.path(outcome.checkpoint_uri or ""),
+        "dagster/table_name": str(STREAM_CHECKPOINT).replace("/", "."),
+        "delta_version": outcome.checkpoint_version,
+        "dagster/row_count": 1,
+        "file": outcome.file,
+        "log_version": outcome.log_version if outcome.log_version is not None else -1,
+        "recovered_from_log": outcome.recovered,
+    }
+
+
+stream_checkpoint_spec = dg.AssetSpec(
+    STREAM_CHECKPOINT_KEY,
+    deps=[STREAM_PREDICTIONS],
+    description=(
+        "One row per landed file streaming scored: its inference log version, lines, scored "
+        "and error rows, model version and run; a file in it is not scored again. Written by "
+        "serving/stream_predictions and the stream worker, each row recorded as a "
+        "materialization."
+    ),
+    group_name="serving",
+    owners=OWNERS,
+    kinds={"delta"},
+    code_version="stream-checkpoint-1",
+    metadata={"table": str(STREAM_CHECKPOINT)},
+)
+
+
 @dg.asset(
     key=["serving", "stream_predictions"],
     deps=[dg.AssetDep(["online", "card_behaviour"]), dg.AssetDep(["online", "merchant_risk"])],
@@ -155,7 +187,7 @@ class StreamConfig(dg.Config):
 )
 def stream_predictions(
     context: dg.AssetExecutionContext, config: StreamConfig, lakehouse: LakehouseResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """A newly landed transactions file scored within seconds, exactly once.
 
     The `landed_transactions` sensor requests one run per new file. Valid transactions are
@@ -163,7 +195,8 @@ def stream_predictions(
     does); unreadable lines and contract violations become `error` rows naming the problem.
     All of a file's rows are one Delta append carrying the file's name in its commit, then a
     row of `serving/stream_checkpoint` records it: a file already in the log (also after a
-    stop between the two) is not scored again.
+    stop between the two) is not scored again. The row written is recorded as a
+    materialization of `serving/stream_checkpoint` (none for a file it already held).
     """
     from mlops_assets.features.online_store import open_online_store
     from mlops_assets.serving.streaming import score_landed_file
@@ -189,14 +222,19 @@ def stream_predictions(
         context.log.warning(
             f"{config.file} was in the log (version {outcome.log_version}) without checkpoint"
         )
-    return dg.MaterializeResult(metadata=outcome.metadata())
+    yield dg.MaterializeResult(metadata=outcome.metadata())
+    if outcome.checkpoint_version is not None:
+        yield dg.AssetMaterialization(
+            asset_key=STREAM_CHECKPOINT_KEY, metadata=checkpoint_metadata(outcome)
+        )
 
 
 def record_stream_batch(instance: dg.DagsterInstance, outcome: StreamOutcome) -> None:
-    """Record a micro-batch the stream worker scored as a runless materialization.
+    """Record a micro-batch the stream worker scored as runless materializations.
 
-    The worker scores outside Dagster runs; the event puts each file on the
-    `serving/stream_predictions` asset's timeline, with the same metadata a run gives.
+    The worker scores outside Dagster runs; the events put each file on the
+    `serving/stream_predictions` asset's timeline, with the same metadata a run gives, and
+    its checkpoint row on `serving/stream_checkpoint`'s.
     """
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
@@ -204,6 +242,16 @@ def record_stream_batch(instance: dg.DagsterInstance, outcome: StreamOutcome) ->
             metadata={**outcome.metadata(), "scored_by": "stream worker"},
         )
     )
+    if outcome.checkpoint_version is not None:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=STREAM_CHECKPOINT_KEY,
+                metadata={
+                    **checkpoint_metadata(outcome),
+                    "scored_by": "stream worker",
+                },
+            )
+        )
 
 
 STREAM_MAX_RETRIES = 3
@@ -307,5 +355,6 @@ def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.
 
 
 serving_assets = [*BATCH_PREDICTIONS.values(), stream_predictions, inference_log]
+serving_specs = [stream_checkpoint_spec]
 serving_sensors = [landed_transactions]
 serving_jobs = [stream_job]

@@ -9,18 +9,12 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.partitions import DAILY, partition_day
-from mlops_assets.defs.resources import LakehouseResource, SparkResource, engine_kinds
-from mlops_assets.lakehouse import spark_io
+from mlops_assets.defs.partitions import daily_partitions, partition_day
+from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import (
-    WriteResult,
-    read_partition,
-    scan_table,
-    table_exists,
-    write_partition,
-)
-from mlops_assets.settings import Engine
+from mlops_assets.lakehouse.delta_io import WriteResult
+from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 from mlops_assets.transforms.quarantine import to_quarantine
 from mlops_assets.transforms.silver import (
@@ -86,8 +80,8 @@ SILVER_TABLES = (
 
 
 def known_keys(
-    uri: str, spec: SilverTable, day: datetime.date, batch: pl.DataFrame
-) -> pl.DataFrame:
+    store: TableStore, table: TableRef, spec: SilverTable, day: datetime.date, batch: Frame
+) -> Frame:
     """Keys already in the table's other partitions that the batch could repeat.
 
     A re-sent transaction keeps its event time, so only rows of the batch's event days can
@@ -96,32 +90,18 @@ def known_keys(
     small: one row per chargeback).
     """
     key = spec.contract.key
-    if not table_exists(uri):
-        return pl.DataFrame({key: []}, schema={key: pl.String})
-    others = scan_table(uri).filter(pl.col("landing_date") != day)
+    if not store.exists(table):
+        return store.empty({key: pl.String})
+    others = store.scan(table).filter(nw.col("landing_date") != day)
     if spec.prune_by_date:
-        days = batch.get_column(spec.date_column).unique().implode()
-        others = others.filter(pl.col(spec.date_column).is_in(days))
-    return others.select(key).collect()
-
-
-def known_keys_spark(spark: Any, uri: str, spec: SilverTable, day: datetime.date, batch: Any):
-    """`known_keys` on Spark: the keys of other partitions the batch could repeat."""
-    from pyspark.sql import functions as F
-
-    key = spec.contract.key
-    if not spark_io.table_exists(spark, uri):
-        return spark.createDataFrame([], f"{key} string")
-    others = spark_io.read_table(spark, uri).filter(F.col("landing_date") != F.lit(day))
-    if spec.prune_by_date:
-        days = [r[0] for r in batch.select(spec.date_column).distinct().collect()]
-        others = others.filter(F.col(spec.date_column).isin(days))
-    return others.select(key)
+        days = store.to_polars(batch.select(spec.date_column).unique())
+        others = others.filter(nw.col(spec.date_column).is_in(days.to_series().to_list()))
+    return store.materialize(others.select(key))
 
 
 @dataclass(frozen=True)
 class SilverDay:
-    """What building one silver partition did, whatever the engine."""
+    """What building one silver partition did."""
 
     written: WriteResult
     quarantined: WriteResult
@@ -134,87 +114,22 @@ class SilverDay:
     reasons: list[dict]
 
 
-def build_day_polars(
-    lakehouse: LakehouseResource, spec: SilverTable, day: datetime.date, now: datetime.datetime
+def build_day(
+    store: TableStore, spec: SilverTable, day: datetime.date, now: datetime.datetime
 ) -> SilverDay:
-    """Validate, deduplicate and write one landing day's silver partition on polars."""
+    """Validate, deduplicate and write one landing day's silver partition and its quarantine."""
     contract = spec.contract
     table = TableRef("silver", spec.source)
     quarantine_table = TableRef("quarantine", f"silver_{spec.source}")
-    bronze = read_partition(
-        lakehouse.read_uri(TableRef("bronze", spec.source)), {"landing_date": day}
-    )
-    valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
-    valid = with_event_date(valid, spec.time_column, spec.date_column).to_native()
-    uri = lakehouse.write_uri(table)
-    known = known_keys(uri, spec, day, valid)
-    unique, in_batch, of_others = deduplicate(
-        nw.from_native(valid), contract.key, nw.from_native(known)
-    )
-    silver = unique.to_native()
-    written = write_partition(uri, silver, {"landing_date": day}, table=str(table))
-    raw_fields = [
-        c
-        for c in bronze.columns
-        if c not in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT, "landing_date")
-    ]
-    quarantine = to_quarantine(
-        rejected, stage="silver", landing_date=day, quarantined_at=now, raw_fields=raw_fields
-    ).to_native()
-    quarantined = write_partition(
-        lakehouse.write_uri(quarantine_table),
-        quarantine,
-        {"landing_date": day},
-        table=str(quarantine_table),
-    )
-    reasons = (
-        quarantine.group_by("column", REASON).len().sort("len", descending=True).head(10).to_dicts()
-        if quarantine.height
-        else []
-    )
-    return SilverDay(
-        written=written,
-        quarantined=quarantined,
-        bronze_records=bronze.height,
-        in_batch=in_batch,
-        of_others=of_others,
-        event_days=sorted(str(d) for d in silver.get_column(spec.date_column).unique()),
-        raw_fields=raw_fields,
-        figures=_check_figures(spec, uri, silver, day),
-        reasons=reasons,
-    )
-
-
-def build_day_spark(
-    spark: Any,
-    lakehouse: LakehouseResource,
-    spec: SilverTable,
-    day: datetime.date,
-    now: datetime.datetime,
-) -> SilverDay:
-    """`build_day_polars` on Spark: the same transforms (narwhals and their Spark twins)."""
-    from pyspark.sql import functions as F
-
-    contract = spec.contract
-    table = TableRef("silver", spec.source)
-    quarantine_table = TableRef("quarantine", f"silver_{spec.source}")
-    bronze = spark_io.read_partition(
-        spark, lakehouse.read_uri(TableRef("bronze", spec.source)), {"landing_date": day}
-    )
-    valid, rejected = validate(nw.from_native(bronze), contract, "landing_date")
+    partition = {"landing_date": day}
+    bronze = store.read_partition(TableRef("bronze", spec.source), partition)
+    valid, rejected = validate(bronze, contract, "landing_date")
     # Deduplication counts, then the write reads the validated records again: keep them.
-    valid = with_event_date(valid, spec.time_column, spec.date_column).to_native().cache()
-    try:
-        uri = lakehouse.write_uri(table)
-        known = known_keys_spark(spark, uri, spec, day, valid)
-        unique, in_batch, of_others = deduplicate(
-            nw.from_native(valid), contract.key, nw.from_native(known)
-        )
-        written = spark_io.write_partition(
-            spark, uri, unique.to_native(), {"landing_date": day}, table=str(table)
-        )
-    finally:
-        valid.unpersist()
+    with store.kept(with_event_date(valid, spec.time_column, spec.date_column)) as valid:
+        known = known_keys(store, table, spec, day, valid)
+        unique, in_batch, of_others = deduplicate(valid, contract.key, known)
+        written = store.replace_partition(table, unique, partition)
+    silver = store.written(unique, written)
     raw_fields = [
         c
         for c in bronze.columns
@@ -222,40 +137,28 @@ def build_day_spark(
     ]
     quarantine = to_quarantine(
         rejected, stage="silver", landing_date=day, quarantined_at=now, raw_fields=raw_fields
-    ).to_native()
-    quarantined = spark_io.write_partition(
-        spark,
-        lakehouse.write_uri(quarantine_table),
-        quarantine,
-        {"landing_date": day},
-        table=str(quarantine_table),
     )
-    reasons = [
-        {"column": r["column"], REASON: r[REASON], "len": r["len"]}
-        for r in spark_io.read_table(spark, quarantined.uri)
-        .filter(F.col("landing_date") == F.lit(day))
-        .groupBy("column", REASON)
-        .agg(F.count(F.lit(1)).alias("len"))
-        .orderBy(F.col("len").desc(), "column", REASON)
-        .limit(10)
-        .collect()
-    ]
-    silver = spark_io.read_table(spark, uri).filter(F.col("landing_date") == F.lit(day))
-    event_days = sorted(str(r[0]) for r in silver.select(spec.date_column).distinct().collect())
+    quarantined = store.replace_partition(quarantine_table, quarantine, partition)
+    reasons = store.to_polars(
+        store.written(quarantine, quarantined).group_by("column", REASON).agg(nw.len())
+    )
+    event_days = store.to_polars(silver.select(spec.date_column).unique())
     return SilverDay(
         written=written,
         quarantined=quarantined,
-        bronze_records=bronze.count(),
+        bronze_records=store.count(bronze),
         in_batch=in_batch,
         of_others=of_others,
-        event_days=event_days,
+        event_days=sorted(str(d) for d in event_days.to_series()),
         raw_fields=raw_fields,
-        figures=_check_figures_spark(spark, spec, written, silver, day),
-        reasons=reasons,
+        figures=check_figures(store, spec, table, silver, day),
+        reasons=reasons.sort(["len", "column", REASON], descending=[True, False, False])
+        .head(10)
+        .to_dicts(),
     )
 
 
-def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
+def build_silver_asset(spec: SilverTable, settings: Settings) -> dg.AssetsDefinition:
     """The silver asset of one source, with its quarantine table and checks."""
     source = spec.source
     contract = spec.contract
@@ -309,7 +212,7 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 description=spec.description,
                 group_name="silver",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(table), "schema_policy": "strict", "key": contract.key},
             ),
@@ -323,36 +226,24 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
-                kinds=engine_kinds(ENGINE_GROUP),
+                kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
                 metadata={"table": str(quarantine_table)},
             ),
         ],
         check_specs=checks,
-        partitions_def=DAILY,
+        partitions_def=daily_partitions(settings),
         # Deduplication reads the other partitions: one writer at a time keeps keys unique.
         pool=f"silver_{source}",
     )
-    def _silver(
-        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, spark: SparkResource
-    ):
+    def _silver(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
         day = partition_day(context)
         now = datetime.datetime.now(datetime.UTC)
-        bronze_uri = lakehouse.read_uri(bronze_table)
-        if lakehouse.engine_for(ENGINE_GROUP) is Engine.SPARK:
-            session = spark.session
-            if not spark_io.table_exists(session, bronze_uri):
-                raise dg.Failure(
-                    f"{bronze_table} does not exist yet: materialize it for {day} first"
-                )
-            built = build_day_spark(session, lakehouse, spec, day, now)
-        else:
-            if not table_exists(bronze_uri):
-                raise dg.Failure(
-                    f"{bronze_table} does not exist yet: materialize it for {day} first"
-                )
-            # A day may hold no records (no chargebacks reported that day): silver is empty.
-            built = build_day_polars(lakehouse, spec, day, now)
+        store = lakehouse.store(ENGINE_GROUP)
+        if not store.exists(bronze_table):
+            raise dg.Failure(f"{bronze_table} does not exist yet: materialize it for {day} first")
+        # A day may hold no records (no chargebacks reported that day): silver is empty.
+        built = build_day(store, spec, day, now)
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={
@@ -386,73 +277,36 @@ def build_silver_asset(spec: SilverTable) -> dg.AssetsDefinition:
     return _silver
 
 
-def _check_figures(
-    spec: SilverTable, uri: str, silver: pl.DataFrame, day: datetime.date
+def check_figures(
+    store: TableStore, spec: SilverTable, table: TableRef, silver: Frame, day: datetime.date
 ) -> dict[str, Any]:
-    """What the checks judge, on polars: key counts of the table, the partition's figures."""
-    contract = spec.contract
-    keys = scan_table(uri).select(pl.col(contract.key))
-    stats = keys.select(pl.len().alias("rows"), pl.col(contract.key).n_unique().alias("unique"))
-    rows, unique = stats.collect().row(0)
-    nulls = {
-        name: int(count)
-        for name, count in silver.select(pl.col(list(contract.required)).null_count())
-        .row(0, named=True)
-        .items()
-        if count
-    }
-    earliest_allowed, latest_allowed = _allowed_times(day)
-    out_of_range = 0
-    for name in contract.decimals:
-        out_of_range += silver.filter((pl.col(name) <= 0) | (pl.col(name) > MAX_AMOUNT)).height
-    out_of_range += silver.filter(
-        (pl.col(spec.time_column) < earliest_allowed) | (pl.col(spec.time_column) > latest_allowed)
-    ).height
-    times = silver.get_column(spec.time_column)
-    return {
-        "rows": rows,
-        "unique": unique,
-        "nulls": nulls,
-        "out_of_range": out_of_range,
-        "latest": times.max() if len(times) else None,
-    }
+    """What the checks judge: key counts of the whole table, the partition's figures.
 
-
-def _check_figures_spark(
-    spark: Any, spec: SilverTable, written: WriteResult, silver: Any, day: datetime.date
-) -> dict[str, Any]:
-    """`_check_figures` on Spark, from the table's latest snapshot (the write's, as on polars).
-
-    Spark keeps the latest snapshot of a table it wrote; rebuilding a given version from the
-    log would cost seconds per read.
+    The table is read at its latest version, which is the write's (one writer at a time).
     """
-    from pyspark.sql import functions as F
-
     contract = spec.contract
-    table = spark_io.read_table(spark, written.uri)
-    rows, unique = table.select(F.count(F.lit(1)), F.count_distinct(F.col(contract.key))).collect()[
-        0
-    ]
-    # count_distinct leaves nulls out; polars' n_unique counts null as one value.
-    unique += table.filter(F.col(contract.key).isNull()).limit(1).count()
+    key = nw.col(contract.key)
+    rows, unique = store.to_polars(
+        store.scan(table).select(nw.len().alias("rows"), key.n_unique().alias("unique"))
+    ).row(0)
     earliest_allowed, latest_allowed = _allowed_times(day)
-    time = F.col(spec.time_column)
-    out_of_range = (time < F.lit(earliest_allowed)) | (time > F.lit(latest_allowed))
+    time = nw.col(spec.time_column)
+    out_of_range = (time < earliest_allowed) | (time > latest_allowed)
     for name in contract.decimals:
-        out_of_range = out_of_range | (F.col(name) <= 0) | (F.col(name) > MAX_AMOUNT)
-    figures = silver.select(
-        *[F.count_if(F.col(n).isNull()).alias(n) for n in contract.required],
-        F.count_if(F.coalesce(out_of_range, F.lit(False))).alias("__out_of_range"),
-        F.max(time).alias("__latest"),
-    ).collect()[0]
-    latest = figures["__latest"]
+        out_of_range = out_of_range | (nw.col(name) <= 0) | (nw.col(name) > MAX_AMOUNT)
+    figures = store.to_polars(
+        silver.select(
+            *[nw.col(n).is_null().cast(nw.Int64).sum().alias(n) for n in contract.required],
+            out_of_range.fill_null(False).cast(nw.Int64).sum().alias("__out_of_range"),
+            time.max().alias("__latest"),
+        )
+    ).row(0, named=True)
     return {
-        "rows": int(rows),
-        "unique": int(unique),
+        "rows": int(rows or 0),
+        "unique": int(unique or 0),
         "nulls": {n: int(figures[n]) for n in contract.required if figures[n]},
-        "out_of_range": int(figures["__out_of_range"]),
-        # Spark hands out naive datetimes in the session's clock, which is UTC.
-        "latest": latest.replace(tzinfo=datetime.UTC) if latest is not None else None,
+        "out_of_range": int(figures["__out_of_range"] or 0),
+        "latest": figures["__latest"],
     }
 
 
@@ -521,4 +375,6 @@ def _check_results(
     ]
 
 
-silver_assets = [build_silver_asset(spec) for spec in SILVER_TABLES]
+def silver_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The silver assets of an environment, one per source."""
+    return [build_silver_asset(spec, settings) for spec in SILVER_TABLES]

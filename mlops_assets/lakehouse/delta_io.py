@@ -387,47 +387,43 @@ def _create(
     *,
     append: bool = False,
 ) -> DeltaTable:
-    """Create the table holding `data` (version 0, or 1 with the polars writer).
+    """Create the table holding `data`; return it at the commit holding `data`.
 
-    `partition` is the one partition `data` holds, empty for the whole table or, with
-    `append`, for rows of several partitions.
+    The creating commit is version 0 or nothing: delta-rs would otherwise retry a creation
+    that lost the race as a later commit carrying its own schema, so it gets no retries, and
+    the writer that lost goes on with the table the winner created. `partition` is the one
+    partition `data` holds, empty for the whole table or, with `append`, for rows of several
+    partitions.
 
     Raises:
         _TableCreatedMeanwhile: Another writer created the table first.
     """
+    once = CommitProperties(custom_metadata=dict(metadata), max_commit_retries=0)
     try:
         if writer is Writer.DELTA_RS:
             write_deltalake(
                 uri,
                 data,
                 partition_by=list(partition_by) or None,
-                # Concurrent first appends all land, one creating the table.
-                mode="append" if append else "error",
+                mode="error",
                 storage_options=options,
-                commit_properties=_commit_properties(metadata),
+                commit_properties=once,
                 post_commithook_properties=POST_COMMIT,
             )
-            if append:
-                version = _commit_version(uri, metadata[WRITE_ID_KEY], options)
-                delta = None if version is None else _open(uri, options, version)
-            else:
-                delta = _open(uri, options, 0)
-            if delta is None:
-                raise CommitFailedError(f"table {uri}: the creating commit is lost")
+            delta = _open(uri, options, 0)
+            assert delta is not None
             return delta
-        # The polars writer adds its files to an empty table, in a commit carrying the
-        # metadata.
+        # The polars writer adds its files to the empty table in a commit of their own.
         delta = DeltaTable.create(
             uri,
             DeltaSchema.from_arrow(data.schema),
             mode="error",
             partition_by=list(partition_by) or None,
             storage_options=options,
+            commit_properties=CommitProperties(max_commit_retries=0),
         )
-    except CommitFailedError as error:
-        raise _TableCreatedMeanwhile(str(error)) from error
-    except DeltaError as error:
-        if "already exists" not in str(error):
+    except (CommitFailedError, DeltaError) as error:
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
             raise
         raise _TableCreatedMeanwhile(str(error)) from error
     mode = "append" if append else "overwrite"

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import append_table, scan_table, table_exists
+from mlops_assets.lakehouse.delta_io import WriteResult, append_table, scan_table, table_exists
 
 ALERTS = TableRef("monitoring", "alerts")
 KINDS = ("drift", "performance", "retrain_requested", "run_failed", "check_failed")
@@ -97,19 +97,34 @@ def post(url: str, alert: Alert, timeout: float = 5.0) -> str:
         return f"error: {error}"
 
 
-def raise_alert(uri: str | Path, alert: Alert, webhook_url: str | None = None) -> str | None:
+@dataclass(frozen=True)
+class Raised:
+    """What raising an alert did.
+
+    Attributes:
+        status: The post's outcome, None when no webhook is configured.
+        written: The append to the alerts table (its Delta version, one row written).
+    """
+
+    status: str | None
+    written: WriteResult
+
+
+def raise_alert(uri: str | Path, alert: Alert, webhook_url: str | None = None) -> Raised:
     """Post the alert (when a URL is given) and append it to the alerts table.
 
     Returns:
-        The post's outcome, or None when no webhook is configured.
+        The post's outcome and the table write.
     """
     status = post(webhook_url, alert) if webhook_url else None
     row = asdict(alert)
     row["details"] = json.dumps(alert.details, default=str, sort_keys=True)
     row["posted_to"] = webhook_url
     row["post_status"] = status
-    append_table(uri, pl.DataFrame([row], schema=SCHEMA), table=str(ALERTS), count_rows=False)
-    return status
+    written = append_table(
+        uri, pl.DataFrame([row], schema=SCHEMA), table=str(ALERTS), count_rows=False
+    )
+    return Raised(status=status, written=written)
 
 
 def alerts(uri: str | Path) -> pl.DataFrame:

@@ -25,6 +25,9 @@ The drift score, threshold and verdict of each column follow Evidently 0.7.23's 
   without its cancellation for large `|z|`.)
 - **Dataset drift**: share of drifted columns `>= drift_share` (0.5).
 
+Every limit above and its comparison rule is defined once, in `thresholds` (`Thresholds`,
+`column_drifted`, `reached`); `compute_drift` takes a `Thresholds`.
+
 The p-value tests (references of 1000 rows or fewer) call scipy, installed with the `ml` extra.
 
 Column kinds follow Evidently's inference on the current frame: floats are numeric; integers are
@@ -59,6 +62,7 @@ Sums avoid BLAS (`numpy.dot`), whose threads cost more than they save on a busy 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,15 +71,12 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from mlops_assets.monitoring.thresholds import DEFAULT, Thresholds, column_drifted
+
 Kind = Literal["numeric", "categorical"]
 
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "wasserstein": 0.1,
-    "jensenshannon": 0.1,
-    "ks": 0.05,
-    "chisquare": 0.05,
-    "z": 0.05,
-}
+# The limits and comparison rules are those of `thresholds` (one definition of each).
+DEFAULT_THRESHOLDS: dict[str, float] = DEFAULT.method_limits()
 # Evidently: above this many reference rows, distance measures; at or below, p-value tests.
 LARGE_REFERENCE_ROWS = 1000
 # Evidently: at most this many distinct values (both sides) make a numeric column discrete.
@@ -84,15 +85,13 @@ DISCRETE_NUMERIC_VALUES = 5
 # categorical.
 INTEGER_CARDINALITY_LIMIT = 10
 WASSERSTEIN_MIN_STD = 0.001
-DEFAULT_DRIFT_SHARE = 0.5
+DEFAULT_DRIFT_SHARE = DEFAULT.drift_share
 PSI_BINS = 10
 # Rows per step of the Wasserstein sum: temporaries stay in cache and are reused.
 _CHUNK = 1 << 13
 PSI_FLOOR = 1e-4
-PSI_MODERATE = 0.1
-PSI_MAJOR = 0.25
-# p-value tests: drifted when the p-value is below the threshold (ks: at or below).
-_P_VALUE_METHODS = frozenset({"ks", "chisquare", "z"})
+PSI_MODERATE = DEFAULT.psi_moderate
+PSI_MAJOR = DEFAULT.psi_major
 
 DRIFT_SCHEMA = {
     "column": pl.String,
@@ -155,8 +154,8 @@ def compute_drift(
     columns: Sequence[str] | None = None,
     *,
     kinds: Mapping[str, Kind] | None = None,
-    thresholds: Mapping[str, float] | None = None,
-    drift_share: float = DEFAULT_DRIFT_SHARE,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    drift_share: float | None = None,
     psi_bins: int = PSI_BINS,
 ) -> DriftResult:
     """Drift of each column of `current` against `reference`, and the dataset verdict.
@@ -166,19 +165,22 @@ def compute_drift(
         current: The window to judge.
         columns: Columns to compare (default: every column of `current` with a known kind).
         kinds: Per-column kind overriding the dtype inference.
-        thresholds: Per-method threshold overriding `DEFAULT_THRESHOLDS` (keys are method
-            names: `wasserstein`, `jensenshannon`, `ks`, `chisquare`, `z`).
-        drift_share: Share of drifted columns at or above which the dataset has drifted.
+        thresholds: The limits (`thresholds.Thresholds`; default: its defaults), or
+            per-method limits overriding the defaults (keys are method names:
+            `wasserstein`, `jensenshannon`, `ks`, `chisquare`, `z`).
+        drift_share: Share of drifted columns at or above which the dataset has drifted
+            (default: the thresholds' `drift_share`).
         psi_bins: Number of reference-quantile bins of numeric PSI.
 
     Returns:
         One row per column (`DRIFT_SCHEMA`), in the order of `columns`, and the summary.
 
     Raises:
-        ValueError: A column is missing from one side, or has no kind.
+        ValueError: A column is missing from one side, or has no kind; or a threshold is
+            unknown or out of range.
     """
     overrides = dict(kinds or {})
-    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    limits = _thresholds(thresholds, drift_share)
     names = list(columns) if columns is not None else list(current.columns)
     rows = []
     for name in names:
@@ -201,19 +203,37 @@ def compute_drift(
         columns=table.height,
         drifted_columns=drifted,
         drifted_share=share,
-        drift_share=drift_share,
-        dataset_drift=bool(table.height) and share >= drift_share,
+        drift_share=limits.drift_share,
+        dataset_drift=bool(table.height) and limits.dataset_drifted(share),
     )
     return DriftResult(columns=table, summary=summary)
 
 
-def psi_level(psi: float | None) -> str | None:
+def _thresholds(
+    thresholds: Thresholds | Mapping[str, float] | None, drift_share: float | None
+) -> Thresholds:
+    if thresholds is None:
+        limits = DEFAULT
+    elif isinstance(thresholds, Thresholds):
+        limits = thresholds
+    else:
+        unknown = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
+        if unknown:
+            raise ValueError(
+                f"unknown drift methods {unknown} in thresholds; "
+                f"known are {', '.join(DEFAULT_THRESHOLDS)}"
+            )
+        limits = dataclasses.replace(DEFAULT, **thresholds)
+    if drift_share is not None:
+        limits = dataclasses.replace(limits, drift_share=drift_share)
+    return limits
+
+
+def psi_level(psi: float | None, thresholds: Thresholds = DEFAULT) -> str | None:
     """Conventional reading of a PSI value: `stable`, `moderate` or `major`."""
     if psi is None or math.isnan(psi):
         return None
-    if psi >= PSI_MAJOR:
-        return "major"
-    return "moderate" if psi >= PSI_MODERATE else "stable"
+    return thresholds.psi_level(psi)
 
 
 def _column_drift(
@@ -221,7 +241,7 @@ def _column_drift(
     kind: Kind,
     reference: pl.Series,
     current: pl.Series,
-    limits: Mapping[str, float],
+    limits: Thresholds,
     psi_bins: int,
 ) -> tuple:
     ref_sorted = cur_sorted = np.empty(0)
@@ -260,14 +280,19 @@ def _column_drift(
         method, score = "chisquare", _chisquare_p_value(frequencies)
     else:
         method, score = "z", _z_p_value(frequencies)
-    threshold = limits[method]
-    if method == "ks":
-        drifted = score <= threshold
-    elif method in _P_VALUE_METHODS:
-        drifted = score < threshold
-    else:
-        drifted = score >= threshold
-    return (name, kind, method, score, threshold, bool(drifted), psi, psi_level(psi), *counts)
+    threshold = getattr(limits, method)
+    drifted = column_drifted(method, score, threshold)
+    return (
+        name,
+        kind,
+        method,
+        score,
+        threshold,
+        bool(drifted),
+        psi,
+        psi_level(psi, limits),
+        *counts,
+    )
 
 
 def _non_null(series: pl.Series) -> pl.Series:

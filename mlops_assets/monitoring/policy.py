@@ -15,34 +15,36 @@ import datetime
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from mlops_assets.monitoring.thresholds import DEFAULT, Thresholds
+
 
 @dataclass(frozen=True)
 class DriftPolicy:
-    """Thresholds of the closed loop (defaults: Evidently's share rule and conventional bounds).
+    """The closed loop: its thresholds (one `Thresholds`), episodes and cooldown.
 
     Attributes:
-        max_drifted_share: A window alerts when more than this share of features drifted.
-        max_prediction_drift: A window alerts when its score distribution drifted more than
-            this (normalized Wasserstein distance from the reference predictions).
-        min_pr_auc: A window alerts when its PR-AUC (with mature labels) falls below this.
+        thresholds: The monitoring thresholds and their comparison rules: a window alerts when
+            its share of drifted features reaches `drift_share`, its prediction drift reaches
+            `prediction_drift` (normalized Wasserstein distance from the reference
+            predictions), or its PR-AUC (with mature labels) is below `min_pr_auc`; labels
+            are complete after `label_maturity_days`.
         min_labelled_days: Days of an episode with mature labels before retraining is asked.
-        label_maturity_days: Days after which a day's labels count as complete.
         cooldown_days: Days after a retraining during which no new retraining is asked.
     """
 
-    max_drifted_share: float = 0.5
-    max_prediction_drift: float = 0.1
-    min_pr_auc: float = 0.3
+    thresholds: Thresholds = DEFAULT
     min_labelled_days: int = 3
-    label_maturity_days: int = 3
     cooldown_days: int = 7
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_drifted_share <= 1:
-            raise ValueError(f"max_drifted_share must be in [0, 1], got {self.max_drifted_share}")
-        for name in ("min_labelled_days", "label_maturity_days", "cooldown_days"):
+        for name in ("min_labelled_days", "cooldown_days"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+
+    @property
+    def label_maturity_days(self) -> int:
+        """Days after which a day's labels count as complete (of the thresholds)."""
+        return self.thresholds.label_maturity_days
 
 
 @dataclass(frozen=True)
@@ -65,17 +67,18 @@ class Window:
 
     def reasons(self, policy: DriftPolicy) -> list[str]:
         """Why this window alerts (empty when it does not)."""
+        limits = policy.thresholds
         found = []
-        if self.drifted_share > policy.max_drifted_share:
-            limit = policy.max_drifted_share
-            found.append(f"{self.drifted_share:.0%} of features drifted (limit {limit:.0%})")
-        if self.prediction_drift > policy.max_prediction_drift:
+        if limits.dataset_drifted(self.drifted_share):
             found.append(
-                f"prediction drift {self.prediction_drift:.3f} "
-                f"(limit {policy.max_prediction_drift})"
+                f"{self.drifted_share:.0%} of features drifted (limit {limits.drift_share:.0%})"
             )
-        if self.pr_auc is not None and self.pr_auc < policy.min_pr_auc:
-            found.append(f"PR-AUC {self.pr_auc:.3f} below {policy.min_pr_auc}")
+        if limits.prediction_drifted(self.prediction_drift):
+            found.append(
+                f"prediction drift {self.prediction_drift:.3f} (limit {limits.prediction_drift})"
+            )
+        if limits.performance_low(self.pr_auc):
+            found.append(f"PR-AUC {self.pr_auc:.3f} below {limits.min_pr_auc}")
         return found
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from mlops_assets.monitoring.thresholds import DEFAULT, Thresholds
+
 MAX_REPORT_ROWS = 20_000
 SEED = 0
 
@@ -40,6 +42,27 @@ def sample_rows(
     )
 
 
+def preset_options(thresholds: Thresholds, reference_rows: int) -> dict[str, float]:
+    """Evidently `DataDriftPreset` options that judge as `drift.compute_drift` does.
+
+    Args:
+        thresholds: The monitoring thresholds.
+        reference_rows: Rows of the reference Evidently is given (it picks distances above
+            `drift.LARGE_REFERENCE_ROWS`, p-value tests at or below).
+
+    Returns:
+        `drift_share` and the numeric and categorical column limits.
+    """
+    from mlops_assets.monitoring.drift import LARGE_REFERENCE_ROWS
+
+    large = reference_rows > LARGE_REFERENCE_ROWS
+    return {
+        "drift_share": thresholds.drift_share,
+        "num_threshold": thresholds.wasserstein if large else thresholds.ks,
+        "cat_threshold": thresholds.jensenshannon if large else thresholds.chisquare,
+    }
+
+
 def drift_report_html(
     reference: pl.DataFrame,
     current: pl.DataFrame,
@@ -48,7 +71,7 @@ def drift_report_html(
     columns: Sequence[str] | None = None,
     max_rows: int = MAX_REPORT_ROWS,
     seed: int = SEED,
-    drift_share: float = 0.5,
+    thresholds: Thresholds = DEFAULT,
 ) -> Path:
     """Write Evidently's `DataDriftPreset` report of `current` against `reference` as HTML.
 
@@ -59,7 +82,11 @@ def drift_report_html(
         columns: Columns to compare (default: the columns both frames share).
         max_rows: The most rows of each side given to Evidently.
         seed: Seed of the samples.
-        drift_share: Share of drifted columns at which Evidently reports dataset drift.
+        thresholds: The monitoring thresholds: Evidently reports dataset drift at
+            `drift_share`, and judges columns by the same method limits as
+            `drift.compute_drift` (distances above `drift.LARGE_REFERENCE_ROWS` reference
+            rows, p-value tests at or below; a categorical column of a small sample is judged
+            at the `chisquare` limit, also when Evidently picks the z-test).
 
     Returns:
         The path of the written report.
@@ -74,7 +101,7 @@ def drift_report_html(
     )
     reference_sample = sample_rows(reference.select(names), max_rows, seed).to_pandas()
     current_sample = sample_rows(current.select(names), max_rows, seed + 1).to_pandas()
-    report = Report([DataDriftPreset(drift_share=drift_share)])
+    report = Report([DataDriftPreset(**preset_options(thresholds, len(reference_sample)))])
     snapshot = report.run(current_data=current_sample, reference_data=reference_sample)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from mlops_assets.monitoring.drift import DRIFT_SCHEMA, DriftResult, compute_drift
+from mlops_assets.monitoring.thresholds import DEFAULT, Thresholds
 
 PREDICTION = "score"
 DRIFT_TABLE_SCHEMA = {
@@ -97,9 +98,10 @@ def drift_rows(
     day: datetime.date,
     model_version: str,
     baseline: str,
+    thresholds: Thresholds = DEFAULT,
 ) -> tuple[pl.DataFrame, DriftResult]:
     """Per-column drift of a window against a baseline, as rows of the drift table."""
-    result = compute_drift(reference, current, columns)
+    result = compute_drift(reference, current, columns, thresholds=thresholds)
     rows = result.columns.select(
         pl.lit(day).alias("day"),
         pl.lit(model_version).alias("model_version"),

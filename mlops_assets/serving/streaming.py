@@ -60,6 +60,7 @@ class StreamOutcome:
         model_version: Version that scored it (the checkpoint's when skipped).
         checkpoint_version: Checkpoint table version of its row written now (None when
             skipped).
+        checkpoint_uri: The checkpoint table its row was written to (None when skipped).
     """
 
     file: str
@@ -72,6 +73,7 @@ class StreamOutcome:
     seconds: float
     model_version: str | None
     checkpoint_version: int | None = None
+    checkpoint_uri: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """Plain values for asset metadata (-1 and 0 where a figure does not apply)."""
@@ -349,4 +351,5 @@ def score_landed_file(
         seconds=batch.seconds if batch else 0.0,
         model_version=model.version,
         checkpoint_version=written.version,
+        checkpoint_uri=written.uri,
     )

@@ -145,9 +145,9 @@ def seaweedfs_process(
             f"-master.port.grpc={ports.master_grpc}",
             # No usage reports leave the machine.
             "-master.telemetry=false",
-            # Small volumes, grown as needed: a test's store stays small on disk.
+            # Small volumes (not preallocated), grown as needed: a test's store stays small.
             "-master.volumeSizeLimitMB=512",
-            "-volume.max=0",
+            "-volume.max=200",
             f"-volume.port={ports.volume}",
             f"-volume.port.grpc={ports.volume_grpc}",
             "-filer",
@@ -247,8 +247,9 @@ class SeaweedFS:
             [
                 weed_binary(),
                 "shell",
-                f"-master=127.0.0.1:{self.ports.master}",
-                f"-filer=127.0.0.1:{self.ports.filer}",
+                # SeaweedFS names a server `host:port.grpcPort` when gRPC is not port + 10000.
+                f"-master=127.0.0.1:{self.ports.master}.{self.ports.master_grpc}",
+                f"-filer=127.0.0.1:{self.ports.filer}.{self.ports.filer_grpc}",
             ],
             input=commands.rstrip("\n") + "\nexit\n",
             capture_output=True,
@@ -333,4 +334,6 @@ def scratch_s3(state_dir: Path, bucket: str = DEFAULT_BUCKET) -> Iterator[Seawee
         server.start()
         yield server
     finally:
-        server.stop()
+        # A graceful stop takes SeaweedFS 15 to 25 s (its filer flushes and retries); the
+        # store is thrown away, so the group is killed after a short wait.
+        server.stop(timeout=3)

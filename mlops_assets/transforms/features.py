@@ -14,6 +14,8 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 
+from mlops_assets.transforms import SPARK_LIKE
+
 UTC = datetime.UTC
 # Every window of the card features fits in this look-back, so a day's refresh reads this many
 # earlier days and no more, however long the history.
@@ -23,7 +25,6 @@ MERCHANT_WINDOW_DAYS = 30
 MERCHANT_PRIOR_RATE = 0.01
 MERCHANT_PRIOR_WEIGHT = 200.0
 NIGHT_HOURS = (0, 6)
-SPARK_LIKE = (nw.Implementation.PYSPARK, nw.Implementation.PYSPARK_CONNECT)
 CARD_FEATURE_COLUMNS = (
     "card_id",
     "transaction_id",

@@ -7,6 +7,7 @@ import datetime
 import narwhals as nw
 from narwhals.typing import FrameT
 
+from mlops_assets.transforms import SPARK_LIKE
 from mlops_assets.transforms.bronze import LINE_NUMBER, RAW, REASON, SOURCE_FILE
 
 QUARANTINE_COLUMNS = (
@@ -53,10 +54,7 @@ def to_quarantine(
             rejects = nw.from_native(
                 native.with_columns(pl.struct(raw_fields).struct.json_encode().alias(RAW))
             )
-        elif rejects.implementation in (
-            nw.Implementation.PYSPARK,
-            nw.Implementation.PYSPARK_CONNECT,
-        ):
+        elif rejects.implementation in SPARK_LIKE:
             # Spark's JSON encoder, keeping null fields as polars' does.
             from pyspark.sql import functions as F
 

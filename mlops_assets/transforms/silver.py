@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import narwhals as nw
 from narwhals.typing import FrameT
 
+from mlops_assets.transforms import SPARK_LIKE
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 
 # ISO-8601 UTC timestamps as sources send them: date, time, optional fraction, Z or +00:00.
@@ -106,7 +107,6 @@ def _typed(name: str) -> str:
     return f"__typed_{name}"
 
 
-SPARK_LIKE = (nw.Implementation.PYSPARK, nw.Implementation.PYSPARK_CONNECT)
 # The timestamp pattern's forms, once brought to `T` and stripped of the UTC suffix, in Spark's
 # datetime pattern syntax (the fraction is optional, up to nanoseconds).
 SPARK_TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]"

@@ -206,7 +206,7 @@ def build_existing_deployment(settings, staged: Path, days: list[datetime.date])
 
         for day in days:
             run("medallion_daily", day, {AFTER_TAG: day.isoformat()})
-            for event_day in event_days_touched(day):
+            for event_day in event_days_touched(day, START):
                 run("refresh_event_days", event_day, {REFRESH_TAG: day.isoformat()})
         cutoff = datetime.datetime.combine(
             days[-1] + datetime.timedelta(days=1), datetime.time(), datetime.UTC
@@ -354,7 +354,7 @@ def test_the_daemon_closes_the_loop(deployment):
         refreshes = [
             r for r in by_schedule if r["tags"].get(REFRESH_TAG) == key and r["status"] == "SUCCESS"
         ]
-        assert len(refreshes) == len(event_days_touched(day)), key
+        assert len(refreshes) == len(event_days_touched(day, START)), key
         served = [
             r for r in by_schedule if r["tags"].get(SERVED_TAG) == key and r["status"] == "SUCCESS"
         ]

@@ -2,7 +2,10 @@
 
 A master and one worker start from the pyspark distribution (`bin/spark-class`); the assets
 run in a separate process whose Spark master is that cluster, and the master's own status
-page must list the application as finished. Master and worker are stopped whatever happens.
+page must list the application as finished. The lake is on an S3-compatible store (SeaweedFS
+on 127.0.0.1, `make weed`), which the driver and the worker's executors reach through S3A, as
+a cluster's nodes reach object storage. Master, worker and store are stopped whatever
+happens.
 """
 
 import datetime
@@ -20,8 +23,9 @@ import polars as pl
 import pyspark
 import pytest
 
+from mlops_assets.lakehouse.catalog import Catalog, TableRef
 from mlops_assets.lakehouse.delta_io import scan_table
-from mlops_assets.settings import project_root
+from mlops_assets.settings import load_settings, project_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,10 +66,25 @@ def wait_for(url: str, seconds: float, ready) -> dict:
                 status = json.loads(response.read())
             if ready(status):
                 return status
-        except OSError as error:
+        except (OSError, ValueError) as error:
+            # Not up yet, or a page still starting (an empty answer is not JSON).
             last = error
         time.sleep(1)
     raise AssertionError(f"{url} not ready after {seconds} s (last error: {last})")
+
+
+@pytest.fixture()
+def s3(tmp_path):
+    """A SeaweedFS server with a bucket `lake`, its process group stopped afterwards."""
+    from mlops_assets.stack.process import StackError
+    from mlops_assets.stack.seaweedfs import scratch_s3, weed_binary
+
+    try:
+        weed_binary()
+    except StackError as error:
+        pytest.skip(str(error))
+    with scratch_s3(tmp_path / "seaweedfs") as server:
+        yield server
 
 
 @pytest.fixture()
@@ -119,7 +138,7 @@ def cluster(tmp_path):
             log.close()
 
 
-def test_medallion_and_features_run_on_a_standalone_cluster(cluster, tmp_path):
+def test_medallion_and_features_run_on_a_standalone_cluster(cluster, s3, tmp_path):
     from mlops_assets.simulate import Scenario, simulate
 
     master_url, status_url, spark_env = cluster
@@ -133,6 +152,8 @@ def test_medallion_and_features_run_on_a_standalone_cluster(cluster, tmp_path):
         "MLOPS_ENGINE": "spark",
         "MLOPS_START_DATE": scenario.start_date.isoformat(),
         "MLOPS_SPARK_MASTER": master_url,
+        # The lake on the object store: `s3a://` for the driver and the executors.
+        **s3.environ(prefix="cluster"),
         # A two-core cluster and a tiny day: few shuffle and Delta snapshot tasks.
         "MLOPS_SPARK_CONF": json.dumps(
             {
@@ -157,13 +178,22 @@ def test_medallion_and_features_run_on_a_standalone_cluster(cluster, tmp_path):
     status = wait_for(status_url, 60, lambda s: s.get("completedapps"))
     assert [app["name"] for app in status["completedapps"]] == ["parity"]
     assert status["completedapps"][0]["state"] == "FINISHED"
-    lake = data / "dev" / "lake"
-    silver = scan_table(lake / "silver" / "transactions").collect()
+    settings = load_settings({"MLOPS_DATA_ROOT": str(data), **s3.environ(prefix="cluster")})
+    catalog, options = Catalog(settings), settings.storage_options
+    # Every table is on the store, none on the local disk.
+    assert not (data / "dev" / "lake").exists()
+
+    def table(layer: str, name: str) -> pl.DataFrame:
+        uri = catalog.uri_for_read(TableRef(layer, name))
+        assert uri.startswith(f"s3://{s3.bucket}/cluster/dev/")
+        return scan_table(uri, storage_options=options).collect()
+
+    silver = table("silver", "transactions")
     assert silver.height == sum(m.valid_transactions for m in manifests)
     assert silver["transaction_id"].is_duplicated().sum() == 0
-    features = scan_table(lake / "features" / "card_behaviour").collect()
+    features = table("features", "card_behaviour")
     end = scenario.start_date + datetime.timedelta(days=DAYS)
     built_days = silver.filter(pl.col("event_date").is_between(scenario.start_date, end, "left"))
     assert features.height == built_days.height > 0
-    assert scan_table(lake / "gold" / "merchant_category_daily").collect().height > 0
-    assert scan_table(lake / "features" / "merchant_risk").collect().height > 0
+    assert table("gold", "merchant_category_daily").height > 0
+    assert table("features", "merchant_risk").height > 0

@@ -72,7 +72,7 @@ def test_the_medallion_schedule_catches_up_complete_days_not_yet_ingested(loop):
 
 
 def test_the_refresh_schedule_follows_each_ingested_day_once_in_order(loop):
-    _, defs, instance = loop
+    settings, defs, instance = loop
     assert not tick(defs, instance, "refresh_event_days_schedule").run_requests
     for request in tick(defs, instance, "medallion_daily_schedule").run_requests[:2]:
         execute(defs, instance, request, "medallion_daily")
@@ -80,11 +80,11 @@ def test_the_refresh_schedule_follows_each_ingested_day_once_in_order(loop):
     expected = [
         (day.isoformat(), landed.isoformat())
         for landed in DAYS[:2]
-        for day in event_days_touched(landed)
+        for day in event_days_touched(landed, settings.start_date)
     ]
     assert [(r.partition_key, r.tags[REFRESH_TAG]) for r in requests] == expected
     assert {r.tags[LANE_TAG] for r in requests} == {"event_days"}
-    for request in requests[: len(event_days_touched(DAYS[0]))]:
+    for request in requests[: len(event_days_touched(DAYS[0], settings.start_date))]:
         execute(defs, instance, request, "refresh_event_days")
     again = tick(defs, instance, "refresh_event_days_schedule").run_requests
     # Day 1's refreshes ran: only day 2's are requested again (their run keys dedupe them in

@@ -106,6 +106,19 @@ def test_drift_retrains_once_and_the_new_champion_beats_the_old_on_drifted_data(
     alerts = scan_table(settings.lake_root / "monitoring" / "alerts").collect()
     assert alerts.filter(pl.col("kind") == "retrain_requested").height == 1
     assert alerts.filter(pl.col("kind") == "drift").height >= 1
+    # The tables written beside the assets are assets: one reference per model version (its
+    # first drift run built it), and each alert appended.
+    references = demo.instance.fetch_materializations(
+        dg.AssetKey(["monitoring", "reference"]), limit=10
+    ).records
+    built = sorted(r.asset_materialization.metadata["model_version"].value for r in references)
+    assert built == ["1", "2"]
+    stored = scan_table(settings.lake_root / "monitoring" / "reference")
+    assert stored.select("model_version").unique().collect().height == 2
+    raised = demo.instance.fetch_materializations(
+        dg.AssetKey(["monitoring", "alerts"]), limit=100
+    ).records
+    assert len(raised) == alerts.height
 
 
 @pytest.mark.parametrize("seed", [31, 32])

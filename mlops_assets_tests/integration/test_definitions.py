@@ -30,17 +30,19 @@ EXPECTED_ASSETS = {
     "serving/batch_predictions": "serving",
     "serving/fraud_linear/batch_predictions": "serving",
     "serving/stream_predictions": "serving",
+    "serving/stream_checkpoint": "serving",
     "serving/inference_log": "serving",
     "monitoring/drift_metrics": "monitoring",
     "monitoring/profiles": "monitoring",
     "monitoring/performance": "monitoring",
     "monitoring/drift_report": "monitoring",
     "monitoring/reference": "monitoring",
+    "monitoring/alerts": "monitoring",
     "monitoring/fraud_linear/drift_metrics": "monitoring",
     "monitoring/fraud_linear/performance": "monitoring",
 }
 # Tables kept per something other than the day (model version, the whole history).
-NOT_DAILY = {"monitoring/reference"}
+NOT_DAILY = {"monitoring/reference", "monitoring/alerts"}
 # The second declared model's generated assets (see models/declaration.py).
 LINEAR_TRAINING_SET = "ml/fraud_linear/training_set"
 
@@ -124,6 +126,7 @@ def test_asset_graph_snapshot(tmp_path):
             "silver/transactions",
         ],
         "serving/stream_predictions": ["online/card_behaviour", "online/merchant_risk"],
+        "serving/stream_checkpoint": ["serving/stream_predictions"],
         "serving/inference_log": [
             "serving/batch_predictions",
             "serving/fraud_linear/batch_predictions",
@@ -133,6 +136,7 @@ def test_asset_graph_snapshot(tmp_path):
         "monitoring/performance": ["serving/batch_predictions", "silver/labels"],
         "monitoring/drift_report": ["monitoring/reference", "serving/batch_predictions"],
         "monitoring/reference": ["ml/fraud_model", "ml/training_set"],
+        "monitoring/alerts": ["monitoring/drift_metrics", "monitoring/performance"],
         "monitoring/fraud_linear/drift_metrics": [
             "ml/fraud_linear/model",
             LINEAR_TRAINING_SET,

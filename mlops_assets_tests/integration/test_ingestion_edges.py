@@ -26,10 +26,13 @@ def test_a_day_without_a_usable_header_quarantines_every_line_and_adds_no_record
     land(tmp_path, "labels", DAY1, "a.csv", "a,,b\n1,2,3\n")
     land(tmp_path, "labels", DAY1, "b.csv", "")
     lakehouse = LakehouseResource(env="dev", data_root=str(tmp_path))
-    records, quarantine, counts = ingest_day(lakehouse, "labels", DAY1, NOW)
-    assert records.height == 0
-    assert counts == {"files": 2, "lines": 2, "records": 0, "quarantined": 2}
-    assert set(quarantine["reason"]) == {"header 'a,,b' has an empty column name"}
+    store = lakehouse.store("bronze")
+    records, quarantine, counts = ingest_day(store, lakehouse.landing_root, "labels", DAY1, NOW)
+    assert store.count(records) == 0
+    assert store.count(quarantine) == 2
+    assert counts == {"files": 2, "lines": 2}
+    reasons = store.to_polars(quarantine).get_column("reason")
+    assert set(reasons) == {"header 'a,,b' has an empty column name"}
 
 
 def test_a_label_reported_again_on_another_day_lands_once(tmp_path):

@@ -27,7 +27,9 @@ def test_late_events_reach_the_features_and_gold_of_their_event_day(tmp_path):
     refresh = defs.resolve_job_def("refresh_event_days")
     with dg.DagsterInstance.ephemeral() as instance:
         for landed in DAYS:
-            runs = [(medallion, landed)] + [(refresh, d) for d in event_days_touched(landed)]
+            runs = [(medallion, landed)] + [
+                (refresh, d) for d in event_days_touched(landed, settings.start_date)
+            ]
             for job, day in runs:
                 result = job.execute_in_process(
                     partition_key=day.isoformat(), instance=instance, run_config=QUIET

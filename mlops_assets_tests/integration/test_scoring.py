@@ -9,7 +9,13 @@ import polars as pl
 
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import landed_transactions
-from mlops_assets.lakehouse.delta_io import append_table, read_partition, scan_table, table_exists
+from mlops_assets.lakehouse.delta_io import (
+    append_table,
+    read_partition,
+    scan_table,
+    table_exists,
+    table_version,
+)
 from mlops_assets.models.training import model_inputs
 from mlops_assets_tests.integration.conftest import DAYS, QUIET
 
@@ -81,6 +87,14 @@ def stream(defs, instance, name):
     )
 
 
+def materializations(result) -> dict:
+    """Metadata of each asset a run materialized, by asset key."""
+    return {
+        event.asset_key.to_user_string(): event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+
+
 def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_lake, champion):
     settings, defs, instance = cd_lake
     landing = settings.landing_root
@@ -114,8 +128,15 @@ def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_l
     errors = rows.filter(pl.col("status") == "error")
     assert errors.height == 2 and errors.get_column("error").str.contains(name).all()
     assert rows.filter(pl.col("status") == "ok").get_column("score").is_between(0, 1).all()
-    # A second run of the same file changes nothing.
-    assert stream(defs, instance, name).success
+    checkpointed = materializations(result)["serving/stream_checkpoint"]
+    assert checkpointed["file"].value == name and checkpointed["dagster/row_count"].value == 1
+    assert checkpointed["delta_version"].value == table_version(
+        settings.lake_root / "serving" / "stream_checkpoint"
+    )
+    assert checkpointed["log_version"].value == meta["log_version"].value
+    # A second run of the same file changes nothing: no checkpoint row, no materialization.
+    again = stream(defs, instance, name)
+    assert again.success and "serving/stream_checkpoint" not in materializations(again)
     assert log_rows(settings).height == before + lines
     # A stop between the log's append and the checkpoint: the next run finds the file in the
     # log's history and records the checkpoint without scoring it again.
@@ -244,6 +265,13 @@ def test_the_stream_worker_scores_complete_files_once_and_records_them_in_dagste
             assert meta["file"].value == outcome.file
             assert meta["scored"].value == outcome.scored
             assert event.run_id == ""  # recorded without a run
+            checkpointed = instance.get_latest_materialization_event(
+                dg.AssetKey(["serving", "stream_checkpoint"])
+            )
+            meta = checkpointed.asset_materialization.metadata
+            assert meta["file"].value == outcome.file and checkpointed.run_id == ""
+            assert meta["delta_version"].value == outcome.checkpoint_version
+            assert meta["dagster/uri"].value == worker.checkpoint_uri
         finally:
             worker.close()
 

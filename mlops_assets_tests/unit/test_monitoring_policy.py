@@ -5,9 +5,10 @@ import datetime
 import pytest
 
 from mlops_assets.monitoring.policy import DriftPolicy, Window, decide
+from mlops_assets.monitoring.thresholds import Thresholds
 
 DAY = datetime.date(2026, 1, 1)
-POLICY = DriftPolicy(min_labelled_days=2, label_maturity_days=3, cooldown_days=7)
+POLICY = DriftPolicy(Thresholds(label_maturity_days=3), min_labelled_days=2, cooldown_days=7)
 
 
 def window(offset: int, share: float = 0.0, prediction: float = 0.0, pr_auc=None, version="1"):
@@ -60,7 +61,17 @@ def test_a_break_in_drift_ends_the_episode_and_reasons_are_named():
 
 
 def test_bad_thresholds_are_refused_with_their_name():
-    with pytest.raises(ValueError, match="max_drifted_share"):
-        DriftPolicy(max_drifted_share=1.5)
+    with pytest.raises(ValueError, match="drift_share must be in"):
+        DriftPolicy(Thresholds(drift_share=1.5))
     with pytest.raises(ValueError, match="cooldown_days"):
         DriftPolicy(cooldown_days=-1)
+    with pytest.raises(ValueError, match="label_maturity_days"):
+        Thresholds(label_maturity_days=-1)
+
+
+def test_a_window_alerts_at_the_limits_themselves():
+    at = window(0, share=0.5)
+    assert at.reasons(POLICY) == ["50% of features drifted (limit 50%)"]
+    assert window(0, share=0.49).reasons(POLICY) == []
+    assert window(0, prediction=0.1).reasons(POLICY) == ["prediction drift 0.100 (limit 0.1)"]
+    assert window(0, pr_auc=0.3).reasons(POLICY) == []
