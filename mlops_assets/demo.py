@@ -320,10 +320,11 @@ class Demo:
             "lakehouse": _resource(self.defs, "lakehouse"),
             "monitoring": _resource(self.defs, "monitoring") or MonitoringResource(),
         }
-        context = dg.build_sensor_context(
+        # Opened as a context manager: resources may hold what they opened until it closes.
+        with dg.build_sensor_context(
             instance=self.instance, cursor=self._sensor_cursor, resources=resources
-        )
-        result = sensor(context)
+        ) as context:
+            result = sensor(context)
         self._sensor_cursor = getattr(result, "cursor", None) or self._sensor_cursor
         requests = list(getattr(result, "run_requests", None) or [])
         if not requests:
