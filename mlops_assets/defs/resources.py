@@ -11,7 +11,7 @@ from pydantic import PrivateAttr
 
 from mlops_assets.lakehouse.catalog import Catalog, TableRef
 from mlops_assets.lakehouse.store import DeltaRsStore, SparkStore, TableStore
-from mlops_assets.settings import Engine, Settings, load_settings
+from mlops_assets.settings import DEFAULT_S3_REGION, Engine, ObjectStore, Settings, load_settings
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -72,8 +72,13 @@ class LakehouseResource(dg.ConfigurableResource):
         group_engines: Engine of an asset group where it differs (`{"features": "spark"}`).
         online_store_url: The online store (`redis://...`); empty for the embedded SQLite
             store, or the process's `MLOPS_ONLINE_STORE`.
-        spark: The Spark session of the groups that run on Spark (default: from the
-            `MLOPS_SPARK_*` settings, started on first use).
+        lake_uri: `s3://bucket/prefix` when the lake is on object storage; empty for the
+            local data root.
+        s3_endpoint: The object store's URL; empty for AWS's endpoint of the region.
+        s3_access_key_id: Access key of the object store; empty (with the secret) for the
+            AWS default credential chain, which keeps secrets out of the resource's config.
+        s3_secret_access_key: Secret of the access key.
+        s3_region: The object store's region.
     """
 
     env: str
@@ -81,7 +86,12 @@ class LakehouseResource(dg.ConfigurableResource):
     engine: str = Engine.POLARS.value
     group_engines: dict[str, str] = {}
     online_store_url: str = ""
-    spark: SparkResource | None = None
+    lake_uri: str = ""
+    s3_endpoint: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_region: str = DEFAULT_S3_REGION
+    _spark: SparkResource | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> LakehouseResource:
@@ -93,14 +103,18 @@ class LakehouseResource(dg.ConfigurableResource):
             engine=settings.engine.value,
             group_engines={group: e.value for group, e in settings.group_engines.items()},
             online_store_url=settings.online_store_url,
-            spark=SparkResource.from_settings(settings),
+            lake_uri=settings.object_store.lake_uri,
+            s3_endpoint=settings.object_store.endpoint,
+            s3_access_key_id=settings.object_store.access_key_id,
+            s3_secret_access_key=settings.object_store.secret_access_key,
+            s3_region=settings.object_store.region,
         )
 
     @property
     def settings(self) -> Settings:
         """Settings of the configured environment."""
-        # The process's other settings (online store, crons, Spark) with this resource's
-        # environment and engines.
+        # The process's other settings (crons, Spark, thresholds) with this resource's
+        # environment, engines, online store and lake.
         base = load_settings()
         return dataclasses.replace(
             base,
@@ -109,6 +123,13 @@ class LakehouseResource(dg.ConfigurableResource):
             data_root=Path(self.data_root),
             engine=Engine(self.engine),
             group_engines={group: Engine(e) for group, e in self.group_engines.items()},
+            object_store=ObjectStore(
+                lake_uri=self.lake_uri,
+                endpoint=self.s3_endpoint,
+                access_key_id=self.s3_access_key_id,
+                secret_access_key=self.s3_secret_access_key,
+                region=self.s3_region,
+            ),
         )
 
     def store(self, group: str) -> TableStore:
@@ -116,8 +137,11 @@ class LakehouseResource(dg.ConfigurableResource):
         settings = self.settings
         options = settings.storage_options
         if settings.engine_for(group) is Engine.SPARK:
-            spark = self.spark or SparkResource.from_settings(settings)
-            return SparkStore(self.catalog, spark.session, options)
+            # The session of the `MLOPS_SPARK_*` settings, started on first use: runs on the
+            # polars engine never start a JVM.
+            if self._spark is None:
+                self._spark = SparkResource.from_settings(settings)
+            return SparkStore(self.catalog, self._spark.session, options)
         return DeltaRsStore(self.catalog, options)
 
     def engine_for(self, group: str) -> Engine:

@@ -520,6 +520,7 @@ def _commit_polars(
                 stats=json.dumps(file_statistics(content)),
             )
         )
+    before = delta.version()
     delta.create_write_transaction(
         actions,
         mode=mode,
@@ -531,7 +532,14 @@ def _commit_polars(
         commit_properties=_commit_properties(metadata),
         post_commithook_properties=POST_COMMIT,
     )
-    # The handle does not move to the transaction's commit: find it by the write id.
+    # The handle does not move to the transaction's commit. Without a race, the commit is
+    # the next version and the newest: the handle is moved there. Otherwise it is found by
+    # the write id.
+    delta.update_incremental()
+    if delta.version() == before + 1:
+        newest = delta.history(1)
+        if newest and newest[0].get(WRITE_ID_KEY) == metadata[WRITE_ID_KEY]:
+            return delta
     version = _commit_version(uri, metadata[WRITE_ID_KEY], options)
     committed = None if version is None else _open(uri, options, version)
     if committed is None:
@@ -1025,6 +1033,48 @@ def _commit_version(
                 return int(entry["version"])
         return None
     return None
+
+
+def commit_versions(
+    uri: str | Path,
+    key: str,
+    value: str,
+    *,
+    newest: int | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> list[int]:
+    """Versions whose commit metadata holds `key` = `value` (delta-rs' or Spark's), newest first.
+
+    Works on every store (the log is read through delta-rs, not listed on a disk); versions
+    are numbered as `_commit_version` does, from a listing no commit landed during.
+
+    Args:
+        uri: Table location.
+        key: Custom metadata key (e.g. the name of a streamed file's key).
+        value: The value wanted.
+        newest: Search only this many newest commits (all the log keeps when None).
+        storage_options: Object-store options (default: `storage_options_for`).
+
+    Returns:
+        The matching versions; empty when there is no table or no match.
+    """
+    uri = str(uri)
+    options = storage_options_for(uri, storage_options)
+    for _ in range(COMMIT_ATTEMPTS):
+        delta = _open(uri, options)
+        if delta is None:
+            return []
+        seen = delta.version()
+        entries = delta.history(newest)
+        delta.update_incremental()
+        if delta.version() != seen:
+            continue
+        return [
+            int(entry["version"])
+            for entry in entries
+            if entry.get(key) == value or _user_metadata(entry).get(key) == value
+        ]
+    raise CommitFailedError(f"table {uri}: commits kept landing while its log was read")
 
 
 def table_row_count(delta: DeltaTable) -> int:

@@ -18,11 +18,12 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_assets.settings import DEFAULT_S3_REGION, ObjectStore, project_root
+from mlops_assets.settings import DEFAULT_S3_REGION, ObjectStore, Settings, project_root
 from mlops_assets.stack.process import ServerProcess, StackError, free_port
 
 DEFAULT_BUCKET = "lake"
@@ -82,14 +83,36 @@ class SeaweedPorts:
     s3_grpc: int
 
     @classmethod
-    def free(cls) -> SeaweedPorts:
-        """Ports nothing listens on now, all different."""
+    def free(cls, s3: int | None = None) -> SeaweedPorts:
+        """Ports nothing listens on now, all different (the S3 gateway's `s3` when given)."""
         chosen: list[int] = []
-        while len(chosen) < len(dataclasses.fields(cls)):
+        while len(chosen) < len(dataclasses.fields(cls)) - 1:
             port = free_port()
-            if port not in chosen:
+            if port not in chosen and port != s3:
                 chosen.append(port)
-        return cls(*chosen)
+        gateway = s3 if s3 is not None else free_port()
+        while gateway in chosen:
+            gateway = free_port()
+        *inner, s3_grpc = chosen
+        return cls(*inner, s3=gateway, s3_grpc=s3_grpc)
+
+    @classmethod
+    def kept(cls, path: Path, s3: int) -> SeaweedPorts:
+        """The ports a server in a lasting folder used before, chosen once and kept in `path`.
+
+        The S3 gateway's port is the lake's endpoint's; the inner ones are chosen free the
+        first time (or when the gateway's port changed) and written to `path`.
+        """
+        try:
+            ports = cls(**json.loads(path.read_text()))
+            if ports.s3 == s3:
+                return ports
+        except (FileNotFoundError, ValueError, TypeError):
+            pass
+        ports = cls.free(s3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(ports)))
+        return ports
 
 
 def write_identities(path: Path, credentials: S3Credentials) -> Path:
@@ -315,6 +338,32 @@ class SeaweedFS:
             f"seaweedfs: bucket {self.bucket!r} takes no writes after {timeout:.0f} s: {error}\n"
             f"{self.server.tail()}"
         )
+
+
+def stack_object_store(settings: Settings, state_dir: Path) -> SeaweedFS | None:
+    """The stack's SeaweedFS, when the lake is on `s3://` at an endpoint on this machine.
+
+    The gateway listens on the endpoint's port and accepts the settings' key pair; the bucket
+    is the lake's; data, pid, log and port files are in `state_dir` (`data/<env>/stack/`).
+    None when the lake is on the local disk or on a store elsewhere.
+
+    Raises:
+        StackError: The endpoint is on this machine but the settings hold no key pair.
+    """
+    store = settings.object_store
+    if not store.enabled or not store.endpoint:
+        return None
+    endpoint = urllib.parse.urlsplit(store.endpoint)
+    if endpoint.hostname not in ("127.0.0.1", "localhost") or endpoint.scheme != "http":
+        return None
+    if not store.access_key_id:
+        raise StackError(
+            f"the lake is on {store.endpoint}, which the stack runs (SeaweedFS): set "
+            "MLOPS_S3_ACCESS_KEY_ID and MLOPS_S3_SECRET_ACCESS_KEY, the key pair it accepts"
+        )
+    ports = SeaweedPorts.kept(state_dir / "seaweedfs-ports.json", endpoint.port or 80)
+    credentials = S3Credentials(store.access_key_id, store.secret_access_key)
+    return SeaweedFS(state_dir / "seaweedfs", state_dir, ports, credentials, bucket=store.bucket)
 
 
 @contextlib.contextmanager

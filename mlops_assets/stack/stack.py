@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlops_assets.settings import Settings, StackPorts, load_settings
-from mlops_assets.stack import dagster_servers, postgres, redis_server
+from mlops_assets.stack import dagster_servers, postgres, redis_server, seaweedfs
 from mlops_assets.stack.mlflow_server import mlflow_process
 from mlops_assets.stack.process import STACK_MARKER, ServerProcess, StackError, free_port, port_open
 from mlops_assets.stack.serving import serve_process, stream_worker_process
@@ -39,9 +39,10 @@ class ServerStatus:
 class Stack:
     """The production-shaped stack of one environment on this machine.
 
-    Servers, in start order: PostgreSQL and Redis; MLflow (on PostgreSQL); the Dagster
-    webserver, the read-only webserver, the Dagster daemon, the serving replicas and the stream
-    worker. Every server binds 127.0.0.1, and every state folder, pid and log file is under
+    Servers, in start order: PostgreSQL and Redis (and SeaweedFS when the lake is on an
+    `s3://` endpoint on this machine); MLflow (on PostgreSQL); the Dagster webserver, the
+    read-only webserver, the Dagster daemon, the serving replicas and the stream worker.
+    Every server binds 127.0.0.1, and every state folder, pid and log file is under
     `data/<env>/stack/` (the Dagster home stays `data/<env>/dagster/`).
 
     Args:
@@ -72,6 +73,8 @@ class Stack:
             online_store_url=redis_server.url(self.ports.redis),
         )
         self.extra_env = dict(extra_env or {})
+        # The lake's object store, when it is an S3 endpoint on this machine (MLOPS_LAKE_URI).
+        self.object_store = seaweedfs.stack_object_store(self.settings, self.root)
         env = self.env
         self.redis = redis_server.redis_process(self.root / "redis", self.root, self.ports.redis)
         self.mlflow = mlflow_process(
@@ -130,14 +133,18 @@ class Stack:
         }
         for number, port in enumerate(ports.serve, start=1):
             urls[f"serve-{number}"] = f"http://127.0.0.1:{port}"
+        if self.object_store is not None:
+            urls["seaweedfs"] = self.object_store.endpoint
         return urls
 
     @property
     def servers(self) -> list[ServerProcess]:
         """Every server, in start order."""
+        store = [self.object_store.server] if self.object_store is not None else []
         return [
             self.postgres.server,
             self.redis,
+            *store,
             self.mlflow,
             self.webserver,
             self.readonly_webserver,
@@ -149,11 +156,13 @@ class Stack:
     def _tiers(self) -> list[list[ServerProcess]]:
         """Servers by dependency: each tier needs only the tiers before it.
 
-        PostgreSQL and Redis; MLflow and the Dagster processes, which need PostgreSQL; the
-        serving replicas and the stream worker, which need MLflow's registry and Redis.
+        PostgreSQL, Redis and the lake's object store (when the stack runs one); MLflow and
+        the Dagster processes, which need PostgreSQL; the serving replicas and the stream
+        worker, which need MLflow's registry and Redis.
         """
+        store = [self.object_store.server] if self.object_store is not None else []
         return [
-            [self.postgres.server, self.redis],
+            [self.postgres.server, self.redis, *store],
             [self.mlflow, self.webserver, self.readonly_webserver, self.daemon],
             [*self.replicas, self.stream_worker],
         ]
@@ -210,6 +219,9 @@ class Stack:
                 together([(s.name, s.start) for s in self._tiers()[1] if s.name in dagster])
 
         starts: dict[str, Callable[[], object]] = {"postgres": self.postgres.start}
+        if self.object_store is not None:
+            # The server, then the lake's bucket, then a write that lands.
+            starts[self.object_store.server.name] = self.object_store.start
         for tier in self._tiers():
             steps = [
                 (server.name, starts.get(server.name, server.start))

@@ -31,6 +31,7 @@ from mlops_assets.lakehouse.delta_io import (
     SchemaPolicy,
     Writer,
     append_table,
+    commit_versions,
     merge_partition,
     read_lineage,
     read_partition,
@@ -186,6 +187,8 @@ def test_partitions_are_replaced_merged_appended_and_read_back_on_s3(s3, options
     assert second.version == table_version(log, storage_options=options)
     entry = DeltaTable(log, storage_options=options).history(1)[0]
     assert entry["source"] == "file-1"
+    assert commit_versions(log, "source", "file-1", storage_options=options) == [second.version]
+    assert commit_versions(log, "source", "file-2", storage_options=options) == []
     assert table_exists(log, storage_options=options)
     assert not table_exists(f"{prefix}/none", storage_options=options)
 
@@ -385,3 +388,51 @@ def test_spark_writes_and_reads_the_same_table_on_s3(s3, options, prefix, tmp_pa
     assert table.height == 8
     assert sorted(table.filter(pl.col("landing_date") == DAY1)["id"]) == [f"s{i}" for i in range(6)]
     assert any("_delta_log" in key for key in objects(s3, uri))
+
+
+@pytest.mark.slow
+def test_the_stack_runs_the_lakes_store_and_keeps_its_tables_across_a_restart(tmp_path):
+    from mlops_assets.stack.process import free_port
+    from mlops_assets.stack.stack import Stack, free_ports
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    environ = {
+        "MLOPS_DATA_ROOT": str(tmp_path),
+        "MLOPS_LAKE_URI": "s3://stack-lake/mlops",
+        "MLOPS_S3_ENDPOINT": endpoint,
+        "MLOPS_S3_ACCESS_KEY_ID": "stack-key",
+        "MLOPS_S3_SECRET_ACCESS_KEY": "stack-secret-0123456789",
+    }
+    settings = load_settings(environ)
+    stack = Stack(settings, ports=free_ports())
+    store = stack.object_store
+    assert store is not None and store.endpoint == endpoint
+    assert store.server in stack._tiers()[0]
+    assert stack.urls["seaweedfs"] == endpoint
+    uri = Catalog(settings).uri_for_write(TableRef("bronze", "transactions"))
+    try:
+        store.start()
+        assert "stack-lake" in store.buckets()
+        written = write_partition(
+            uri,
+            day_frame(DAY1, 4),
+            {"landing_date": DAY1},
+            storage_options=settings.storage_options,
+        )
+        assert written.table_rows == 4
+        [row] = [r for r in stack.status() if r.name == "seaweedfs"]
+        assert row.up and row.port == store.ports.s3
+        assert store.stop()
+        # Started again on the same ports and folder: the table is still there.
+        again = Stack(settings, ports=free_ports()).object_store
+        assert again is not None and again.ports == store.ports
+        again.start()
+        assert scan_table(uri, storage_options=settings.storage_options).collect().height == 4
+    finally:
+        store.stop()
+    with pytest.raises(Exception, match="MLOPS_S3_ACCESS_KEY_ID and MLOPS_S3_SECRET_ACCESS_KEY"):
+        Stack(
+            load_settings(
+                {**environ, "MLOPS_S3_ACCESS_KEY_ID": "", "MLOPS_S3_SECRET_ACCESS_KEY": ""}
+            )
+        )
