@@ -110,7 +110,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     from mlops_assets.models.lifecycle import LifecycleError
 
     settings = load_settings()
-    cycle = deploy.lifecycle(settings)
+    cycle = deploy.lifecycle(settings, args.model)
     who = f"{getpass.getuser()} (mlops model {args.action})"
     try:
         if args.action == "status":
@@ -126,9 +126,11 @@ def cmd_model(args: argparse.Namespace) -> int:
             if not args.version:
                 print("mlops model promote needs a version", file=sys.stderr)
                 return 2
-            move = deploy.promote_version(settings, args.version, who=who, why=args.why)
+            move = deploy.promote_version(
+                settings, args.version, who=who, why=args.why, model=args.model
+            )
         else:
-            move = deploy.rollback(settings, who=who, why=args.why)
+            move = deploy.rollback(settings, who=who, why=args.why, model=args.model)
     except LifecycleError as error:
         print(error, file=sys.stderr)
         return 2
@@ -334,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("version", nargs="?", help="version to promote")
     model.add_argument("--why", default="by hand", help="reason recorded with the move")
     model.add_argument("--last", type=int, default=20, help="audit rows shown by status")
+    from mlops_assets.models.declaration import MODELS
+
+    model.add_argument(
+        "--model",
+        default="fraud_detector",
+        choices=list(MODELS),
+        help="the declared model (models/declaration.py)",
+    )
     model.set_defaults(func=cmd_model)
     webhook = sub.add_parser(
         "webhook", help="receive MLflow registry webhooks (serve) or create one (register)"

@@ -16,21 +16,19 @@ from mlops_assets.defs.automation import (
     serve_schedule,
 )
 from mlops_assets.defs.bronze import bronze_assets
-from mlops_assets.defs.deploy import new_model_versions
+from mlops_assets.defs.deploy import model_version_sensors
 from mlops_assets.defs.features import feature_assets
 from mlops_assets.defs.gold import gold_assets
 from mlops_assets.defs.jobs import (
-    deploy_job,
     features_job,
     medallion_job,
+    ml_jobs,
     online_job,
     refresh_job,
-    retrain_job,
-    train_job,
-    training_set_job,
     weekly_retrain_schedule,
 )
-from mlops_assets.defs.ml import ml_assets
+from mlops_assets.defs.ml import ml_assets, model_audit_spec
+from mlops_assets.defs.model_monitoring import model_monitoring_assets_all
 from mlops_assets.defs.monitoring import (
     MonitoringResource,
     alert_on_run_failure,
@@ -47,6 +45,7 @@ from mlops_assets.defs.serving import (
     serving_specs,
 )
 from mlops_assets.defs.silver import silver_assets
+from mlops_assets.models.declaration import MODELS
 from mlops_assets.settings import Settings, SettingsError, load_settings
 
 
@@ -93,9 +92,11 @@ def build_definitions(
             *feature_assets(settings),
             *online_assets,
             *ml_assets,
+            model_audit_spec,
             *serving_assets,
             *serving_specs,
             *monitoring_assets,
+            *model_monitoring_assets_all,
             *monitoring_specs,
         ],
         jobs=[
@@ -103,10 +104,7 @@ def build_definitions(
             features_job,
             refresh_job,
             online_job,
-            training_set_job,
-            train_job,
-            deploy_job,
-            retrain_job,
+            *ml_jobs,
             serve_and_monitor_job,
             *serving_jobs,
         ],
@@ -114,10 +112,10 @@ def build_definitions(
             medallion_schedule(settings),
             refresh_schedule(settings),
             serve_schedule(settings, monitoring.label_maturity_days),
-            weekly_retrain_schedule(settings),
+            *(weekly_retrain_schedule(settings, model) for model in MODELS.values()),
         ],
         sensors=[
-            *(tuned(sensor, settings) for sensor in (new_model_versions, *serving_sensors)),
+            *(tuned(sensor, settings) for sensor in (*model_version_sensors, *serving_sensors)),
             drift_monitor_sensor(settings),
             alert_on_run_failure,
             run_watchdog(settings),

@@ -39,6 +39,8 @@ class Story:
     windows: list[dict[str, Any]] = field(default_factory=list)
     online_answers: int = 0
     report: str | None = None
+    other_champions: dict[str, str] = field(default_factory=dict)
+    other_online_answers: dict[str, int] = field(default_factory=dict)
 
 
 def say(text: str) -> None:
@@ -119,14 +121,18 @@ class Demo:
 
     # --- the story's steps ----------------------------------------------------------------
 
-    def train(self, last_day: datetime.date, days: int) -> bool:
-        """Train, validate and promote on the labels known at the end of `last_day`."""
+    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> bool:
+        """Train, validate and promote a declared model on the labels known at `last_day`'s end."""
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        k = keys(declared(model))
         cutoff = datetime.datetime.combine(
             last_day + datetime.timedelta(days=1), datetime.time(), datetime.UTC
         )
         config = {
             "ops": {
-                "ml__training_set": {
+                k.node(k.training_set): {
                     "config": {
                         "label_cutoff": cutoff.isoformat(),
                         "days": days,
@@ -136,20 +142,31 @@ class Demo:
             },
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
-        return self.report_training(self.run_job("retrain_and_deploy", run_config=config))
+        result = self.run_job(k.job("retrain_and_deploy"), run_config=config)
+        return self.report_training(result, model)
 
-    def report_training(self, result: dg.ExecuteInProcessResult) -> bool:
+    def report_training(
+        self, result: dg.ExecuteInProcessResult, model: str = "fraud_detector"
+    ) -> bool:
         """Print what a `retrain_and_deploy` run did; whether it promoted a champion."""
-        nodes = ("ml__training_set", "ml__fraud_model", "ml__champion")
-        built = {n: result.asset_materializations_for_node(n) for n in nodes}
-        if built["ml__training_set"]:
-            meta = built["ml__training_set"][0].metadata
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        k = keys(declared(model))
+        nodes = {
+            "training_set": k.node(k.training_set),
+            "trained": k.node(k.trained),
+            "champion": k.node(k.champion),
+        }
+        built = {role: _own(result, n) for role, n in nodes.items()}
+        if built["training_set"]:
+            meta = built["training_set"][0].metadata
             say(
-                f"training set: {meta['events'].value:,} events of {meta['window'].value} with "
-                f"mature labels, {meta['fraud_events'].value:,} fraud"
+                f"{model} training set: {meta['events'].value:,} events of "
+                f"{meta['window'].value} with mature labels, {meta['fraud_events'].value:,} fraud"
             )
-        if built["ml__fraud_model"]:
-            meta = built["ml__fraud_model"][0].metadata
+        if built["trained"]:
+            meta = built["trained"][0].metadata
             say(
                 f"trained {meta['model'].value} version {meta['version'].value}: hold-out PR-AUC "
                 f"{meta['pr_auc'].value:.3f}, recall at 1% FPR "
@@ -165,17 +182,52 @@ class Demo:
                     f"{evaluation.metadata['champion_pr_auc'].value:.3f}"
                 )
             say(f"validation: {evaluation.description}{extra}")
-        if not result.success or not built["ml__champion"]:
+        if not result.success or not built["champion"]:
             say("no promotion: see the run in the UI and `mlops model status`")
             return False
-        meta = built["ml__champion"][0].metadata
-        self.story.champion_versions.append(str(meta["champion"].value))
+        meta = built["champion"][0].metadata
+        if model == "fraud_detector":
+            self.story.champion_versions.append(str(meta["champion"].value))
+        else:
+            self.story.other_champions[model] = str(meta["champion"].value)
         previous = meta["previous"].value
         say(
-            f"promoted version {meta['champion'].value} to champion"
+            f"promoted {meta['model'].value} version {meta['champion'].value} to champion"
             + (f" (version {previous} kept as previous)" if previous != "none" else "")
         )
         return True
+
+    def score_other_models(self, day: datetime.date) -> None:
+        """Batch-score a day with every other declared model's champion, then monitor it."""
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        for model in self.story.other_champions:
+            k = keys(declared(model))
+            scored = self.materialize([k.batch_predictions.path], day)
+            if not scored.success:
+                say(f"batch scoring of {day} by {model} failed: see the run in the UI")
+                continue
+            meta = _own(scored, k.node(k.batch_predictions))[0].metadata
+            watched = self.materialize(
+                [["monitoring", model, "drift_metrics"], ["monitoring", model, "performance"]],
+                day,
+            )
+            drift = ""
+            if watched.success:
+                found = _own(watched, f"monitoring__{model}__drift_metrics")
+                drift = (
+                    f"; drifted features {found[0].metadata['drifted_share'].value:.0%}"
+                    if found
+                    else ""
+                )
+            else:
+                drift = "; its monitoring failed: see the run in the UI"
+            say(
+                f"{day}: {meta['model'].value} version {meta['model_version'].value} scored "
+                f"{meta['dagster/row_count'].value:,} transactions ({meta['flagged'].value:,} "
+                f"flagged) into serving/inference_log{drift}"
+            )
 
     def load_by_alias(self) -> bool:
         """A clean Python process loads the champion by alias and scores."""
@@ -219,7 +271,7 @@ class Demo:
         if not scored.success:
             say(f"batch scoring of {day} failed: see the run in the UI")
             return False
-        batch = scored.asset_materializations_for_node("serving__batch_predictions")[0].metadata
+        batch = _own(scored, "serving__batch_predictions")[0].metadata
         self._scored.add(day)
         watched = self.materialize(
             [["monitoring", "drift_metrics"], ["monitoring", "profiles"]], day
@@ -227,7 +279,7 @@ class Demo:
         if not watched.success:
             say(f"monitoring of {day} failed: see the run in the UI")
             return False
-        drift = watched.asset_materializations_for_node("monitoring__drift_metrics")[0].metadata
+        drift = _own(watched, "monitoring__drift_metrics")[0].metadata
         # Performance of the days whose labels just matured (and of this one, partly labelled).
         pr_auc = None
         for back in range(self.label_days, -1, -1):
@@ -236,7 +288,7 @@ class Demo:
                 continue
             result = self.materialize([["monitoring", "performance"]], older)
             if result.success and back == self.label_days:
-                meta = result.asset_materializations_for_node("monitoring__performance")[0].metadata
+                meta = _own(result, "monitoring__performance")[0].metadata
                 pr_auc = meta["pr_auc"].value if "pr_auc" in meta else None
         window = {
             "day": day.isoformat(),
@@ -268,10 +320,11 @@ class Demo:
             "lakehouse": _resource(self.defs, "lakehouse"),
             "monitoring": _resource(self.defs, "monitoring") or MonitoringResource(),
         }
-        context = dg.build_sensor_context(
+        # Opened as a context manager: resources may hold what they opened until it closes.
+        with dg.build_sensor_context(
             instance=self.instance, cursor=self._sensor_cursor, resources=resources
-        )
-        result = sensor(context)
+        ) as context:
+            result = sensor(context)
         self._sensor_cursor = getattr(result, "cursor", None) or self._sensor_cursor
         requests = list(getattr(result, "run_requests", None) or [])
         if not requests:
@@ -317,7 +370,7 @@ class Demo:
             if not done.success:
                 say(f"stream: scoring {name} failed: see the run in the UI")
                 continue
-            meta = done.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+            meta = _own(done, "serving__stream_predictions")[0].metadata
             if "skipped" in meta and meta["skipped"].value:
                 say(f"stream: {name} was scored when it first landed (checkpoint)")
                 continue
@@ -369,13 +422,72 @@ class Demo:
                         answered += response.status == 200
                 except urllib.error.HTTPError:
                     pass
+            seconds = time.perf_counter() - started
+            others = self._other_models_online(server, rows)
+            ready = service.ready().body
         finally:
             server.stop()
         self.story.online_answers = answered
         say(
-            f"online: {answered} of {rows.height} REST requests answered in "
-            f"{time.perf_counter() - started:.1f} s; every one is a row of serving/inference_log"
+            f"online: {answered} of {rows.height} REST requests answered in {seconds:.1f} s; "
+            "every one is a row of serving/inference_log"
         )
+        for status in ready["models"].values():
+            path = (
+                f"fallback: {status['fallback_reason']}"
+                if status["scorer"] == "reference"
+                else "compiled fast path"
+            )
+            say(
+                f"readiness: {status['model']} version {status['serving_version']} served by "
+                f"the {status['scorer']} scorer ({path})"
+            )
+        for name, count in others.items():
+            say(
+                f"online: {count} of {rows.height} REST requests answered by {name} at "
+                f"/v1/models/{name}/score, beside the fraud detector"
+            )
+
+    def _other_models_online(self, server: Any, rows: pl.DataFrame) -> dict[str, int]:
+        """Send the rows to each other declared model's scoring path; answers per model."""
+        from mlops_assets.models.declaration import declared
+        from mlops_assets.serving.app import model_score_path
+
+        answers = {}
+        for name in self.story.other_champions:
+            fields = declared(name).spec.request_fields
+            answered = 0
+            for row in rows.iter_rows(named=True):
+                body = {
+                    k: (row[k].isoformat() if k == "event_time" else row[k])
+                    for k in fields
+                    if k in row
+                }
+                request = urllib.request.Request(
+                    f"{server.url}{model_score_path(name)}",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answered += response.status == 200
+                except urllib.error.HTTPError:
+                    pass
+            answers[name] = answered
+            self.story.other_online_answers[name] = answered
+        return answers
+
+
+def _own(result: dg.ExecuteInProcessResult, node: str) -> list[dg.AssetMaterialization]:
+    """A node's materializations of its own asset.
+
+    Not those it reports for others, such as `monitoring/reference` or `ml/model_audit`.
+    """
+    return [
+        m
+        for m in result.asset_materializations_for_node(node)
+        if "__".join(m.asset_key.path) == node
+    ]
 
 
 def _resource(defs: dg.Definitions, name: str) -> Any:
@@ -387,6 +499,7 @@ def run(settings: Settings, args: Any) -> int:
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.monitoring import MonitoringResource
     from mlops_assets.defs.runner import prepare_dagster_home
+    from mlops_assets.models.declaration import MODELS
     from mlops_assets.simulate import Drift, Scenario, simulate
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -433,9 +546,14 @@ def run(settings: Settings, args: Any) -> int:
         )
         if not demo.train(days[normal - 1], normal) or not demo.load_by_alias():
             return 1
+        # Every other declared model goes through the same lifecycle from its declaration.
+        for model in list(MODELS)[1:]:
+            if not demo.train(days[normal - 1], normal, model=model):
+                return 1
         for day in days[max(0, normal - 2) : normal]:
             if not demo.score_and_monitor(day):
                 return 1
+            demo.score_other_models(day)
         demo.online_burst(days[normal - 1])
         demo.tick()
         for day in days[normal:]:
@@ -446,11 +564,12 @@ def run(settings: Settings, args: Any) -> int:
                 return 1
             if not demo.score_and_monitor(day):
                 return 1
+            demo.score_other_models(day)
             demo.tick()
         if drifted:
             report = demo.materialize([["monitoring", "drift_report"]], days[normal])
             if report.success:
-                meta = report.asset_materializations_for_node("monitoring__drift_report")[0]
+                meta = _own(report, "monitoring__drift_report")[0]
                 demo.story.report = meta.metadata["path"].value
                 say(f"Evidently drift report of {days[normal]}: {demo.story.report}")
     _summary(settings, demo.story, manifests, drift is not None)
@@ -477,6 +596,11 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
         say(
             f"no drift: {retrains} retraining requested; champion stays version(s) "
             f"{' -> '.join(story.champion_versions)}"
+        )
+    for name, version in story.other_champions.items():
+        say(
+            f"{name}: champion version {version}, batch scored and monitored each day, "
+            f"{story.other_online_answers.get(name, 0)} REST answers beside the fraud detector"
         )
     say(
         "look at: `mlops model status` (lifecycle and audit), serving/inference_log, "

@@ -6,8 +6,9 @@ test with an every-minute cron all end in the same state. Run keys make each req
 
   landing day complete ──► medallion_daily(day)          (medallion schedule)
   medallion done       ──► refresh_event_days(day-3..day) (refresh schedule, one lane)
-  refreshes done       ──► serve_and_monitor(day): online store, batch scoring, drift,
-                           profiles; and performance of the day whose labels just matured
+  refreshes done       ──► serve_and_monitor(day): online store, batch scoring and drift
+                           (of every declared model with a champion), profiles; and
+                           performance of the day whose labels just matured
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from mlops_assets.defs.jobs import (
     medallion_job,
     refresh_job,
 )
+from mlops_assets.defs.ml import keys
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.lakehouse.landing import complete_landing_days
+from mlops_assets.models.declaration import MODELS, primary
 from mlops_assets.settings import Settings
 from mlops_assets.stack.process import process_alive
 
@@ -45,10 +48,22 @@ SERVE_DAY = [
     dg.AssetKey(["monitoring", "profiles"]),
 ]
 PERFORMANCE = dg.AssetKey(["monitoring", "performance"])
+# The other declared models' batch scoring and drift: a day is scored and measured by each of
+# them with a champion.
+OTHER_SERVE = {
+    model.name: [
+        keys(model).batch_predictions,
+        dg.AssetKey(["monitoring", model.name, "drift_metrics"]),
+    ]
+    for model in MODELS.values()
+    if model.name != primary().name
+}
 
 serve_and_monitor_job = dg.define_asset_job(
     name="serve_and_monitor",
-    selection=dg.AssetSelection.assets(*SERVE_DAY, PERFORMANCE),
+    selection=dg.AssetSelection.assets(
+        *SERVE_DAY, *(key for served in OTHER_SERVE.values() for key in served), PERFORMANCE
+    ),
     description=(
         "After a landing day's refreshes: publish the online store, score the day with the "
         "champion, measure its drift and profile; measure performance of matured days."
@@ -242,6 +257,16 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
                 f"no champion yet: {len(pending)} landing days wait for one to be promoted"
             )
             return
+        # The other declared models score the day too, once they have a champion.
+        serving = [
+            *SERVE_DAY,
+            *(
+                key
+                for name, served in OTHER_SERVE.items()
+                if pending and lifecycle(settings, name).version_of(CHAMPION) is not None
+                for key in served
+            ),
+        ]
         requests: list[dg.RunRequest] = []
         waiting = None
         for landed in pending:
@@ -258,7 +283,7 @@ def serve_schedule(settings: Settings, label_maturity_days: int) -> dg.ScheduleD
                 dg.RunRequest(
                     run_key=f"serve:{day}",
                     partition_key=day,
-                    asset_selection=SERVE_DAY,
+                    asset_selection=serving,
                     tags={SERVED_TAG: day},
                 )
             )

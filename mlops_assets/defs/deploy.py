@@ -1,23 +1,42 @@
-"""The CD trigger: a sensor that sends each new registered version to validation and promotion."""
+"""The CD trigger: per declared model, a sensor sending each new version to validation.
+
+Each sensor requests the validation and promotion of its model's new versions:
+`new_model_versions` for the fraud detector, `new_model_versions_<name>` for the others.
+"""
 
 import json
 
 import dagster as dg
 
-from mlops_assets.defs.jobs import deploy_job
+from mlops_assets.defs.jobs import MODEL_JOBS
+from mlops_assets.defs.ml import keys
 from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 
 
-@dg.sensor(
-    job=deploy_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description=(
-        "Watches the registry for new versions of the fraud detector and requests their "
-        "validation and promotion, once per version."
-    ),
-)
-def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource):
+def new_versions_sensor(model: ModelDeclaration) -> dg.SensorDefinition:
+    """The CD sensor of a declared model (see `_new_versions`)."""
+    k = keys(model)
+
+    @dg.sensor(
+        name=k.job("new_model_versions"),
+        job=MODEL_JOBS[model.name]["deploy"],
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=(
+            f"Watches the registry for new versions of {model.name} and requests their "
+            "validation and promotion, once per version."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource):
+        return _new_versions(context, lakehouse, model)
+
+    return _sensor
+
+
+def _new_versions(
+    context: dg.SensorEvaluationContext, lakehouse: LakehouseResource, model: ModelDeclaration
+):
     """Request a `deploy_model` run for every version registered since the last tick.
 
     Versions come from polling the registry and, when an MLflow server delivers registry
@@ -32,7 +51,8 @@ def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: Lakehouse
     from mlops_assets.models.webhooks import Inbox
 
     settings = lakehouse.settings
-    cycle = lifecycle(settings)
+    cycle = lifecycle(settings, model.name)
+    k = keys(model)
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen, inbox_seq = cursor.get("version"), cursor.get("inbox", 0)
     if seen is None:
@@ -69,8 +89,8 @@ def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: Lakehouse
                 run_key=f"{cycle.name}/{version}",
                 run_config={
                     "ops": {
-                        "ml__model_validation": {"config": {"version": version}},
-                        "ml__champion": {"config": {"version": version}},
+                        k.node(k.validation): {"config": {"version": version}},
+                        k.node(k.champion): {"config": {"version": version}},
                     }
                 },
                 tags={
@@ -87,3 +107,7 @@ def new_model_versions(context: dg.SensorEvaluationContext, lakehouse: Lakehouse
             skip_reason=f"no new version of {cycle.name} after version {seen}", cursor=next_cursor
         )
     return dg.SensorResult(run_requests=requests, cursor=next_cursor)
+
+
+model_version_sensors = [new_versions_sensor(model) for model in MODELS.values()]
+new_model_versions = model_version_sensors[list(MODELS).index(primary().name)]

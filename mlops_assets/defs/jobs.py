@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.settings import Settings
 
 MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
@@ -45,11 +46,46 @@ refresh_job = dg.define_asset_job(
 )
 
 
-training_set_job = dg.define_asset_job(
-    name="training_set",
-    selection=dg.AssetSelection.assets(["ml", "training_set"]),
-    description="Build the point-in-time training set of the fraud detector.",
-)
+def model_jobs(model: ModelDeclaration) -> dict[str, dg.UnresolvedAssetJobDefinition]:
+    """A declared model's jobs, by role: `training_set`, `train`, `deploy`, `retrain`.
+
+    The fraud detector's are `training_set`, `train_model`, `deploy_model` and
+    `retrain_and_deploy`; another model's carry its name (`train_model_<name>`, ...).
+    """
+    from mlops_assets.defs.ml import keys
+
+    k = keys(model)
+    train = dg.AssetSelection.assets(k.training_set, k.trained)
+    deploy = dg.AssetSelection.assets(k.validation, k.champion)
+    return {
+        "training_set": dg.define_asset_job(
+            name=k.job("training_set"),
+            selection=dg.AssetSelection.assets(k.training_set),
+            description=f"Build the point-in-time training set of {model.name}.",
+        ),
+        "train": dg.define_asset_job(
+            name=k.job("train_model"),
+            selection=train,
+            description=(f"Build the training set, train {model.name} and register a new version."),
+        ),
+        "deploy": dg.define_asset_job(
+            name=k.job("deploy_model"),
+            selection=deploy,
+            description=(
+                f"Validate a registered version of {model.name} against its champion and "
+                "promote it if it passes."
+            ),
+        ),
+        "retrain": dg.define_asset_job(
+            name=k.job("retrain_and_deploy"),
+            selection=train | deploy,
+            description=(
+                f"Train, register, validate and promote {model.name} in one run (schedules "
+                "and sensors)."
+            ),
+        ),
+    }
+
 
 online_job = dg.define_asset_job(
     name="online_publish",
@@ -57,37 +93,31 @@ online_job = dg.define_asset_job(
     description="Publish the latest feature rows per key to the online store.",
 )
 
-TRAIN = dg.AssetSelection.assets(["ml", "training_set"], ["ml", "fraud_model"])
-DEPLOY = dg.AssetSelection.assets(["ml", "model_validation"], ["ml", "champion"])
-
-train_job = dg.define_asset_job(
-    name="train_model",
-    selection=TRAIN,
-    description="Build the training set, train the fraud detector and register a new version.",
-)
-
-deploy_job = dg.define_asset_job(
-    name="deploy_model",
-    selection=DEPLOY,
-    description="Validate a registered version against the champion and promote it if it passes.",
-)
-
-retrain_job = dg.define_asset_job(
-    name="retrain_and_deploy",
-    selection=TRAIN | DEPLOY,
-    description="Train, register, validate and promote in one run (schedules and sensors).",
-)
+MODEL_JOBS = {name: model_jobs(model) for name, model in MODELS.items()}
+_PRIMARY = MODEL_JOBS[primary().name]
+training_set_job = _PRIMARY["training_set"]
+train_job = _PRIMARY["train"]
+deploy_job = _PRIMARY["deploy"]
+retrain_job = _PRIMARY["retrain"]
+# Every model's jobs, for the definitions.
+ml_jobs = [job for jobs in MODEL_JOBS.values() for job in jobs.values()]
 
 
-def weekly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
-    """Retrain, validate and promote weekly (Monday 03:00 UTC); running by default in prod.
+def weekly_retrain_schedule(
+    settings: Settings, model: ModelDeclaration | None = None
+) -> dg.ScheduleDefinition:
+    """Retrain, validate and promote a model weekly (Monday 03:00 UTC); on by default in prod.
 
     Drift triggers retraining between these runs; the schedule retrains regardless, so a
-    model never ages past a week in production.
+    model never ages past a week in production. One schedule per declared model:
+    `weekly_retrain` for the fraud detector, `weekly_retrain_<name>` for the others.
     """
+    model = model or primary()
+    from mlops_assets.defs.ml import keys
+
     return dg.ScheduleDefinition(
-        name="weekly_retrain",
-        job=retrain_job,
+        name=keys(model).job("weekly_retrain"),
+        job=MODEL_JOBS[model.name]["retrain"],
         cron_schedule=settings.cron("weekly_retrain"),
         execution_timezone="UTC",
         default_status=(
@@ -95,6 +125,8 @@ def weekly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
             if settings.automation_on
             else dg.DefaultScheduleStatus.STOPPED
         ),
-        tags={"mlops/trigger": "weekly"},
-        description="Weekly retraining regardless of drift (on by default in prod).",
+        tags={"mlops/trigger": "weekly", "mlops/model": model.name},
+        description=(
+            f"Weekly retraining of {model.name} regardless of drift (on by default in prod)."
+        ),
     )

@@ -172,10 +172,16 @@ def reference_rows(
 
 
 def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
+    """The inference log's predictions of the primary model.
+
+    Other declared models' rows are monitored by their own assets (`defs.model_monitoring`).
+    """
+    from mlops_assets.models.lifecycle import model_name
+
     uri = lakehouse.read_uri(INFERENCE_LOG)
     if not table_exists(uri):
         raise dg.Failure("serving/inference_log holds no predictions yet: score a day first")
-    return scan_table(uri)
+    return scan_table(uri).filter(pl.col("model_name") == model_name(lakehouse.settings.env))
 
 
 @dg.asset(

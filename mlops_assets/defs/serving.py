@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from mlops_assets.defs.ml import feature_rows
+from mlops_assets.defs.ml import feature_rows, keys
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
@@ -16,6 +16,7 @@ from mlops_assets.lakehouse.delta_io import (
     table_exists,
     table_version,
 )
+from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
 from mlops_assets.settings import use_mlflow_store
@@ -25,14 +26,14 @@ STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
 OWNERS = ["team:ml-platform"]
 
 
-def load_champion(lakehouse: LakehouseResource):
-    """The environment's champion as a `ServingModel`; a clear failure without one."""
+def load_champion(lakehouse: LakehouseResource, model: str = "fraud_detector"):
+    """A declared model's champion as a `ServingModel`; a clear failure without one."""
     from mlops_assets.models.deploy import lifecycle
     from mlops_assets.models.lifecycle import CHAMPION
     from mlops_assets.serving.model import load_serving_model
 
     settings = lakehouse.settings
-    cycle = lifecycle(settings)
+    cycle = lifecycle(settings, model)
     version = cycle.version_of(CHAMPION)
     if version is None:
         raise dg.Failure(f"{cycle.name} has no champion yet: train and promote a model first")
@@ -48,67 +49,91 @@ def _log(lakehouse: LakehouseResource, model):
     )
 
 
-@dg.asset(
-    key=["serving", "batch_predictions"],
-    deps=[
-        dg.AssetDep(["silver", "transactions"]),
-        dg.AssetDep(["features", "card_behaviour"], partition_mapping=days_around(-30, 0)),
-        dg.AssetDep(["features", "merchant_risk"], partition_mapping=days_around(-4, 0)),
-        dg.AssetDep(["ml", "champion"], partition_mapping=dg.AllPartitionMapping()),
-    ],
-    partitions_def=DAILY,
-    group_name="serving",
-    owners=OWNERS,
-    kinds={"mlflow", "polars", "delta"},
-    code_version="batch-predictions-1",
-    metadata={"table": str(INFERENCE_LOG)},
-)
-def batch_predictions(
-    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
-) -> dg.MaterializeResult:
-    """The day's transactions scored by the champion, appended to the inference log.
+def batch_predictions_asset(declaration: ModelDeclaration) -> dg.AssetsDefinition:
+    """A declared model's daily batch scoring into the inference log.
 
-    Each transaction that landed on the day gets the features known strictly before it (the
-    same point-in-time lookup as training, by key through the champion's feature spec), a
-    fraud score, a decision at the model's threshold, and the model's name, version and alias.
-    Rows go to `serving/inference_log` with mode `batch`; the log is append-only, so scoring a
-    day again (e.g. by a new champion) adds rows and keeps the earlier ones.
+    The fraud detector's is `serving/batch_predictions`; another model's
+    `serving/<name>/batch_predictions`. The feature partitions it reads follow the model's
+    declared feature look-backs.
     """
-    from mlops_assets.serving.scoring import batch_predictions as score
+    k = keys(declaration)
 
-    day = partition_day(context)
-    model = load_champion(lakehouse)
-    silver_uri = lakehouse.read_uri(TableRef("silver", "transactions"))
-    if not table_exists(silver_uri):
-        raise dg.Failure("silver/transactions does not exist yet: materialize it first")
-    events = read_partition(silver_uri, {"landing_date": day}).select(*model.spec.request_fields)
-
-    def scan(name: str) -> pl.LazyFrame:
-        layer, table = name.split("/")
-        return scan_table(lakehouse.read_uri(TableRef(layer, table)))
-
-    start = events.get_column("event_time").min() if events.height else None
-    first = start.date() if start else day
-    features = model.spec.training_set(
-        events.sort("event_time", "transaction_id"), feature_rows(scan, first, day)
+    @dg.asset(
+        key=k.batch_predictions,
+        deps=[
+            dg.AssetDep(["silver", "transactions"]),
+            *[
+                dg.AssetDep(
+                    ["features", lookup.table],
+                    partition_mapping=days_around(-declaration.windows.lookback(lookup.table), 0),
+                )
+                for lookup in declaration.spec.lookups
+            ],
+            dg.AssetDep(k.champion, partition_mapping=dg.AllPartitionMapping()),
+        ],
+        partitions_def=DAILY,
+        group_name="serving",
+        owners=OWNERS,
+        kinds={"mlflow", "polars", "delta"},
+        code_version="batch-predictions-1",
+        metadata={"table": str(INFERENCE_LOG), "model": declaration.name},
+        description=(
+            f"The day's transactions scored by the champion of {declaration.name}, appended "
+            "to the inference log. Each transaction that landed on the day gets the features "
+            "known strictly before it (the same point-in-time lookup as training, by key "
+            "through the champion's feature spec), a score, a decision at the model's "
+            "threshold, and the model's name, version and alias. Rows go to "
+            "`serving/inference_log` with mode `batch`; the log is append-only, so scoring a "
+            "day again (e.g. by a new champion) adds rows and keeps the earlier ones."
+        ),
     )
-    rows = score(model, features, mode="batch", run_id=context.run.run_id)
-    written = _log(lakehouse, model).append(rows)
-    flagged = int(rows.get_column("decision").sum()) if rows.height else 0
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": rows.height,
-            "dagster/uri": dg.MetadataValue.path(written.uri),
-            "delta_version": written.version,
-            "model": model.name,
-            "model_version": model.version,
-            "threshold": model.threshold,
-            "flagged": flagged,
-            "flagged_share": flagged / rows.height if rows.height else 0.0,
-            "mean_score": float(rows.get_column("score").mean()) if rows.height else 0.0,
-            "ms_per_row": float(rows.get_column("latency_ms")[0]) if rows.height else 0.0,
-        }
-    )
+    def _batch(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+        from mlops_assets.serving.scoring import batch_predictions as score
+
+        day = partition_day(context)
+        model = load_champion(lakehouse, declaration.name)
+        silver_uri = lakehouse.read_uri(TableRef("silver", "transactions"))
+        if not table_exists(silver_uri):
+            raise dg.Failure("silver/transactions does not exist yet: materialize it first")
+        events = read_partition(silver_uri, {"landing_date": day}).select(
+            *model.spec.request_fields
+        )
+
+        def scan(name: str) -> pl.LazyFrame:
+            layer, table = name.split("/")
+            return scan_table(lakehouse.read_uri(TableRef(layer, table)))
+
+        start = events.get_column("event_time").min() if events.height else None
+        first = start.date() if start else day
+        features = model.spec.training_set(
+            events.sort("event_time", "transaction_id"),
+            feature_rows(scan, first, day, declaration),
+        )
+        rows = score(model, features, mode="batch", run_id=context.run.run_id)
+        written = _log(lakehouse, model).append(rows)
+        flagged = int(rows.get_column("decision").sum()) if rows.height else 0
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": rows.height,
+                "dagster/uri": dg.MetadataValue.path(written.uri),
+                "delta_version": written.version,
+                "model": model.name,
+                "model_version": model.version,
+                "threshold": model.threshold,
+                "flagged": flagged,
+                "flagged_share": flagged / rows.height if rows.height else 0.0,
+                "mean_score": float(rows.get_column("score").mean()) if rows.height else 0.0,
+                "ms_per_row": float(rows.get_column("latency_ms")[0]) if rows.height else 0.0,
+            }
+        )
+
+    return _batch
+
+
+BATCH_PREDICTIONS = {name: batch_predictions_asset(m) for name, m in MODELS.items()}
+batch_predictions = BATCH_PREDICTIONS[primary().name]
+# The model whose champion scores landed files as they arrive (declared `streamed`).
+STREAMED = next((m.name for m in MODELS.values() if m.streamed), primary().name)
 
 
 class StreamConfig(dg.Config):
@@ -181,7 +206,7 @@ def stream_predictions(
         outcome = score_landed_file(
             settings.landing_root,
             config.file,
-            load_model=lambda: load_champion(lakehouse),
+            load_model=lambda: load_champion(lakehouse, STREAMED),
             open_store=lambda: open_online_store(settings),
             log_uri=lakehouse.write_uri(INFERENCE_LOG),
             checkpoint_uri=lakehouse.write_uri(STREAM_CHECKPOINT),
@@ -298,7 +323,8 @@ class CompactionConfig(dg.Config):
     kinds={"delta"},
     code_version="inference-log-compaction-1",
     deps=[
-        dg.AssetDep(["serving", "batch_predictions"], partition_mapping=dg.AllPartitionMapping())
+        dg.AssetDep(asset.key, partition_mapping=dg.AllPartitionMapping())
+        for asset in BATCH_PREDICTIONS.values()
     ],
 )
 def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
@@ -328,7 +354,7 @@ def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.
     )
 
 
-serving_assets = [batch_predictions, stream_predictions, inference_log]
+serving_assets = [*BATCH_PREDICTIONS.values(), stream_predictions, inference_log]
 serving_specs = [stream_checkpoint_spec]
 serving_sensors = [landed_transactions]
 serving_jobs = [stream_job]

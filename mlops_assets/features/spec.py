@@ -134,6 +134,9 @@ class FeatureSpec:
         lookups: Feature tables to look up by key.
         on_demand: Names of request-time features (see `ON_DEMAND_FEATURES`).
         model_inputs: Request fields passed to the model as they are (categoricals, amount).
+        categorical: The `model_inputs` the model encodes as categories (strings); the others
+            are numbers. None for specs stored before it was declared: every model input but
+            `amount` is categorical.
     """
 
     request_fields: tuple[str, ...]
@@ -143,8 +146,16 @@ class FeatureSpec:
     version: int = SPEC_VERSION
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    categorical: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.categorical is not None:
+            strays = [c for c in self.categorical if c not in self.model_inputs]
+            if strays:
+                raise ValueError(
+                    f"categorical inputs {strays} are not model inputs "
+                    f"({', '.join(self.model_inputs) or 'none'})"
+                )
         seen: set[str] = set()
         for lookup in self.lookups:
             for name in lookup.features:
@@ -162,6 +173,19 @@ class FeatureSpec:
                 raise ValueError(
                     f"unknown on-demand feature {name!r}; known: {', '.join(ON_DEMAND_FEATURES)}"
                 )
+
+    @property
+    def categorical_inputs(self) -> tuple[str, ...]:
+        """The model inputs encoded as categories: declared, or (older specs) all but amount."""
+        if self.categorical is not None:
+            return self.categorical
+        return tuple(c for c in self.model_inputs if c != "amount")
+
+    @property
+    def numeric_inputs(self) -> tuple[str, ...]:
+        """The request fields passed to the model as numbers."""
+        categorical = set(self.categorical_inputs)
+        return tuple(c for c in self.model_inputs if c not in categorical)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -207,6 +231,9 @@ class FeatureSpec:
             model_inputs=tuple(data.get("model_inputs", ())),
             description=data.get("description", ""),
             extra=dict(data.get("extra", {})),
+            categorical=(
+                tuple(data["categorical"]) if data.get("categorical") is not None else None
+            ),
         )
 
     @classmethod
@@ -432,5 +459,6 @@ FRAUD_SPEC = FeatureSpec(
         "hour_of_day",
     ),
     model_inputs=("amount", "merchant_category", "channel", "entry_mode", "device_type"),
+    categorical=("merchant_category", "channel", "entry_mode", "device_type"),
     description="Card-fraud detector inputs: card behaviour, merchant risk, request fields.",
 )

@@ -33,8 +33,17 @@ from mlops_assets.settings import Settings, use_mlflow_store
 
 # Tag on a version whose own Dagster run validates it: the CD sensor leaves it alone.
 VALIDATED_IN_RUN_TAG = "mlops.validated_in_run"
-# The request fields the online server and the scoring jobs send.
+# The request fields the online server and the scoring jobs send for the fraud detector.
 SERVING_FIELDS = FRAUD_SPEC.request_fields
+# The model a lifecycle step is about when none is named.
+DEFAULT_MODEL = "fraud_detector"
+
+
+def serving_fields(model: str) -> tuple[str, ...]:
+    """The request fields serving sends for a declared model (its declared spec's)."""
+    from mlops_assets.models.declaration import declared
+
+    return declared(model).spec.request_fields
 
 
 def mlflow_client(settings: Settings) -> Any:
@@ -44,9 +53,9 @@ def mlflow_client(settings: Settings) -> Any:
     return mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
-def lifecycle(settings: Settings) -> Lifecycle:
-    """The lifecycle of the environment's fraud detector."""
-    return Lifecycle(mlflow_client(settings), model_name(settings.env))
+def lifecycle(settings: Settings, model: str = DEFAULT_MODEL) -> Lifecycle:
+    """The lifecycle of a declared model in the environment (the fraud detector by default)."""
+    return Lifecycle(mlflow_client(settings), model_name(settings.env, model))
 
 
 def version_validated_in_run(cycle: Lifecycle, run_id: str) -> str | None:
@@ -133,14 +142,15 @@ def validate_version(
     *,
     who: str,
     dagster_run_id: str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> ValidationResult:
     """Make a version the challenger, validate it against the champion, record the result.
 
     The verdict goes to the version's tags (what promotion reads) and to the audit table. A
     version that cannot be loaded, or whose hold-out cannot be built, fails validation with
-    the reason instead of raising.
+    the reason instead of raising. `model` is the declared model's name.
     """
-    cycle = lifecycle(settings)
+    cycle = lifecycle(settings, model)
     champion_version = cycle.version_of(CHAMPION)
     cycle.make_challenger(version, who, "validation against the champion")
     split_time = None
@@ -158,7 +168,7 @@ def validate_version(
             challenger.spec,
             rows,
             policy,
-            serving_fields=SERVING_FIELDS,
+            serving_fields=serving_fields(model),
             signature=challenger.signature,
             champion=champion.model if champion else None,
             champion_spec=champion.spec if champion else None,
@@ -204,16 +214,17 @@ def promote_version(
     who: str,
     why: str,
     dagster_run_id: str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> Move:
     """Make a validated version the champion; a refusal is audited, then raised.
 
     The first model ever (no champion yet) is promoted once it passed validation, which then
-    held it to the absolute thresholds only.
+    held it to the absolute thresholds only. `model` is the declared model's name.
 
     Raises:
         LifecycleError: The version did not pass validation (or is already champion).
     """
-    cycle = lifecycle(settings)
+    cycle = lifecycle(settings, model)
     before = cycle.version_of(CHAMPION)
     validation = cycle.validation(version) or {}
     uri = Catalog(settings).uri_for_write(AUDIT)
@@ -268,13 +279,20 @@ def promote_version(
     return move
 
 
-def rollback(settings: Settings, *, who: str, why: str, dagster_run_id: str | None = None) -> Move:
-    """Restore the previous champion and audit it.
+def rollback(
+    settings: Settings,
+    *,
+    who: str,
+    why: str,
+    dagster_run_id: str | None = None,
+    model: str = DEFAULT_MODEL,
+) -> Move:
+    """Restore the previous champion of a declared model and audit it.
 
     Raises:
         LifecycleError: There is no previous champion.
     """
-    cycle = lifecycle(settings)
+    cycle = lifecycle(settings, model)
     before = cycle.version_of(CHAMPION)
     move = cycle.rollback(who, why)
     record(

@@ -33,10 +33,18 @@ class RegisteredModel:
     registering_seconds: float = 0.0
 
 
-def decision_threshold(metrics: dict[str, float]) -> float:
-    """Serving's threshold: the hold-out score at a 1 % false-positive rate, else 0.5."""
+def decision_threshold(metrics: dict[str, float], fallback: float = 0.5) -> float:
+    """Serving's threshold: the hold-out score at a 1 % false-positive rate, else `fallback`."""
     value = metrics.get("threshold_at_1pct_fpr", float("nan"))
-    return float(value) if value == value else 0.5
+    return float(value) if value == value else fallback
+
+
+def chosen_threshold(result: TrainingResult, fallback: float = 0.5) -> float:
+    """The threshold a training chose (its declared rule), else `decision_threshold`."""
+    value = result.decision_threshold
+    if value == value:
+        return float(value)
+    return decision_threshold(result.metrics, fallback)
 
 
 def requirements() -> list[str]:
@@ -69,18 +77,32 @@ def log_and_register(
     example: pl.DataFrame,
     dagster_run_id: str,
     tags: dict[str, str] | None = None,
+    model: str = "fraud_detector",
+    fixed_threshold: float = 0.5,
 ) -> RegisteredModel:
     """Log the run (parameters, metrics, inputs, spec, code version) and register the model.
 
     The run is always ended, also when logging fails, so no run stays RUNNING. The version
     gets stage None and `tags` (e.g. that its own run validates it).
+
+    Args:
+        settings: The environment.
+        result: The trained model and its figures.
+        spec: Its feature spec (stored with the model).
+        inputs: Table name to the Delta version trained on.
+        example: A few training rows (the input example and signature).
+        dagster_run_id: The run training it.
+        tags: Extra tags of the registered version.
+        model: The declared model's name; registered as `<env>.<model>`, logged in the
+            experiment of the same name.
+        fixed_threshold: The decision threshold when the training chose none.
     """
     import mlflow
     from mlflow.models import infer_signature
 
     use_mlflow_store(settings.mlflow_uri)
-    name = model_name(settings.env)
-    experiment_name = f"{settings.env}.fraud_detector"
+    name = model_name(settings.env, model)
+    experiment_name = name
     experiment = mlflow.get_experiment_by_name(experiment_name)
     # Artifacts live beside the store, inside the environment's root (MLflow's default would
     # be ./mlruns under whatever folder the process runs in).
@@ -95,7 +117,7 @@ def log_and_register(
     example_inputs = model_inputs(example, spec)
     probabilities = result.model.predict_proba(example_inputs)[:, 1]
     signature = infer_signature(example_inputs, probabilities)
-    threshold = decision_threshold(result.metrics)
+    threshold = chosen_threshold(result, fixed_threshold)
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{dagster_run_id[:8]}") as run:
         mlflow.log_params(result.params)
@@ -107,6 +129,7 @@ def log_and_register(
                 "mlops.inputs": json.dumps(inputs, sort_keys=True),
                 "mlops.split_time": result.split_time,
                 "mlops.env": settings.env,
+                "mlops.model": model,
             }
         )
         mlflow.log_dict(spec.to_dict(), "feature_spec.json")
@@ -114,7 +137,7 @@ def log_and_register(
             result.model,
             name="model",
             serialization_format="cloudpickle",
-            # Serving wants the fraud probability, not a 0/1 decision.
+            # Serving wants the probability, not a 0/1 decision.
             pyfunc_predict_fn="predict_proba",
             signature=signature,
             input_example=example_inputs.head(3),

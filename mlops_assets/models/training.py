@@ -1,7 +1,14 @@
-"""Training and evaluation of the fraud detector on a point-in-time training set."""
+"""Training and evaluation of a declared model on a point-in-time training set.
+
+A model's pipeline comes from its declaration (`models.declaration`): a function of the
+feature spec, the seed and the hyper-parameters returning an unfitted scikit-learn estimator.
+`build_pipeline` (gradient-boosted trees) is the fraud detector's, `build_linear_pipeline`
+(logistic regression) the linear fraud model's.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +32,8 @@ class TrainingResult:
         train_rows: Rows trained on.
         holdout_rows: Rows evaluated on (the most recent ones).
         split_time: Events at or after this time form the hold-out.
+        decision_threshold: Serving's threshold chosen on the hold-out (NaN when the
+            training did not choose one; see `registry.decision_threshold`).
     """
 
     model: Any
@@ -34,6 +43,7 @@ class TrainingResult:
     holdout_rows: int
     split_time: str
     extra: dict[str, Any] = field(default_factory=dict)
+    decision_threshold: float = float("nan")
 
 
 def model_inputs(frame: pl.DataFrame, spec: FeatureSpec) -> Any:
@@ -54,8 +64,8 @@ def model_inputs(frame: pl.DataFrame, spec: FeatureSpec) -> Any:
 
 
 def categorical_inputs(spec: FeatureSpec) -> list[str]:
-    """The spec's inputs the model one-hot encodes (request categoricals)."""
-    return [c for c in spec.model_inputs if c != "amount"]
+    """The spec's inputs the model one-hot encodes (its declared categorical inputs)."""
+    return list(spec.categorical_inputs)
 
 
 def split_by_time(frame: pl.DataFrame, holdout_fraction: float) -> tuple[pl.DataFrame, ...]:
@@ -88,6 +98,52 @@ def build_pipeline(spec: FeatureSpec, seed: int, params: dict[str, Any]) -> Any:
     )
     classifier = HistGradientBoostingClassifier(random_state=seed, **params)
     return Pipeline([("encode", encode), ("classify", classifier)])
+
+
+def build_linear_pipeline(spec: FeatureSpec, seed: int, params: dict[str, Any]) -> Any:
+    """One-hot categoricals, numbers imputed (median) and standardised, logistic regression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    categorical = categorical_inputs(spec)
+    numeric = [c for c in spec.feature_columns if c not in categorical]
+    encode = ColumnTransformer(
+        [
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
+            (
+                "numeric",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
+                numeric,
+            ),
+        ]
+    )
+    classifier = LogisticRegression(random_state=seed, **params)
+    return Pipeline([("encode", encode), ("classify", classifier)])
+
+
+PipelineBuilder = Callable[[FeatureSpec, int, dict[str, Any]], Any]
+# The fraud detector's hyper-parameters when none are given.
+TREE_PARAMS: dict[str, Any] = {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31}
+
+
+def review_threshold(probabilities: Any, labels: Any, review_fpr: float) -> float:
+    """The score above which `review_fpr` of the legitimate events lie (NaN without any)."""
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=int)
+    negatives = np.asarray(probabilities, dtype=float)[labels == 0]
+    if not 0 < review_fpr < 1:
+        raise ValueError(f"review_fpr must be between 0 and 1, got {review_fpr}")
+    return float(np.quantile(negatives, 1 - review_fpr)) if negatives.size else float("nan")
 
 
 def evaluate(probabilities: Any, labels: Any) -> dict[str, float]:
@@ -130,13 +186,29 @@ def train(
     seed: int = 7,
     holdout_fraction: float = 0.2,
     params: dict[str, Any] | None = None,
+    pipeline: PipelineBuilder | None = None,
+    review_fpr: float | None = None,
 ) -> TrainingResult:
     """Fit on the earlier events and evaluate on the most recent ones.
+
+    Args:
+        frame: The training set (feature columns, `is_fraud`, `event_time`).
+        spec: The model's feature spec.
+        seed: Random seed of the estimator.
+        holdout_fraction: Share of the most recent events held out.
+        params: Hyper-parameters given to `pipeline` (with the gradient-boosted trees of
+            `build_pipeline`, `TREE_PARAMS` fill in the ones not given).
+        pipeline: Builds the unfitted estimator (default `build_pipeline`).
+        review_fpr: When given, the decision threshold is the hold-out score at this
+            false-positive rate.
 
     Raises:
         ValueError: The training part has no fraud (or only fraud) to learn from.
     """
-    params = {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, **(params or {})}
+    if pipeline is None:
+        pipeline = build_pipeline
+        params = {**TREE_PARAMS, **(params or {})}
+    params = dict(params or {})
     training, holdout = split_by_time(frame, holdout_fraction)
     labels = training.get_column(LABEL).cast(pl.Int64)
     if labels.sum() in (0, training.height):
@@ -144,14 +216,18 @@ def train(
             f"the training part ({training.height} events) holds {labels.sum()} fraud events: "
             "nothing to learn from; widen the window or wait for labels"
         )
-    model = build_pipeline(spec, seed, params)
+    model = pipeline(spec, seed, params)
     model.fit(model_inputs(training, spec), labels.to_numpy())
     scores = model.predict_proba(model_inputs(holdout, spec))[:, 1]
+    truth = holdout.get_column(LABEL).cast(pl.Int64).to_numpy()
     return TrainingResult(
         model=model,
-        metrics=evaluate(scores, holdout.get_column(LABEL).cast(pl.Int64).to_numpy()),
+        metrics=evaluate(scores, truth),
         params={"seed": seed, "holdout_fraction": holdout_fraction, **params},
         train_rows=training.height,
         holdout_rows=holdout.height,
         split_time=str(holdout.get_column("event_time").min()),
+        decision_threshold=(
+            review_threshold(scores, truth, review_fpr) if review_fpr is not None else float("nan")
+        ),
     )

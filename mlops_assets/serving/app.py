@@ -1,13 +1,17 @@
-"""The online REST server: score a transaction with the champion, log every prediction.
+"""The online REST server: score a transaction with each declared model's champion, log it.
 
 `POST /v1/score` takes a transaction's keys and request-time fields (see `requests.py` and
 `GET /openapi.json`), looks its card and merchant up in the online store, scores with the
-model holding the `champion` alias and answers with the score, the decision and the model
-version; each request after authentication, answered or refused, becomes a row of the
-inference log before its response is sent. `GET /healthz` says whether the process lives and
-what it serves (`degraded` when a new champion failed to load and the previous one still
-serves); `GET /readyz` answers 200 only while a model is loaded, the log writes and the online
-store answers. Both name the online store serving (`online_store`: backend and location).
+primary model's version holding the `champion` alias and answers with the score, the decision
+and the model version; `POST /v1/models/<name>/score` does the same with the champion of the
+declared model `<name>` (`models.declaration.MODELS`; the fields it takes are its spec's). Each
+request after authentication, answered or refused, becomes a row of the inference log before
+its response is sent. `GET /healthz` says whether the process lives and what it serves
+(`degraded` when a new champion failed to load and the previous one still serves); `GET
+/readyz` answers 200 only while the primary model is loaded (and every other model whose
+champion exists), the log writes and the online store answers. Both list every model served
+(`models`: version, scorer, and why the reference pyfunc path serves when the compiled one
+does not) and name the online store (`online_store`: backend and location).
 
 The HTTP layer is the standard library's threaded server speaking HTTP/1.1 with keep-alive,
 one thread per connection. Stopping (`ScoringServer.stop`, or SIGTERM in `serve`) stops
@@ -78,12 +82,14 @@ class ScoringService:
     """The server's logic without HTTP: scoring, health, readiness and the OpenAPI document.
 
     Args:
-        holder: Holds the champion model.
+        holder: Holds the primary model's champion (`POST /v1/score`).
         store: The online feature store (`OnlineStore` or `RedisOnlineStore`).
         inference_log: Where every request's row goes.
         token: When set, `POST /v1/score` and `/openapi.json` need `Authorization: Bearer`.
         reject_unknown_cards: Refuse requests whose card the online store does not hold
             (422 on the card's field); otherwise score them with the features' defaults.
+        holders: Declared model name to the holder of its champion (`POST
+            /v1/models/<name>/score`); the primary model's is `holder` (added when absent).
     """
 
     def __init__(
@@ -95,8 +101,12 @@ class ScoringService:
         token: str | None = None,
         reject_unknown_cards: bool = True,
         max_body_bytes: int = MAX_BODY_BYTES,
+        holders: dict[str, ChampionHolder] | None = None,
     ) -> None:
         self.holder = holder
+        self.holders = dict(holders or {})
+        if not any(h is holder for h in self.holders.values()):
+            self.holders = {_base_name(holder.name): holder, **self.holders}
         self.store = store
         self.inference_log = inference_log
         self.token = token or None
@@ -105,7 +115,7 @@ class ScoringService:
         self.max_body_bytes = max_body_bytes
         self.started_at = datetime.datetime.now(datetime.UTC)
         self._schemas: dict[int, RequestSchema] = {}
-        self._logged_model: ServingModel | None = None
+        self._logged_models: set[int] = set()
         self._schema_lock = threading.Lock()
         self.counts = {"ok": 0, "error": 0}
         self._count_lock = threading.Lock()
@@ -131,12 +141,12 @@ class ScoringService:
 
     def _log_schema_for(self, model: ServingModel) -> None:
         # A new champion may bring feature columns the log does not have yet.
-        if self._logged_model is model:
+        if id(model) in self._logged_models:
             return
         with self._schema_lock:
-            if self._logged_model is not model:
+            if id(model) not in self._logged_models:
                 self.inference_log.add_columns(feature_schema(model.spec))
-                self._logged_model = model
+                self._logged_models.add(id(model))
 
     def score(
         self,
@@ -145,6 +155,7 @@ class ScoringService:
         request_id: str,
         started: float,
         refused: RequestError | None = None,
+        holder: ChampionHolder | None = None,
     ) -> Response:
         """Score one request body and log it; refusals are logged too.
 
@@ -153,16 +164,18 @@ class ScoringService:
             request_id: The request's id (echoed and logged).
             started: `time.perf_counter()` when the request arrived.
             refused: An error found before the body was parsed (size, content type).
+            holder: The model to score with (the primary model's champion by default).
         """
         received = datetime.datetime.now(datetime.UTC)
-        model = self.holder.current
+        holder = holder or self.holder
+        model = holder.current
         parsed: ScoreRequest | None = None
         try:
             if refused is not None:
                 raise refused
             if model is None:
                 raise RequestError(
-                    503, [Problem("model", f"no version of {self.holder.name} is loaded yet")]
+                    503, [Problem("model", f"no version of {holder.name} is loaded yet")]
                 )
             self._log_schema_for(model)
             parsed = parse_score_request(body or b"", self._schema(model), now=received)
@@ -190,7 +203,7 @@ class ScoringService:
             features = model.features(fields, looked_up, parsed.overrides)
             score = model.score(features)
         except RequestError as error:
-            return self._refuse(error, body, request_id, started, received, model, parsed)
+            return self._refuse(error, body, request_id, started, received, model, parsed, holder)
         decision = score >= model.threshold
         latency_ms = (time.perf_counter() - started) * 1000
         row = {
@@ -242,7 +255,9 @@ class ScoringService:
         received: datetime.datetime,
         model: ServingModel | None,
         parsed: ScoreRequest | None,
+        holder: ChampionHolder | None = None,
     ) -> Response:
+        holder = holder or self.holder
         fields = parsed.fields if parsed is not None else {}
         row = {
             "request_id": request_id,
@@ -252,9 +267,9 @@ class ScoringService:
             "transaction_id": fields.get("transaction_id"),
             "card_id": fields.get("card_id"),
             "merchant_id": fields.get("merchant_id"),
-            "model_name": self.holder.name,
+            "model_name": holder.name,
             "model_version": None if model is None else model.version,
-            "model_alias": self.holder.alias,
+            "model_alias": holder.alias,
             "score": None,
             "decision": None,
             "threshold": None if model is None else model.threshold,
@@ -281,13 +296,38 @@ class ScoringService:
             "location": getattr(self.store, "location", None),
         }
 
+    def holder_for(self, name: str) -> ChampionHolder:
+        """The holder of a declared model's champion.
+
+        Raises:
+            RequestError: 404 when no served model has that name; the message lists them.
+        """
+        holder = self.holders.get(name)
+        if holder is None:
+            raise RequestError(
+                404,
+                [
+                    Problem(
+                        "model",
+                        f"no model {name!r} is served; served models: "
+                        + ", ".join(sorted(self.holders)),
+                    )
+                ],
+            )
+        return holder
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Every served model's status (see `ChampionHolder.status`), by declared name."""
+        return {name: holder.status() for name, holder in self.holders.items()}
+
     def health(self) -> Response:
-        """Liveness with the served model's status: `ok`, `degraded` or `starting`."""
+        """Liveness with the served models' status: `ok`, `degraded` or `starting`."""
         model = self.holder.status()
+        models = self.models()
         stats = self.inference_log.stats()
         if model["serving_version"] is None:
             status = "starting"
-        elif model["load_error"] or model["stale"] or stats.last_error:
+        elif stats.last_error or any(m["load_error"] or m["stale"] for m in models.values()):
             status = "degraded"
         else:
             status = "ok"
@@ -296,6 +336,7 @@ class ScoringService:
             {
                 "status": status,
                 "model": model,
+                "models": models,
                 "inference_log": _log_stats(stats),
                 "online_store": self.store_info(),
                 "requests": dict(self.counts),
@@ -304,14 +345,28 @@ class ScoringService:
         )
 
     def ready(self) -> Response:
-        """200 while a model is loaded and the log writes; 503 with the reasons otherwise."""
+        """200 while the models are loaded and the log writes; 503 with the reasons otherwise.
+
+        The primary model must be loaded; every other model must be loaded once the registry
+        names a champion of it (a model without a champion yet is listed, not waited for).
+        """
         reasons = []
         model = self.holder.status()
+        models = self.models()
         if model["serving_version"] is None:
             reasons.append(
                 "no model loaded"
                 + (f": {model['load_error']['error']}" if model["load_error"] else "")
             )
+        for name, status in models.items():
+            holder = self.holders[name]
+            if holder is self.holder or status["serving_version"] is not None:
+                continue
+            if status["alias_version"] is not None:
+                reasons.append(
+                    f"{status['model']} version {status['alias_version']} is not loaded"
+                    + (f": {status['load_error']['error']}" if status["load_error"] else "")
+                )
         stats = self.inference_log.stats()
         if self.inference_log.closed:
             reasons.append("the inference log is closed")
@@ -325,6 +380,7 @@ class ScoringService:
             "ready": not reasons,
             "reasons": reasons,
             "model": model,
+            "models": models,
             "online_store": self.store_info(),
         }
         return Response(200 if not reasons else 503, body)
@@ -422,7 +478,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         started = time.perf_counter()
         service = self.server.service
         path = self.path.split("?", 1)[0]
-        if path != SCORE_PATH:
+        model_name = _model_in_path(path)
+        if path != SCORE_PATH and model_name is None:
             self._discard_body()
             self._send(_error(404 if path not in _GET_PATHS else 405, "path", f"no POST {path}"))
             return
@@ -432,10 +489,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 _error(401, "Authorization", "a valid bearer token is required"),
             )
             return
+        holder = None
+        if model_name is not None:
+            try:
+                holder = service.holder_for(model_name)
+            except RequestError as error:
+                self._discard_body()
+                self._send(Response(error.status, error.to_dict()))
+                return
         request_id = self._request_id()
         body, refused = self._read_body(service.max_body_bytes)
         try:
-            response = service.score(body, request_id=request_id, started=started, refused=refused)
+            response = service.score(
+                body, request_id=request_id, started=started, refused=refused, holder=holder
+            )
         except Exception as error:  # noqa: BLE001 - a bug must not kill the connection thread
             log.exception("scoring failed")
             response = _error(500, "server", f"internal error: {type(error).__name__}")
@@ -522,6 +589,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 _GET_PATHS = ("/healthz", "/readyz", "/openapi.json")
+# `POST /v1/models/<name>/score` scores with the champion of the declared model `<name>`.
+MODEL_SCORE_PREFIX = "/v1/models/"
+MODEL_SCORE_SUFFIX = "/score"
+
+
+def model_score_path(name: str) -> str:
+    """The scoring path of a declared model, e.g. `/v1/models/fraud_linear/score`."""
+    return f"{MODEL_SCORE_PREFIX}{name}{MODEL_SCORE_SUFFIX}"
+
+
+def _model_in_path(path: str) -> str | None:
+    """The model a `/v1/models/<name>/score` path names, else None."""
+    if not (path.startswith(MODEL_SCORE_PREFIX) and path.endswith(MODEL_SCORE_SUFFIX)):
+        return None
+    name = path[len(MODEL_SCORE_PREFIX) : -len(MODEL_SCORE_SUFFIX)]
+    return name if name and "/" not in name else None
+
+
+def _base_name(registered: str) -> str:
+    """A registered name's declared model name (`dev.fraud_detector` gives `fraud_detector`)."""
+    return registered.split(".", 1)[-1]
 
 
 class ScoringServer(http.server.ThreadingHTTPServer):
@@ -604,7 +692,8 @@ class ScoringServer(http.server.ThreadingHTTPServer):
         deadline = time.monotonic() + timeout
         for _, thread in connections:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.service.holder.stop()
+        for holder in self.service.holders.values():
+            holder.stop()
         self.service.inference_log.close()
         self.service.store.close()
 
@@ -619,7 +708,7 @@ def build_service(
     reject_unknown_cards: bool = True,
     wait_for_model: float = 0.0,
 ) -> ScoringService:
-    """The service of an environment: its registry's champion, online store and log table.
+    """The service of an environment: its declared models' champions, online store, log table.
 
     Args:
         settings: The environment's `Settings`.
@@ -628,7 +717,8 @@ def build_service(
         flush_rows: Inference log rows per commit at most.
         flush_interval_ms: Longest time a row waits for its commit.
         reject_unknown_cards: Refuse cards the online store does not hold.
-        wait_for_model: Seconds to wait for the first model before returning.
+        wait_for_model: Seconds to wait, before returning, for every declared model whose
+            registry names a champion to be loaded.
     """
     from mlops_assets.lakehouse.catalog import Catalog
     from mlops_assets.lakehouse.delta_io import table_exists
@@ -648,18 +738,32 @@ def build_service(
     inference_log = InferenceLog(
         uri, schema=schema, flush_rows=flush_rows, flush_interval_ms=flush_interval_ms
     )
-    holder = ChampionHolder(model_name(settings.env), poll_seconds=poll_seconds)
-    holder.start()
+    from mlops_assets.models.declaration import MODELS, primary
+
+    holders = {
+        name: ChampionHolder(model_name(settings.env, name), poll_seconds=poll_seconds)
+        for name in MODELS
+    }
+    for holder in holders.values():
+        holder.start()
+
+    def waiting(holder: ChampionHolder) -> bool:
+        # Not loaded yet, while the alias is unread or names a version.
+        return holder.current is None and (
+            holder.last_poll_at is None or holder.champion_version is not None
+        )
+
     deadline = time.monotonic() + wait_for_model
-    while holder.current is None and time.monotonic() < deadline:
+    while any(waiting(h) for h in holders.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     store = open_online_store(settings)
     return ScoringService(
-        holder,
+        holders[primary().name],
         store,
         inference_log,
         token=token,
         reject_unknown_cards=reject_unknown_cards,
+        holders=holders,
     )
 
 
@@ -699,6 +803,11 @@ def serve(
         f"(loading; {server.url}/readyz says when it is ready); docs at {server.url}/openapi.json",
         flush=True,
     )
+    for name, holder in service.holders.items():
+        print(
+            f"[serve] {server.url}{model_score_path(name)} serves {holder.name}@{holder.alias}",
+            flush=True,
+        )
     if ready_file:
         with open(ready_file + ".tmp", "w") as handle:
             handle.write(server.url)

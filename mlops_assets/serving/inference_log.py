@@ -81,16 +81,17 @@ class InferenceLogError(RuntimeError):
     """The inference log cannot take more rows (its writes keep failing)."""
 
 
-def feature_schema(spec: FeatureSpec, numeric_inputs: Iterable[str] = ("amount",)) -> dict:
+def feature_schema(spec: FeatureSpec, numeric_inputs: Iterable[str] | None = None) -> dict:
     """The type of each model input column as the request's feature frame holds it.
 
-    Request fields passed to the model are strings except `numeric_inputs` (floats); looked-up
-    features have their registry types; request-time features the type of their expression.
+    Request fields passed to the model are strings except `numeric_inputs` (floats; by default
+    the spec's declared numeric inputs); looked-up features have their registry types;
+    request-time features the type of their expression.
 
     Returns:
         Column name to polars type, in `spec.feature_columns` order.
     """
-    numeric = set(numeric_inputs)
+    numeric = set(spec.numeric_inputs if numeric_inputs is None else numeric_inputs)
     types: dict[str, pl.DataType] = {}
     for name in spec.model_inputs:
         types[name] = pl.Float64() if name in numeric else pl.String()

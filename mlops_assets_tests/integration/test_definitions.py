@@ -22,7 +22,13 @@ EXPECTED_ASSETS = {
     "ml/fraud_model": "ml",
     "ml/model_validation": "ml",
     "ml/champion": "ml",
+    "ml/fraud_linear/training_set": "ml",
+    "ml/fraud_linear/model": "ml",
+    "ml/fraud_linear/model_validation": "ml",
+    "ml/fraud_linear/champion": "ml",
+    "ml/model_audit": "ml",
     "serving/batch_predictions": "serving",
+    "serving/fraud_linear/batch_predictions": "serving",
     "serving/stream_predictions": "serving",
     "serving/stream_checkpoint": "serving",
     "serving/inference_log": "serving",
@@ -32,9 +38,13 @@ EXPECTED_ASSETS = {
     "monitoring/drift_report": "monitoring",
     "monitoring/reference": "monitoring",
     "monitoring/alerts": "monitoring",
+    "monitoring/fraud_linear/drift_metrics": "monitoring",
+    "monitoring/fraud_linear/performance": "monitoring",
 }
 # Tables kept per something other than the day (model version, the whole history).
 NOT_DAILY = {"monitoring/reference", "monitoring/alerts"}
+# The second declared model's generated assets (see models/declaration.py).
+LINEAR_TRAINING_SET = "ml/fraud_linear/training_set"
 
 
 def load(tmp_path) -> dg.Definitions:
@@ -88,21 +98,54 @@ def test_asset_graph_snapshot(tmp_path):
         "ml/fraud_model": ["ml/training_set"],
         "ml/model_validation": ["ml/fraud_model", "ml/training_set"],
         "ml/champion": ["ml/model_validation"],
+        LINEAR_TRAINING_SET: [
+            "features/card_behaviour",
+            "features/merchant_risk",
+            "silver/labels",
+            "silver/transactions",
+        ],
+        "ml/fraud_linear/model": [LINEAR_TRAINING_SET],
+        "ml/fraud_linear/model_validation": ["ml/fraud_linear/model", LINEAR_TRAINING_SET],
+        "ml/fraud_linear/champion": ["ml/fraud_linear/model_validation"],
+        "ml/model_audit": [
+            "ml/champion",
+            "ml/fraud_linear/champion",
+            "ml/fraud_linear/model_validation",
+            "ml/model_validation",
+        ],
         "serving/batch_predictions": [
             "features/card_behaviour",
             "features/merchant_risk",
             "ml/champion",
             "silver/transactions",
         ],
+        "serving/fraud_linear/batch_predictions": [
+            "features/card_behaviour",
+            "features/merchant_risk",
+            "ml/fraud_linear/champion",
+            "silver/transactions",
+        ],
         "serving/stream_predictions": ["online/card_behaviour", "online/merchant_risk"],
         "serving/stream_checkpoint": ["serving/stream_predictions"],
-        "serving/inference_log": ["serving/batch_predictions"],
+        "serving/inference_log": [
+            "serving/batch_predictions",
+            "serving/fraud_linear/batch_predictions",
+        ],
         "monitoring/drift_metrics": ["monitoring/reference", "serving/batch_predictions"],
         "monitoring/profiles": ["serving/batch_predictions"],
         "monitoring/performance": ["serving/batch_predictions", "silver/labels"],
         "monitoring/drift_report": ["monitoring/reference", "serving/batch_predictions"],
         "monitoring/reference": ["ml/fraud_model", "ml/training_set"],
         "monitoring/alerts": ["monitoring/drift_metrics", "monitoring/performance"],
+        "monitoring/fraud_linear/drift_metrics": [
+            "ml/fraud_linear/model",
+            LINEAR_TRAINING_SET,
+            "serving/fraud_linear/batch_predictions",
+        ],
+        "monitoring/fraud_linear/performance": [
+            "serving/fraud_linear/batch_predictions",
+            "silver/labels",
+        ],
     }
 
 
@@ -141,4 +184,5 @@ def test_contract_and_validation_checks_are_blocking(tmp_path):
         ("silver/labels", "reject_share_low"): False,
         ("features/card_behaviour", "one_row_per_transaction"): True,
         ("ml/model_validation", "passes_validation"): True,
+        ("ml/fraud_linear/model_validation", "passes_validation"): True,
     }
