@@ -257,8 +257,32 @@ class SeaweedFS:
         self._wait_writable(timeout)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the server's process group; return whether it was running."""
-        return self.server.stop(timeout)
+        """Stop the server's process group; return whether it was running.
+
+        The Unix sockets SeaweedFS opens in /tmp for its own services are removed too (a
+        killed server leaves them behind).
+        """
+        was_running = self.server.stop(timeout)
+        if self.server.pid() is None:
+            for path in self.sockets():
+                path.unlink(missing_ok=True)
+        return was_running
+
+    def sockets(self) -> list[Path]:
+        """The Unix sockets SeaweedFS opens in /tmp for this server's ports."""
+        ports = self.ports
+        grpc = {
+            "master": ports.master_grpc,
+            "volume": ports.volume_grpc,
+            "filer": ports.filer_grpc,
+            "s3": ports.s3_grpc,
+        }
+        paths = [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in grpc.items()]
+        paths += [
+            Path(f"/tmp/seaweedfs-filer-{ports.filer}.sock"),
+            Path(f"/tmp/seaweedfs-s3-{ports.s3}.sock"),
+        ]
+        return paths
 
     def shell(self, commands: str, timeout: float = 60.0) -> str:
         """Run `weed shell` commands against the server; return their output.
