@@ -11,7 +11,14 @@ from pydantic import PrivateAttr
 
 from mlops_assets.lakehouse.catalog import Catalog, TableRef
 from mlops_assets.lakehouse.store import DeltaRsStore, SparkStore, TableStore
-from mlops_assets.settings import DEFAULT_S3_REGION, Engine, ObjectStore, Settings, load_settings
+from mlops_assets.settings import (
+    DEFAULT_S3_REGION,
+    ENGINE_GROUPS,
+    Engine,
+    ObjectStore,
+    Settings,
+    load_settings,
+)
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -133,10 +140,14 @@ class LakehouseResource(dg.ConfigurableResource):
         )
 
     def store(self, group: str) -> TableStore:
-        """The table store of an asset group, on the engine the settings give the group."""
+        """The table store of an asset group, on the engine the settings give the group.
+
+        The groups without an engine setting (`ml`, `online`, `serving`, `monitoring`) run on
+        polars and delta-rs.
+        """
         settings = self.settings
         options = settings.storage_options
-        if settings.engine_for(group) is Engine.SPARK:
+        if group in ENGINE_GROUPS and settings.engine_for(group) is Engine.SPARK:
             # The session of the `MLOPS_SPARK_*` settings, started on first use: runs on the
             # polars engine never start a JVM.
             if self._spark is None:

@@ -221,6 +221,23 @@ class TableStore(ABC):
     ) -> WriteResult:
         """Merge one partition's rows on `keys` (update, insert, delete what is gone)."""
 
+    @abstractmethod
+    def overwrite(
+        self, table: TableRef, data: Frame, *, lineage: Mapping[str, Any] | None = None
+    ) -> WriteResult:
+        """Replace a whole unpartitioned table in one commit (strict schema policy)."""
+
+    @abstractmethod
+    def append(
+        self,
+        table: TableRef,
+        data: Frame,
+        *,
+        partition_by: Sequence[str] = (),
+        policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
+    ) -> WriteResult:
+        """Append rows in one commit: new files only, no existing row rewritten."""
+
 
 class DeltaRsStore(TableStore):
     """The embedded store: polars frames, delta-rs tables."""
@@ -320,6 +337,36 @@ class DeltaRsStore(TableStore):
             keys=keys,
             table=str(table),
             lineage=lineage,
+            **self._options(),
+        )
+
+    @override
+    def overwrite(
+        self, table: TableRef, data: Frame, *, lineage: Mapping[str, Any] | None = None
+    ) -> WriteResult:
+        return delta_io.overwrite_table(
+            self.write_uri(table),
+            self._polars(data),
+            table=str(table),
+            lineage=lineage,
+            **self._options(),
+        )
+
+    @override
+    def append(
+        self,
+        table: TableRef,
+        data: Frame,
+        *,
+        partition_by: Sequence[str] = (),
+        policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
+    ) -> WriteResult:
+        return delta_io.append_table(
+            self.write_uri(table),
+            self._polars(data),
+            partition_by=partition_by,
+            table=str(table),
+            policy=policy,
             **self._options(),
         )
 
@@ -459,6 +506,29 @@ class SparkStore(TableStore):
             keys=keys,
             table=str(table),
             lineage=lineage,
+        )
+
+    @override
+    def overwrite(
+        self, table: TableRef, data: Frame, *, lineage: Mapping[str, Any] | None = None
+    ) -> WriteResult:
+        raise NotImplementedError(
+            f"{table}: whole-table overwrites run on polars only (the ml group); "
+            "Spark writes partitions"
+        )
+
+    @override
+    def append(
+        self,
+        table: TableRef,
+        data: Frame,
+        *,
+        partition_by: Sequence[str] = (),
+        policy: SchemaPolicy = SchemaPolicy.ADDITIVE,
+    ) -> WriteResult:
+        raise NotImplementedError(
+            f"{table}: appends run on polars only (the serving and monitoring groups); "
+            "Spark writes partitions"
         )
 
 

@@ -163,3 +163,20 @@ def test_both_engines_agree_on_figures(tmp_path, spark_session):
 
 
 test_both_engines_agree_on_figures = pytest.mark.slow(test_both_engines_agree_on_figures)
+
+
+def test_the_groups_without_an_engine_setting_append_and_overwrite_on_delta_rs(tmp_path):
+    settings = load_settings(
+        {"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": "dev", "MLOPS_ENGINE": "spark"}
+    )
+    store = LakehouseResource.from_settings(settings).store("ml")
+    assert isinstance(store, DeltaRsStore)  # no JVM started for the ml group
+    ref = TableRef("ml", "store_test")
+    first = store.overwrite(ref, store.from_polars(rows(DAY1, ["a", "b"])), lineage={"n": 1})
+    again = store.overwrite(ref, store.from_polars(rows(DAY2, ["c"])))
+    assert (first.rows_written, again.rows_written, again.version) == (2, 1, first.version + 1)
+    assert table(store, ref).get_column("id").to_list() == ["c"]
+    log = TableRef("serving", "store_test")
+    store.append(log, store.from_polars(rows(DAY1, ["a"])), partition_by=["day"])
+    store.append(log, store.from_polars(rows(DAY2, ["b"])), partition_by=["day"])
+    assert table(store, log).get_column("id").to_list() == ["a", "b"]
