@@ -327,10 +327,16 @@ def streamed_version(uri: str | Path, source: str) -> int | None:
 
     Every commit file of the log is searched for the file's name in the commit metadata: a
     run that appended and stopped before its checkpoint leaves such a commit at any version,
-    also below versions other files' runs checkpointed since. (delta-rs' `history()` numbers
-    versions from the handle's snapshot and mislabels them when commits land meanwhile, so
-    the log's files are read directly.)
+    also below versions other files' runs checkpointed since. On a local disk the log's files
+    are read directly (delta-rs' `history()` numbers versions from the handle's snapshot and
+    mislabels them when commits land meanwhile); on object storage `delta_io.commit_versions`
+    reads the log through delta-rs with the lake's storage options.
     """
+    from mlops_assets.lakehouse.delta_io import commit_versions, is_object_store_uri
+
+    if is_object_store_uri(uri):
+        found = commit_versions(str(uri), STREAM_FILE_KEY, source)
+        return found[0] if found else None
     log = Path(uri) / "_delta_log"
     if not log.is_dir():
         return None

@@ -205,6 +205,20 @@ def test_the_settings_give_the_lake_its_options(s3, prefix, monkeypatch):
         scan_table(uri).collect()
 
 
+def test_a_streamed_files_log_commit_is_found_on_s3(s3, prefix, monkeypatch):
+    from mlops_assets.serving.scoring import STREAM_FILE_KEY, streamed_version
+
+    for name, value in s3.environ().items():
+        monkeypatch.setenv(name, value)
+    uri = f"{prefix}/inference_log"
+    assert streamed_version(uri, "a.csv") is None
+    append_table(uri, day_frame(DAY1, 2), metadata={STREAM_FILE_KEY: "a.csv"})
+    append_table(uri, day_frame(DAY1, 2, start=2), metadata={STREAM_FILE_KEY: "b.csv"})
+    append_table(uri, day_frame(DAY1, 1, start=4))
+    assert (streamed_version(uri, "a.csv"), streamed_version(uri, "b.csv")) == (0, 1)
+    assert streamed_version(uri, "c.csv") is None
+
+
 def test_concurrent_writers_all_land_and_nothing_is_lost(s3, options, prefix, writer):
     uri = f"{prefix}/t"
     days = [DAY1 + datetime.timedelta(days=i) for i in range(5)]
