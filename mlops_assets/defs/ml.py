@@ -9,14 +9,16 @@ model (`ml/<name>/training_set`, `ml/<name>/model`, ...).
 
 import datetime
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dagster as dg
+import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import overwrite_table, scan_table, table_exists, table_version
+from mlops_assets.lakehouse.store import TableStore
 from mlops_assets.models import windows as training_windows
 from mlops_assets.models.audit import AUDIT
 from mlops_assets.models.declaration import FRAUD_DETECTOR, MODELS, ModelDeclaration
@@ -27,6 +29,9 @@ TRAINING_SET = TableRef("ml", "training_set")
 VALIDATION_KEY = dg.AssetKey(["ml", "model_validation"])
 AUDIT_KEY = dg.AssetKey(["ml", "model_audit"])
 SOURCES = (TableRef("silver", "transactions"), TableRef("silver", "labels"))
+SILVER_LABELS = TableRef("silver", "labels")
+# The table store group of the ML assets (polars and delta-rs).
+GROUP = "ml"
 
 
 class ModelKeys:
@@ -77,14 +82,40 @@ def feature_rows(
     return training_windows.feature_rows(scan, model.spec, model.windows, start, end)
 
 
+def polars_lazy(frame: nw.LazyFrame[Any]) -> pl.LazyFrame:
+    """A lazy frame of a polars store, as the polars lazy frame domain functions take.
+
+    The ML, serving and monitoring groups run on the delta-rs store, whose scans are polars
+    lazy frames underneath: filters and projections added later still prune files.
+
+    Raises:
+        TypeError: The frame is not a polars one (a store on another engine).
+    """
+    native = frame.to_native()
+    if not isinstance(native, pl.LazyFrame):
+        raise TypeError(
+            f"expected a polars lazy frame from the delta-rs store, got {type(native).__name__}"
+        )
+    return native
+
+
+def scan_polars(store: TableStore, table: TableRef, version: int | None = None) -> pl.LazyFrame:
+    """A table (at `version`) of a polars store as a polars lazy frame.
+
+    Raises:
+        TableMissingError: The table does not exist.
+    """
+    return polars_lazy(store.scan(table, version=version))
+
+
 def label_horizon(lakehouse: LakehouseResource) -> datetime.datetime:
     """What is known about labels: the end of the latest landing day of chargebacks (or now)."""
-    uri = lakehouse.read_uri(TableRef("silver", "labels"))
+    store = lakehouse.store(GROUP)
     now = datetime.datetime.now(datetime.UTC)
-    if not table_exists(uri):
+    if not store.exists(SILVER_LABELS):
         return now
-    latest = scan_table(uri).select(pl.col("landing_date").max()).collect().item()
-    return training_windows.label_horizon(latest, now)
+    latest = store.to_polars(store.scan(SILVER_LABELS).select(nw.col("landing_date").max()))
+    return training_windows.label_horizon(latest.item(), now)
 
 
 class TrainingSetConfig(dg.Config):
@@ -213,8 +244,9 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
     def training_set(
         config: TrainingSetConfig, lakehouse: LakehouseResource
     ) -> dg.MaterializeResult:
+        store = lakehouse.store(GROUP)
         refs = [*SOURCES, *(TableRef("features", t) for t in _tables(model))]
-        versions = {str(ref): table_version(lakehouse.read_uri(ref)) for ref in refs}
+        versions = {str(ref): store.version(ref) for ref in refs}
         missing = [name for name, version in versions.items() if version is None]
         if missing:
             raise dg.Failure(
@@ -224,7 +256,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
 
         def scan(name: str) -> pl.LazyFrame:
             layer, table = name.split("/")
-            return scan_table(lakehouse.read_uri(TableRef(layer, table)), version=versions[name])
+            return scan_polars(store, TableRef(layer, table), version=versions[name])
 
         try:
             windows = model.windows.replace(
@@ -257,9 +289,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
             "feature_spec": model.spec.to_dict(),
             "code_version": CODE_VERSION,
         }
-        written = overwrite_table(
-            lakehouse.write_uri(k.table), rows, table=str(k.table), lineage=lineage
-        )
+        written = store.overwrite(k.table, store.from_polars(rows), lineage=lineage)
         frauds = int(rows.get_column("is_fraud").sum())
         card_time = next(
             (lk.time_column for lk in model.spec.lookups if lk.table == "card_behaviour"), None
@@ -304,11 +334,11 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
         from mlops_assets.models.registry import log_and_register
         from mlops_assets.models.training import train
 
-        uri = lakehouse.read_uri(k.table)
-        version = table_version(uri)
+        store = lakehouse.store(GROUP)
+        version = store.version(k.table)
         if version is None:
             raise dg.Failure(f"{k.table} does not exist yet: materialize it first")
-        frame = scan_table(uri, version=version).collect()
+        frame = store.materialize(store.scan(k.table, version=version)).to_native()
         try:
             params = model.hyper_parameters(config.params)
             result = train(
@@ -414,13 +444,13 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
         )
         if version is None:
             raise dg.Failure(f"no version of {cycle.name} is registered yet")
-        uri = lakehouse.read_uri(k.table)
-        if table_version(uri) is None:
+        store = lakehouse.store(GROUP)
+        if store.version(k.table) is None:
             raise dg.Failure(f"{k.table} does not exist yet: materialize it first")
         result = validate_version(
             settings,
             version,
-            scan_table(uri).collect(),
+            store.materialize(store.scan(k.table)).to_native(),
             policy,
             who=f"dagster run {context.run.run_id[:8]}",
             dagster_run_id=context.run.run_id,

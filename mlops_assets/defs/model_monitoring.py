@@ -12,18 +12,14 @@ import datetime
 import json
 
 import dagster as dg
+import narwhals as nw
 import polars as pl
 
-from mlops_assets.defs.ml import keys, label_horizon
+from mlops_assets.defs.ml import keys, label_horizon, polars_lazy
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import (
-    read_partition,
-    scan_table,
-    table_exists,
-    write_partition,
-)
+from mlops_assets.lakehouse.store import TableMissingError
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.settings import use_mlflow_store
@@ -31,6 +27,9 @@ from mlops_assets.settings import use_mlflow_store
 OWNERS = ["team:ml-platform"]
 # Fewer previous-day rows than this give no meaningful comparison.
 MIN_WINDOW_ROWS = 1000
+SILVER_LABELS = TableRef("silver", "labels")
+# The table store group of the monitoring assets (polars and delta-rs).
+GROUP = "monitoring"
 
 
 def tables(model: ModelDeclaration) -> dict[str, TableRef]:
@@ -44,10 +43,11 @@ def tables(model: ModelDeclaration) -> dict[str, TableRef]:
 def _predictions(lakehouse: LakehouseResource, registered: str, day: datetime.date):
     from mlops_assets.monitoring.windows import window_predictions
 
-    uri = lakehouse.read_uri(INFERENCE_LOG)
-    if not table_exists(uri):
+    store = lakehouse.store(GROUP)
+    if not store.exists(INFERENCE_LOG):
         raise dg.Failure("serving/inference_log holds no predictions yet: score a day first")
-    return window_predictions(scan_table(uri).filter(pl.col("model_name") == registered), day)
+    log = store.scan(INFERENCE_LOG).filter(nw.col("model_name") == registered)
+    return window_predictions(polars_lazy(log), day)
 
 
 def _reference(lakehouse: LakehouseResource, model: ModelDeclaration, loaded) -> pl.DataFrame:
@@ -60,9 +60,12 @@ def _reference(lakehouse: LakehouseResource, model: ModelDeclaration, loaded) ->
         whole_day_start,
     )
 
-    uri = lakehouse.write_uri(tables(model)["reference"])
-    if table_exists(uri):
-        cached = read_partition(uri, {"model_version": loaded.version})
+    store = lakehouse.store(GROUP)
+    reference = tables(model)["reference"]
+    if store.exists(reference):
+        cached = store.materialize(
+            store.read_partition(reference, {"model_version": loaded.version})
+        ).to_native()
         if cached.height:
             return cached
     client = mlflow_client(lakehouse.settings)
@@ -80,11 +83,9 @@ def _reference(lakehouse: LakehouseResource, model: ModelDeclaration, loaded) ->
         training_set_version=int(inputs[str(table)]),
         window_start=whole_day_start(run.data.tags.get(SPLIT_TAG)),
     )
-    training = scan_table(lakehouse.read_uri(table), version=source.training_set_version).collect()
+    training = store.materialize(store.scan(table, version=source.training_set_version)).to_native()
     rows = build_reference(training, source, loaded)
-    write_partition(
-        uri, rows, {"model_version": loaded.version}, table=str(tables(model)["reference"])
-    )
+    store.replace_partition(reference, store.from_polars(rows), {"model_version": loaded.version})
     return rows
 
 
@@ -149,11 +150,9 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
                     before, window, columns, day=day, model_version=version, baseline="previous_day"
                 )
                 frames.append(rows)
-        written = write_partition(
-            lakehouse.write_uri(refs["drift_metrics"]),
-            pl.concat(frames),
-            {"day": day},
-            table=str(refs["drift_metrics"]),
+        store = lakehouse.store(GROUP)
+        written = store.replace_partition(
+            refs["drift_metrics"], store.from_polars(pl.concat(frames)), {"day": day}
         )
         latest = max(summaries, key=int)
         return dg.MaterializeResult(
@@ -200,12 +199,14 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
         current = _predictions(lakehouse, registered, day)
         if not current.height:
             raise dg.Failure(f"no predictions of {registered} for {day}: score the day first")
-        labels_uri = lakehouse.read_uri(TableRef("silver", "labels"))
-        if not table_exists(labels_uri):
-            raise dg.Failure("silver/labels does not exist yet: materialize it first")
-        chargebacks = (
-            scan_table(labels_uri).select("transaction_id", "is_fraud", "reported_at").collect()
-        )
+        store = lakehouse.store(GROUP)
+        try:
+            labels = store.scan(SILVER_LABELS)
+        except TableMissingError as missing:
+            raise dg.Failure(str(missing)) from None
+        chargebacks = store.materialize(
+            labels.select("transaction_id", "is_fraud", "reported_at")
+        ).to_native()
         horizon = label_horizon(lakehouse)
         maturity = model.windows.label_maturity_days
         labelled = with_labels(one_per_transaction(current), chargebacks, horizon, maturity)
@@ -219,11 +220,8 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
             pl.lit(horizon).cast(pl.Datetime("us", "UTC")).alias("label_horizon"),
             pl.lit(horizon >= mature_at).alias("mature"),
         )
-        written = write_partition(
-            lakehouse.write_uri(refs["performance"]),
-            table,
-            {"day": day},
-            table=str(refs["performance"]),
+        written = store.replace_partition(
+            refs["performance"], store.from_polars(table), {"day": day}
         )
         latest = table.sort(pl.col("model_version").cast(pl.Int64), descending=True).row(
             0, named=True

@@ -5,21 +5,17 @@ import json
 from collections.abc import Iterator
 
 import dagster as dg
+import narwhals as nw
 import polars as pl
 import pydantic
 
 from mlops_assets.defs.jobs import retrain_job
 from mlops_assets.defs.metadata import table_metadata
-from mlops_assets.defs.ml import label_horizon
+from mlops_assets.defs.ml import label_horizon, polars_lazy
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import INFERENCE_LOG
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import (
-    scan_table,
-    table_exists,
-    write_partition,
-)
 from mlops_assets.monitoring.policy import DriftPolicy
 from mlops_assets.monitoring.reference import REFERENCE
 from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
@@ -27,6 +23,9 @@ from mlops_assets.monitoring.thresholds import Thresholds
 from mlops_assets.settings import Settings, use_mlflow_store
 
 TRAINING_SET = TableRef("ml", "training_set")
+SILVER_LABELS = TableRef("silver", "labels")
+# The table store group of the monitoring assets (polars and delta-rs).
+GROUP = "monitoring"
 DRIFT = TableRef("monitoring", "drift_metrics")
 PROFILES = TableRef("monitoring", "profiles")
 PERFORMANCE = TableRef("monitoring", "performance")
@@ -150,7 +149,8 @@ def reference_rows(
         return client.get_run(client.get_model_version(model.name, model.version).run_id).data.tags
 
     def training_set(version: int) -> pl.DataFrame:
-        return scan_table(lakehouse.read_uri(TRAINING_SET), version=version).collect()
+        store = lakehouse.store(GROUP)
+        return store.materialize(store.scan(TRAINING_SET, version=version)).to_native()
 
     try:
         reference = model_reference(
@@ -178,10 +178,11 @@ def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
     """
     from mlops_assets.models.lifecycle import model_name
 
-    uri = lakehouse.read_uri(INFERENCE_LOG)
-    if not table_exists(uri):
+    store = lakehouse.store(GROUP)
+    if not store.exists(INFERENCE_LOG):
         raise dg.Failure("serving/inference_log holds no predictions yet: score a day first")
-    return scan_table(uri).filter(pl.col("model_name") == model_name(lakehouse.settings.env))
+    registered = model_name(lakehouse.settings.env)
+    return polars_lazy(store.scan(INFERENCE_LOG).filter(nw.col("model_name") == registered))
 
 
 @dg.asset(
@@ -264,9 +265,8 @@ def drift_metrics(
             tables.append(rows)
             summary["drifted_share_vs_previous_day"] = feature_share(result)
         summaries[version] = summary
-    written = write_partition(
-        lakehouse.write_uri(DRIFT), pl.concat(tables), {"day": day}, table=str(DRIFT)
-    )
+    store = lakehouse.store(GROUP)
+    written = store.replace_partition(DRIFT, store.from_polars(pl.concat(tables)), {"day": day})
     latest = summaries[max(summaries, key=int)]
     yield dg.MaterializeResult(
         metadata={
@@ -326,9 +326,8 @@ def profiles(
                 pl.lit(day).alias("day"), pl.lit(version).alias("model_version"), pl.all()
             )
         )
-    written = write_partition(
-        lakehouse.write_uri(PROFILES), pl.concat(frames), {"day": day}, table=str(PROFILES)
-    )
+    store = lakehouse.store(GROUP)
+    written = store.replace_partition(PROFILES, store.from_polars(pl.concat(frames)), {"day": day})
     score = frames[-1].filter(pl.col("column") == "score")
 
     def stat(name: str) -> float:
@@ -382,10 +381,12 @@ def performance(
     current = window_predictions(_log(lakehouse), day)
     if not current.height:
         raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
-    labels_uri = lakehouse.read_uri(TableRef("silver", "labels"))
+    store = lakehouse.store(GROUP)
     chargebacks = (
-        scan_table(labels_uri).select("transaction_id", "is_fraud", "reported_at").collect()
-        if table_exists(labels_uri)
+        store.materialize(
+            store.scan(SILVER_LABELS).select("transaction_id", "is_fraud", "reported_at")
+        ).to_native()
+        if store.exists(SILVER_LABELS)
         else pl.DataFrame(
             schema={
                 "transaction_id": pl.String,
@@ -407,9 +408,7 @@ def performance(
         pl.lit(horizon).cast(pl.Datetime("us", "UTC")).alias("label_horizon"),
         pl.lit(horizon >= mature_at).alias("mature"),
     )
-    written = write_partition(
-        lakehouse.write_uri(PERFORMANCE), table, {"day": day}, table=str(PERFORMANCE)
-    )
+    written = store.replace_partition(PERFORMANCE, store.from_polars(table), {"day": day})
     latest = table.sort(pl.col("model_version").cast(pl.Int64), descending=True).row(0, named=True)
     numbers = {
         k: float(v)
@@ -499,22 +498,22 @@ def windows_from_tables(lakehouse: LakehouseResource) -> list:
     """The monitoring windows (day, version, drift, PR-AUC of mature days) from the tables."""
     from mlops_assets.monitoring.policy import Window
 
-    uri = lakehouse.read_uri(DRIFT)
-    if not table_exists(uri):
+    store = lakehouse.store(GROUP)
+    if not store.exists(DRIFT):
         return []
-    drift = scan_table(uri).filter(pl.col("baseline") == "training").collect()
+    drift = store.materialize(
+        store.scan(DRIFT).filter(nw.col("baseline") == "training")
+    ).to_native()
     summary = drift.group_by("day", "model_version").agg(
         pl.col("drifted").filter(pl.col("column") != "score").mean().alias("share"),
         pl.col("score").filter(pl.col("column") == "score").first().alias("prediction"),
     )
-    perf_uri = lakehouse.read_uri(PERFORMANCE)
-    if table_exists(perf_uri):
-        perf = (
-            scan_table(perf_uri)
-            .filter(pl.col("mature"))
+    if store.exists(PERFORMANCE):
+        perf = store.materialize(
+            store.scan(PERFORMANCE)
+            .filter(nw.col("mature"))
             .select("day", "model_version", "pr_auc")
-            .collect()
-        )
+        ).to_native()
         summary = summary.join(perf, on=["day", "model_version"], how="left")
     else:
         summary = summary.with_columns(pl.lit(None, dtype=pl.Float64).alias("pr_auc"))

@@ -3,14 +3,16 @@
 import datetime
 
 import dagster as dg
-import polars as pl
+import narwhals as nw
 
+from mlops_assets.defs.ml import polars_lazy
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.online_store import open_online_store
 from mlops_assets.features.registry import FEATURE_TABLES, FeatureTable
-from mlops_assets.lakehouse.delta_io import scan_table, table_version
 
 CODE_VERSION = "online-1"
+# The table store group of the online assets (polars and delta-rs).
+GROUP = "online"
 
 
 def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:
@@ -32,21 +34,21 @@ def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:
         metadata={"store": "sqlite (embedded); production option: Redis"},
     )
     def _publish(lakehouse: LakehouseResource) -> dg.MaterializeResult:
-        uri = lakehouse.read_uri(table.ref)
-        version = table_version(uri)
+        lake = lakehouse.store(GROUP)
+        version = lake.version(table.ref)
         if version is None:
             raise dg.Failure(f"{table.ref} does not exist yet: materialize it first")
-        rows = scan_table(uri, version=version)
-        newest = rows.select(pl.col(table.timestamp_key).max()).collect().item()
+        rows = lake.scan(table.ref, version=version)
+        newest = lake.materialize(rows.select(nw.col(table.timestamp_key).max())).item()
         if newest is not None:
             oldest = newest - datetime.timedelta(days=table.max_staleness_days)
-            rows = rows.filter(pl.col(table.timestamp_key) > oldest)
+            rows = rows.filter(nw.col(table.timestamp_key) > oldest)
         (key,) = table.entity_keys
         store = open_online_store(lakehouse.settings)
         try:
             published = store.publish(
                 table.name,
-                rows.select(key, table.timestamp_key, *table.feature_names),
+                polars_lazy(rows.select(key, table.timestamp_key, *table.feature_names)),
                 key=key,
                 feature_time=table.timestamp_key,
                 features=list(table.feature_names),

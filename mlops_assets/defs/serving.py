@@ -6,16 +6,11 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from mlops_assets.defs.ml import feature_rows, keys
+from mlops_assets.defs.ml import feature_rows, keys, scan_polars
 from mlops_assets.defs.partitions import DAILY, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
-from mlops_assets.lakehouse.delta_io import (
-    read_partition,
-    scan_table,
-    table_exists,
-    table_version,
-)
+from mlops_assets.lakehouse.store import TableMissingError
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
@@ -24,6 +19,9 @@ from mlops_assets.settings import use_mlflow_store
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
 OWNERS = ["team:ml-platform"]
+SILVER_TRANSACTIONS = TableRef("silver", "transactions")
+# The table store group of the serving assets (polars and delta-rs).
+GROUP = "serving"
 
 
 def load_champion(lakehouse: LakehouseResource, model: str = "fraud_detector"):
@@ -92,16 +90,16 @@ def batch_predictions_asset(declaration: ModelDeclaration) -> dg.AssetsDefinitio
 
         day = partition_day(context)
         model = load_champion(lakehouse, declaration.name)
-        silver_uri = lakehouse.read_uri(TableRef("silver", "transactions"))
-        if not table_exists(silver_uri):
-            raise dg.Failure("silver/transactions does not exist yet: materialize it first")
-        events = read_partition(silver_uri, {"landing_date": day}).select(
-            *model.spec.request_fields
-        )
+        store = lakehouse.store(GROUP)
+        try:
+            landed = store.read_partition(SILVER_TRANSACTIONS, {"landing_date": day})
+        except TableMissingError as missing:
+            raise dg.Failure(str(missing)) from None
+        events = store.materialize(landed.select(*model.spec.request_fields)).to_native()
 
         def scan(name: str) -> pl.LazyFrame:
             layer, table = name.split("/")
-            return scan_table(lakehouse.read_uri(TableRef(layer, table)))
+            return scan_polars(store, TableRef(layer, table))
 
         start = events.get_column("event_time").min() if events.height else None
         first = start.date() if start else day
@@ -336,9 +334,10 @@ def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.
     """
     from mlops_assets.serving.inference_log import compact_inference_log
 
-    uri = lakehouse.write_uri(INFERENCE_LOG)
-    if not table_exists(uri):
+    store = lakehouse.store(GROUP)
+    if not store.exists(INFERENCE_LOG):
         raise dg.Failure("serving/inference_log holds no predictions yet")
+    uri = store.write_uri(INFERENCE_LOG)
     outcome = compact_inference_log(
         uri,
         vacuum_retention_hours=(
@@ -348,7 +347,7 @@ def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.
     return dg.MaterializeResult(
         metadata={
             "dagster/uri": dg.MetadataValue.path(uri),
-            "delta_version": table_version(uri),
+            "delta_version": store.version(INFERENCE_LOG),
             **{k: v for k, v in outcome.items() if isinstance(v, int | float)},
         }
     )
