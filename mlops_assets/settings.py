@@ -290,6 +290,8 @@ class Settings:
             monitoring resource's defaults (`{"label_maturity_days": 2}`).
         object_store: Where the lake lives when it is not on the local disk (`MLOPS_LAKE_URI`,
             `MLOPS_S3_*`); see `lake_uri` and `storage_options`.
+        alert_webhook_url: Where the monitoring alerts are POSTed as JSON
+            (`MLOPS_ALERT_WEBHOOK_URL`, an http(s) URL); empty for none.
     """
 
     env: str
@@ -309,6 +311,7 @@ class Settings:
     stream_worker: bool = False
     monitoring: dict[str, float | int | str] = field(default_factory=dict)
     object_store: ObjectStore = field(default_factory=ObjectStore)
+    alert_webhook_url: str = ""
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -445,7 +448,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     `{"label_maturity_days": 2, "min_labelled_days": 3}`), `MLOPS_LAKE_URI` (the lake on an
     S3-compatible store, `s3://bucket/prefix`; default the local data root) with
     `MLOPS_S3_ENDPOINT`, `MLOPS_S3_ACCESS_KEY_ID`, `MLOPS_S3_SECRET_ACCESS_KEY` and
-    `MLOPS_S3_REGION` (default us-east-1).
+    `MLOPS_S3_REGION` (default us-east-1), `MLOPS_ALERT_WEBHOOK_URL` (an http(s) URL the
+    monitoring alerts are POSTed to; default none).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -557,7 +561,21 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         stream_worker=worker_text == "on",
         monitoring=monitoring,
         object_store=_object_store(environ),
+        alert_webhook_url=_webhook_url(environ),
     )
+
+
+def _webhook_url(environ: dict[str, str]) -> str:
+    """The alerts' webhook (`MLOPS_ALERT_WEBHOOK_URL`): an http(s) URL, or empty for none."""
+    url = environ.get("MLOPS_ALERT_WEBHOOK_URL", "").strip()
+    if url:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise SettingsError(
+                f"MLOPS_ALERT_WEBHOOK_URL={url!r} is not an http(s) URL "
+                "(https://hooks.example.com/alerts); leave it empty for no webhook"
+            )
+    return url
 
 
 def _port(variable: str, text: str) -> int:

@@ -152,11 +152,22 @@ def test_operations_settings_are_read_and_checked():
         ({"MLOPS_MONITORING": "[2]"}, "MLOPS_MONITORING must be a JSON object"),
         ({"MLOPS_ONLINE_STORE": "memcached://x"}, "is not a Redis URL"),
         ({"MLOPS_STREAM_WORKER": "1"}, "MLOPS_STREAM_WORKER='1' must be on or off"),
+        (
+            {"MLOPS_ALERT_WEBHOOK_URL": "hooks.example.com/alerts"},
+            "MLOPS_ALERT_WEBHOOK_URL='hooks.example.com/alerts' is not an http",
+        ),
+        ({"MLOPS_ALERT_WEBHOOK_URL": "ftp://127.0.0.1/alerts"}, "is not an http"),
     ],
 )
 def test_bad_operations_settings_are_named(variables, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(variables)
+
+
+def test_the_alert_webhook_is_a_setting():
+    assert load_settings({}).alert_webhook_url == ""
+    url = "http://127.0.0.1:9000/alerts"
+    assert load_settings({"MLOPS_ALERT_WEBHOOK_URL": f" {url} "}).alert_webhook_url == url
 
 
 # Object storage ----------------------------------------------------------------------------
