@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import dagster as dg
 
@@ -28,7 +27,7 @@ from mlops_assets.defs.jobs import (
     weekly_retrain_schedule,
 )
 from mlops_assets.defs.ml import ml_assets, model_audit_spec
-from mlops_assets.defs.model_monitoring import model_monitoring_assets_all
+from mlops_assets.defs.model_monitoring import other_models_monitoring_assets
 from mlops_assets.defs.monitoring import (
     MonitoringResource,
     alert_on_run_failure,
@@ -58,7 +57,7 @@ def build_definitions(
         settings: The environment (default: from the process environment).
         monitoring: Drift, performance and retraining thresholds (default: the resource's
             defaults with the settings' `monitoring` overrides, alerts posted to
-            `MLOPS_ALERT_WEBHOOK_URL` when set).
+            the settings' `alert_webhook_url` when set).
     """
     settings = settings or load_settings()
     unknown = sorted(set(settings.monitoring) - set(MonitoringResource.model_fields))
@@ -73,7 +72,7 @@ def build_definitions(
         try:
             monitoring = MonitoringResource(
                 **{
-                    "alert_webhook_url": os.environ.get("MLOPS_ALERT_WEBHOOK_URL", ""),
+                    "alert_webhook_url": settings.alert_webhook_url,
                     **settings.monitoring,
                 }
             )
@@ -93,10 +92,10 @@ def build_definitions(
             *online_assets,
             *ml_assets,
             model_audit_spec,
-            *serving_assets,
+            *serving_assets(settings),
             *serving_specs,
-            *monitoring_assets,
-            *model_monitoring_assets_all,
+            *monitoring_assets(settings),
+            *other_models_monitoring_assets(settings),
             *monitoring_specs,
         ],
         jobs=[

@@ -16,13 +16,13 @@ import narwhals as nw
 import polars as pl
 
 from mlops_assets.defs.ml import keys, label_horizon, polars_lazy
-from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.store import TableMissingError
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
-from mlops_assets.settings import use_mlflow_store
+from mlops_assets.settings import Settings, use_mlflow_store
 
 OWNERS = ["team:ml-platform"]
 # Fewer previous-day rows than this give no meaningful comparison.
@@ -89,10 +89,13 @@ def _reference(lakehouse: LakehouseResource, model: ModelDeclaration, loaded) ->
     return rows
 
 
-def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
-    """A declared model's drift and performance assets (daily partitions)."""
+def model_monitoring_assets(
+    model: ModelDeclaration, settings: Settings
+) -> list[dg.AssetsDefinition]:
+    """A declared model's drift and performance assets, partitioned by the environment's days."""
     batch = keys(model).batch_predictions
     refs = tables(model)
+    daily = daily_partitions(settings)
 
     @dg.asset(
         key=["monitoring", model.name, "drift_metrics"],
@@ -102,7 +105,7 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
             dg.AssetDep(keys(model).training_set),
             dg.AssetDep(keys(model).trained),
         ],
-        partitions_def=DAILY,
+        partitions_def=daily,
         group_name="monitoring",
         owners=OWNERS,
         kinds={"polars", "delta"},
@@ -174,7 +177,7 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
             dg.AssetDep(batch),
             dg.AssetDep(["silver", "labels"], partition_mapping=days_around(0, 7)),
         ],
-        partitions_def=DAILY,
+        partitions_def=daily,
         group_name="monitoring",
         owners=OWNERS,
         kinds={"polars", "delta"},
@@ -244,9 +247,11 @@ def model_monitoring_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition
     return [drift_metrics, performance]
 
 
-model_monitoring_assets_all = [
-    asset
-    for model in MODELS.values()
-    if model.name != primary().name
-    for asset in model_monitoring_assets(model)
-]
+def other_models_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The drift and performance assets of every declared model but the primary one."""
+    return [
+        asset
+        for model in MODELS.values()
+        if model.name != primary().name
+        for asset in model_monitoring_assets(model, settings)
+    ]

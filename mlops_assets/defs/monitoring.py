@@ -12,7 +12,7 @@ import pydantic
 from mlops_assets.defs.jobs import retrain_job
 from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.ml import label_horizon, polars_lazy
-from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.defs.serving import INFERENCE_LOG
 from mlops_assets.lakehouse.catalog import TableRef
@@ -185,19 +185,6 @@ def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
     return polars_lazy(store.scan(INFERENCE_LOG).filter(nw.col("model_name") == registered))
 
 
-@dg.asset(
-    key=["monitoring", "drift_metrics"],
-    deps=[
-        dg.AssetDep(["serving", "batch_predictions"], partition_mapping=days_around(-1, 0)),
-        dg.AssetDep(REFERENCE_KEY),
-    ],
-    partitions_def=DAILY,
-    group_name="monitoring",
-    owners=OWNERS,
-    kinds={"polars", "delta"},
-    code_version="drift-metrics-1",
-    metadata={"table": str(DRIFT)},
-)
 def drift_metrics(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
@@ -283,16 +270,6 @@ def drift_metrics(
     yield from built
 
 
-@dg.asset(
-    key=["monitoring", "profiles"],
-    deps=[dg.AssetDep(["serving", "batch_predictions"])],
-    partitions_def=DAILY,
-    group_name="monitoring",
-    owners=OWNERS,
-    kinds={"polars", "delta"},
-    code_version="profiles-1",
-    metadata={"table": str(PROFILES)},
-)
 def profiles(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> dg.MaterializeResult:
@@ -345,19 +322,6 @@ def profiles(
     )
 
 
-@dg.asset(
-    key=["monitoring", "performance"],
-    deps=[
-        dg.AssetDep(["serving", "batch_predictions"]),
-        dg.AssetDep(["silver", "labels"], partition_mapping=days_around(0, 7)),
-    ],
-    partitions_def=DAILY,
-    group_name="monitoring",
-    owners=OWNERS,
-    kinds={"polars", "delta"},
-    code_version="performance-1",
-    metadata={"table": str(PERFORMANCE)},
-)
 def performance(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
@@ -427,15 +391,6 @@ def performance(
     )
 
 
-@dg.asset(
-    key=["monitoring", "drift_report"],
-    deps=[dg.AssetDep(["serving", "batch_predictions"]), dg.AssetDep(REFERENCE_KEY)],
-    partitions_def=DAILY,
-    group_name="monitoring",
-    owners=OWNERS,
-    kinds={"evidently"},
-    code_version="drift-report-1",
-)
 def drift_report(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
@@ -474,7 +429,62 @@ def drift_report(
     yield from built
 
 
-monitoring_assets = [drift_metrics, profiles, performance, drift_report]
+def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The primary model's monitoring assets of an environment, partitioned by its days.
+
+    `monitoring/drift_metrics`, `profiles`, `performance` and `drift_report`: the bodies are
+    the functions of the same names.
+    """
+    daily = daily_partitions(settings)
+    return [
+        dg.asset(
+            key=["monitoring", "drift_metrics"],
+            deps=[
+                dg.AssetDep(["serving", "batch_predictions"], partition_mapping=days_around(-1, 0)),
+                dg.AssetDep(REFERENCE_KEY),
+            ],
+            partitions_def=daily,
+            group_name="monitoring",
+            owners=OWNERS,
+            kinds={"polars", "delta"},
+            code_version="drift-metrics-1",
+            metadata={"table": str(DRIFT)},
+        )(drift_metrics),
+        dg.asset(
+            key=["monitoring", "profiles"],
+            deps=[dg.AssetDep(["serving", "batch_predictions"])],
+            partitions_def=daily,
+            group_name="monitoring",
+            owners=OWNERS,
+            kinds={"polars", "delta"},
+            code_version="profiles-1",
+            metadata={"table": str(PROFILES)},
+        )(profiles),
+        dg.asset(
+            key=["monitoring", "performance"],
+            deps=[
+                dg.AssetDep(["serving", "batch_predictions"]),
+                dg.AssetDep(["silver", "labels"], partition_mapping=days_around(0, 7)),
+            ],
+            partitions_def=daily,
+            group_name="monitoring",
+            owners=OWNERS,
+            kinds={"polars", "delta"},
+            code_version="performance-1",
+            metadata={"table": str(PERFORMANCE)},
+        )(performance),
+        dg.asset(
+            key=["monitoring", "drift_report"],
+            deps=[dg.AssetDep(["serving", "batch_predictions"]), dg.AssetDep(REFERENCE_KEY)],
+            partitions_def=daily,
+            group_name="monitoring",
+            owners=OWNERS,
+            kinds={"evidently"},
+            code_version="drift-report-1",
+        )(drift_report),
+    ]
+
+
 ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
 alerts_spec = dg.AssetSpec(
     key=ALERTS_KEY,

@@ -7,7 +7,7 @@ import warnings
 
 import dagster as dg
 
-from mlops_assets.settings import Settings, load_settings
+from mlops_assets.settings import Settings
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -17,8 +17,6 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=settings.start_date.isoformat(), timezone="UTC")
 
 
-# The process's partitions, for the asset modules not yet built from settings.
-DAILY = daily_partitions(load_settings())
 # Landing days after an event day in which that day's late events still arrive; assets of an
 # event day depend on them.
 LATE_DAYS = 3

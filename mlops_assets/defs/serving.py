@@ -7,14 +7,14 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.defs.ml import feature_rows, keys, scan_polars
-from mlops_assets.defs.partitions import DAILY, days_around, partition_day
+from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.store import TableMissingError
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
-from mlops_assets.settings import use_mlflow_store
+from mlops_assets.settings import Settings, use_mlflow_store
 
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
@@ -47,12 +47,14 @@ def _log(lakehouse: LakehouseResource, model):
     )
 
 
-def batch_predictions_asset(declaration: ModelDeclaration) -> dg.AssetsDefinition:
-    """A declared model's daily batch scoring into the inference log.
+def batch_predictions_asset(
+    declaration: ModelDeclaration, settings: Settings
+) -> dg.AssetsDefinition:
+    """A declared model's daily batch scoring into the inference log, in an environment.
 
     The fraud detector's is `serving/batch_predictions`; another model's
     `serving/<name>/batch_predictions`. The feature partitions it reads follow the model's
-    declared feature look-backs.
+    declared feature look-backs; its partitions are the environment's days.
     """
     k = keys(declaration)
 
@@ -69,7 +71,7 @@ def batch_predictions_asset(declaration: ModelDeclaration) -> dg.AssetsDefinitio
             ],
             dg.AssetDep(k.champion, partition_mapping=dg.AllPartitionMapping()),
         ],
-        partitions_def=DAILY,
+        partitions_def=daily_partitions(settings),
         group_name="serving",
         owners=OWNERS,
         kinds={"mlflow", "polars", "delta"},
@@ -128,8 +130,6 @@ def batch_predictions_asset(declaration: ModelDeclaration) -> dg.AssetsDefinitio
     return _batch
 
 
-BATCH_PREDICTIONS = {name: batch_predictions_asset(m) for name, m in MODELS.items()}
-batch_predictions = BATCH_PREDICTIONS[primary().name]
 # The model whose champion scores landed files as they arrive (declared `streamed`).
 STREAMED = next((m.name for m in MODELS.values() if m.streamed), primary().name)
 
@@ -321,8 +321,8 @@ class CompactionConfig(dg.Config):
     kinds={"delta"},
     code_version="inference-log-compaction-1",
     deps=[
-        dg.AssetDep(asset.key, partition_mapping=dg.AllPartitionMapping())
-        for asset in BATCH_PREDICTIONS.values()
+        dg.AssetDep(keys(model).batch_predictions, partition_mapping=dg.AllPartitionMapping())
+        for model in MODELS.values()
     ],
 )
 def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
@@ -353,7 +353,19 @@ def inference_log(config: CompactionConfig, lakehouse: LakehouseResource) -> dg.
     )
 
 
-serving_assets = [*BATCH_PREDICTIONS.values(), stream_predictions, inference_log]
+def serving_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The serving assets of an environment.
+
+    Every declared model's daily batch scoring (partitioned by the environment's days), the
+    streaming scoring of landed files and the inference log's compaction.
+    """
+    return [
+        *(batch_predictions_asset(model, settings) for model in MODELS.values()),
+        stream_predictions,
+        inference_log,
+    ]
+
+
 serving_specs = [stream_checkpoint_spec]
 serving_sensors = [landed_transactions]
 serving_jobs = [stream_job]

@@ -186,3 +186,26 @@ def test_contract_and_validation_checks_are_blocking(tmp_path):
         ("ml/model_validation", "passes_validation"): True,
         ("ml/fraud_linear/model_validation", "passes_validation"): True,
     }
+
+
+def test_every_daily_asset_starts_at_the_settings_start_date(tmp_path, monkeypatch):
+    # The process says otherwise: the definitions follow the settings they are built from.
+    monkeypatch.setenv("MLOPS_START_DATE", "2025-06-01")
+    settings = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_START_DATE": "2026-02-03"})
+    graph = build_definitions(settings).resolve_asset_graph()
+    daily = [key for key in graph.get_all_asset_keys() if graph.get(key).partitions_def]
+    assert {"serving/batch_predictions", "monitoring/drift_metrics"} <= {
+        key.to_user_string() for key in daily
+    }
+    assert "monitoring/fraud_linear/performance" in {key.to_user_string() for key in daily}
+    for key in daily:
+        assert graph.get(key).partitions_def.start.date().isoformat() == "2026-02-03", key
+
+
+def test_alerts_go_to_the_settings_webhook(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_ALERT_WEBHOOK_URL", "http://127.0.0.1:1/from-the-process")
+    url = "http://127.0.0.1:9/alerts"
+    settings = load_settings({"MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ALERT_WEBHOOK_URL": url})
+    assert build_definitions(settings).resources["monitoring"].alert_webhook_url == url
+    quiet = load_settings({"MLOPS_DATA_ROOT": str(tmp_path)})
+    assert build_definitions(quiet).resources["monitoring"].alert_webhook_url == ""
