@@ -25,7 +25,7 @@ from mlops_assets.models.training import (
     build_linear_pipeline,
     build_pipeline,
 )
-from mlops_assets.models.validation import MODES, ValidationPolicy
+from mlops_assets.models.validation import DEFAULT_POLICY, MODES, ValidationPolicy
 from mlops_assets.models.windows import TrainingWindows
 
 # A model's name is a registered model name's tail and part of asset keys and job names.
@@ -40,6 +40,8 @@ class DeclarationError(ValueError):
 class ValidationGates:
     """What a challenger must clear before it may replace the champion.
 
+    A gate not declared is the validation's default (`models.validation.DEFAULT_POLICY`).
+
     Attributes:
         mode: `enabled` (failures block promotion), `dry_run` (reported only), `disabled`.
         min_pr_auc: Lowest acceptable PR-AUC on the hold-out.
@@ -48,11 +50,11 @@ class ValidationGates:
         max_latency_ms: Slowest acceptable median single-row prediction time (CPU).
     """
 
-    mode: str = "enabled"
-    min_pr_auc: float = 0.05
-    min_recall_at_1pct_fpr: float = 0.1
-    max_pr_auc_drop: float = 0.01
-    max_latency_ms: float = 50.0
+    mode: str = DEFAULT_POLICY.mode
+    min_pr_auc: float = DEFAULT_POLICY.min_pr_auc
+    min_recall_at_1pct_fpr: float = DEFAULT_POLICY.min_recall_at_1pct_fpr
+    max_pr_auc_drop: float = DEFAULT_POLICY.max_pr_auc_drop
+    max_latency_ms: float = DEFAULT_POLICY.max_latency_ms
 
     def policy(self, **overrides: Any) -> ValidationPolicy:
         """The gates as a validation policy, with a run's overrides (None keeps a gate).
@@ -229,7 +231,7 @@ FRAUD_DETECTOR = ModelDeclaration(
     pipeline=build_pipeline,
     params=dict(TREE_PARAMS),
     gates=ValidationGates(),
-    windows=TrainingWindows(days=28, label_maturity_days=3),
+    windows=TrainingWindows(days=28),
     decision=DecisionRule(review_fpr=0.01),
     # The fraud detector keeps the asset keys and job names it had before declarations.
     asset_prefix=("ml",),
@@ -279,10 +281,9 @@ FRAUD_LINEAR = ModelDeclaration(
     spec=FRAUD_LINEAR_SPEC,
     pipeline=build_linear_pipeline,
     params={"C": 1.0, "max_iter": 1000},
-    gates=ValidationGates(min_pr_auc=0.05, min_recall_at_1pct_fpr=0.05, max_pr_auc_drop=0.02),
+    gates=ValidationGates(min_recall_at_1pct_fpr=0.05, max_pr_auc_drop=0.02),
     windows=TrainingWindows(
         days=21,
-        label_maturity_days=3,
         feature_lookback_days={"card_behaviour": 30, "merchant_risk": 4},
     ),
     decision=DecisionRule(review_fpr=0.02),

@@ -46,6 +46,10 @@ class ValidationPolicy:
             raise ValueError(f"validation mode {self.mode!r} is not one of {', '.join(MODES)}")
 
 
+# The gates of a model whose declaration sets none: the one definition of each default.
+DEFAULT_POLICY = ValidationPolicy()
+
+
 @dataclass(frozen=True)
 class Check:
     """One check's outcome with the numbers behind it."""

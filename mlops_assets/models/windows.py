@@ -19,6 +19,7 @@ import polars as pl
 
 from mlops_assets.features.registry import feature_table
 from mlops_assets.features.spec import FeatureSpec
+from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
 
 # Feature rows read before the first event day: card behaviour rows back to the oldest a join
 # may take (30 days, the table's staleness limit), merchant risk rows four days back (its
@@ -37,13 +38,14 @@ class TrainingWindows:
     Attributes:
         days: Event days in a training set, ending at its last day.
         label_maturity_days: Only events at least this many days old at the label cutoff are
-            kept, so their chargebacks have had time to arrive.
+            kept, so their chargebacks have had time to arrive (default: the monitoring's
+            label maturity, `monitoring.thresholds`).
         feature_lookback_days: Feature table name to the days of rows read before the first
             event day for the point-in-time join.
     """
 
     days: int = 28
-    label_maturity_days: int = 3
+    label_maturity_days: int = THRESHOLDS.label_maturity_days
     feature_lookback_days: Mapping[str, int] = field(
         default_factory=lambda: dict(FEATURE_LOOKBACK_DAYS)
     )
