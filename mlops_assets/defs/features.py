@@ -251,11 +251,17 @@ def _merchant_day(store: TableStore, day: datetime.date):
         # A chargeback refers to a transaction of the last CHARGEBACK_WINDOW_DAYS (card
         # networks' time limit), so only those days are searched: the cost does not grow
         # with history.
+        # The day's chargebacks are few: their ids filter the scan itself, so only matching
+        # rows are kept while reading (a join would read the whole window first).
         earliest = day - datetime.timedelta(days=CHARGEBACK_WINDOW_DAYS)
+        ids = store.to_polars(labels.select("transaction_id")).to_series().to_list()
         merchants = store.materialize(
             store.scan(SILVER_TRANSACTIONS, version=tx_version)
-            .filter(nw.col("event_date") >= earliest, nw.col("event_date") <= day)
-            .join(store.lazy(labels.select("transaction_id")), on="transaction_id", how="semi")
+            .filter(
+                nw.col("event_date") >= earliest,
+                nw.col("event_date") <= day,
+                nw.col("transaction_id").is_in(ids),
+            )
             .select("transaction_id", "merchant_id")
         )
         reported = labels.join(merchants, on="transaction_id", how="inner")
