@@ -20,6 +20,7 @@ from typing import Any
 from mlops_assets.features.spec import FRAUD_SPEC, FeatureLookup, FeatureSpec
 from mlops_assets.models.lifecycle import model_name
 from mlops_assets.models.training import (
+    REVIEW_FPR,
     TREE_PARAMS,
     PipelineBuilder,
     build_linear_pipeline,
@@ -86,7 +87,7 @@ class DecisionRule:
             legitimate event to choose one from.
     """
 
-    review_fpr: float | None = 0.01
+    review_fpr: float | None = REVIEW_FPR
     fixed: float = 0.5
 
     def __post_init__(self) -> None:
@@ -232,7 +233,7 @@ FRAUD_DETECTOR = ModelDeclaration(
     params=dict(TREE_PARAMS),
     gates=ValidationGates(),
     windows=TrainingWindows(days=28),
-    decision=DecisionRule(review_fpr=0.01),
+    decision=DecisionRule(),
     # The fraud detector keeps the asset keys and job names it had before declarations.
     asset_prefix=("ml",),
     model_asset="fraud_model",

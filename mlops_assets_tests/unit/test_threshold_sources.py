@@ -22,3 +22,11 @@ def test_label_maturity_of_training_is_the_monitoring_one():
     assert TrainingWindows().label_maturity_days == THRESHOLDS.label_maturity_days
     for model in MODELS.values():
         assert model.windows.label_maturity_days == THRESHOLDS.label_maturity_days, model.name
+
+
+def test_the_review_rate_of_a_decision_is_the_training_one():
+    from mlops_assets.models.declaration import DecisionRule
+    from mlops_assets.models.training import REVIEW_FPR
+
+    assert DecisionRule().review_fpr == REVIEW_FPR
+    assert MODELS["fraud_detector"].decision.review_fpr == REVIEW_FPR
