@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,21 +25,41 @@ class TableSummary:
 
 
 def lake_summary(settings: Settings) -> list[TableSummary]:
-    """Every Delta table under the active environment's lake, layer by layer."""
+    """Every Delta table under the active environment's lake, layer by layer.
+
+    The lake is the local data root, or the object store the settings name (its layers'
+    folders are listed there).
+    """
+    options = settings.storage_options or None
     rows: list[TableSummary] = []
     for layer in LAYERS:
-        folder = settings.lake_root / layer
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if table_exists(path):
-                delta = DeltaTable(str(path))
-                rows.append(
-                    TableSummary(
-                        f"{layer}/{path.name}", str(path), delta.version(), table_row_count(delta)
-                    )
-                )
+        for uri in _folders(settings, layer):
+            if table_exists(uri, storage_options=options):
+                delta = DeltaTable(uri, storage_options=options)
+                name = f"{layer}/{uri.rstrip('/').rsplit('/', 1)[-1]}"
+                rows.append(TableSummary(name, uri, delta.version(), table_row_count(delta)))
     return rows
+
+
+def _folders(settings: Settings, layer: str) -> list[str]:
+    """The folders of a layer: local paths, or `s3://` URIs on the object store."""
+    store = settings.object_store
+    if not store.enabled:
+        folder = settings.lake_root / layer
+        return [str(p) for p in sorted(folder.iterdir())] if folder.is_dir() else []
+    from pyarrow.fs import FileSelector, FileType, S3FileSystem
+
+    endpoint = urllib.parse.urlsplit(store.endpoint) if store.endpoint else None
+    filesystem = S3FileSystem(
+        access_key=store.access_key_id or None,
+        secret_key=store.secret_access_key or None,
+        region=store.region,
+        scheme=endpoint.scheme if endpoint else "https",
+        endpoint_override=endpoint.netloc if endpoint else None,
+    )
+    base = settings.lake_uri.removeprefix("s3://") + f"/{layer}"
+    infos = filesystem.get_file_info(FileSelector(base, allow_not_found=True))
+    return sorted(f"s3://{i.path}" for i in infos if i.type == FileType.Directory)
 
 
 def print_summary(tables: Sequence[TableSummary], manifests: Sequence[Any] = ()) -> None:

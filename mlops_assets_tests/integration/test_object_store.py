@@ -450,3 +450,23 @@ def test_the_stack_runs_the_lakes_store_and_keeps_its_tables_across_a_restart(tm
                 {**environ, "MLOPS_S3_ACCESS_KEY_ID": "", "MLOPS_S3_SECRET_ACCESS_KEY": ""}
             )
         )
+
+
+def test_the_lake_summary_lists_the_tables_on_s3(s3, tmp_path):
+    from mlops_assets.defs.resources import LakehouseResource
+    from mlops_assets.lakehouse.catalog import TableRef
+    from mlops_assets.lakehouse.summary import lake_summary
+
+    environ = s3.environ(prefix="tests/summary")
+    settings = load_settings({**environ, "MLOPS_DATA_ROOT": str(tmp_path), "MLOPS_ENV": "dev"})
+    # The resource carries the lake's settings: no process environment involved.
+    store = LakehouseResource.from_settings(settings).store("silver")
+    for name, rows in (("a", 3), ("b", 2)):
+        frame = store.from_polars(day_frame(DAY1, rows))
+        store.replace_partition(TableRef("silver", name), frame, {"landing_date": DAY1})
+    summary = [(t.name, t.version, t.rows, t.uri) for t in lake_summary(settings)]
+    lake = environ["MLOPS_LAKE_URI"]
+    assert summary == [
+        ("silver/a", 0, 3, f"{lake}/dev/silver/a"),
+        ("silver/b", 0, 2, f"{lake}/dev/silver/b"),
+    ]
