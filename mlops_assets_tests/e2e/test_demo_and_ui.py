@@ -37,7 +37,8 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     env = env_for(tmp_path)
     first = mlops(env, "demo", "--days", "7", "--drift-days", "2")
     assert "in quarantine with a reason" in first
-    assert "promoted version 1 to champion" in first
+    assert "promoted dev.fraud_detector version 1 to champion" in first
+    assert "promoted dev.fraud_linear version 1 to champion" in first
     assert "every one is a row of serving/inference_log" in first
     lake = tmp_path / "dev" / "lake"
     silver = pl.read_delta(str(lake / "silver" / "transactions"))
@@ -62,11 +63,15 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
         }
 
     assert lake(rows(again)) == lake(rows(tables))
-    # Each run trained, validated and promoted a version; the audit table keeps both.
-    assert (rows(tables)[audit], rows(again)[audit]) == ("2", "4")
+    # Each run trained, validated and promoted a fraud detector; the audit table keeps every
+    # declared model's rows (the first run validated and promoted each model once).
     status = json.loads(mlops(env, "model", "status"))
     assert status["champion"] == "2" and status["previous"] == "1"
     assert [row["action"] for row in status["audit"]] == ["validated", "promoted"] * 2
+    linear = json.loads(mlops(env, "model", "status", "--model", "fraud_linear"))
+    assert [row["action"] for row in linear["audit"]][:2] == ["validated", "promoted"]
+    assert rows(tables)[audit] == "4"
+    assert int(rows(again)[audit]) == len(status["audit"]) + len(linear["audit"])
     listing = mlops(env, "features", "list")
     assert "card_behaviour" in listing and "merchant_risk" in listing
     assert "not built" not in listing
