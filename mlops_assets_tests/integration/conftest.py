@@ -34,6 +34,14 @@ def retrain(defs, instance, seed=7, mode="enabled"):
     )
 
 
+def build_lake(defs, instance, days) -> None:
+    """The landed days through medallion and features, then the online store published."""
+    assert all(r.success for r in run_days(defs, days, instance, log_level="ERROR"))
+    runs = run_days(defs, days, instance, job_name="features_daily", log_level="ERROR")
+    assert all(r.success for r in runs)
+    assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
+
+
 @pytest.fixture(scope="session")
 def cd_lake(tmp_path_factory):
     """Twelve days through medallion and features, on an ephemeral Dagster instance."""
@@ -50,10 +58,7 @@ def cd_lake(tmp_path_factory):
     simulate(scenario, settings.landing_root)
     defs = build_definitions(settings)
     with dg.DagsterInstance.ephemeral() as instance:
-        assert all(r.success for r in run_days(defs, DAYS, instance, log_level="ERROR"))
-        runs = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
-        assert all(r.success for r in runs)
-        assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
+        build_lake(defs, instance, DAYS)
         yield settings, defs, instance
 
 

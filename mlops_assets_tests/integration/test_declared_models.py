@@ -17,13 +17,13 @@ import pytest
 
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.ml import keys
-from mlops_assets.defs.runner import run_days
 from mlops_assets.lakehouse.delta_io import scan_table, table_exists
 from mlops_assets.models.audit import history
 from mlops_assets.models.declaration import FRAUD_LINEAR
 from mlops_assets.models.training import model_inputs
 from mlops_assets.settings import load_settings
 from mlops_assets.simulate import Scenario, simulate
+from mlops_assets_tests.integration.conftest import build_lake
 
 START = datetime.date(2026, 1, 1)
 DAYS = [START + datetime.timedelta(days=i) for i in range(8)]
@@ -51,10 +51,7 @@ def lake(tmp_path_factory):
     simulate(scenario, settings.landing_root)
     defs = build_definitions(settings)
     with dg.DagsterInstance.ephemeral() as instance:
-        assert all(r.success for r in run_days(defs, DAYS, instance, log_level="ERROR"))
-        runs = run_days(defs, DAYS, instance, job_name="features_daily", log_level="ERROR")
-        assert all(r.success for r in runs)
-        assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
+        build_lake(defs, instance, DAYS)
         window = {"label_cutoff": CUTOFF, "days": 8, "label_maturity_days": 2}
         lenient = {"min_pr_auc": 0.02, "min_recall_at_1pct_fpr": 0.0}
         fraud = defs.resolve_job_def("retrain_and_deploy").execute_in_process(
