@@ -14,6 +14,7 @@ from pathlib import Path
 
 ENVIRONMENTS = ("dev", "staging", "prod")
 DEFAULT_START_DATE = datetime.date(2026, 1, 1)
+DEFAULT_LANDING_SETTLE_SECONDS = 2.0
 
 # Which environments each environment may read (read-only) beside itself.
 READ_POLICY: dict[str, tuple[str, ...]] = {
@@ -292,6 +293,12 @@ class Settings:
             `MLOPS_S3_*`); see `lake_uri` and `storage_options`.
         alert_webhook_url: Where the monitoring alerts are POSTed as JSON
             (`MLOPS_ALERT_WEBHOOK_URL`, an http(s) URL); empty for none.
+        source_timezones: The time zone each landing source's times without an offset are
+            in (`MLOPS_SOURCE_TIMEZONES`, e.g. `{"transactions": "Europe/Berlin"}`); a
+            source not named here must send every time with an offset (or `Z`).
+        landing_settle_seconds: How long a landed file must be unchanged (size and
+            modification time) before streaming takes it (`MLOPS_LANDING_SETTLE_SECONDS`):
+            the guard for writers that do not rename a finished file into place.
     """
 
     env: str
@@ -312,6 +319,8 @@ class Settings:
     monitoring: dict[str, float | int | str] = field(default_factory=dict)
     object_store: ObjectStore = field(default_factory=ObjectStore)
     alert_webhook_url: str = ""
+    source_timezones: dict[str, str] = field(default_factory=dict)
+    landing_settle_seconds: float = DEFAULT_LANDING_SETTLE_SECONDS
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -449,7 +458,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     S3-compatible store, `s3://bucket/prefix`; default the local data root) with
     `MLOPS_S3_ENDPOINT`, `MLOPS_S3_ACCESS_KEY_ID`, `MLOPS_S3_SECRET_ACCESS_KEY` and
     `MLOPS_S3_REGION` (default us-east-1), `MLOPS_ALERT_WEBHOOK_URL` (an http(s) URL the
-    monitoring alerts are POSTed to; default none).
+    monitoring alerts are POSTed to; default none), `MLOPS_SOURCE_TIMEZONES` (a JSON object
+    of landing source to IANA time zone, for sources that send times without an offset;
+    default none) and `MLOPS_LANDING_SETTLE_SECONDS` (how long a landed file must be
+    unchanged before streaming takes it; default 2).
 
     Args:
         environ: Variables to read; `os.environ` when omitted.
@@ -562,7 +574,52 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         monitoring=monitoring,
         object_store=_object_store(environ),
         alert_webhook_url=_webhook_url(environ),
+        source_timezones=_source_timezones(environ),
+        landing_settle_seconds=_settle_seconds(environ),
     )
+
+
+def _source_timezones(environ: dict[str, str]) -> dict[str, str]:
+    """Declared time zones of landing sources (`MLOPS_SOURCE_TIMEZONES`), each checked."""
+    import zoneinfo
+
+    text = environ.get("MLOPS_SOURCE_TIMEZONES", "").strip() or "{}"
+    try:
+        zones = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"MLOPS_SOURCE_TIMEZONES is not JSON: {error}") from None
+    if not isinstance(zones, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in zones.items()
+    ):
+        raise SettingsError(
+            "MLOPS_SOURCE_TIMEZONES must be a JSON object of source to time zone, e.g. "
+            '{"transactions": "Europe/Berlin"}'
+        )
+    for source, zone in zones.items():
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(
+                f"MLOPS_SOURCE_TIMEZONES: {zone!r} (source {source!r}) is not an IANA time "
+                "zone name such as UTC or Europe/Berlin"
+            ) from None
+    return dict(zones)
+
+
+def _settle_seconds(environ: dict[str, str]) -> float:
+    """`MLOPS_LANDING_SETTLE_SECONDS`: a non-negative number of seconds."""
+    text = environ.get("MLOPS_LANDING_SETTLE_SECONDS", "").strip()
+    if not text:
+        return DEFAULT_LANDING_SETTLE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise SettingsError(
+            f"MLOPS_LANDING_SETTLE_SECONDS={text!r} is not a non-negative number of seconds"
+        )
+    return seconds
 
 
 def _webhook_url(environ: dict[str, str]) -> str:

@@ -256,3 +256,21 @@ def test_aws_itself_needs_no_endpoint_and_may_use_the_default_credentials():
 def test_bad_object_storage_settings_are_named(variables, message):
     with pytest.raises(SettingsError, match=message):
         load_settings({**S3, **variables})
+
+
+def test_source_timezones_are_checked_names():
+    settings = load_settings({"MLOPS_SOURCE_TIMEZONES": '{"transactions": "Europe/Berlin"}'})
+    assert settings.source_timezones == {"transactions": "Europe/Berlin"}
+    assert load_settings({}).source_timezones == {}
+    with pytest.raises(SettingsError, match="'Mars/Olympus' .*'labels'.* not an IANA"):
+        load_settings({"MLOPS_SOURCE_TIMEZONES": '{"labels": "Mars/Olympus"}'})
+    with pytest.raises(SettingsError, match="MLOPS_SOURCE_TIMEZONES must be a JSON object"):
+        load_settings({"MLOPS_SOURCE_TIMEZONES": '["UTC"]'})
+
+
+def test_landing_settle_seconds():
+    assert load_settings({}).landing_settle_seconds == 2.0
+    assert load_settings({"MLOPS_LANDING_SETTLE_SECONDS": "0.5"}).landing_settle_seconds == 0.5
+    for bad in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(SettingsError, match="MLOPS_LANDING_SETTLE_SECONDS"):
+            load_settings({"MLOPS_LANDING_SETTLE_SECONDS": bad})
