@@ -1,6 +1,7 @@
-"""Bronze assets: landing files ingested as they are, unparseable lines quarantined."""
+"""Bronze assets: landing files ingested into a bounded schema, unusable lines quarantined."""
 
 import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -12,20 +13,62 @@ from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
-from mlops_assets.lakehouse.landing import day_files, read_landing_file
+from mlops_assets.lakehouse.landing import day_files, day_folder, read_landing_file
 from mlops_assets.lakehouse.store import Frame, TableStore
 from mlops_assets.settings import Settings
-from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, SOURCE_FILE, UTF8, split_lines
+from mlops_assets.transforms.bronze import (
+    INGESTED_AT,
+    LINE_NUMBER,
+    RAW,
+    REASON,
+    RESCUED,
+    SOURCE_FILE,
+    rescued_names,
+    split_records,
+)
 from mlops_assets.transforms.quarantine import to_quarantine
+from mlops_assets.transforms.silver import LABELS, TRANSACTIONS
 
 SOURCES = ("transactions", "labels")
 OWNERS = ["team:data-engineering"]
-CODE_VERSION = "bronze-1"
+CODE_VERSION = "bronze-2"
 ENGINE_GROUP = "bronze"
 
 
-class MissingLandingFilesError(FileNotFoundError):
-    """A day's landing folder holds no files for a source."""
+CONTRACTS = {"transactions": TRANSACTIONS, "labels": LABELS}
+
+
+def bronze_schema(source: str) -> dict[str, pl.DataType]:
+    """Bronze's bounded schema for a source: contract columns, rescued data, lineage."""
+    return {
+        **dict.fromkeys(CONTRACTS[source].columns, pl.String()),
+        RESCUED: pl.String(),
+        SOURCE_FILE: pl.String(),
+        LINE_NUMBER: pl.Int64(),
+        INGESTED_AT: pl.Datetime("us", "UTC"),
+    }
+
+
+@dataclass
+class Ingested:
+    """One source's landing day, ingested.
+
+    Attributes:
+        records: Bronze rows (bounded schema, with `landing_date`).
+        quarantine: Quarantine rows of the records that could not be used.
+        files: Landing files read.
+        lines: Landing records read (a quoted record over several lines counts once; a file
+            quarantined whole counts each physical line).
+        folder: The day's landing folder.
+        rescued: Per landing file, the columns outside the contract it brought.
+    """
+
+    records: Frame
+    quarantine: Frame
+    files: int
+    lines: int
+    folder: Path
+    rescued: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def ingest_day(
@@ -34,52 +77,78 @@ def ingest_day(
     source: str,
     day: datetime.date,
     ingested_at: datetime.datetime,
-) -> tuple[Frame, Frame, dict[str, int]]:
+) -> Ingested:
     """Read one source's landing files of a day into bronze records and quarantine rows.
 
-    The driver reads the day's landing files (their bytes decide UTF-8 validity and line
-    numbers); splitting, rejecting and shaping run on the store's engine with the portable
-    transforms.
-
-    Returns:
-        `(records, quarantine, counts)`; counts hold `files` and `lines`.
+    The driver reads the day's landing files (their bytes decide UTF-8 validity, record
+    boundaries and line numbers, and records holding quotes are parsed there); splitting,
+    rejecting and shaping run on the store's engine with the portable transforms. A day
+    without files gives empty frames.
 
     Raises:
-        MissingLandingFilesError: The day has no landing files for the source.
+        LandingFileChangedError: A file changed while it was read (still being written).
     """
+    contract = CONTRACTS[source]
     files = day_files(landing_root, source, day)
-    if not files:
-        folder = landing_root / source / day.isoformat()
-        raise MissingLandingFilesError(f"no landing files for {source} on {day} under {folder}")
     records: list[Frame] = []
     rejects: list[Frame] = []
+    rescued: dict[str, tuple[str, ...]] = {}
     lines = 0
     for path in files:
-        landing = read_landing_file(path, landing_root, ingested_at)
+        landing = read_landing_file(path, landing_root, ingested_at, required=contract.required)
         lines += landing.lines.height
         if landing.header_problem:
-            # A file without a usable header cannot be split: every line goes to quarantine.
+            # A file the project cannot read goes to quarantine whole, with the reason.
             rejects.append(
                 store.from_polars(
                     landing.lines.select(
-                        pl.exclude(UTF8), pl.lit(landing.header_problem).alias(REASON)
+                        SOURCE_FILE,
+                        LINE_NUMBER,
+                        INGESTED_AT,
+                        RAW,
+                        pl.lit(landing.header_problem).alias(REASON),
                     )
                 )
             )
             continue
-        good, bad = split_lines(store.from_polars(landing.lines), landing.header)
+        extras = tuple(rescued_names(landing.header, contract.columns).values())
+        if extras:
+            rescued[landing.relative] = extras
+        good, bad = split_records(
+            store.from_polars(landing.lines), landing.header, contract.columns
+        )
         records.append(good)
         rejects.append(bad)
-    # Without a usable header in any file there are no records, only quarantined lines.
+    empty_rejects = {
+        SOURCE_FILE: pl.String,
+        LINE_NUMBER: pl.Int64,
+        RAW: pl.String,
+        REASON: pl.String,
+    }
     bronze = (
-        store.concat(records)
-        if records
-        else store.empty({SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
+        store.concat(records) if records else store.empty(bronze_schema(source))
     ).with_columns(nw.lit(day).alias("landing_date"))
     quarantine = to_quarantine(
-        store.concat(rejects), stage="bronze", landing_date=day, quarantined_at=ingested_at
+        store.concat(rejects) if rejects else store.empty(empty_rejects),
+        stage="bronze",
+        landing_date=day,
+        quarantined_at=ingested_at,
     )
-    return bronze, quarantine, {"files": len(files), "lines": lines}
+    return Ingested(
+        bronze, quarantine, len(files), lines, day_folder(landing_root, source, day), rescued
+    )
+
+
+@dataclass
+class Written:
+    """What a bronze run wrote, for the asset's metadata and checks."""
+
+    bronze: WriteResult
+    quarantine: WriteResult
+    counts: dict[str, int]
+    reasons: list[dict]
+    folder: Path
+    rescued_columns: dict[str, int]
 
 
 def _ingest_and_write(
@@ -89,20 +158,41 @@ def _ingest_and_write(
     day: datetime.date,
     table: TableRef,
     quarantine_table: TableRef,
-) -> tuple[WriteResult, WriteResult, dict[str, int], list[dict]]:
+) -> Written:
     """Ingest a day and write the bronze and quarantine partitions."""
     ingested_at = datetime.datetime.now(datetime.UTC)
     partition = {"landing_date": day}
-    records, quarantine, counts = ingest_day(store, landing_root, source, day, ingested_at)
-    written = store.replace_partition(table, records, partition, policy=SchemaPolicy.ADDITIVE)
-    quarantined = store.replace_partition(quarantine_table, quarantine, partition)
-    counts |= {"records": written.rows_written, "quarantined": quarantined.rows_written}
-    reasons = store.to_polars(store.written(quarantine, quarantined).group_by(REASON).agg(nw.len()))
-    return (
+    day_in = ingest_day(store, landing_root, source, day, ingested_at)
+    written = store.replace_partition(table, day_in.records, partition, policy=SchemaPolicy.STRICT)
+    quarantined = store.replace_partition(quarantine_table, day_in.quarantine, partition)
+    counts = {
+        "files": day_in.files,
+        "lines": day_in.lines,
+        "records": written.rows_written,
+        "quarantined": quarantined.rows_written,
+    }
+    reasons = store.to_polars(
+        store.written(day_in.quarantine, quarantined).group_by(REASON).agg(nw.len())
+    )
+    rescued_columns: dict[str, int] = {}
+    if day_in.rescued:
+        # Records carrying each rescued column: the written records of the files that had it.
+        per_file = store.to_polars(
+            store.written(day_in.records, written)
+            .filter(nw.col(SOURCE_FILE).is_in(list(day_in.rescued)))
+            .group_by(SOURCE_FILE)
+            .agg(nw.len())
+        )
+        for name, rows in per_file.iter_rows():
+            for column in day_in.rescued[name]:
+                rescued_columns[column] = rescued_columns.get(column, 0) + rows
+    return Written(
         written,
         quarantined,
         counts,
         reasons.sort(["len", REASON], descending=[True, False]).head(10).to_dicts(),
+        day_in.folder,
+        dict(sorted(rescued_columns.items())),
     )
 
 
@@ -117,24 +207,28 @@ def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
             dg.AssetSpec(
                 key=["bronze", source],
                 description=(
-                    f"Raw {source} exactly as they arrived in the day's landing files, one string "
-                    "column per field of the file's header, with the source file, line number and "
-                    "ingestion time of every record. New source columns are added to the table "
-                    "(additive schema policy). Partitioned by landing day."
+                    f"Raw {source} exactly as they arrived in the day's landing files: one string "
+                    "column per contract column (null when a file lacks an optional one), the "
+                    "file's other columns as one JSON object in `_rescued_data`, and the source "
+                    "file, line number and ingestion time of every record. The schema is bounded "
+                    "(strict policy): a file's extra columns never widen it. Partitioned by "
+                    "landing day."
                 ),
                 group_name="bronze",
                 owners=OWNERS,
                 kinds=engine_kinds(settings, ENGINE_GROUP),
                 code_version=CODE_VERSION,
-                metadata={"table": str(table), "schema_policy": SchemaPolicy.ADDITIVE.value},
+                metadata={"table": str(table), "schema_policy": SchemaPolicy.STRICT.value},
             ),
             dg.AssetSpec(
                 key=["quarantine", f"bronze_{source}"],
                 description=(
-                    f"Landing lines of {source} that could not be parsed (not UTF-8, empty, "
-                    "quoted, wrong field count, no usable header), with the raw text, the "
-                    "reason, the file and the line. Nothing is dropped: every landing line "
-                    "is in bronze or here."
+                    f"Landing records of {source} that could not be parsed (not UTF-8, empty, "
+                    "malformed quoting, too long, wrong field count) and every line of files "
+                    "that cannot be read (binary, another separator, unusable header or one "
+                    "lacking required columns, unterminated quote, corrupt gzip), with the raw "
+                    "text, the reason, the file and the line. Nothing is dropped: every "
+                    "landing record is in bronze or here."
                 ),
                 group_name="quarantine",
                 owners=OWNERS,
@@ -149,13 +243,21 @@ def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
                 asset=["bronze", source],
                 description="Landing lines = bronze records + quarantined lines.",
                 blocking=True,
-            )
+            ),
+            dg.AssetCheckSpec(
+                "landing_files_present",
+                asset=["bronze", source],
+                description=(
+                    "The day's landing folder holds files for the source (warns; an empty day "
+                    "builds empty partitions)."
+                ),
+            ),
         ],
         partitions_def=daily_partitions(settings),
     )
     def _bronze(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
         day = partition_day(context)
-        written, quarantined, counts, reasons = _ingest_and_write(
+        done = _ingest_and_write(
             lakehouse.store(ENGINE_GROUP),
             lakehouse.landing_root,
             source,
@@ -163,14 +265,21 @@ def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
             table,
             quarantine_table,
         )
+        counts = done.counts
+        if not counts["files"]:
+            context.log.warning(
+                f"no landing files for {source} on {day} under {done.folder}: "
+                "empty bronze and quarantine partitions written"
+            )
         accounted = counts["records"] + counts["quarantined"] == counts["lines"]
         yield dg.MaterializeResult(
             asset_key=["bronze", source],
             metadata={
-                **table_metadata(written, str(table)),
+                **table_metadata(done.bronze, str(table)),
                 "landing_files": counts["files"],
                 "landing_lines": counts["lines"],
                 "quarantined_lines": counts["quarantined"],
+                "rescued_columns": dg.MetadataValue.json(done.rescued_columns),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -178,14 +287,21 @@ def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
                     asset_key=["bronze", source],
                     passed=accounted,
                     metadata=counts,
-                )
+                ),
+                dg.AssetCheckResult(
+                    check_name="landing_files_present",
+                    asset_key=["bronze", source],
+                    passed=counts["files"] > 0,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"folder": str(done.folder), "files": counts["files"]},
+                ),
             ],
         )
         yield dg.MaterializeResult(
             asset_key=["quarantine", f"bronze_{source}"],
             metadata={
-                **table_metadata(quarantined, str(quarantine_table)),
-                "top_reasons": dg.MetadataValue.json(reasons),
+                **table_metadata(done.quarantine, str(quarantine_table)),
+                "top_reasons": dg.MetadataValue.json(done.reasons),
             },
         )
 

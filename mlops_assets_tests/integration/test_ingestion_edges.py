@@ -27,12 +27,25 @@ def test_a_day_without_a_usable_header_quarantines_every_line_and_adds_no_record
     land(tmp_path, "labels", DAY1, "b.csv", "")
     lakehouse = LakehouseResource(env="dev", data_root=str(tmp_path))
     store = lakehouse.store("bronze")
-    records, quarantine, counts = ingest_day(store, lakehouse.landing_root, "labels", DAY1, NOW)
-    assert store.count(records) == 0
-    assert store.count(quarantine) == 2
-    assert counts == {"files": 2, "lines": 2}
-    reasons = store.to_polars(quarantine).get_column("reason")
+    day = ingest_day(store, lakehouse.landing_root, "labels", DAY1, NOW)
+    assert store.count(day.records) == 0
+    assert store.count(day.quarantine) == 2
+    assert (day.files, day.lines) == (2, 2)
+    reasons = store.to_polars(day.quarantine).get_column("reason")
     assert set(reasons) == {"header 'a,,b' has an empty column name"}
+    # The empty file adds no line; the records keep bronze's bounded schema.
+    assert store.to_polars(day.records).columns == [
+        "transaction_id",
+        "reported_at",
+        "is_fraud",
+        "card_id",
+        "chargeback_reason",
+        "_rescued_data",
+        "_source_file",
+        "_line_number",
+        "_ingested_at",
+        "landing_date",
+    ]
 
 
 def test_a_label_reported_again_on_another_day_lands_once(tmp_path):
