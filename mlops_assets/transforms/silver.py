@@ -4,22 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import narwhals as nw
 from narwhals.typing import FrameT
 
+if TYPE_CHECKING:
+    import polars as pl
+
 from mlops_assets.transforms import SPARK_LIKE
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 
-# ISO-8601 UTC timestamps as sources send them: date, time, optional fraction, Z or +00:00.
+# ISO-8601 timestamps as sources send them: date, time, optional fraction, optional UTC offset
+# (`Z`, `+02:00`, `-0530`, `+05`). A time without an offset is read in the source's declared
+# time zone, or refused.
 TIMESTAMP_PATTERN = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-    r"(\.\d{1,9})?(Z|\+00:?00)?$"
+    r"(\.\d{1,9})?(Z|[+-](0\d|1[0-8])(:?[0-5]\d)?)?$"
 )
+# The offset of a timestamp that matches the pattern: sign, hours, optional minutes.
+OFFSET_PATTERN = r"([+-])(\d\d):?(\d\d)?$"
+# A matching timestamp brought to its local date and time, the fraction cut to microseconds
+# (digits below the microsecond are truncated, never rounded).
+LOCAL_PATTERN = r"^(.{10})[T ](.{8})(\.\d{1,6})?\d*(Z|[+-].*)?$"
+LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S%.f"
 DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
-# Every accepted timestamp is brought to this form before parsing (the fraction is optional).
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 BOOLEAN_VALUES = ("0", "1", "true", "false")
+# Control characters (C0 and DEL) that no text field may hold.
+CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
 
 MAX_AMOUNT = 1_000_000.0
 # Events older than this many days before their landing day are refused as implausible.
@@ -28,7 +40,35 @@ MAX_LATENESS_DAYS = 30
 MAX_SKEW_HOURS = 2
 
 LINEAGE_COLUMNS = (SOURCE_FILE, LINE_NUMBER, INGESTED_AT)
+# Bronze's JSON object of the source columns outside the contract (absent from older bronze).
+RESCUED_DATA = "_rescued_data"
 RULE = "__rule"
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """The form a text field must have.
+
+    Attributes:
+        max_length: Most characters the value may have.
+        pattern: Regular expression the whole value must match (anchored).
+        description: The pattern in words, for reasons (`3 upper-case letters`).
+    """
+
+    max_length: int
+    pattern: str
+    description: str
+
+    @property
+    def bounded(self) -> str:
+        """The pattern with the length bound, so that one match checks both."""
+        return rf"^(?:{self.pattern})$"
+
+
+IDENTIFIER = TextRule(64, r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", "letters, digits and _.:-")
+TOKEN = TextRule(64, r"[a-z][a-z0-9_]{0,63}", "lower-case letters, digits and _")
+CURRENCY = TextRule(3, r"[A-Z]{3}", "3 upper-case letters (ISO 4217)")
+COUNTRY = TextRule(2, r"[A-Z]{2}", "2 upper-case letters (ISO 3166-1 alpha-2)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +84,13 @@ class Contract:
         timestamps: Columns parsed as UTC timestamps.
         booleans: Columns parsed as booleans (`0/1/true/false`).
         allowed: Column to the values it may take.
+        texts: Column to the form its text must have (length, characters, pattern).
+        source: The landing source the table's records come from (its declared time zone
+            reads times without an offset).
+        version: Column whose values tell successive reports of one key apart (labels:
+            `reported_at`); the table is unique by `(key, version)`. None: unique by `key`.
+        state: Columns a later report must change to be kept: a report with the same state
+            as the key's latest earlier report is a re-send.
     """
 
     key: str
@@ -53,11 +100,20 @@ class Contract:
     timestamps: tuple[str, ...] = ()
     booleans: tuple[str, ...] = ()
     allowed: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    texts: tuple[tuple[str, TextRule], ...] = ()
+    source: str = ""
+    version: str | None = None
+    state: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every contract column, required first."""
         return self.required + self.optional
+
+    @property
+    def unique_key(self) -> tuple[str, ...]:
+        """The columns no two rows of the table share."""
+        return (self.key,) if self.version is None else (self.key, self.version)
 
 
 TRANSACTIONS = Contract(
@@ -76,6 +132,20 @@ TRANSACTIONS = Contract(
     decimals=("amount",),
     timestamps=("event_time",),
     allowed=(("channel", ("pos", "online", "atm")),),
+    texts=(
+        ("transaction_id", IDENTIFIER),
+        ("card_id", IDENTIFIER),
+        ("merchant_id", IDENTIFIER),
+        ("merchant_category", TOKEN),
+        ("currency", CURRENCY),
+        ("country", COUNTRY),
+        ("card_country", COUNTRY),
+        ("entry_mode", TOKEN),
+        ("device_type", TOKEN),
+        ("device_id", IDENTIFIER),
+        ("terminal_id", IDENTIFIER),
+    ),
+    source="transactions",
 )
 
 LABELS = Contract(
@@ -84,6 +154,14 @@ LABELS = Contract(
     optional=("card_id", "chargeback_reason"),
     timestamps=("reported_at",),
     booleans=("is_fraud",),
+    texts=(
+        ("transaction_id", IDENTIFIER),
+        ("card_id", IDENTIFIER),
+        ("chargeback_reason", TOKEN),
+    ),
+    source="labels",
+    version="reported_at",
+    state=("is_fraud",),
 )
 
 
@@ -99,23 +177,38 @@ def _first_reason(rules: Sequence[tuple[nw.Expr, nw.Expr]]) -> nw.Expr:
     return expression
 
 
+# Longest part of a value a reason quotes.
+QUOTED_CHARS = 100
+
+
 def _quoted(name: str) -> nw.Expr:
-    return nw.concat_str(nw.lit("'"), nw.col(name), nw.lit("'"))
+    return nw.concat_str(nw.lit("'"), nw.col(name).str.slice(0, QUOTED_CHARS), nw.lit("'"))
 
 
 def _typed(name: str) -> str:
     return f"__typed_{name}"
 
 
-# The timestamp pattern's forms, once brought to `T` and stripped of the UTC suffix, in Spark's
-# datetime pattern syntax (the fraction is optional, up to nanoseconds).
-SPARK_TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]"
+def _local(name: str) -> str:
+    return f"__local_{name}"
 
 
-def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
+def _offset(name: str) -> str:
+    return f"__has_offset_{name}"
+
+
+# A local date and time with an optional fraction (up to microseconds), in Spark's datetime
+# pattern syntax.
+SPARK_LOCAL_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]"
+
+
+def _with_parsed_values(frame: FrameT, contract: Contract, timezone: str | None) -> FrameT:
     """Add a typed twin of every decimal and timestamp column; unparseable values become null.
 
-    A value must match the contract's pattern and then parse (so "2026-02-30" is refused).
+    A value must match the contract's pattern and then parse (so "2026-02-30" is refused). A
+    timestamp also gets its local reading (`__local_`, null when it does not parse) and whether
+    it carries an offset (`__has_offset_`): its typed twin is the UTC instant, null when it has
+    no offset and no zone is declared, or when its local time does not exist in the zone.
     Parsing is engine code (lenient parses differ): polars here, Spark in
     `_with_parsed_values_spark`; the parity tests hold the two equal.
 
@@ -123,39 +216,61 @@ def _with_parsed_values(frame: FrameT, contract: Contract) -> FrameT:
         NotImplementedError: The frame is neither a polars nor a Spark frame.
     """
     if frame.implementation in SPARK_LIKE:
-        return _with_parsed_values_spark(frame, contract)
+        return _with_parsed_values_spark(frame, contract, timezone)
     if frame.implementation is not nw.Implementation.POLARS:
         raise NotImplementedError(
             f"silver validation runs on polars and Spark frames; got {frame.implementation}"
         )
     import polars as pl
 
-    native = frame.to_native().with_columns(
-        *[
-            # The pattern keeps polars from accepting "inf", "nan" or "1e5" as amounts.
-            pl.when(pl.col(c).str.strip_chars().str.contains(DECIMAL_PATTERN))
-            .then(pl.col(c).str.strip_chars().cast(pl.Float64, strict=False))
+    columns = []
+    for c in contract.decimals:
+        # The pattern keeps polars from accepting "inf", "nan" or "1e5" as amounts.
+        value = pl.col(c).str.strip_chars()
+        columns.append(
+            pl.when(value.str.contains(DECIMAL_PATTERN))
+            .then(value.cast(pl.Float64, strict=False))
             .alias(_typed(c))
-            for c in contract.decimals
-        ],
-        *[
-            pl.when(pl.col(c).str.strip_chars().str.contains(TIMESTAMP_PATTERN))
+        )
+    for c in contract.timestamps:
+        value = pl.col(c).str.strip_chars()
+        local = (
+            pl.when(value.str.contains(TIMESTAMP_PATTERN))
             .then(
-                pl.col(c)
-                .str.strip_chars()
-                .str.replace(" ", "T", literal=True, n=1)
-                .str.replace(r"(Z|\+00:?00)?$", "Z")
-                .str.to_datetime(TIMESTAMP_FORMAT, time_unit="us", strict=False)
-                .dt.replace_time_zone("UTC")
+                value.str.replace(LOCAL_PATTERN, "${1}T${2}${3}").str.to_datetime(
+                    LOCAL_FORMAT, time_unit="us", strict=False
+                )
             )
-            .alias(_typed(c))
-            for c in contract.timestamps
-        ],
-    )
+            .alias(_local(c))
+        )
+        offset = value.str.extract_groups(OFFSET_PATTERN)
+        minutes = (
+            offset.struct.field("2").cast(pl.Int64) * 60
+            + offset.struct.field("3").cast(pl.Int64).fill_null(0)
+        ) * pl.when(offset.struct.field("1") == "-").then(-1).otherwise(1)
+        has_offset = value.str.ends_with("Z") | minutes.is_not_null()
+        columns += [local, has_offset.alias(_offset(c)), minutes.fill_null(0).alias(f"__m_{c}")]
+    native = frame.to_native().with_columns(columns)
+    instants = []
+    for c in contract.timestamps:
+        local = pl.col(_local(c))
+        with_offset = (local - pl.duration(minutes=pl.col(f"__m_{c}"))).dt.replace_time_zone("UTC")
+        if timezone is None:
+            zoned = pl.lit(None, dtype=pl.Datetime("us", "UTC"))
+        else:
+            # An ambiguous local time (clocks set back) takes the earlier instant; one that
+            # does not exist (clocks set forward) becomes null and is refused.
+            zoned = local.dt.replace_time_zone(
+                timezone, ambiguous="earliest", non_existent="null"
+            ).dt.convert_time_zone("UTC")
+        instants.append(
+            pl.when(pl.col(_offset(c))).then(with_offset).otherwise(zoned).alias(_typed(c))
+        )
+    native = native.with_columns(instants).drop([f"__m_{c}" for c in contract.timestamps])
     return nw.from_native(native)
 
 
-def _with_parsed_values_spark(frame: FrameT, contract: Contract) -> FrameT:
+def _with_parsed_values_spark(frame: FrameT, contract: Contract, timezone: str | None) -> FrameT:
     # Spark's `try_` functions give null where a value does not parse (Spark 4 runs in ANSI
     # mode, where plain casts fail the query instead). The session clock is UTC.
     from pyspark.sql import functions as F
@@ -168,18 +283,78 @@ def _with_parsed_values_spark(frame: FrameT, contract: Contract) -> FrameT:
         typed[_typed(c)] = F.when(
             stripped(c).rlike(DECIMAL_PATTERN), stripped(c).try_cast("double")
         )
+    native = frame.to_native()
     for c in contract.timestamps:
-        value = F.regexp_replace(
-            F.regexp_replace(stripped(c), "^(.{10}) ", "$1T"), r"(Z|\+00:?00)$", ""
+        value = stripped(c)
+        local = F.when(
+            value.rlike(TIMESTAMP_PATTERN),
+            F.try_to_timestamp(
+                F.regexp_replace(value, LOCAL_PATTERN, "$1T$2$3"), F.lit(SPARK_LOCAL_FORMAT)
+            ),
         )
-        typed[_typed(c)] = F.when(
-            stripped(c).rlike(TIMESTAMP_PATTERN),
-            F.try_to_timestamp(value, F.lit(SPARK_TIMESTAMP_FORMAT)),
+        sign = F.regexp_extract(value, OFFSET_PATTERN, 1)
+        hours = F.regexp_extract(value, OFFSET_PATTERN, 2).try_cast("bigint")
+        minutes_part = F.coalesce(
+            F.regexp_extract(value, OFFSET_PATTERN, 3).try_cast("bigint"), F.lit(0)
         )
-    return nw.from_native(frame.to_native().withColumns(typed))
+        minutes = (hours * 60 + minutes_part) * F.when(sign == "-", -1).otherwise(1)
+        typed[_local(c)] = local
+        typed[_offset(c)] = value.endswith("Z") | (sign != "")
+        typed[f"__m_{c}"] = F.coalesce(minutes, F.lit(0))
+    native = native.withColumns(typed)
+    instants = {}
+    for c in contract.timestamps:
+        local = F.col(_local(c))
+        with_offset = F.timestamp_micros(
+            F.unix_micros(local) - F.col(f"__m_{c}") * F.lit(60_000_000)
+        )
+        if timezone is None:
+            zoned = F.lit(None).cast("timestamp")
+        else:
+            # Java's zone rules take the earlier offset of an ambiguous time, and move a time
+            # that does not exist forward: reading the instant back in the zone finds those.
+            instant = F.to_utc_timestamp(local, timezone)
+            zoned = F.when(F.from_utc_timestamp(instant, timezone) == local, instant)
+        instants[_typed(c)] = F.when(F.col(_offset(c)), with_offset).otherwise(zoned)
+    native = native.withColumns(instants).drop(*[f"__m_{c}" for c in contract.timestamps])
+    return nw.from_native(native)
 
 
-def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:
+def _timestamp_reason(name: str, contract: Contract, timezone: str | None) -> nw.Expr:
+    # Why a non-blank timestamp has no instant: it does not parse, it has no offset and no zone
+    # is declared, or its local time does not exist in the declared zone.
+    source = contract.source or "of this table"
+    if timezone is None:
+        no_instant = nw.lit(
+            f" in {name} has no UTC offset and source {source} declares no time zone "
+            "(MLOPS_SOURCE_TIMEZONES)"
+        )
+    else:
+        no_instant = nw.lit(
+            f" in {name} does not exist in time zone {timezone} (skipped by a clock change)"
+        )
+    return nw.concat_str(
+        _quoted(name),
+        nw.when(nw.col(_local(name)).is_null())
+        .then(nw.lit(f" in {name} is not an ISO-8601 timestamp"))
+        .otherwise(no_instant),
+    )
+
+
+def _text_reason(name: str, rule: TextRule) -> nw.Expr:
+    # Why a non-blank text breaks its rule: too long, a control character, or another form.
+    value = nw.col(name)
+    return nw.concat_str(
+        _quoted(name),
+        nw.when(value.str.len_chars() > rule.max_length)
+        .then(nw.lit(f" in {name} is longer than {rule.max_length} characters"))
+        .when(value.str.contains(CONTROL_PATTERN))
+        .then(nw.lit(f" in {name} contains a control character"))
+        .otherwise(nw.lit(f" in {name} is not {rule.description} (pattern {rule.bounded})")),
+    )
+
+
+def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Expr, nw.Expr, str]]:
     rules: list[tuple[nw.Expr, nw.Expr, str]] = []
     for name in contract.required:
         rules.append((_blank(name), nw.lit(f"missing required field {name}"), name))
@@ -195,9 +370,7 @@ def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:
         rules.append(
             (
                 ~_blank(name) & nw.col(_typed(name)).is_null(),
-                nw.concat_str(
-                    _quoted(name), nw.lit(f" in {name} is not an ISO-8601 UTC timestamp")
-                ),
+                _timestamp_reason(name, contract, timezone),
                 name,
             )
         )
@@ -220,19 +393,36 @@ def _format_rules(contract: Contract) -> list[tuple[nw.Expr, nw.Expr, str]]:
                 name,
             )
         )
+    for name, rule in contract.texts:
+        # One anchored match checks length, characters and form; the reason, built for
+        # rejected records only, tells which.
+        rules.append(
+            (
+                ~_blank(name) & ~nw.col(name).str.contains(rule.bounded),
+                _text_reason(name, rule),
+                name,
+            )
+        )
     return rules
 
 
-def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tuple[FrameT, FrameT]:
+def validate(
+    bronze: FrameT, contract: Contract, landing_day_column: str, *, timezone: str | None = None
+) -> tuple[FrameT, FrameT]:
     """Type bronze string records by a contract and split them into valid and rejected.
 
     One pass finds, for every record, the first rule it breaks: a required field missing, a
-    value of the wrong type, a value outside its allowed set, a value out of range.
+    value of the wrong type, a time without an offset in a source without a declared zone, a
+    text too long, holding a control character or of the wrong form, a value outside its
+    allowed set, a value out of range.
 
     Args:
-        bronze: Bronze records: string columns as landed, lineage columns and the landing day.
+        bronze: Bronze records: string columns as landed, lineage columns and the landing day
+            (and bronze's `_rescued_data`, kept out of the typed records).
         contract: The table's contract.
         landing_day_column: Date column holding the landing day (bounds event times).
+        timezone: IANA zone the source's times without an offset are in
+            (`Settings.source_timezones`); None refuses such times.
 
     Returns:
         `(valid, rejected)`. `valid` has the contract's columns typed, then lineage and the
@@ -247,8 +437,8 @@ def validate(bronze: FrameT, contract: Contract, landing_day_column: str) -> tup
     absent = [c for c in contract.columns if c not in present]
     if absent:
         frame = frame.with_columns(*[nw.lit(None, dtype=nw.String).alias(c) for c in absent])
-    frame = _with_parsed_values(frame, contract)
-    rules = _format_rules(contract) + _range_rules(contract, landing_day_column)
+    frame = _with_parsed_values(frame, contract, timezone)
+    rules = _format_rules(contract, timezone) + _range_rules(contract, landing_day_column)
     # Find each record's first broken rule as a small integer; reason texts are built only for
     # the few rejected records.
     checked = frame.with_columns(
@@ -320,79 +510,305 @@ def _range_rules(contract: Contract, landing_day: str) -> list[tuple[nw.Expr, nw
     return rules
 
 
-def deduplicate(
-    valid: FrameT, key: str, known_keys: FrameT, *, portable: bool = False
-) -> tuple[FrameT, int, int]:
-    """Keep each event once: the first line of a batch, and only if no other partition has it.
+@dataclass(frozen=True)
+class Resolved:
+    """What comparing a batch's records with each other and with the published table did.
+
+    Attributes:
+        unique: The records to publish, in file and line order on polars.
+        conflicts: Records quarantined as conflicts (a polars frame of `_source_file`,
+            `_line_number`, `reason`, `column`).
+        in_batch: Re-sends dropped because an identical record (or, for versioned
+            contracts, the key's latest earlier report with the same state) is in the batch.
+        of_others: Re-sends dropped because it is in another partition of the table.
+        conflicting_keys: Keys (unique keys) whose records went to quarantine as conflicts.
+    """
+
+    unique: FrameT
+    conflicts: pl.DataFrame
+    in_batch: int
+    of_others: int
+    conflicting_keys: int
+
+
+ORIGIN = "__origin"
+PUBLISHED_PARTITION = "landing_date"
+
+
+def published_columns(contract: Contract) -> tuple[str, ...]:
+    """Columns of the published rows `resolve_versions` compares a batch with."""
+    return (*contract.columns, SOURCE_FILE, LINE_NUMBER, PUBLISHED_PARTITION)
+
+
+def resolve_versions(valid: FrameT, contract: Contract, published: FrameT) -> Resolved:
+    """Tell re-sends from conflicts, within a batch and against the published table.
+
+    A record identical to an earlier one of its unique key (contract columns, typed) is a
+    re-send: the first copy is kept, the others dropped and counted. Records of one unique key
+    with different payloads are a conflict: every version in the batch goes to quarantine,
+    with a reason naming the key, the other version's file and line and the differing fields.
+    A batch record that differs from the published record of its key in another partition is
+    quarantined too (the published one stays), its reason naming that partition. For a
+    versioned contract (labels), a report whose state equals the key's latest earlier report
+    (batch or published) is a re-send, and a change of state (a reversal) is kept.
+
+    Only the records whose key repeats (in the batch or the published rows) are compared, on
+    the driver with polars; the engine applies the outcome to the batch.
 
     Args:
-        valid: Validated records of one landing day (an eager frame).
-        key: The event key column.
-        known_keys: Frame with the `key` column of events already in the table's other
-            partitions.
-        portable: Use the engine-neutral narwhals path even on polars (for parity tests).
+        valid: Validated records of one landing day (eager polars, or Spark).
+        contract: The table's contract.
+        published: Rows of the table's other partitions whose key is in the batch, with
+            `published_columns(contract)`.
 
     Returns:
-        `(unique, duplicates_in_batch, duplicates_of_other_partitions)`, `unique` in file and
-        line order.
+        The records to publish, the conflicts and the counts.
+
+    Raises:
+        NotImplementedError: The frame is neither a polars nor a Spark frame.
     """
-    if valid.implementation is nw.Implementation.POLARS and not portable:
-        import polars as pl
+    import polars as pl
 
-        first = _first_copies_polars(valid.to_native(), key)
-        known = known_keys.to_native().get_column(key)
-        unique = first.filter(~pl.col(key).is_in(known.implode()))
-        in_batch, of_others = len(valid) - first.height, first.height - unique.height
-        return nw.from_native(unique), in_batch, of_others
+    key = contract.key
     if valid.implementation in SPARK_LIKE:
-        return _deduplicate_spark(valid, key, known_keys)
-    first = valid.filter(nw.col(key).is_first_distinct().over(order_by=[SOURCE_FILE, LINE_NUMBER]))
-    unique = first.join(known_keys.select(key).unique(), on=key, how="anti")
-    in_batch = len(valid) - len(first)
-    of_others = len(first) - len(unique)
-    return unique.sort(SOURCE_FILE, LINE_NUMBER), in_batch, of_others
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
 
-
-def _deduplicate_spark(valid: FrameT, key: str, known_keys: FrameT) -> tuple[FrameT, int, int]:
-    # One pass marks each record: first copy of its key in the batch (by file and line), and
-    # whether another partition holds the key; one aggregation counts both kinds of duplicate.
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    order = Window.partitionBy(key).orderBy(SOURCE_FILE, LINE_NUMBER)
-    known = known_keys.to_native().select(key).distinct().withColumn("__known", F.lit(True))
-    marked = (
-        valid.to_native()
-        .withColumn("__first", F.row_number().over(order) == 1)
-        .join(known, on=key, how="left")
-        .withColumn("__known", F.coalesce(F.col("__known"), F.lit(False)))
+        native = valid.to_native()
+        known = published.to_native().select(key).distinct().withColumn("__known", F.lit(True))
+        marked = native.withColumn(
+            "__copies", F.count(F.lit(1)).over(Window.partitionBy(key))
+        ).join(known, on=key, how="left")
+        suspects_native = marked.filter(
+            (F.col("__copies") > 1) | F.col("__known").isNotNull()
+        ).select(*valid.columns)
+        suspects = pl.from_arrow(suspects_native.toArrow())
+        published_pl = pl.from_arrow(
+            published.to_native().select(*published_columns(contract)).toArrow()
+        )
+    elif valid.implementation is nw.Implementation.POLARS:
+        native = valid.to_native()
+        published_pl = published.to_native()
+        if isinstance(published_pl, pl.LazyFrame):
+            published_pl = published_pl.collect()
+        suspects = native.filter(
+            pl.col(key).is_duplicated() | pl.col(key).is_in(published_pl.get_column(key).implode())
+        )
+    else:
+        raise NotImplementedError(
+            f"silver deduplication runs on polars and Spark frames; got {valid.implementation}"
+        )
+    assert isinstance(suspects, pl.DataFrame) and isinstance(published_pl, pl.DataFrame)
+    removed, conflicts, in_batch, of_others, conflicting = _decide(
+        suspects, published_pl.select(published_columns(contract)), contract
     )
-    counts = marked.select(
-        F.count(F.lit(1)).alias("rows"),
-        F.count_if("__first").alias("first"),
-        F.count_if(F.col("__first") & ~F.col("__known")).alias("unique"),
-    ).collect()[0]
-    unique = marked.filter(F.col("__first") & ~F.col("__known")).select(*valid.columns)
-    in_batch = counts["rows"] - counts["first"]
-    of_others = counts["first"] - counts["unique"]
-    return nw.from_native(unique), in_batch, of_others
+    lines = [SOURCE_FILE, LINE_NUMBER]
+    if valid.implementation in SPARK_LIKE:
+        unique_native = native
+        if removed.height:
+            removed_spark = native.sparkSession.createDataFrame(removed.to_arrow())
+            unique_native = native.join(F.broadcast(removed_spark), on=lines, how="left_anti")
+        unique: FrameT = nw.from_native(unique_native)
+    else:
+        ordered = native if _in_file_order(native) else native.sort(lines)
+        if removed.height:
+            ordered = ordered.join(removed, on=lines, how="anti", maintain_order="left")
+        unique = nw.from_native(ordered)
+    return Resolved(unique, conflicts, in_batch, of_others, conflicting)
 
 
-def _first_copies_polars(valid, key: str):
-    # Records arrive in file and line order; sort only when they do not, then keep the first
-    # row per key with a hash-based pass (the portable window route sorts every time).
+def _in_file_order(frame) -> bool:
+    # Records arrive in file and line order; sort only when they do not.
     import polars as pl
 
     file, line = pl.col(SOURCE_FILE), pl.col(LINE_NUMBER)
-    in_order = valid.select(
-        ((file > file.shift()) | ((file == file.shift()) & (line > line.shift())))
-        .fill_null(True)
-        .all()
-    ).item()
-    ordered = valid if in_order else valid.sort(SOURCE_FILE, LINE_NUMBER)
-    return ordered.unique(subset=[key], keep="first", maintain_order=True)
+    return bool(
+        frame.select(
+            ((file > file.shift()) | ((file == file.shift()) & (line > line.shift())))
+            .fill_null(True)
+            .all()
+        ).item()
+    )
+
+
+def _describe_key(contract: Contract, row: dict) -> str:
+    text = f"{contract.key} '{row[contract.key]}'"
+    if contract.version is not None:
+        version = row[contract.version]
+        shown = version.isoformat() if hasattr(version, "isoformat") else version
+        text += f" {contract.version} {shown}"
+    return text
+
+
+def _differing(contract: Contract, a: dict, b: dict) -> list[str]:
+    return [c for c in contract.columns if a[c] != b[c]]
+
+
+def _decide(suspects, published, contract: Contract):
+    """The outcome for the records whose key repeats: removals, conflicts and counts.
+
+    Returns:
+        `(removed, conflicts, in_batch, of_others, conflicting_keys)`: `removed` lists the
+        `_source_file`/`_line_number` of every record leaving the batch (re-sends and
+        conflicts), `conflicts` the quarantined ones with `reason` and `column`.
+    """
+    import polars as pl
+
+    lines = [SOURCE_FILE, LINE_NUMBER]
+    unique_key = list(contract.unique_key)
+    payload = list(contract.columns)
+    batch_rows = suspects.sort(lines).to_dicts()
+    published_rows = published.sort(PUBLISHED_PARTITION, *lines).to_dicts()
+    by_key: dict[tuple, list[dict]] = {}
+    for row in batch_rows:
+        by_key.setdefault(tuple(row[c] for c in unique_key), []).append(row)
+    published_by_key: dict[tuple, list[dict]] = {}
+    for row in published_rows:
+        published_by_key.setdefault(tuple(row[c] for c in unique_key), []).append(row)
+
+    removed: list[tuple[str, int]] = []
+    conflicts: list[tuple[str, int, str, str]] = []
+    in_batch = of_others = conflicting = 0
+    kept: list[dict] = []
+    for unique, rows in by_key.items():
+        versions = {tuple(r[c] for c in payload) for r in rows}
+        if len(versions) > 1:
+            conflicting += 1
+            for row in rows:
+                other = next(o for o in rows if _differing(contract, row, o))
+                fields = _differing(contract, row, other)
+                conflicts.append(
+                    (
+                        row[SOURCE_FILE],
+                        row[LINE_NUMBER],
+                        f"conflicting versions of {_describe_key(contract, row)}: "
+                        f"{other[SOURCE_FILE]}:{other[LINE_NUMBER]} differs in "
+                        f"{', '.join(fields)}",
+                        fields[0],
+                    )
+                )
+            continue
+        first, copies = rows[0], rows[1:]
+        others = published_by_key.get(unique, [])
+        if not others or any(not _differing(contract, first, o) for o in others):
+            in_batch += len(copies)
+            removed += [(r[SOURCE_FILE], r[LINE_NUMBER]) for r in copies]
+            if others:
+                of_others += 1
+                removed.append((first[SOURCE_FILE], first[LINE_NUMBER]))
+            else:
+                kept.append(first)
+            continue
+        # Every copy of the record is quarantined, the published record stays.
+        other = others[0]
+        fields = _differing(contract, first, other)
+        conflicting += 1
+        for row in rows:
+            conflicts.append(
+                (
+                    row[SOURCE_FILE],
+                    row[LINE_NUMBER],
+                    f"{_describe_key(contract, row)} conflicts with the published record of "
+                    f"partition {PUBLISHED_PARTITION}={other[PUBLISHED_PARTITION]} "
+                    f"({other[SOURCE_FILE]}:{other[LINE_NUMBER]}), which stays: it differs in "
+                    f"{', '.join(fields)}",
+                    fields[0],
+                )
+            )
+    if contract.version is not None and contract.state:
+        drops = _resent_reports(contract, kept, published_rows)
+        for row, earlier_published in drops:
+            removed.append((row[SOURCE_FILE], row[LINE_NUMBER]))
+            if earlier_published:
+                of_others += 1
+            else:
+                in_batch += 1
+    removed += [(f, n) for f, n, _, _ in conflicts]
+    schema = {SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64}
+    return (
+        pl.DataFrame(removed, schema=schema, orient="row").unique(maintain_order=True),
+        pl.DataFrame(
+            conflicts, schema={**schema, REASON: pl.String, "column": pl.String}, orient="row"
+        ),
+        in_batch,
+        of_others,
+        conflicting,
+    )
+
+
+def _resent_reports(
+    contract: Contract, kept: list[dict], published_rows: list[dict]
+) -> list[tuple[dict, bool]]:
+    """Batch reports whose state equals their key's latest earlier report (re-sends).
+
+    Returns:
+        Each re-sent report with whether the earlier report is published (another partition).
+    """
+    version = contract.version
+    assert version is not None
+    timelines: dict[object, list[tuple[object, int, dict]]] = {}
+    for row in published_rows:
+        timelines.setdefault(row[contract.key], []).append((row[version], 0, row))
+    for row in kept:
+        timelines.setdefault(row[contract.key], []).append((row[version], 1, row))
+    drops = []
+    for reports in timelines.values():
+        reports.sort(key=lambda r: (r[0], r[1], r[2][SOURCE_FILE], r[2][LINE_NUMBER]))
+        previous: tuple[int, dict] | None = None
+        for _, origin, row in reports:
+            state = tuple(row[c] for c in contract.state)
+            if (
+                previous is not None
+                and origin == 1
+                and tuple(previous[1][c] for c in contract.state) == state
+            ):
+                # The earliest report of the state stays the latest earlier one.
+                drops.append((row, previous[0] == 0))
+                continue
+            previous = (origin, row)
+    return drops
 
 
 def with_event_date(records: FrameT, time_column: str, date_column: str) -> FrameT:
     """Add the UTC calendar day of a timestamp column (for partition pruning and gold)."""
     return records.with_columns(nw.col(time_column).dt.date().alias(date_column))
+
+
+def rescued_names(bronze: FrameT) -> list[str]:
+    """Names of the source columns bronze rescued (`_rescued_data`'s keys), sorted.
+
+    Args:
+        bronze: Bronze records; without `_rescued_data` (older bronze) there are none.
+
+    Returns:
+        Every key of the partition's rescued JSON objects, once.
+
+    Raises:
+        NotImplementedError: The frame is neither a polars nor a Spark frame.
+    """
+    if RESCUED_DATA not in bronze.columns:
+        return []
+    if bronze.implementation in SPARK_LIKE:
+        from pyspark.sql import functions as F
+
+        keys = (
+            bronze.to_native()
+            .select(F.explode(F.map_keys(F.from_json(RESCUED_DATA, "map<string,string>"))))
+            .distinct()
+            .collect()
+        )
+        return sorted(row[0] for row in keys)
+    if bronze.implementation is not nw.Implementation.POLARS:
+        raise NotImplementedError(
+            f"silver validation runs on polars and Spark frames; got {bronze.implementation}"
+        )
+    import polars as pl
+
+    native = bronze.to_native()
+    if isinstance(native, pl.LazyFrame):
+        native = native.select(RESCUED_DATA).collect()
+    texts = native.get_column(RESCUED_DATA).drop_nulls().unique()
+    if texts.is_empty():
+        return []
+    decoded = texts.str.json_decode(infer_schema_length=None)
+    return sorted(field.name for field in decoded.dtype.fields)  # type: ignore[attr-defined]

@@ -8,7 +8,13 @@ import pytest
 from mlops_assets.transforms.bronze import split_lines
 from mlops_assets.transforms.gold import merchant_category_daily
 from mlops_assets.transforms.quarantine import QUARANTINE_COLUMNS, to_quarantine
-from mlops_assets.transforms.silver import LABELS, TRANSACTIONS, deduplicate, validate
+from mlops_assets.transforms.silver import (
+    LABELS,
+    TRANSACTIONS,
+    published_columns,
+    resolve_versions,
+    validate,
+)
 
 DAY = datetime.date(2026, 1, 2)
 INGESTED = datetime.datetime(2026, 1, 3, tzinfo=datetime.UTC)
@@ -109,7 +115,7 @@ def test_validate_rejects_each_problem_naming_the_column(change, column, reason)
 
 
 def test_validate_types_the_contract_and_accepts_late_events_and_added_columns():
-    late = {**GOOD, "transaction_id": "t2", "event_time": "2025-12-30 23:59:59", "device_id": "d9"}
+    late = {**GOOD, "transaction_id": "t2", "event_time": "2025-12-30 23:59:59Z", "device_id": "d9"}
     valid, rejected = validate(
         bronze([{**GOOD, "terminal_id": "T1"}, {**late, "terminal_id": ""}]),
         TRANSACTIONS,
@@ -164,8 +170,7 @@ def test_labels_parse_booleans_and_refuse_other_values():
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
-@pytest.mark.parametrize("portable", [False, True])
-def test_deduplicate_keeps_the_first_copy_and_drops_keys_known_elsewhere(shuffled, portable):
+def test_resolution_keeps_the_first_copy_and_drops_records_published_elsewhere(shuffled):
     valid, _ = validate(
         bronze([GOOD, {**GOOD, "transaction_id": "t2"}, GOOD, {**GOOD, "transaction_id": "t3"}]),
         TRANSACTIONS,
@@ -173,11 +178,16 @@ def test_deduplicate_keeps_the_first_copy_and_drops_keys_known_elsewhere(shuffle
     )
     if shuffled:
         valid = valid.sort("_line_number", descending=True)
-    known = nw.from_native(pl.DataFrame({"transaction_id": ["t3", "t9"]}))
-    unique, in_batch, of_others = deduplicate(valid, "transaction_id", known, portable=portable)
-    assert unique["transaction_id"].to_list() == ["t1", "t2"]
-    assert unique["_line_number"].to_list() == [2, 3]
-    assert (in_batch, of_others) == (1, 1)
+    published = (
+        valid.to_native()
+        .filter(pl.col("transaction_id") == "t3")
+        .with_columns(pl.lit(datetime.date(2026, 1, 1)).alias("landing_date"))
+        .select(published_columns(TRANSACTIONS))
+    )
+    resolved = resolve_versions(valid, TRANSACTIONS, nw.from_native(published))
+    assert resolved.unique["transaction_id"].to_list() == ["t1", "t2"]
+    assert resolved.unique["_line_number"].to_list() == [2, 3]
+    assert (resolved.in_batch, resolved.of_others, resolved.conflicts.height) == (1, 1, 0)
 
 
 def test_quarantine_rows_keep_the_record_as_json_text():
