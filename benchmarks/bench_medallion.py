@@ -2,7 +2,8 @@
 
 The floor reads the same landing files and writes their bytes, one line per row, as a Delta
 table: no parsing, validation or aggregation. The medallion figure is the Dagster job for the
-day (bronze, silver, gold and quarantine, transactions and labels) run in-process.
+day (bronze, silver, gold and quarantine, transactions and labels) run in-process. The same
+day gzip-compressed (`.csv.gz`, read decompressed by bronze) is measured beside it.
 
 The same job also runs with the lake on a local S3-compatible store (SeaweedFS on 127.0.0.1,
 `make weed`) beside the local disk, each with both Parquet writers of `delta_io` (polars files
@@ -65,13 +66,37 @@ def task_simulate(root: str) -> dict:
     }
 
 
+def task_compress(root: str) -> dict:
+    """Write the day's landing files again, gzip-compressed (`.csv.gz`), in their own landing."""
+    import gzip
+    import shutil
+
+    source = Path(root) / "dev" / "landing"
+    target = Path(root) / GZIP_LANDING
+    started = time.perf_counter()
+    size = 0
+    for path in sorted(source.rglob("*.csv")):
+        out = target / path.relative_to(source).with_suffix(".csv.gz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("rb") as plain, gzip.open(out, "wb", compresslevel=6) as packed:
+            shutil.copyfileobj(plain, packed)
+        size += out.stat().st_size
+    return {"seconds": time.perf_counter() - started, "landing_bytes": size}
+
+
+# The compressed copy of the landing day; a run whose name starts with `gzip-` reads it.
+GZIP_LANDING = "gzip/dev/landing"
+GZIP_RUN = "gzip-"
+
+
 def _fresh_root(root: str, run: str) -> Path:
     """A data root of its own for one measured run, sharing the simulated landing files."""
     fresh = Path(root) / f"run-{run}"
     (fresh / "dev").mkdir(parents=True, exist_ok=True)
     landing = fresh / "dev" / "landing"
     if not landing.exists():
-        landing.symlink_to(Path(root) / "dev" / "landing")
+        shared = GZIP_LANDING if run.startswith(GZIP_RUN) else "dev/landing"
+        landing.symlink_to(Path(root) / shared)
     return fresh
 
 
@@ -143,12 +168,23 @@ def main() -> None:
         object_store(Path(root) / "seaweedfs") as s3,
     ):
         simulated = measure("benchmarks.bench_medallion", "simulate", root)
+        compressed = measure("benchmarks.bench_medallion", "compress", root)
         floors: list = []
+        gzipped: list = []
         variants: dict[tuple[str, str], list] = {(s, w): [] for s in STORES for w in WRITERS}
         # Alternate everything, each on a fresh lake, so that drift in the machine's speed
         # hits all alike; the medians are reported.
         for run in range(REPEAT):
             floors.append(measure("benchmarks.bench_medallion", "io_floor", root, str(run)))
+            gzipped.append(
+                measure(
+                    "benchmarks.bench_medallion",
+                    "medallion",
+                    root,
+                    f"{GZIP_RUN}{run}",
+                    env=LOCAL_LAKE,
+                )
+            )
             for store, writer in variants:
                 name = f"{run}-{store}-{writer}"
                 env = s3.environ(prefix=f"bench/{name}") if store == "s3" else LOCAL_LAKE
@@ -161,7 +197,8 @@ def main() -> None:
     medians = {key: _median(runs) for key, runs in variants.items()}
     medallion = medians["local", IN_USE["local"].value]
     lines = simulated.extra["lines"]
-    rows = {m.extra["silver_rows"] for runs in variants.values() for m in runs}
+    gzip_day = _median(gzipped)
+    rows = {m.extra["silver_rows"] for runs in [*variants.values(), gzipped] for m in runs}
     if len(rows) != 1:
         raise RuntimeError(f"the stores and writers built different silver tables: {rows}")
     figures = {
@@ -179,6 +216,14 @@ def main() -> None:
         "medallion_steps_s": medallion.extra["steps"],
         "ratio_to_io_floor": round(medallion.seconds / floor.seconds, 2),
         "goal": "ratio_to_io_floor <= 2",
+        "gzip_day": {
+            "landing_mib": round(compressed.extra["landing_bytes"] / 2**20, 1),
+            "medallion_s": round(gzip_day.seconds, 2),
+            "runs_s": [round(m.seconds, 2) for m in gzipped],
+            "peak_mib": round(gzip_day.peak_mib),
+            "steps_s": gzip_day.extra["steps"],
+            "to_plain_day": round(gzip_day.seconds / medallion.seconds, 2),
+        },
         "object_store": {
             "medallion_s": {f"{s}/{w}": round(m.seconds, 2) for (s, w), m in medians.items()},
             "runs_s": {
@@ -203,5 +248,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     entry_point(
-        main, {"simulate": task_simulate, "io_floor": task_io_floor, "medallion": task_medallion}
+        main,
+        {
+            "simulate": task_simulate,
+            "compress": task_compress,
+            "io_floor": task_io_floor,
+            "medallion": task_medallion,
+        },
     )
