@@ -22,8 +22,9 @@ from mlops_assets.transforms.features import (
     merchant_daily,
     merchant_risk,
 )
+from mlops_assets.transforms.labels import day_reports
 
-CODE_VERSION = "features-1"
+CODE_VERSION = "features-2"
 ENGINE_GROUP = "features"
 OWNERS = ["team:ml-platform"]
 SILVER_TRANSACTIONS = TableRef("silver", "transactions")
@@ -213,10 +214,12 @@ def merchant_daily_asset(settings: Settings) -> dg.AssetsDefinition:
         """Per merchant and day: transactions, amount, and chargebacks reported that day.
 
         The daily building block of merchant risk, so that a 30-day window costs 30 small rows per
-        merchant instead of 30 days of transactions. Chargebacks are counted on the day they are
-        reported (when they became known), joined to their transaction's merchant; chargebacks
-        whose transaction is not in silver (or is older than 120 days) are counted as
-        `unmatched_chargebacks`.
+        merchant instead of 30 days of transactions. Label reports are counted on the day they are
+        reported (when they became known), joined to their transaction's merchant; a re-send
+        counts nothing, and a reversal of a fraud is also counted against the day that fraud was
+        reported (rows with an earlier `fraud_day`), so that merchant risk takes back exactly
+        the frauds it counted. Reports whose transaction is not in silver (or is older than 120
+        days) are counted as `unmatched_chargebacks`.
         """
         day = partition_day(context)
         store = lakehouse.store(ENGINE_GROUP)
@@ -225,7 +228,7 @@ def merchant_daily_asset(settings: Settings) -> dg.AssetsDefinition:
             day, {str(SILVER_TRANSACTIONS): tx_version, str(SILVER_LABELS): label_version}, 0
         )
         written = store.merge_partition(
-            MERCHANT_DAILY, rows, {"day": day}, keys=["merchant_id"], lineage=lineage
+            MERCHANT_DAILY, rows, {"day": day}, keys=["merchant_id", "fraud_day"], lineage=lineage
         )
         return dg.MaterializeResult(
             metadata={
@@ -244,17 +247,28 @@ def _merchant_day(store: TableStore, day: datetime.date):
     transactions, tx_version = _read_window(
         store, SILVER_TRANSACTIONS, "event_date", day, day, ["merchant_id", "amount"]
     )
-    labels, label_version = _read_window(
-        store, SILVER_LABELS, "reported_date", day, day, ["transaction_id", "is_fraud"]
+    # A chargeback refers to a transaction of the last CHARGEBACK_WINDOW_DAYS (card networks'
+    # time limit), so only those days are searched: the cost does not grow with history.
+    earliest = day - datetime.timedelta(days=CHARGEBACK_WINDOW_DAYS)
+    day_labels, label_version = _read_window(
+        store, SILVER_LABELS, "reported_date", day, day, ["transaction_id"]
+    )
+    # The day's reports are few: their ids filter the scans themselves, so only matching rows
+    # are kept while reading (a join would read the whole window first).
+    ids = store.to_polars(day_labels.select("transaction_id").unique()).to_series().to_list()
+    # What a day's report changes depends on the transaction's earlier reports (a reversal of
+    # a fraud, a re-send), all reported since the transaction, within the window.
+    history = store.scan(SILVER_LABELS, version=label_version).filter(
+        nw.col("reported_date") >= earliest,
+        nw.col("reported_date") <= day,
+        nw.col("transaction_id").is_in(ids),
+    )
+    labels = store.materialize(
+        day_reports(
+            history.select("transaction_id", "is_fraud", "reported_at", "reported_date"), day
+        )
     )
     with store.kept(labels) as labels:
-        # A chargeback refers to a transaction of the last CHARGEBACK_WINDOW_DAYS (card
-        # networks' time limit), so only those days are searched: the cost does not grow
-        # with history.
-        # The day's chargebacks are few: their ids filter the scan itself, so only matching
-        # rows are kept while reading (a join would read the whole window first).
-        earliest = day - datetime.timedelta(days=CHARGEBACK_WINDOW_DAYS)
-        ids = store.to_polars(labels.select("transaction_id")).to_series().to_list()
         merchants = store.materialize(
             store.scan(SILVER_TRANSACTIONS, version=tx_version)
             .filter(
@@ -294,13 +308,22 @@ def merchant_risk_asset(settings: Settings) -> dg.AssetsDefinition:
         """Merchant risk features as known at the end of each day, keyed by merchant and `as_of`.
 
         Volume, fraud chargebacks and a smoothed fraud rate over the 30 days ending with the day,
-        counting only chargebacks reported by its end; `as_of` is the following midnight, so a
+        counting only chargebacks reported by its end, each transaction by its label then (a
+        fraud reversed by then is taken back); `as_of` is the following midnight, so a
         training event never sees a label reported after it. Merged into the table on merchant_id
         within the day's partition, which the daily run after midnight publishes.
         """
         day = partition_day(context)
         start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
-        columns = ["merchant_id", "day", "transactions", "fraud_reported", "chargebacks_reported"]
+        columns = [
+            "merchant_id",
+            "day",
+            "fraud_day",
+            "transactions",
+            "fraud_reported",
+            "chargebacks_reported",
+            "fraud_reversed",
+        ]
         store = lakehouse.store(ENGINE_GROUP)
         if store.exists(MERCHANT_DAILY):
             daily, version = _read_window(store, MERCHANT_DAILY, "day", start, day, columns)
@@ -310,9 +333,11 @@ def merchant_risk_asset(settings: Settings) -> dg.AssetsDefinition:
                     {
                         "merchant_id": pl.String,
                         "day": pl.Date,
+                        "fraud_day": pl.Date,
                         "transactions": pl.Int64,
                         "fraud_reported": pl.Int64,
                         "chargebacks_reported": pl.Int64,
+                        "fraud_reversed": pl.Int64,
                     }
                 ),
                 None,

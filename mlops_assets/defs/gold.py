@@ -16,7 +16,7 @@ from mlops_assets.settings import Settings
 from mlops_assets.transforms.gold import merchant_category_daily
 
 OWNERS = ["team:analytics"]
-CODE_VERSION = "gold-1"
+CODE_VERSION = "gold-2"
 ENGINE_GROUP = "gold"
 MERCHANT_CATEGORY_DAILY = TableRef("gold", "merchant_category_daily")
 SILVER_TRANSACTIONS = TableRef("silver", "transactions")
@@ -32,9 +32,15 @@ def build_day(store: TableStore, day: datetime.date) -> tuple[WriteResult, dict[
         .select(*TRANSACTION_COLUMNS)
     )
     labels = (
-        store.scan(SILVER_LABELS).select("transaction_id", "is_fraud")
+        store.scan(SILVER_LABELS).select("transaction_id", "is_fraud", "reported_at")
         if store.exists(SILVER_LABELS)
-        else store.empty({"transaction_id": pl.String, "is_fraud": pl.Boolean})
+        else store.empty(
+            {
+                "transaction_id": pl.String,
+                "is_fraud": pl.Boolean,
+                "reported_at": pl.Datetime("us", "UTC"),
+            }
+        )
     )
     daily = merchant_category_daily(store.materialize(transactions), store.materialize(labels))
     written = store.replace_partition(MERCHANT_CATEGORY_DAILY, daily, {"event_date": day})

@@ -1,11 +1,12 @@
 """The windows of a training set: which events, which labels, which feature rows.
 
 A model's training set holds the events of `days` event days ending at `end`, each labelled
-with the chargebacks reported by the label cutoff. Only events at least `label_maturity_days`
-old at the cutoff are kept: a fraud whose chargeback has not had time to arrive would be
-learnt as legitimate. The point-in-time join of those events reads each feature table back to
-its declared look-back before the first event day, far enough for the oldest row a join may
-use. These rules are the same for every declared model; the numbers are each model's.
+with its label at the label cutoff (its latest report by then, `transforms.labels`). Only
+events at least `label_maturity_days` old at the cutoff are kept: a fraud whose chargeback
+has not had time to arrive would be learnt as legitimate. The point-in-time join of those
+events reads each feature table back to its declared look-back before the first event day,
+far enough for the oldest row a join may use. These rules are the same for every declared
+model; the numbers are each model's.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import narwhals as nw
 import polars as pl
 
 from mlops_assets.features.registry import feature_table
 from mlops_assets.features.spec import FeatureSpec
 from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
+from mlops_assets.transforms.labels import labels_as_of
 
 # Feature rows read before the first event day: card behaviour rows back to the oldest a join
 # may take (30 days, the table's staleness limit), merchant risk rows four days back (its
@@ -204,19 +207,21 @@ def labelled_events(
 ) -> pl.DataFrame:
     """The window's events with `is_fraud`, ordered by event time and id.
 
-    An event is fraud when a fraud chargeback naming it was reported by the cutoff. Events
-    of the window's days after `mature_until` are left out.
+    An event is fraud when its label at the cutoff is fraud: its latest report by the cutoff
+    says fraud (a fraud later reversed by the cutoff is not). Events of the window's days
+    after `mature_until` are left out.
 
     Args:
         transactions: Silver transactions (`event_date`, `event_time` and the request fields).
-        labels: Silver labels (`transaction_id`, `is_fraud`, `reported_at`).
+        labels: Silver label reports (`transaction_id`, `is_fraud`, `reported_at`).
         window: The training set's window.
         request_fields: The model's request fields, kept as columns.
     """
     fraud = (
-        labels.filter(pl.col("is_fraud"), pl.col("reported_at") <= window.cutoff)
-        .select("transaction_id", pl.lit(True).alias("is_fraud"))
-        .unique("transaction_id")
+        labels_as_of(nw.from_native(labels), window.cutoff)
+        .to_native()
+        .filter(pl.col("is_fraud"))
+        .select("transaction_id", "is_fraud")
     )
     return (
         transactions.filter(

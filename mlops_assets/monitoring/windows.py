@@ -3,8 +3,9 @@
 A window is one day (by event time) of `ok` predictions of one model version. Batch scoring is
 append-only, so a day scored twice by the same version holds two predictions per transaction:
 a window keeps the latest of each (mode, transaction) per version. Labels come from the
-chargebacks in silver: a transaction is fraud once a chargeback names it, legitimate once its
-chargeback window has passed without one, and unknown before that.
+label reports in silver: a transaction's label is its latest report (fraud, or not fraud,
+including a reversal of a fraud), legitimate once its chargeback window has passed without a
+report, and unknown before that.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 
+import narwhals as nw
 import polars as pl
 
 from mlops_assets.monitoring.drift import DRIFT_SCHEMA, DriftResult, compute_drift
 from mlops_assets.monitoring.thresholds import DEFAULT, Thresholds
+from mlops_assets.transforms.labels import labels_as_of
 
 PREDICTION = "score"
 DRIFT_TABLE_SCHEMA = {
@@ -61,32 +64,33 @@ def with_labels(
 ) -> pl.DataFrame:
     """Predictions with their label as known at `horizon`.
 
-    `is_fraud` is true with a chargeback reported by `horizon`, false when the transaction is
-    `maturity_days` old at `horizon` without one, null otherwise.
+    `is_fraud` is the transaction's label at `horizon`, its latest report by then (a fraud
+    later reversed is false, `transforms.labels`); without a report it is false when the
+    transaction is `maturity_days` old at `horizon`, null otherwise.
 
     Args:
         predictions: Rows with `transaction_id` and `event_time`.
-        chargebacks: Silver labels (`transaction_id`, `is_fraud`, `reported_at`).
+        chargebacks: Silver label reports (`transaction_id`, `is_fraud`, `reported_at`).
         horizon: What is known at this instant counts (the latest label landing, in a replay).
-        maturity_days: Days after which a transaction without a chargeback is legitimate.
+        maturity_days: Days after which a transaction without a report is legitimate.
     """
-    fraud = (
-        chargebacks.filter(pl.col("is_fraud"), pl.col("reported_at") <= horizon)
-        .select("transaction_id", pl.lit(True).alias("_charged_back"))
-        .unique("transaction_id")
+    known = (
+        labels_as_of(nw.from_native(chargebacks), horizon)
+        .to_native()
+        .select("transaction_id", pl.col("is_fraud").alias("_reported"))
     )
     mature = horizon - datetime.timedelta(days=maturity_days)
     return (
-        predictions.join(fraud, on="transaction_id", how="left")
+        predictions.join(known, on="transaction_id", how="left")
         .with_columns(
-            pl.when(pl.col("_charged_back"))
-            .then(True)
+            pl.when(pl.col("_reported").is_not_null())
+            .then(pl.col("_reported"))
             .when(pl.col("event_time") <= mature)
             .then(False)
             .otherwise(None)
             .alias("is_fraud")
         )
-        .drop("_charged_back")
+        .drop("_reported")
     )
 
 

@@ -151,43 +151,80 @@ def _card_behaviour_spark(transactions: Any, day: datetime.date) -> Any:
 
 
 def merchant_daily(day_transactions: Any, reported_labels: Any, day: datetime.date) -> Any:
-    """Per merchant, one day's transactions and the chargebacks reported that day.
+    """Per merchant, one day's transactions and the label reports made that day.
+
+    Each of the day's label-changing reports counts once on the merchant's row of the day
+    (`fraud_day == day`): `chargebacks_reported` counts them, `fraud_reported` the frauds among
+    them. A report reversing a fraud (not fraud after fraud) also counts in `fraud_reversed` of
+    the row whose `fraud_day` is the day that fraud was reported (the day's own row when it was
+    reported the same day), so that merchant risk can take back exactly the frauds it counted
+    (`merchant_risk`).
 
     Args:
         day_transactions: Silver transactions with `event_date == day` (`merchant_id`,
             `amount`), a polars or Spark frame.
-        reported_labels: Labels reported on `day`, joined to their transaction's merchant
-            (`merchant_id`, `is_fraud`), of the same engine.
+        reported_labels: The day's label-changing reports (`transforms.labels.day_reports`),
+            joined to their transaction's merchant (`merchant_id`, `is_fraud`, and `reverses`:
+            the day of the fraud a report reverses, null otherwise; without the column no
+            report reverses), of the same engine.
         day: The day.
 
     Returns:
-        One row per merchant active that day (by transactions or by reports), as the engine's
-        native frame.
+        One row per merchant active that day (by transactions or by reports) with
+        `fraud_day == day`, plus one row per merchant and earlier day whose frauds were
+        reversed that day: `merchant_id`, `day`, `fraud_day`, `transactions`, `amount_sum`,
+        `fraud_reported`, `chargebacks_reported`, `fraud_reversed`; as the engine's native
+        frame, sorted by merchant and `fraud_day`.
     """
     transactions = nw.from_native(day_transactions)
+    labels = nw.from_native(reported_labels)
+    if "reverses" not in labels.columns:
+        labels = labels.with_columns(nw.lit(None).cast(nw.Date).alias("reverses"))
     volume = transactions.group_by("merchant_id").agg(
         nw.len().cast(nw.Int64).alias("transactions"),
         nw.col("amount").sum().alias("amount_sum"),
     )
-    reports = (
-        nw.from_native(reported_labels)
-        .group_by("merchant_id")
-        .agg(
-            nw.col("is_fraud").cast(nw.Int64).sum().cast(nw.Int64).alias("fraud_reported"),
-            nw.len().cast(nw.Int64).alias("chargebacks_reported"),
+    reports = labels.group_by("merchant_id").agg(
+        nw.col("is_fraud").cast(nw.Int64).sum().cast(nw.Int64).alias("fraud_reported"),
+        nw.len().cast(nw.Int64).alias("chargebacks_reported"),
+    )
+    reversals = (
+        labels.filter(~nw.col("reverses").is_null())
+        .group_by("merchant_id", "reverses")
+        .agg(nw.len().cast(nw.Int64).alias("fraud_reversed"))
+        .select(
+            nw.col("merchant_id").alias("merchant_id_reversed"),
+            nw.col("reverses").alias("fraud_day"),
+            "fraud_reversed",
         )
     )
-    joined = volume.join(reports, on="merchant_id", how="full", suffix="_reported")
+    today = volume.join(reports, on="merchant_id", how="full", suffix="_reported").select(
+        nw.coalesce("merchant_id", "merchant_id_reported").alias("merchant_id"),
+        nw.lit(day).alias("fraud_day"),
+        nw.col("transactions").fill_null(0).cast(nw.Int64),
+        nw.col("amount_sum").fill_null(0.0).cast(nw.Float64),
+        nw.col("fraud_reported").fill_null(0).cast(nw.Int64),
+        nw.col("chargebacks_reported").fill_null(0).cast(nw.Int64),
+    )
+    joined = today.join(
+        reversals,
+        left_on=["merchant_id", "fraud_day"],
+        right_on=["merchant_id_reversed", "fraud_day"],
+        how="full",
+        suffix="_reversed",
+    )
     return (
         joined.select(
-            nw.coalesce("merchant_id", "merchant_id_reported").alias("merchant_id"),
+            nw.coalesce("merchant_id", "merchant_id_reversed").alias("merchant_id"),
             nw.lit(day).alias("day"),
+            nw.coalesce("fraud_day", "fraud_day_reversed").alias("fraud_day"),
             nw.col("transactions").fill_null(0).cast(nw.Int64),
             nw.col("amount_sum").fill_null(0.0).cast(nw.Float64),
             nw.col("fraud_reported").fill_null(0).cast(nw.Int64),
             nw.col("chargebacks_reported").fill_null(0).cast(nw.Int64),
+            nw.col("fraud_reversed").fill_null(0).cast(nw.Int64),
         )
-        .sort("merchant_id")
+        .sort("merchant_id", "fraud_day")
         .to_native()
     )
 
@@ -197,10 +234,15 @@ def merchant_risk(daily: Any, day: datetime.date) -> Any:
 
     A chargeback counts from the end of the day it was reported, so the row's timestamp key
     `as_of` (midnight UTC after `day`) is the moment its values became known, and an event
-    uses it only from then on.
+    uses it only from then on. `fraud_reported_30d` counts the transactions whose label at
+    `as_of` is fraud and whose fraud was reported in the window: a fraud reported in the
+    window and reversed by the end of `day` is taken back (`merchant_daily`'s
+    `fraud_reversed`), a re-sent fraud counts once.
 
     Args:
-        daily: `merchant_daily` rows for days in `[day - 29, day]`, a polars or Spark frame.
+        daily: `merchant_daily` rows for days in `[day - 29, day]` (`merchant_id`, `day`,
+            `fraud_day`, `transactions`, `fraud_reported`, `chargebacks_reported`,
+            `fraud_reversed`), a polars or Spark frame.
         day: The last day of the window.
 
     Returns:
@@ -211,11 +253,16 @@ def merchant_risk(daily: Any, day: datetime.date) -> Any:
     start = day - datetime.timedelta(days=MERCHANT_WINDOW_DAYS - 1)
     window = nw.from_native(daily).filter(nw.col("day") >= start, nw.col("day") <= day)
     as_of = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), UTC)
+    # A reversal takes back a fraud only if the window counted it (reported in the window).
+    taken_back = nw.when(nw.col("fraud_day") >= start).then(nw.col("fraud_reversed")).otherwise(0)
     return (
         window.group_by("merchant_id")
         .agg(
             nw.col("transactions").sum().cast(nw.Int64).alias("transactions_30d"),
-            nw.col("fraud_reported").sum().cast(nw.Int64).alias("fraud_reported_30d"),
+            (nw.col("fraud_reported") - taken_back)
+            .sum()
+            .cast(nw.Int64)
+            .alias("fraud_reported_30d"),
             nw.col("chargebacks_reported").sum().cast(nw.Int64).alias("chargebacks_30d"),
         )
         .with_columns(

@@ -5,23 +5,26 @@ from __future__ import annotations
 import narwhals as nw
 from narwhals.typing import FrameT
 
+from mlops_assets.transforms.labels import labels_as_of
+
 
 def merchant_category_daily(transactions: FrameT, labels: FrameT) -> FrameT:
     """Daily volume, amount and fraud rate per merchant category.
 
-    Fraud counts use the chargebacks known when the table is built; `labelled` says how many
+    Fraud counts use the labels known when the table is built (each transaction's latest
+    report, so a reversed fraud is not fraud, `transforms.labels`); `labelled` says how many
     of the day's transactions have any label yet, so analysts see how mature a day's rate is.
 
     Args:
         transactions: Silver transactions of the day(s) to aggregate (`event_time`, `amount`,
             `merchant_category`, `card_id`, `transaction_id`).
-        labels: Silver labels (`transaction_id`, `is_fraud`).
+        labels: Silver label reports (`transaction_id`, `is_fraud`, `reported_at`).
 
     Returns:
         One row per `event_date` and `merchant_category`, sorted by both.
     """
     joined = transactions.with_columns(nw.col("event_time").dt.date().alias("event_date")).join(
-        labels.select("transaction_id", "is_fraud"), on="transaction_id", how="left"
+        labels_as_of(labels).select("transaction_id", "is_fraud"), on="transaction_id", how="left"
     )
     fraud = nw.col("is_fraud").fill_null(False)
     return (

@@ -225,7 +225,13 @@ def test_merchant_category_daily_counts_volume_amount_and_known_fraud():
             "amount": [10.0, 20.0, 30.0, 400.0],
         }
     )
-    labels = pl.DataFrame({"transaction_id": ["t2", "t4"], "is_fraud": [True, False]})
+    labels = pl.DataFrame(
+        {
+            "transaction_id": ["t2", "t4"],
+            "is_fraud": [True, False],
+            "reported_at": [datetime.datetime(2026, 1, 5, tzinfo=datetime.UTC)] * 2,
+        }
+    )
     daily = merchant_category_daily(nw.from_native(transactions), nw.from_native(labels))
     rows = {r["merchant_category"]: r for r in daily.to_native().to_dicts()}
     assert rows["grocery"]["transactions"] == 3
