@@ -1,11 +1,13 @@
 """Serving assets: batch and streaming scoring into the inference log, and its compaction."""
 
 import json
+import time
 from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 
+from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.ml import feature_rows, keys, scan_polars
 from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
@@ -18,6 +20,7 @@ from mlops_assets.settings import Settings, use_mlflow_store
 
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
+ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
 OWNERS = ["team:ml-platform"]
 SILVER_TRANSACTIONS = TableRef("silver", "transactions")
 # The table store group of the serving assets (polars and delta-rs).
@@ -197,9 +200,25 @@ def stream_predictions(
     materialization of `serving/stream_checkpoint` (none for a file it already held).
     """
     from mlops_assets.features.online_store import open_online_store
-    from mlops_assets.serving.streaming import score_landed_file
+    from mlops_assets.monitoring.alerts import ALERTS, Alert, raise_alert
+    from mlops_assets.serving.streaming import FileChangedError, score_landed_file
 
     settings = lakehouse.settings
+    raised = []
+
+    def alert(message: str, details: dict) -> None:
+        changed = Alert(
+            kind="check_failed",
+            severity="warning",
+            subject=f"serving/stream_predictions {details.get('file', '')}",
+            message=message,
+            env=settings.env,
+            details={**details, "dagster_run_id": context.run.run_id},
+        )
+        raised.append(
+            (changed, raise_alert(lakehouse.write_uri(ALERTS), changed, settings.alert_webhook_url))
+        )
+
     try:
         outcome = score_landed_file(
             settings.landing_root,
@@ -211,8 +230,9 @@ def stream_predictions(
             log_table=str(INFERENCE_LOG),
             checkpoint_table=str(STREAM_CHECKPOINT),
             run_id=context.run.run_id,
+            alert=alert,
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, FileChangedError) as error:
         raise dg.Failure(str(error)) from None
     if outcome.skipped:
         context.log.info(f"{config.file} was scored before (log version {outcome.log_version})")
@@ -220,10 +240,23 @@ def stream_predictions(
         context.log.warning(
             f"{config.file} was in the log (version {outcome.log_version}) without checkpoint"
         )
+    if outcome.alert:
+        context.log.warning(outcome.alert)
     yield dg.MaterializeResult(metadata=outcome.metadata())
     if outcome.checkpoint_version is not None:
         yield dg.AssetMaterialization(
             asset_key=STREAM_CHECKPOINT_KEY, metadata=checkpoint_metadata(outcome)
+        )
+    for changed, done in raised:
+        yield dg.AssetMaterialization(
+            asset_key=ALERTS_KEY,
+            metadata={
+                **table_metadata(done.written, str(ALERTS)),
+                "kind": changed.kind,
+                "severity": changed.severity,
+                "subject": changed.subject,
+                "post_status": done.status or "",
+            },
         )
 
 
@@ -274,33 +307,67 @@ def landed_transactions(context: dg.SensorEvaluationContext, lakehouse: Lakehous
     """One `stream_score` run per new landed transactions file, keyed by the file's name.
 
     Only the newest day folders are watched (`LOOKBACK_DAYS` of `serving.streaming`), files
-    still being written (temporary names) are not requested, and the cursor lists the files
-    requested in them, so it stays small; the run key (the file's name) keeps a file from
-    being requested twice even if the cursor is lost, and the run itself skips files the
-    checkpoint already holds. A file whose run failed is not requested again by the sensor:
+    still being written are not requested: temporary names, and files whose size and
+    modification time have not been unchanged for `landing_settle_seconds` (`Settling`, its
+    observations kept in the cursor). The cursor lists the files requested in the watched
+    folders with their size then, so it stays small; a requested file found later with
+    another size is requested again (the run alerts and scores the lines it gained). The run
+    key (the file's name, and its size for a changed file) keeps a file from being requested
+    twice even if the cursor is lost, and the run itself skips files the checkpoint already
+    holds with their size. A file whose run failed is not requested again by the sensor:
     launch `stream_score` for it by hand (the failure is in `monitoring/alerts`).
     """
     from mlops_assets.serving.streaming import landed_files
 
-    root = lakehouse.settings.landing_root
-    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    settings = lakehouse.settings
+    root = settings.landing_root
+    requested, settling = _stream_cursor(context.cursor, settings.landing_settle_seconds)
     folder = root / "transactions"
     landed = landed_files(root)
-    new = [f for f in landed if f not in seen]
+    settling.keep_only(landed)
+    now = time.time()
+    new: dict[str, int] = {}
+    for name in landed:
+        state = settling.settled(root / name, name, now)
+        if state is None:
+            continue
+        if name in requested and requested[name] in (None, state[0]):
+            continue
+        new[name] = state[0]
+    # Files of folders that left the watched days are dropped from the cursor.
+    kept = {name: size for name, size in requested.items() if name in set(landed)}
+    cursor = json.dumps(
+        {"requested": dict(sorted({**kept, **new}.items())), "settling": settling.observations()}
+    )
     if not new:
-        return dg.SkipReason(f"no new transactions file under {folder}")
+        reason = f"no new or changed settled transactions file under {folder}"
+        if cursor == context.cursor:
+            return dg.SkipReason(reason)
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"stream:{name}",
+                # A file that changed after it was requested is requested again (the run
+                # scores what it gained): its size makes the key new.
+                run_key=f"stream:{name}" if name not in requested else f"stream:{name}:{size}",
                 run_config={"ops": {"serving__stream_predictions": {"config": {"file": name}}}},
                 tags={"mlops/landed_file": name},
             )
-            for name in new
+            for name, size in new.items()
         ],
-        # Files of folders that left the watched days are dropped from the cursor.
-        cursor=json.dumps(sorted((seen & set(landed)) | set(new))),
+        cursor=cursor,
     )
+
+
+def _stream_cursor(cursor: str | None, settle_seconds: float):
+    """The sensor's cursor: files requested (with their size then) and files settling."""
+    from mlops_assets.serving.streaming import Settling
+
+    data = json.loads(cursor) if cursor else {}
+    if isinstance(data, list):  # the cursor of earlier versions: the files requested
+        return dict.fromkeys(data, None), Settling(settle_seconds)
+    requested = {name: size for name, size in data.get("requested", {}).items()}
+    return requested, Settling(settle_seconds, data.get("settling"))
 
 
 class CompactionConfig(dg.Config):

@@ -2,8 +2,9 @@
 
 A run per file pays a Dagster run's start-up (queue, run process, imports, the champion loaded
 again) for a few seconds of work. The worker keeps the champion loaded (following its alias)
-and the online store open, polls the landing folder, and scores each complete file with the
-same exactly-once protocol as the `stream_predictions` asset (`serving.streaming`); each
+and the online store open, polls the landing folder, and scores each complete file (its
+size and modification time unchanged for the settle time) with the same exactly-once
+protocol as the `stream_predictions` asset (`serving.streaming`); each
 micro-batch is then reported to its caller, which records it in Dagster as an asset event.
 """
 
@@ -14,10 +15,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from mlops_assets.lakehouse.catalog import Catalog
+from mlops_assets.lakehouse.catalog import Catalog, TableRef
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import (
     STREAM_CHECKPOINT,
+    Settling,
     StreamLedger,
     StreamOutcome,
     pending_files,
@@ -25,6 +27,8 @@ from mlops_assets.serving.streaming import (
 )
 
 log = logging.getLogger(__name__)
+# The alerts table (`monitoring.alerts.ALERTS`), named here so the worker starts without it.
+ALERTS = TableRef("monitoring", "alerts")
 
 
 class StreamWorker:
@@ -33,10 +37,14 @@ class StreamWorker:
     Args:
         settings: The environment's `Settings`.
         record: Called with each file's outcome (e.g. to report a Dagster asset event).
-        settle_seconds: A file modified more recently than this is left for the next poll
-            (a guard for writers that do not rename a finished file into place).
+        settle_seconds: A file whose size and modification time have not been unchanged this
+            long is left for a later poll (a guard for writers that do not rename a finished
+            file into place; default: the settings' `landing_settle_seconds`).
         holder: The champion to score with (a started `ChampionHolder` by default).
         store_factory: Opens the online store (the environment's by default).
+        alert: Raises the alert about a scored file that changed (message, details); by
+            default appended to the environment's `monitoring/alerts` (and posted to its
+            webhook).
     """
 
     def __init__(
@@ -44,9 +52,10 @@ class StreamWorker:
         settings: Any,
         *,
         record: Callable[[StreamOutcome], None] | None = None,
-        settle_seconds: float = 0.5,
+        settle_seconds: float | None = None,
         holder: Any = None,
         store_factory: Callable[[], Any] | None = None,
+        alert: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         from mlops_assets.features.online_store import open_online_store
         from mlops_assets.models.lifecycle import model_name
@@ -55,8 +64,13 @@ class StreamWorker:
 
         self.settings = settings
         self.record = record
-        self.settle_seconds = settle_seconds
+        self.settle_seconds = (
+            settings.landing_settle_seconds if settle_seconds is None else settle_seconds
+        )
+        self.settling = Settling(self.settle_seconds)
+        self.alert = alert or self._raise_alert
         catalog = Catalog(settings)
+        self.alerts_uri = catalog.uri_for_write(ALERTS)
         self.log_uri = catalog.uri_for_write(INFERENCE_LOG)
         self.checkpoint_uri = catalog.uri_for_write(STREAM_CHECKPOINT)
         self.ledger = StreamLedger(self.log_uri, self.checkpoint_uri)
@@ -66,7 +80,7 @@ class StreamWorker:
             holder.start()
         self.holder = holder
         self._store = (store_factory or (lambda: open_online_store(settings)))()
-        self._done: set[str] | None = None
+        self._done: dict[str, int | None] | None = None
         self.outcomes = 0
         self.failures = 0
 
@@ -90,12 +104,28 @@ class StreamWorker:
 
         return _Kept()
 
+    def _raise_alert(self, message: str, details: dict[str, Any]) -> None:
+        from mlops_assets.monitoring.alerts import Alert, raise_alert
+
+        alert = Alert(
+            kind="check_failed",
+            severity="warning",
+            subject=f"serving/stream_predictions {details.get('file', '')}",
+            message=message,
+            env=self.settings.env,
+            details={**details, "scored_by": "stream worker"},
+        )
+        raise_alert(self.alerts_uri, alert, self.settings.alert_webhook_url or None)
+
     def pending(self) -> list[str]:
-        """Complete landed files not scored yet, oldest day first."""
+        """Settled landed files not scored yet (or changed since), oldest day first."""
         if self._done is None:
-            self._done = self.ledger.done()
+            self._done = self.ledger.sizes()
         return pending_files(
-            self.settings.landing_root, self._done, settle_seconds=self.settle_seconds
+            self.settings.landing_root,
+            self._done,
+            settle_seconds=self.settle_seconds,
+            settling=self.settling,
         )
 
     def run_once(self) -> list[StreamOutcome]:
@@ -120,13 +150,14 @@ class StreamWorker:
                     log_table=self.ledger.log_table,
                     checkpoint_table=self.ledger.checkpoint_table,
                     run_id=f"stream-worker:{self.settings.env}",
+                    alert=self.alert,
                 )
             except Exception:  # noqa: BLE001 - a bad file must not stop the stream
                 log.exception("stream worker: scoring %s failed; retrying at the next poll", name)
                 self.failures += 1
                 continue
             assert self._done is not None
-            self._done.add(name)
+            self._done[name] = outcome.size
             self.outcomes += 1
             outcomes.append(outcome)
             if self.record is not None and not outcome.skipped:

@@ -7,8 +7,17 @@ file in the log without a checkpoint row (a stop between the two writes) is chec
 the version found, never scored again. One scorer at a time per environment: the worker or
 the sensor's runs, not both.
 
-Pieces: `pending_files` (which landed files are due), `StreamLedger` (the two tables: what is
-checkpointed, which log commit holds a file, the commit and the checkpoint row),
+Only complete files are taken: a file is due once its size and modification time have been
+unchanged for the settle time (`Settling`), as writers that do not rename a finished file
+into place leave it growing meanwhile. The checkpoint row records the file's size and
+modification time when scored and the last line scored. A checkpointed file found later with
+another size is not skipped silently: an alert names it and both sizes, and the lines after
+the last one scored are scored as a continuation, exactly once (its log commit carries the
+file's name and the line it continues after).
+
+Pieces: `Settling` (which files are unchanged long enough), `pending_files` (which landed
+files are due), `StreamLedger` (the two tables: what is checkpointed, which log commit holds a
+file, the commit and the checkpoint row),
 `checkpoint_row` (a checkpoint row) and `score_landed_file` (the protocol, step by step).
 """
 
@@ -29,6 +38,7 @@ from mlops_assets.lakehouse.landing import is_partial
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 
 STREAM_CHECKPOINT = TableRef("serving", "stream_checkpoint")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 # Day folders of landed transactions watched (the newest ones).
 LOOKBACK_DAYS = 3
@@ -41,7 +51,16 @@ CHECKPOINT_SCHEMA = {
     "model_version": pl.String,
     "dagster_run_id": pl.String,
     "at": pl.Datetime("us", "UTC"),
+    # The file as scored: its size and modification time, and the last line covered (a
+    # continuation scores the lines after it). Null in rows written before they were kept.
+    "size": pl.Int64,
+    "mtime": pl.Datetime("us", "UTC"),
+    "last_line": pl.Int64,
 }
+
+
+class FileChangedError(RuntimeError):
+    """A landed file changed while it was being scored (it is tried again later)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,10 @@ class StreamOutcome:
         checkpoint_version: Checkpoint table version of its row written now (None when
             skipped).
         checkpoint_uri: The checkpoint table its row was written to (None when skipped).
+        size: The file's size in bytes when scored (or checked, when skipped).
+        previous_size: Its size when it was scored before, for a continuation (None
+            otherwise).
+        alert: The message of the alert raised about the file (None when none was).
     """
 
     file: str
@@ -74,6 +97,14 @@ class StreamOutcome:
     model_version: str | None
     checkpoint_version: int | None = None
     checkpoint_uri: str | None = None
+    size: int | None = None
+    previous_size: int | None = None
+    alert: str | None = None
+
+    @property
+    def continued(self) -> bool:
+        """Whether this scored the lines a checkpointed file gained after it was scored."""
+        return self.previous_size is not None
 
     def metadata(self) -> dict[str, Any]:
         """Plain values for asset metadata (-1 and 0 where a figure does not apply)."""
@@ -87,14 +118,86 @@ class StreamOutcome:
             "errors": self.errors or 0,
             "seconds": self.seconds,
             "model_version": self.model_version or "",
+            "size": self.size if self.size is not None else -1,
+            "continued": self.continued,
+            "previous_size": self.previous_size if self.previous_size is not None else -1,
         }
 
 
 def checkpoints(uri: str | Path) -> pl.DataFrame:
-    """The files streaming has scored, with the inference log version of each."""
+    """The files streaming has scored, with the inference log version of each.
+
+    One row per file scored, and one per continuation of it; every column of
+    `CHECKPOINT_SCHEMA` (null where an older row lacks it).
+    """
     if not table_exists(uri):
         return pl.DataFrame(schema=CHECKPOINT_SCHEMA)
-    return scan_table(uri).collect()
+    rows = scan_table(uri).collect()
+    missing = [
+        pl.lit(None, dtype).alias(c)
+        for c, dtype in CHECKPOINT_SCHEMA.items()
+        if c not in rows.columns
+    ]
+    return rows.with_columns(missing) if missing else rows
+
+
+def file_state(path: Path) -> tuple[int, int]:
+    """A file's size in bytes and modification time in nanoseconds since the epoch."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+class Settling:
+    """Which landed files are complete: unchanged in size and modification time long enough.
+
+    Each file seen is observed as (size, modification time, since when unchanged). A file
+    seen for the first time has been unchanged since its modification time; one whose size
+    or modification time differs from the last observation has been unchanged since now. A
+    file is settled once both that time and its modification time are `settle_seconds` old,
+    so a writer appending without renaming (even one that sets the modification time back)
+    is waited for.
+
+    Args:
+        settle_seconds: How long a file must be unchanged.
+        observed: Earlier observations (`observations()`, e.g. from a sensor's cursor).
+    """
+
+    def __init__(self, settle_seconds: float, observed: Mapping[str, Any] | None = None) -> None:
+        if settle_seconds < 0:
+            raise ValueError(f"settle_seconds must be at least 0, got {settle_seconds}")
+        self.settle_seconds = settle_seconds
+        self._observed: dict[str, tuple[int, int, float]] = {
+            name: (int(v[0]), int(v[1]), float(v[2])) for name, v in (observed or {}).items()
+        }
+
+    def settled(self, path: Path, name: str, now: float) -> tuple[int, int] | None:
+        """The file's (size, mtime in ns) when it is settled, None when not (or gone)."""
+        try:
+            size, mtime_ns = file_state(path)
+        except FileNotFoundError:
+            self._observed.pop(name, None)
+            return None
+        mtime = mtime_ns / 1e9
+        seen = self._observed.get(name)
+        if seen is None:
+            since = min(now, mtime)
+        elif seen[:2] != (size, mtime_ns):
+            since = now
+        else:
+            since = seen[2]
+        self._observed[name] = (size, mtime_ns, since)
+        if now - since >= self.settle_seconds and now - mtime >= self.settle_seconds:
+            return size, mtime_ns
+        return None
+
+    def keep_only(self, names: Collection[str]) -> None:
+        """Forget the files not among `names` (left the watched folders, or removed)."""
+        for name in set(self._observed) - set(names):
+            del self._observed[name]
+
+    def observations(self) -> dict[str, list[float]]:
+        """The observations as plain data (file to [size, mtime in ns, since])."""
+        return {name: list(v) for name, v in sorted(self._observed.items())}
 
 
 def landed_files(landing_root: Path, lookback_days: int = LOOKBACK_DAYS) -> list[str]:
@@ -121,36 +224,45 @@ def landed_files(landing_root: Path, lookback_days: int = LOOKBACK_DAYS) -> list
 
 def pending_files(
     landing_root: Path,
-    done: Collection[str],
+    done: Mapping[str, int | None] | Collection[str],
     *,
     settle_seconds: float = 0.0,
     now: float | None = None,
     lookback_days: int = LOOKBACK_DAYS,
+    settling: Settling | None = None,
 ) -> list[str]:
-    """Landed files (`landed_files`) not in `done` and settled, oldest day first.
+    """Landed files (`landed_files`) due for scoring and settled, oldest day first.
+
+    A file is due when the checkpoint does not hold it, or holds it with another size (it
+    changed after it was scored: the run continues it).
 
     Args:
         landing_root: The environment's landing folder.
-        done: Files the checkpoint holds.
-        settle_seconds: A file modified less than this long before `now` is left for later (a
-            guard for writers that do not rename a finished file into place).
+        done: Files the checkpoint holds, with their size when scored (None when unknown:
+            not compared) or as a plain collection (sizes not compared).
+        settle_seconds: How long a file's size and modification time must be unchanged
+            (a guard for writers that do not rename a finished file into place).
         now: The time compared with (seconds since the epoch; default: now).
         lookback_days: Newest day folders watched.
+        settling: Observations kept across calls (by default only the modification time
+            of each file is known).
 
     Returns:
         Names relative to the landing root; a file removed meanwhile is left out.
     """
     now = time.time() if now is None else now
+    settling = settling or Settling(settle_seconds)
+    sizes = done if isinstance(done, Mapping) else dict.fromkeys(done)
+    landed = landed_files(landing_root, lookback_days)
+    settling.keep_only(landed)
     due = []
-    for name in landed_files(landing_root, lookback_days):
-        if name in done:
+    for name in landed:
+        state = settling.settled(landing_root / name, name, now)
+        if state is None:
             continue
-        try:
-            changed = (landing_root / name).stat().st_mtime
-        except FileNotFoundError:
+        if name in sizes and sizes[name] in (None, state[0]):
             continue
-        if now - changed >= settle_seconds:
-            due.append(name)
+        due.append(name)
     return due
 
 
@@ -191,10 +303,38 @@ class StreamLedger:
         """The files the checkpoint holds."""
         return set(self.rows().get_column("file").to_list())
 
+    def sizes(self) -> dict[str, int | None]:
+        """Each checkpointed file's size when last scored (None when not recorded)."""
+        latest = self.rows().sort("at").group_by("file").agg(pl.col("size").last())
+        return dict(latest.iter_rows())
+
     def checkpointed(self, file: str) -> dict[str, Any] | None:
-        """The file's checkpoint row, None when it has none."""
-        found = self.rows().filter(pl.col("file") == file)
-        return found.row(0, named=True) if found.height else None
+        """The file's checkpoint, None when it has none.
+
+        The latest row's columns, with `lines`, `scored` and `errors` summed over the file's
+        rows (the first scoring and its continuations) and `last_line` their greatest.
+        """
+        found = self.rows().filter(pl.col("file") == file).sort("at")
+        if not found.height:
+            return None
+        row = found.row(found.height - 1, named=True)
+        for column in ("lines", "scored", "errors"):
+            values = found.get_column(column)
+            row[column] = int(values.sum()) if values.null_count() < found.height else None
+        row["last_line"] = found.get_column("last_line").max()
+        return row
+
+    def last_line_logged(self, file: str, version: int) -> int:
+        """The greatest line of a file whose row the log holds at `version` (0 for none)."""
+        prefix = f"stream:{file}:"
+        found = (
+            scan_table(self.log_uri, version=version)
+            .filter(pl.col("request_id").str.starts_with(prefix))
+            .select(_line_of(pl.col("request_id")).max())
+            .collect()
+            .item()
+        )
+        return int(found or 0)
 
     def committed_version(self, file: str) -> int | None:
         """The log version whose commit carries the file's rows, None when none does."""
@@ -245,6 +385,20 @@ class StreamLedger:
         )
 
 
+def _line_of(request_id: pl.Expr) -> pl.Expr:
+    # A streamed row's request id is `stream:<file>:<line>`.
+    return request_id.str.extract(r":(\d+)$").cast(pl.Int64)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Lines taken from a file, and how many were scored or logged as errors."""
+
+    lines: int
+    scored: int
+    errors: int
+
+
 def checkpoint_row(
     file: str,
     *,
@@ -253,16 +407,23 @@ def checkpoint_row(
     model_version: str,
     run_id: str,
     at: datetime.datetime | None = None,
+    size: int | None = None,
+    mtime_ns: int | None = None,
+    last_line: int | None = None,
 ) -> dict[str, Any]:
     """The checkpoint row of a file.
 
     Args:
         file: The file, relative to the landing root.
         log_version: Log version holding its rows (None: the file had no rows).
-        batch: The `StreamBatch` scored now, None when the rows were found in the log.
+        batch: What was scored now (`lines`, `scored`, `errors`: a `StreamBatch` or
+            `Counts`), None when the rows were found in the log.
         model_version: The version that scored it.
         run_id: The Dagster run (or worker) that records it.
         at: When (default: now).
+        size: The file's size in bytes when scored.
+        mtime_ns: Its modification time (nanoseconds since the epoch) when scored.
+        last_line: The last line of the file covered now.
     """
     return {
         "file": file,
@@ -273,7 +434,23 @@ def checkpoint_row(
         "model_version": model_version,
         "dagster_run_id": run_id,
         "at": at or datetime.datetime.now(datetime.UTC),
+        "size": size,
+        "mtime": (
+            _EPOCH + datetime.timedelta(microseconds=mtime_ns // 1000)
+            if mtime_ns is not None
+            else None
+        ),
+        "last_line": last_line,
     }
+
+
+def changed_message(file: str, scored_size: int, size: int, last_line: int | None) -> str:
+    """The alert's message about a checkpointed file whose size changed."""
+    after = f"line {last_line}" if last_line else "its header"
+    return (
+        f"landed file {file} changed after it was scored: {scored_size} bytes when scored, "
+        f"{size} bytes now; the lines after {after} are scored as a continuation"
+    )
 
 
 def score_landed_file(
@@ -287,8 +464,16 @@ def score_landed_file(
     log_table: str,
     checkpoint_table: str,
     run_id: str,
+    alert: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> StreamOutcome:
     """Score one landed file into the inference log, exactly once (the module's protocol).
+
+    A file the checkpoint holds with the size it has now is skipped. One it holds with
+    another size changed after it was scored: `alert` is called (a message naming the file
+    and both sizes, and details), then the lines after the last one scored are scored as a
+    continuation (a file that shrank has none: its new size is recorded). A continuation's
+    log commit carries `<file>#after-line-<n>`, so a stop between its two writes is
+    recovered like a first scoring.
 
     Args:
         landing_root: The environment's landing folder.
@@ -300,9 +485,11 @@ def score_landed_file(
         log_table: The log's name, recorded in its commits.
         checkpoint_table: The checkpoint's name, recorded in its commits.
         run_id: The Dagster run (or worker) that scores it.
+        alert: Raises the alert about a checkpointed file that changed (message, details).
 
     Raises:
         FileNotFoundError: The file does not exist under the landing root.
+        FileChangedError: The file changed while it was being scored (nothing is written).
     """
     from mlops_assets.serving.inference_log import inference_schema, prepare_frame
     from mlops_assets.serving.scoring import score_file
@@ -310,36 +497,79 @@ def score_landed_file(
     path = landing_root / file
     if not path.is_file():
         raise FileNotFoundError(f"landed file {file!r} does not exist under {landing_root}")
+    size, mtime_ns = file_state(path)
     ledger = StreamLedger(
         log_uri, checkpoint_uri, log_table=log_table, checkpoint_table=checkpoint_table
     )
     row = ledger.checkpointed(file)
+    after_line, previous_size, commit_key = 0, None, file
     if row is not None:
-        return StreamOutcome(
-            file=file,
-            skipped=True,
-            recovered=False,
-            log_version=row["log_version"],
-            lines=row["lines"],
-            scored=row["scored"],
-            errors=row["errors"],
-            seconds=0.0,
-            model_version=row["model_version"],
-        )
-    recovered = ledger.committed_version(file)
+        if row["size"] is None or row["size"] == size:
+            return StreamOutcome(
+                file=file,
+                skipped=True,
+                recovered=False,
+                log_version=row["log_version"],
+                lines=row["lines"],
+                scored=row["scored"],
+                errors=row["errors"],
+                seconds=0.0,
+                model_version=row["model_version"],
+                size=size,
+            )
+        previous_size, after_line = int(row["size"]), int(row["last_line"] or 0)
+        commit_key = f"{file}#after-line-{after_line}"
+    recovered = ledger.committed_version(commit_key)
     model = load_model()
-    batch = None
+    counts: Counts | None = None
     version: int | None = recovered
+    seconds = 0.0
     if recovered is None:
         with open_store() as store:
             batch = score_file(path, landing_root, model, store, run_id=run_id)
-        if batch.rows.height:
-            rows = prepare_frame(batch.rows, inference_schema(model.spec))
-            version = ledger.commit_rows(file, rows).version
+        if file_state(path) != (size, mtime_ns):
+            raise FileChangedError(
+                f"landed file {file} changed while it was scored ({size} bytes before, "
+                f"{path.stat().st_size} after): it is scored once it settles"
+            )
+        rows = batch.rows.filter(_line_of(pl.col("request_id")) > after_line)
+        ok = int((rows.get_column("status") == "ok").sum()) if rows.height else 0
+        counts = Counts(lines=rows.height, scored=ok, errors=rows.height - ok)
+        seconds = batch.seconds
+        if rows.height:
+            logged = prepare_frame(rows, inference_schema(model.spec))
+            version = ledger.commit_rows(commit_key, logged).version
+            last_line = int(rows.select(_line_of(pl.col("request_id")).max()).item())
+        else:
+            last_line = after_line
+    else:
+        last_line = ledger.last_line_logged(file, recovered)
     record = checkpoint_row(
-        file, log_version=version, batch=batch, model_version=model.version, run_id=run_id
+        file,
+        log_version=version,
+        batch=counts,
+        model_version=model.version,
+        run_id=run_id,
+        size=size,
+        mtime_ns=mtime_ns,
+        last_line=last_line,
     )
     written = ledger.checkpoint(record)
+    message = None
+    if previous_size is not None:
+        message = changed_message(file, previous_size, size, after_line)
+        if alert is not None:
+            alert(
+                message,
+                {
+                    "file": file,
+                    "size_when_scored": previous_size,
+                    "size_now": size,
+                    "continued_after_line": after_line,
+                    "lines_continued": record["lines"],
+                    "log_version": version,
+                },
+            )
     return StreamOutcome(
         file=file,
         skipped=False,
@@ -348,8 +578,11 @@ def score_landed_file(
         lines=record["lines"],
         scored=record["scored"],
         errors=record["errors"],
-        seconds=batch.seconds if batch else 0.0,
+        seconds=seconds,
         model_version=model.version,
         checkpoint_version=written.version,
         checkpoint_uri=written.uri,
+        size=size,
+        previous_size=previous_size,
+        alert=message,
     )

@@ -1,5 +1,6 @@
 """Batch and streaming scoring into the inference log, on the shared lake with a champion."""
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -106,6 +107,8 @@ def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_l
         out.write("not,a,valid,line\n")
         out.write(source.read_text().splitlines()[1].replace(",", ";") + "\n")
     lines = len(arrived.read_text().splitlines()) - 1
+    landed = time.time() - 60  # complete: unchanged for longer than the settle time
+    os.utime(arrived, (landed, landed))
     resources = {"lakehouse": LakehouseResource.from_settings(settings)}
     requests = landed_transactions(dg.build_sensor_context(resources=resources))
     name = "transactions/2026-01-13/late-part.csv"
