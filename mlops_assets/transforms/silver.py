@@ -24,10 +24,13 @@ TIMESTAMP_PATTERN = (
 )
 # The offset of a timestamp that matches the pattern: sign, hours, optional minutes.
 OFFSET_PATTERN = r"([+-])(\d\d):?(\d\d)?$"
+# RFC 3339 (`T` or space, `Z` or an offset with minutes): the fast parse of most timestamps.
+RFC3339_FORMAT = "%+"
+# A timestamp with `T` and a numeric offset (`+05`, `-0530` or `+02:00`), fraction optional.
+OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 # A matching timestamp brought to its local date and time, the fraction cut to microseconds
 # (digits below the microsecond are truncated, never rounded).
 LOCAL_PATTERN = r"^(.{10})[T ](.{8})(\.\d{1,6})?\d*(Z|[+-].*)?$"
-LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S%.f"
 DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
 BOOLEAN_VALUES = ("0", "1", "true", "false")
 # Control characters (C0 and DEL) that no text field may hold.
@@ -169,6 +172,16 @@ def _blank(name: str) -> nw.Expr:
     return nw.col(name).is_null() | (nw.col(name).str.strip_chars() == "")
 
 
+def _empty(name: str) -> nw.Expr:
+    # For a column with a text rule: its pattern refuses blanks, so only emptiness is
+    # missing (and the check skips stripping every value).
+    return nw.col(name).is_null() | (nw.col(name).str.len_chars() == 0)
+
+
+def _missing(name: str, contract: Contract) -> nw.Expr:
+    return _empty(name) if name in dict(contract.texts) else _blank(name)
+
+
 def _first_reason(rules: Sequence[tuple[nw.Expr, nw.Expr]]) -> nw.Expr:
     # The value of the first rule whose condition holds, null when none does.
     expression: nw.Expr = nw.lit(None)
@@ -234,40 +247,63 @@ def _with_parsed_values(frame: FrameT, contract: Contract, timezone: str | None)
         )
     for c in contract.timestamps:
         value = pl.col(c).str.strip_chars()
-        local = (
-            pl.when(value.str.contains(TIMESTAMP_PATTERN))
-            .then(
-                value.str.replace(LOCAL_PATTERN, "${1}T${2}${3}").str.to_datetime(
-                    LOCAL_FORMAT, time_unit="us", strict=False
-                )
-            )
-            .alias(_local(c))
-        )
-        offset = value.str.extract_groups(OFFSET_PATTERN)
-        minutes = (
-            offset.struct.field("2").cast(pl.Int64) * 60
-            + offset.struct.field("3").cast(pl.Int64).fill_null(0)
-        ) * pl.when(offset.struct.field("1") == "-").then(-1).otherwise(1)
-        has_offset = value.str.ends_with("Z") | minutes.is_not_null()
-        columns += [local, has_offset.alias(_offset(c)), minutes.fill_null(0).alias(f"__m_{c}")]
+        # The fast parse takes RFC 3339 forms (`Z`, `+02:00`, `-0530`, `T` or space); it
+        # truncates below the microsecond. Every value it reads carries an offset.
+        matches = value.str.contains(TIMESTAMP_PATTERN)
+        columns += [
+            pl.when(matches)
+            .then(value.str.to_datetime(RFC3339_FORMAT, time_unit="us", strict=False))
+            .alias(_local(c)),
+            matches.alias(f"__matches_{c}"),
+        ]
     native = frame.to_native().with_columns(columns)
-    instants = []
+    lazy = isinstance(native, pl.LazyFrame)
+    if lazy:
+        native = native.collect()
     for c in contract.timestamps:
-        local = pl.col(_local(c))
-        with_offset = (local - pl.duration(minutes=pl.col(f"__m_{c}"))).dt.replace_time_zone("UTC")
-        if timezone is None:
-            zoned = pl.lit(None, dtype=pl.Datetime("us", "UTC"))
-        else:
-            # An ambiguous local time (clocks set back) takes the earlier instant; one that
-            # does not exist (clocks set forward) becomes null and is refused.
-            zoned = local.dt.replace_time_zone(
-                timezone, ambiguous="earliest", non_existent="null"
-            ).dt.convert_time_zone("UTC")
-        instants.append(
-            pl.when(pl.col(_offset(c))).then(with_offset).otherwise(zoned).alias(_typed(c))
+        value = pl.col(c).str.strip_chars()
+        matches = pl.col(f"__matches_{c}")
+        fast = pl.col(_local(c))
+        if not native.select((fast.is_null() & matches).any()).item():
+            native = native.with_columns(fast.is_not_null().alias(_offset(c)))
+            continue
+        # Some values need the slower parse (an hour-only offset, or none): `Z` becomes
+        # `+00:00`, and a time without an offset is read at +00:00 (its local reading), to
+        # be placed in its zone below. `%#z` takes `+05`, `-0530` and `+02:00`.
+        has_offset = value.str.ends_with("Z") | value.str.contains(OFFSET_PATTERN)
+        text = value.str.replace(" ", "T", literal=True, n=1).str.replace(
+            "Z", "+00:00", literal=True, n=1
         )
-    native = native.with_columns(instants).drop([f"__m_{c}" for c in contract.timestamps])
-    return nw.from_native(native)
+        text = pl.when(has_offset).then(text).otherwise(pl.concat_str(text, pl.lit("+00:00")))
+        native = native.with_columns(
+            pl.when(fast.is_null() & matches)
+            .then(text.str.to_datetime(OFFSET_FORMAT, time_unit="us", strict=False))
+            .otherwise(fast)
+            .alias(_local(c)),
+            (fast.is_not_null() | has_offset).alias(_offset(c)),
+        )
+    if timezone is not None:
+        # An ambiguous local time (clocks set back) takes the earlier instant; one that does
+        # not exist (clocks set forward) becomes null and is refused.
+        native = native.with_columns(
+            pl.when(pl.col(_offset(c)))
+            .then(pl.col(_local(c)))
+            .otherwise(
+                pl.col(_local(c))
+                .dt.replace_time_zone(None)
+                .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+                .dt.convert_time_zone("UTC")
+            )
+            .alias(_typed(c))
+            for c in contract.timestamps
+        )
+    else:
+        native = native.with_columns(
+            pl.when(pl.col(_offset(c))).then(pl.col(_local(c))).alias(_typed(c))
+            for c in contract.timestamps
+        )
+    native = native.drop([f"__matches_{c}" for c in contract.timestamps])
+    return nw.from_native(native.lazy() if lazy else native)
 
 
 def _with_parsed_values_spark(frame: FrameT, contract: Contract, timezone: str | None) -> FrameT:
@@ -357,7 +393,7 @@ def _text_reason(name: str, rule: TextRule) -> nw.Expr:
 def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Expr, nw.Expr, str]]:
     rules: list[tuple[nw.Expr, nw.Expr, str]] = []
     for name in contract.required:
-        rules.append((_blank(name), nw.lit(f"missing required field {name}"), name))
+        rules.append((_missing(name, contract), nw.lit(f"missing required field {name}"), name))
     for name in contract.decimals:
         rules.append(
             (
@@ -398,7 +434,7 @@ def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Exp
         # rejected records only, tells which.
         rules.append(
             (
-                ~_blank(name) & ~nw.col(name).str.contains(rule.bounded),
+                ~_empty(name) & ~nw.col(name).str.contains(rule.bounded),
                 _text_reason(name, rule),
                 name,
             )
@@ -455,7 +491,10 @@ def validate(
             if c in parsed
             else nw.col(c).str.strip_chars().str.to_lowercase().is_in(("1", "true")).alias(c)
             if c in contract.booleans
-            else nw.when(_blank(c))
+            # A valid record's required text is present as it came.
+            else nw.col(c)
+            if c in contract.required
+            else nw.when(_missing(c, contract))
             .then(nw.lit(None, dtype=nw.String))
             .otherwise(nw.col(c))
             .alias(c)
