@@ -33,6 +33,8 @@ OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 LOCAL_PATTERN = r"^(.{10})[T ](.{8})(\.\d{1,6})?\d*(Z|[+-].*)?$"
 DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
 BOOLEAN_VALUES = ("0", "1", "true", "false")
+# A value of white space only: missing.
+BLANK = r"^\s+$"
 # Control characters (C0 and DEL) that no text field may hold.
 CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
 
@@ -180,6 +182,14 @@ def _empty(name: str) -> nw.Expr:
 
 def _missing(name: str, contract: Contract) -> nw.Expr:
     return _empty(name) if name in dict(contract.texts) else _blank(name)
+
+
+def _missing_valid(name: str, contract: Contract) -> nw.Expr:
+    # In a valid record, a text that passed its pattern starts with no white space unless it
+    # is blank: the first character tells.
+    if name in dict(contract.texts):
+        return _empty(name) | nw.col(name).str.contains(r"^\s")
+    return _blank(name)
 
 
 def _first_reason(rules: Sequence[tuple[nw.Expr, nw.Expr]]) -> nw.Expr:
@@ -382,7 +392,9 @@ def _text_reason(name: str, rule: TextRule) -> nw.Expr:
     value = nw.col(name)
     return nw.concat_str(
         _quoted(name),
-        nw.when(value.str.len_chars() > rule.max_length)
+        nw.when(value.str.contains(BLANK))
+        .then(nw.lit(f" in {name} is blank"))
+        .when(value.str.len_chars() > rule.max_length)
         .then(nw.lit(f" in {name} is longer than {rule.max_length} characters"))
         .when(value.str.contains(CONTROL_PATTERN))
         .then(nw.lit(f" in {name} contains a control character"))
@@ -430,11 +442,12 @@ def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Exp
             )
         )
     for name, rule in contract.texts:
-        # One anchored match checks length, characters and form; the reason, built for
-        # rejected records only, tells which.
+        # One anchored match checks length, characters and form (an optional field may also
+        # be blank); the reason, built for rejected records only, tells which.
+        pattern = rule.bounded if name in contract.required else rf"{rule.bounded}|{BLANK}"
         rules.append(
             (
-                ~_empty(name) & ~nw.col(name).str.contains(rule.bounded),
+                ~_empty(name) & ~nw.col(name).str.contains(pattern),
                 _text_reason(name, rule),
                 name,
             )
@@ -494,7 +507,7 @@ def validate(
             # A valid record's required text is present as it came.
             else nw.col(c)
             if c in contract.required
-            else nw.when(_missing(c, contract))
+            else nw.when(_missing_valid(c, contract))
             .then(nw.lit(None, dtype=nw.String))
             .otherwise(nw.col(c))
             .alias(c)
@@ -646,7 +659,9 @@ def resolve_versions(valid: FrameT, contract: Contract, published: FrameT) -> Re
         unique_native = native
         if removed.height:
             removed_spark = native.sparkSession.createDataFrame(removed.to_arrow())
-            unique_native = native.join(F.broadcast(removed_spark), on=lines, how="left_anti")
+            unique_native = native.join(
+                F.broadcast(removed_spark), on=lines, how="left_anti"
+            ).select(*native.columns)
         unique: FrameT = nw.from_native(unique_native)
     else:
         ordered = native if _in_file_order(native) else native.sort(lines)
