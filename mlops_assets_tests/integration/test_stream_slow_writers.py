@@ -71,10 +71,11 @@ def stream_run(defs, instance, name: str):
     )
 
 
-def tick_until_quiet(defs, instance, resources, cursor, seconds: float):
-    """Evaluate the sensor every 0.5 s for `seconds`, launching each run it requests."""
+def tick(defs, instance, resources, cursor, done, *, timeout: float = 90, quiet: float = 2.5):
+    """Evaluate the sensor every 0.5 s, launching each run it requests, until `done(requested)`
+    holds, then `quiet` seconds more (nothing more may be requested then)."""
     requested = []
-    deadline = time.monotonic() + seconds
+    deadline, calm = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         result = landed_transactions(dg.build_sensor_context(cursor=cursor, resources=resources))
         if isinstance(result, dg.SensorResult):
@@ -83,6 +84,10 @@ def tick_until_quiet(defs, instance, resources, cursor, seconds: float):
                 name = request.run_config["ops"]["serving__stream_predictions"]["config"]["file"]
                 requested.append((name, request.run_key))
                 assert stream_run(defs, instance, name).success
+        if calm is None and done(requested):
+            calm = time.monotonic() + quiet
+        if calm is not None and time.monotonic() >= calm:
+            break
         time.sleep(0.5)
     return requested, cursor
 
@@ -100,8 +105,8 @@ def test_a_slowly_written_file_is_requested_once_settled_and_scored_once(cd_lake
     cursor = landed_transactions(dg.build_sensor_context(resources=resources)).cursor
     writer = slow_writer(path, header, first)
     # While the writer appends (about 4 s), then until the file has settled and been scored.
-    requested, cursor = tick_until_quiet(
-        defs, instance, resources, cursor, len(first) * LINE_PAUSE + 4
+    requested, cursor = tick(
+        defs, instance, resources, cursor, lambda asked: not writer.is_alive() and asked
     )
     writer.join()
     assert [n for n, _ in requested] == [name]
@@ -115,7 +120,7 @@ def test_a_slowly_written_file_is_requested_once_settled_and_scored_once(cd_lake
     with open(path, "a") as out:
         out.write("\n".join(more) + "\n")
     size_now = path.stat().st_size
-    again, cursor = tick_until_quiet(defs, instance, resources, cursor, 4)
+    again, cursor = tick(defs, instance, resources, cursor, bool)
     assert again == [(name, f"stream:{name}:{size_now}")]
     rows = log_rows(settings, name)
     assert rows.height == len(first) + len(more)
@@ -136,8 +141,23 @@ def test_a_slowly_written_file_is_requested_once_settled_and_scored_once(cd_lake
         1 + len(first) + len(more),
     )
     # Quiet again: nothing more is requested, nothing scored twice.
-    assert tick_until_quiet(defs, instance, resources, cursor, 1.5)[0] == []
+    assert tick(defs, instance, resources, cursor, lambda asked: True)[0] == []
     assert log_rows(settings, name).height == len(first) + len(more)
+
+
+def poll(worker, name: str, done, *, timeout: float = 90, quiet: float = 2.5) -> list:
+    """The worker's outcomes for a file, polling every 0.3 s until `done(outcomes)` holds,
+    then `quiet` seconds more."""
+    outcomes = []
+    deadline, calm = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        outcomes += [o for o in worker.run_once() if o.file == name]
+        if calm is None and done(outcomes):
+            calm = time.monotonic() + quiet
+        if calm is not None and time.monotonic() >= calm:
+            break
+        time.sleep(0.3)
+    return outcomes
 
 
 def test_the_stream_worker_waits_for_a_slow_writer_and_continues_a_grown_file(
@@ -160,11 +180,7 @@ def test_the_stream_worker_waits_for_a_slow_writer_and_continues_a_grown_file(
         assert worker.holder.current is not None
         worker.run_once()  # files landed before are scored or checkpointed already
         writer = slow_writer(path, header, first)
-        outcomes = []
-        deadline = time.monotonic() + len(first) * LINE_PAUSE + 4
-        while time.monotonic() < deadline:
-            outcomes += [o for o in worker.run_once() if o.file == name]
-            time.sleep(0.3)
+        outcomes = poll(worker, name, lambda found: not writer.is_alive() and found)
         writer.join()
         [outcome] = outcomes
         assert not outcome.skipped and not outcome.continued
@@ -172,11 +188,7 @@ def test_the_stream_worker_waits_for_a_slow_writer_and_continues_a_grown_file(
         assert log_rows(settings, name).height == len(first)
         with open(path, "a") as out:
             out.write("\n".join(more) + "\n")
-        outcomes = []
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
-            outcomes += [o for o in worker.run_once() if o.file == name]
-            time.sleep(0.3)
+        outcomes = poll(worker, name, bool)
         [continued] = outcomes
         assert continued.continued and continued.lines == len(more)
         assert continued.previous_size == outcome.size < continued.size == path.stat().st_size
