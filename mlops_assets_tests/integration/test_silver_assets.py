@@ -70,7 +70,8 @@ def checks(result) -> dict[tuple[str, str], bool]:
     }
 
 
-def test_conflicts_go_to_quarantine_with_their_reason_and_warn(tmp_path):
+@pytest.mark.parametrize("engine", ["polars", pytest.param("spark", marks=pytest.mark.slow)])
+def test_conflicts_go_to_quarantine_with_their_reason_and_warn(tmp_path, engine):
     land(
         tmp_path,
         "transactions",
@@ -92,7 +93,7 @@ def test_conflicts_go_to_quarantine_with_their_reason_and_warn(tmp_path):
             tx("tx_4", "2026-01-02T12:00:00Z"),
         ],
     )
-    instance, results = run(tmp_path, [DAY1, DAY2])
+    instance, results = run(tmp_path, [DAY1, DAY2], {"MLOPS_ENGINE": engine})
     silver = table(tmp_path, "silver/transactions").sort("transaction_id")
     assert silver["transaction_id"].to_list() == ["tx_1", "tx_2", "tx_4"]
     assert silver.filter(pl.col("transaction_id") == "tx_2")["amount"].item() == 10.0
@@ -121,7 +122,8 @@ def test_conflicts_go_to_quarantine_with_their_reason_and_warn(tmp_path):
     assert checks(results[0])[("silver/transactions", "no_conflicting_records")] is True
 
 
-def test_label_reports_keep_reversals_drop_resends_and_count_unknown_transactions(tmp_path):
+@pytest.mark.parametrize("engine", ["polars", pytest.param("spark", marks=pytest.mark.slow)])
+def test_label_reports_keep_reversals_drop_resends_and_count_unknown_transactions(tmp_path, engine):
     land(tmp_path, "transactions", DAY1, "a.csv", [TX_HEADER, tx("tx_1", "2026-01-01T10:00:00Z")])
     land(tmp_path, "transactions", DAY2, "a.csv", [TX_HEADER, tx("tx_9", "2026-01-02T10:00:00Z")])
     land(
@@ -150,7 +152,7 @@ def test_label_reports_keep_reversals_drop_resends_and_count_unknown_transaction
         ],
     )
     land(tmp_path, "transactions", DAY3, "a.csv", [TX_HEADER])
-    instance, results = run(tmp_path, [DAY1, DAY2, DAY3])
+    instance, results = run(tmp_path, [DAY1, DAY2, DAY3], {"MLOPS_ENGINE": engine})
     labels = table(tmp_path, "silver/labels").sort("transaction_id", "reported_at")
     assert list(
         zip(
