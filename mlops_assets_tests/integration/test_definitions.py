@@ -78,7 +78,7 @@ def test_asset_graph_snapshot(tmp_path):
         "bronze/transactions": [],
         "bronze/labels": [],
         "silver/transactions": ["bronze/transactions"],
-        "silver/labels": ["bronze/labels"],
+        "silver/labels": ["bronze/labels", "silver/transactions"],
         "gold/merchant_category_daily": ["silver/labels", "silver/transactions"],
         "quarantine/bronze_transactions": [],
         "quarantine/bronze_labels": [],
