@@ -33,8 +33,8 @@ OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 LOCAL_PATTERN = r"^(.{10})[T ](.{8})(\.\d{1,6})?\d*(Z|[+-].*)?$"
 DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
 BOOLEAN_VALUES = ("0", "1", "true", "false")
-# A value of white space only: missing.
-BLANK = r"^\s+$"
+# A text of spaces only: missing (other white space is a control character).
+BLANK = r"^ +$"
 # Control characters (C0 and DEL) that no text field may hold.
 CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
 
@@ -175,20 +175,30 @@ def _blank(name: str) -> nw.Expr:
 
 
 def _empty(name: str) -> nw.Expr:
-    # For a column with a text rule: its pattern refuses blanks, so only emptiness is
-    # missing (and the check skips stripping every value).
     return nw.col(name).is_null() | (nw.col(name).str.len_chars() == 0)
 
 
+def _checked_by_form(name: str, contract: Contract) -> bool:
+    # A column whose value must take a form (text pattern, number, timestamp, allowed value)
+    # refuses white space by that form: only emptiness is missing, and the check skips
+    # stripping every value.
+    return name in (
+        *dict(contract.texts),
+        *contract.decimals,
+        *contract.timestamps,
+        *dict(contract.allowed),
+    )
+
+
 def _missing(name: str, contract: Contract) -> nw.Expr:
-    return _empty(name) if name in dict(contract.texts) else _blank(name)
+    return _empty(name) if _checked_by_form(name, contract) else _blank(name)
 
 
 def _missing_valid(name: str, contract: Contract) -> nw.Expr:
-    # In a valid record, a text that passed its pattern starts with no white space unless it
-    # is blank: the first character tells.
+    # In a valid record, a text that passed its pattern starts with no space unless it is
+    # blank: the first character tells.
     if name in dict(contract.texts):
-        return _empty(name) | nw.col(name).str.contains(r"^\s")
+        return _empty(name) | nw.col(name).str.starts_with(" ")
     return _blank(name)
 
 
@@ -409,7 +419,7 @@ def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Exp
     for name in contract.decimals:
         rules.append(
             (
-                ~_blank(name) & nw.col(_typed(name)).is_null(),
+                ~_empty(name) & nw.col(_typed(name)).is_null(),
                 nw.concat_str(_quoted(name), nw.lit(f" in {name} is not a decimal number")),
                 name,
             )
@@ -417,7 +427,7 @@ def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Exp
     for name in contract.timestamps:
         rules.append(
             (
-                ~_blank(name) & nw.col(_typed(name)).is_null(),
+                ~_empty(name) & nw.col(_typed(name)).is_null(),
                 _timestamp_reason(name, contract, timezone),
                 name,
             )
@@ -434,7 +444,7 @@ def _format_rules(contract: Contract, timezone: str | None) -> list[tuple[nw.Exp
     for name, values in contract.allowed:
         rules.append(
             (
-                ~_blank(name) & ~nw.col(name).is_in(values),
+                ~_empty(name) & ~nw.col(name).is_in(values),
                 nw.concat_str(
                     _quoted(name), nw.lit(f" in {name} is not one of {', '.join(values)}")
                 ),
@@ -583,7 +593,7 @@ class Resolved:
     conflicting_keys: int
 
 
-ORIGIN = "__origin"
+ROW = "__row"
 PUBLISHED_PARTITION = "landing_date"
 
 
@@ -643,7 +653,10 @@ def resolve_versions(valid: FrameT, contract: Contract, published: FrameT) -> Re
         published_pl = published.to_native()
         if isinstance(published_pl, pl.LazyFrame):
             published_pl = published_pl.collect()
-        suspects = native.filter(
+        if not _in_file_order(native):
+            native = native.sort(SOURCE_FILE, LINE_NUMBER)
+        # Row positions let the outcome be applied by position, without a join.
+        suspects = native.with_row_index(ROW).filter(
             pl.col(key).is_duplicated() | pl.col(key).is_in(published_pl.get_column(key).implode())
         )
     else:
@@ -652,7 +665,7 @@ def resolve_versions(valid: FrameT, contract: Contract, published: FrameT) -> Re
         )
     assert isinstance(suspects, pl.DataFrame) and isinstance(published_pl, pl.DataFrame)
     removed, conflicts, in_batch, of_others, conflicting = _decide(
-        suspects, published_pl.select(published_columns(contract)), contract
+        suspects.drop(ROW, strict=False), published_pl.select(published_columns(contract)), contract
     )
     lines = [SOURCE_FILE, LINE_NUMBER]
     if valid.implementation in SPARK_LIKE:
@@ -664,10 +677,10 @@ def resolve_versions(valid: FrameT, contract: Contract, published: FrameT) -> Re
             ).select(*native.columns)
         unique: FrameT = nw.from_native(unique_native)
     else:
-        ordered = native if _in_file_order(native) else native.sort(lines)
         if removed.height:
-            ordered = ordered.join(removed, on=lines, how="anti", maintain_order="left")
-        unique = nw.from_native(ordered)
+            rows = suspects.join(removed, on=lines, how="semi").get_column(ROW)
+            native = native.filter(~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(rows.implode()))
+        unique = nw.from_native(native)
     return Resolved(unique, conflicts, in_batch, of_others, conflicting)
 
 
