@@ -41,7 +41,7 @@ REPLACEMENT = "\ufffd"  # what an undecodable byte sequence reads as
 SEPARATOR = ","
 QUOTE = '"'
 GZIP_MAGIC = b"\x1f\x8b"
-# A record longer than this is quarantined (its raw text keeps this many characters).
+# A record longer than this is quarantined whole, with its length.
 MAX_LINE_BYTES = 1 << 20
 # Content with more undecodable bytes than this share is binary, not text with a few bad bytes.
 MAX_UNDECODABLE_SHARE = 0.25
@@ -360,27 +360,16 @@ def read_landing_file(
 
 
 def _bound_lengths(frame: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
-    """Records longer than the bound get a problem and keep the bound's first characters."""
+    """Records longer than the bound get a problem (their whole text is kept, for quarantine)."""
     length = pl.col(RAW).str.len_bytes()
     if not frame.select((length > max_line_bytes).any()).item():
         return frame
     too_long = pl.when(length > max_line_bytes).then(
-        pl.format(
-            "line is {} bytes long, over the {}-byte limit (raw keeps its first {} characters)",
-            length,
-            pl.lit(max_line_bytes),
-            pl.lit(max_line_bytes),
-        )
+        pl.format("line is {} bytes long, over the {}-byte limit", length, pl.lit(max_line_bytes))
     )
     if PROBLEM in frame.columns:
         too_long = pl.coalesce(pl.col(PROBLEM), too_long)
-    return frame.with_columns(
-        too_long.alias(PROBLEM),
-        pl.when(length > max_line_bytes)
-        .then(pl.col(RAW).str.slice(0, max_line_bytes))
-        .otherwise(pl.col(RAW))
-        .alias(RAW),
-    )
+    return frame.with_columns(too_long.alias(PROBLEM))
 
 
 def _frame(raw: pl.Series, numbers: list[int] | None, start: int) -> pl.DataFrame:

@@ -144,7 +144,7 @@ def read_valid_lines(
         The number of lines, the valid transactions (with their line numbers) and the other
         lines' numbers with their problem (`LINE_NUMBER`, `REASON`).
     """
-    landing = read_landing_file(path, landing_root, now)
+    landing = read_landing_file(path, landing_root, now, required=TRANSACTIONS.required)
     errors: list[pl.DataFrame] = []
     valid = pl.DataFrame()
     if landing.header_problem:
