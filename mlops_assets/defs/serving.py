@@ -229,6 +229,7 @@ def stream_predictions(
             checkpoint_uri=lakehouse.write_uri(STREAM_CHECKPOINT),
             log_table=str(INFERENCE_LOG),
             checkpoint_table=str(STREAM_CHECKPOINT),
+            timezone=settings.source_timezones.get("transactions"),
             run_id=context.run.run_id,
             alert=alert,
         )

@@ -103,6 +103,7 @@ def score_file(
     *,
     run_id: str,
     now: datetime.datetime | None = None,
+    timezone: str | None = None,
 ) -> StreamBatch:
     """Score every valid transaction of a landed file through the online path.
 
@@ -113,6 +114,8 @@ def score_file(
         store: The online store (`lookup(table, key)`).
         run_id: The run scoring it.
         now: Arrival time (default: now); error rows without a readable event time carry it.
+        timezone: The zone the source declares for times without an offset; None: such
+            times are refused, as silver refuses them.
 
     Returns:
         One row per line after the header: `ok` with score and features, or `error` with the
@@ -121,7 +124,7 @@ def score_file(
     started = time.perf_counter()
     now = now or datetime.datetime.now(datetime.UTC)
     source = path.relative_to(landing_root).as_posix()
-    lines, valid, errors = read_valid_lines(path, landing_root, now)
+    lines, valid, errors = read_valid_lines(path, landing_root, now, timezone=timezone)
     ok_rows = _score_online(valid, model, store, source, run_id)
     error_rows = _error_rows(errors, model, source, now)
     rows = pl.concat([ok_rows, error_rows], how="diagonal_relaxed")
@@ -136,7 +139,7 @@ def score_file(
 
 
 def read_valid_lines(
-    path: Path, landing_root: Path, now: datetime.datetime
+    path: Path, landing_root: Path, now: datetime.datetime, *, timezone: str | None = None
 ) -> tuple[int, pl.DataFrame, pl.DataFrame]:
     """A landed file's lines after the header, checked against the silver contract.
 
@@ -156,7 +159,9 @@ def read_valid_lines(
         errors.append(bad.to_native().select(LINE_NUMBER, REASON))
         day = _landing_day(path)
         bronze = good.to_native().with_columns(pl.lit(day).alias("landing_date"))
-        checked, rejected = validate(nw.from_native(bronze), TRANSACTIONS, "landing_date")
+        checked, rejected = validate(
+            nw.from_native(bronze), TRANSACTIONS, "landing_date", timezone=timezone
+        )
         valid = checked.to_native()
         rejected = rejected.to_native()
         if rejected.height:

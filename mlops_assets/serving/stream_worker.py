@@ -149,6 +149,7 @@ class StreamWorker:
                     checkpoint_uri=self.ledger.checkpoint_uri,
                     log_table=self.ledger.log_table,
                     checkpoint_table=self.ledger.checkpoint_table,
+                    timezone=self.settings.source_timezones.get("transactions"),
                     run_id=f"stream-worker:{self.settings.env}",
                     alert=self.alert,
                 )

@@ -465,6 +465,7 @@ def score_landed_file(
     checkpoint_table: str,
     run_id: str,
     alert: Callable[[str, dict[str, Any]], None] | None = None,
+    timezone: str | None = None,
 ) -> StreamOutcome:
     """Score one landed file into the inference log, exactly once (the module's protocol).
 
@@ -486,6 +487,8 @@ def score_landed_file(
         checkpoint_table: The checkpoint's name, recorded in its commits.
         run_id: The Dagster run (or worker) that scores it.
         alert: Raises the alert about a checkpointed file that changed (message, details).
+        timezone: The zone the source declares for times without an offset
+            (`Settings.source_timezones`); None: such times are refused.
 
     Raises:
         FileNotFoundError: The file does not exist under the landing root.
@@ -526,7 +529,7 @@ def score_landed_file(
     seconds = 0.0
     if recovered is None:
         with open_store() as store:
-            batch = score_file(path, landing_root, model, store, run_id=run_id)
+            batch = score_file(path, landing_root, model, store, run_id=run_id, timezone=timezone)
         if file_state(path) != (size, mtime_ns):
             raise FileChangedError(
                 f"landed file {file} changed while it was scored ({size} bytes before, "
