@@ -20,27 +20,13 @@ from mlops_assets.transforms.silver import (
     resolve_versions,
     validate,
 )
+from mlops_assets_tests.records import transaction
 
 pytestmark = pytest.mark.slow
 
 DAY = datetime.date(2026, 3, 29)
 INGESTED = datetime.datetime(2026, 3, 30, tzinfo=datetime.UTC)
-GOOD = {
-    "transaction_id": "t",
-    "event_time": "2026-03-29T10:00:00Z",
-    "card_id": "card_1",
-    "merchant_id": "m_1",
-    "merchant_category": "grocery",
-    "amount": "12.50",
-    "currency": "EUR",
-    "country": "DE",
-    "card_country": "DE",
-    "channel": "pos",
-    "entry_mode": "chip",
-    "device_type": "terminal",
-    "device_id": "dev_1",
-    "terminal_id": "",
-}
+GOOD = transaction(transaction_id="t", event_time="2026-03-29T10:00:00Z", terminal_id="")
 TIMES = [
     "2026-03-29T10:00:00Z",
     "2026-03-29T10:00:00+02:00",

@@ -15,25 +15,12 @@ from mlops_assets.transforms.silver import (
     resolve_versions,
     validate,
 )
+from mlops_assets_tests.records import transaction
 
 DAY = datetime.date(2026, 1, 2)
 INGESTED = datetime.datetime(2026, 1, 3, tzinfo=datetime.UTC)
 UTC = datetime.UTC
-GOOD = {
-    "transaction_id": "t1",
-    "event_time": "2026-01-02T10:00:00Z",
-    "card_id": "card_1",
-    "merchant_id": "m_1",
-    "merchant_category": "grocery",
-    "amount": "12.50",
-    "currency": "EUR",
-    "country": "DE",
-    "card_country": "DE",
-    "channel": "pos",
-    "entry_mode": "chip",
-    "device_type": "terminal",
-    "device_id": "dev_1",
-}
+GOOD = transaction()
 LABEL = {
     "transaction_id": "t1",
     "card_id": "card_1",
