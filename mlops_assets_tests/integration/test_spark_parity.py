@@ -141,7 +141,10 @@ def test_both_engines_write_partitions_of_one_table_in_turn(spark, tmp_path):
     assert table.schema["at"] == pl.Datetime("us", "UTC")
     spark_rows = spark_io.read_table(spark, uri).orderBy("id").collect()
     assert [(r["id"], r["day"]) for r in spark_rows] == [("d", one), ("e", two), ("f", two)]
-    assert spark_rows[0]["at"] == datetime.datetime(2026, 1, 1, 12)  # UTC session clock
+    # pyspark's rows hold the process's local wall time: the instant is 12:00 UTC.
+    assert spark_rows[0]["at"].astimezone(datetime.UTC) == datetime.datetime(
+        2026, 1, 1, 12, tzinfo=datetime.UTC
+    )
 
 
 def test_spark_follows_the_schema_policies(spark, tmp_path):
