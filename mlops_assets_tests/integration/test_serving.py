@@ -325,7 +325,9 @@ def request_strategy(document: dict, known_cards: list[str]) -> st.SearchStrateg
 
 WRONG_VALUES = {
     "number": st.one_of(st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2)),
-    "string": st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.just([])),
+    "string": st.one_of(
+        st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.just([])
+    ),
     "object": st.one_of(st.integers(), st.text(max_size=3), st.just([1])),
 }
 
