@@ -27,3 +27,27 @@ def table_metadata(result: WriteResult, table_name: str) -> dict[str, Any]:
             else {}
         ),
     }
+
+
+ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
+
+
+def alert_materialization(alert: Any, raised: Any) -> dg.AssetMaterialization:
+    """The materialization of `monitoring/alerts` that records one raised alert.
+
+    Args:
+        alert: The `monitoring.alerts.Alert` raised.
+        raised: What `monitoring.alerts.raise_alert` returned (the append, the webhook status).
+    """
+    from mlops_assets.monitoring.alerts import ALERTS
+
+    return dg.AssetMaterialization(
+        asset_key=ALERTS_KEY,
+        metadata={
+            **table_metadata(raised.written, str(ALERTS)),
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "subject": alert.subject,
+            "post_status": raised.status or "",
+        },
+    )

@@ -10,7 +10,7 @@ import polars as pl
 import pydantic
 
 from mlops_assets.defs.jobs import retrain_job
-from mlops_assets.defs.metadata import table_metadata
+from mlops_assets.defs.metadata import ALERTS_KEY, alert_materialization, table_metadata
 from mlops_assets.defs.ml import label_horizon, polars_lazy
 from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
@@ -485,7 +485,6 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ]
 
 
-ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
 alerts_spec = dg.AssetSpec(
     key=ALERTS_KEY,
     deps=[dg.AssetKey(["monitoring", "drift_metrics"]), dg.AssetKey(["monitoring", "performance"])],
@@ -554,21 +553,10 @@ def raise_and_report(
     The sensors that raise alerts are not assets: each append is a runless materialization
     of `monitoring/alerts` with the table's URI, Delta version and the row written.
     """
-    from mlops_assets.monitoring.alerts import ALERTS, raise_alert
+    from mlops_assets.monitoring.alerts import raise_alert
 
     raised = raise_alert(alerts_uri(lakehouse), alert, webhook_url)
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            asset_key=ALERTS_KEY,
-            metadata={
-                **table_metadata(raised.written, str(ALERTS)),
-                "kind": alert.kind,
-                "severity": alert.severity,
-                "subject": alert.subject,
-                "post_status": raised.status or "",
-            },
-        )
-    )
+    instance.report_runless_asset_event(alert_materialization(alert, raised))
 
 
 def drift_monitor_sensor(settings: Settings) -> dg.SensorDefinition:

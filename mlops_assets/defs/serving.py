@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from mlops_assets.defs.metadata import table_metadata
+from mlops_assets.defs.metadata import alert_materialization
 from mlops_assets.defs.ml import feature_rows, keys, scan_polars
 from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
@@ -20,7 +20,6 @@ from mlops_assets.settings import Settings, use_mlflow_store
 
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
-ALERTS_KEY = dg.AssetKey(["monitoring", "alerts"])
 OWNERS = ["team:ml-platform"]
 SILVER_TRANSACTIONS = TableRef("silver", "transactions")
 # The table store group of the serving assets (polars and delta-rs).
@@ -249,16 +248,7 @@ def stream_predictions(
             asset_key=STREAM_CHECKPOINT_KEY, metadata=checkpoint_metadata(outcome)
         )
     for changed, done in raised:
-        yield dg.AssetMaterialization(
-            asset_key=ALERTS_KEY,
-            metadata={
-                **table_metadata(done.written, str(ALERTS)),
-                "kind": changed.kind,
-                "severity": changed.severity,
-                "subject": changed.subject,
-                "post_status": done.status or "",
-            },
-        )
+        yield alert_materialization(changed, done)
 
 
 def record_stream_batch(instance: dg.DagsterInstance, outcome: StreamOutcome) -> None:
