@@ -488,11 +488,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             "local[N], spark://host:port, sc://host:port, yarn or k8s://..."
         )
     jars_dir = Path(environ.get("MLOPS_SPARK_JARS") or project_root() / ".jars").resolve()
-    conf_text = environ.get("MLOPS_SPARK_CONF", "").strip() or "{}"
-    try:
-        spark_conf = json.loads(conf_text)
-    except json.JSONDecodeError as error:
-        raise SettingsError(f"MLOPS_SPARK_CONF is not JSON: {error}") from None
+    spark_conf = _json(environ, "MLOPS_SPARK_CONF")
     if not isinstance(spark_conf, dict) or not all(
         isinstance(v, str | int | float | bool) for v in spark_conf.values()
     ):
@@ -543,11 +539,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     worker_text = environ.get("MLOPS_STREAM_WORKER", "").strip().lower()
     if worker_text not in ("", "on", "off"):
         raise SettingsError(f"MLOPS_STREAM_WORKER={worker_text!r} must be on or off")
-    monitoring_text = environ.get("MLOPS_MONITORING", "").strip() or "{}"
-    try:
-        monitoring = json.loads(monitoring_text)
-    except json.JSONDecodeError as error:
-        raise SettingsError(f"MLOPS_MONITORING is not JSON: {error}") from None
+    monitoring = _json(environ, "MLOPS_MONITORING")
     if not isinstance(monitoring, dict) or not all(
         isinstance(v, int | float | str) and not isinstance(v, bool) for v in monitoring.values()
     ):
@@ -579,15 +571,20 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     )
 
 
+def _json(environ: Mapping[str, str], variable: str) -> object:
+    """The JSON value of a variable (an empty object when unset)."""
+    text = environ.get(variable, "").strip() or "{}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"{variable} is not JSON: {error}") from None
+
+
 def _source_timezones(environ: dict[str, str]) -> dict[str, str]:
     """Declared time zones of landing sources (`MLOPS_SOURCE_TIMEZONES`), each checked."""
     import zoneinfo
 
-    text = environ.get("MLOPS_SOURCE_TIMEZONES", "").strip() or "{}"
-    try:
-        zones = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SettingsError(f"MLOPS_SOURCE_TIMEZONES is not JSON: {error}") from None
+    zones = _json(environ, "MLOPS_SOURCE_TIMEZONES")
     if not isinstance(zones, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in zones.items()
     ):
