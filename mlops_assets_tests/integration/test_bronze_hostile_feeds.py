@@ -20,6 +20,7 @@ from mlops_assets.defs.resources import SparkResource
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.settings import load_settings
 from mlops_assets.transforms.silver import TRANSACTIONS
+from mlops_assets_tests.records import TRANSACTION
 
 DAY1, DAY2, DAY3 = (datetime.date(2026, 1, d) for d in (1, 2, 3))
 ENGINES = ["polars", pytest.param("spark", marks=pytest.mark.slow)]
@@ -27,17 +28,8 @@ BRONZE = [
     dg.AssetKey(["bronze", "transactions"]),
     dg.AssetKey(["quarantine", "bronze_transactions"]),
 ]
-ROW = {
-    "transaction_id": "t1",
-    "event_time": "2026-01-02T10:00:00Z",
-    "card_id": "card_1",
-    "merchant_id": "m_1",
-    "merchant_category": "grocery",
-    "amount": "12.50",
-    "currency": "EUR",
-    "channel": "pos",
-    "country": "DE",
-}
+# The required columns and one optional column, in the order the files' header names them.
+ROW = {name: TRANSACTION[name] for name in [*TRANSACTIONS.required, "country"]}
 HEADER = list(ROW)
 BOUNDED = [*TRANSACTIONS.columns, "_rescued_data", "_source_file", "_line_number", "_ingested_at"]
 
