@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-ENVIRONMENTS = ("dev", "staging", "prod")
+from mlops_assets.access import ENVIRONMENTS, READ_POLICY
+
+__all__ = ["ENVIRONMENTS", "READ_POLICY"]  # re-exported: the policy itself is in access.py
+
 DEFAULT_START_DATE = datetime.date(2026, 1, 1)
 DEFAULT_LANDING_SETTLE_SECONDS = 2.0
-
-# Which environments each environment may read (read-only) beside itself.
-READ_POLICY: dict[str, tuple[str, ...]] = {
-    "dev": ("dev", "prod"),
-    "staging": ("staging",),
-    "prod": ("prod",),
-}
 
 
 class Engine(StrEnum):
@@ -299,6 +295,10 @@ class Settings:
         landing_settle_seconds: How long a landed file must be unchanged (size and
             modification time) before streaming takes it (`MLOPS_LANDING_SETTLE_SECONDS`):
             the guard for writers that do not rename a finished file into place.
+        tracking_uris: The MLflow tracking store of other environments, where it is not
+            their embedded SQLite file (`MLOPS_TRACKING_URI_<ENV>`, e.g.
+            `MLOPS_TRACKING_URI_PROD=http://127.0.0.1:5000`): what `mlflow_uri_of` reads,
+            policy permitting.
     """
 
     env: str
@@ -321,6 +321,7 @@ class Settings:
     alert_webhook_url: str = ""
     source_timezones: dict[str, str] = field(default_factory=dict)
     landing_settle_seconds: float = DEFAULT_LANDING_SETTLE_SECONDS
+    tracking_uris: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -376,6 +377,16 @@ class Settings:
     def mlflow_uri(self) -> str:
         """MLflow tracking and registry store: `MLFLOW_TRACKING_URI`, else the env's SQLite."""
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.env_root / 'mlflow.db'}"
+
+    def mlflow_uri_of(self, env: str) -> str:
+        """The tracking and registry store of an environment (unchecked: see `access`).
+
+        The active environment's is `mlflow_uri`; another's is `MLOPS_TRACKING_URI_<ENV>`
+        when set, else its embedded SQLite file.
+        """
+        if env == self.env:
+            return self.mlflow_uri
+        return self.tracking_uris.get(env) or f"sqlite:///{self.env_root_of(env) / 'mlflow.db'}"
 
     @property
     def online_store_path(self) -> Path:
@@ -568,7 +579,23 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         alert_webhook_url=_webhook_url(environ),
         source_timezones=_source_timezones(environ),
         landing_settle_seconds=_settle_seconds(environ),
+        tracking_uris={
+            other: uri
+            for other in ENVIRONMENTS
+            if other != env
+            and (uri := environ.get(f"MLOPS_TRACKING_URI_{other.upper()}", "").strip())
+        },
     )
+
+
+def _tracking_uris(environ: Mapping[str, str], env: str) -> dict[str, str]:
+    """`MLOPS_TRACKING_URI_<ENV>` of the environments other than the active one."""
+    found = {}
+    for other in ENVIRONMENTS:
+        uri = environ.get(f"MLOPS_TRACKING_URI_{other.upper()}", "").strip()
+        if other != env and uri:
+            found[other] = uri
+    return found
 
 
 def _json(environ: Mapping[str, str], variable: str) -> object:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_assets.settings import ENVIRONMENTS, READ_POLICY, Settings
+from mlops_assets.access import AccessDeniedError, Resource, check_read
+from mlops_assets.settings import ENVIRONMENTS, Settings
+
+__all__ = ["LAYERS", "AccessDeniedError", "Catalog", "TableRef"]
 
 LAYERS = ("bronze", "silver", "gold", "quarantine", "features", "ml", "serving", "monitoring")
-
-
-class AccessDeniedError(PermissionError):
-    """A read or write crosses environments against the access policy."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Catalog:
     """Resolves table locations for the active environment and enforces the access policy.
 
     Writes go only under the active environment's root. Reads of another environment are
-    allowed only where `settings.READ_POLICY` says so (dev may read prod), and are read-only.
+    allowed only where `access.READ_POLICY` says so (dev may read prod), and are read-only.
     Tables live in `data/<env>/lake/` on the local disk (the default), or under
     `<MLOPS_LAKE_URI>/<env>/` on an S3-compatible store; the policy is the same.
     """
@@ -91,7 +90,14 @@ class Catalog:
         path = self.table_path(table).resolve()
         root = self.settings.env_root.resolve()
         if not path.is_relative_to(root):
-            raise AccessDeniedError(f"{table} resolves to {path}, outside {root}")
+            raise AccessDeniedError(
+                self.env,
+                self.env,
+                Resource.TABLE,
+                str(table),
+                "write",
+                why=f"it resolves to {path}, outside the environment's root {root}",
+            )
         return str(path)
 
     def uri_for_read(self, table: TableRef, env: str | None = None) -> str:
@@ -102,10 +108,8 @@ class Catalog:
         """
         source = env or self.env
         if source not in ENVIRONMENTS:
-            raise AccessDeniedError(f"{source!r} is not an environment")
-        if source not in READ_POLICY[self.env]:
             raise AccessDeniedError(
-                f"environment {self.env!r} may not read {source!r} (allowed: "
-                f"{', '.join(READ_POLICY[self.env])})"
+                self.env, str(source), Resource.TABLE, str(table), "read", why="not an environment"
             )
+        check_read(self.env, source, Resource.TABLE, str(table))
         return self.table_uri(table, source)

@@ -67,14 +67,14 @@ def test_writes_stay_in_the_active_environment_and_reads_follow_the_policy(tmp_p
     prod = Catalog(load_settings({"MLOPS_ENV": "prod", "MLOPS_DATA_ROOT": str(tmp_path)}))
     table = TableRef("silver", "transactions")
     assert dev.uri_for_write(table) == str(tmp_path / "dev" / "lake" / "silver" / "transactions")
-    # dev may read prod, read-only; prod reads only prod.
+    staging = Catalog(load_settings({"MLOPS_ENV": "staging", "MLOPS_DATA_ROOT": str(tmp_path)}))
+    # dev and staging may read prod, read-only; prod reads only prod; nobody reads dev.
     assert dev.uri_for_read(table, "prod") == str(tmp_path / "prod/lake/silver/transactions")
-    with pytest.raises(AccessDeniedError, match="'prod' may not read 'dev'"):
+    assert staging.uri_for_read(table, "prod") == str(tmp_path / "prod/lake/silver/transactions")
+    with pytest.raises(AccessDeniedError, match="'prod' may not read table silver/transactions"):
         prod.uri_for_read(table, "dev")
-    with pytest.raises(AccessDeniedError, match="'staging' may not read 'prod'"):
-        Catalog(
-            load_settings({"MLOPS_ENV": "staging", "MLOPS_DATA_ROOT": str(tmp_path)})
-        ).uri_for_read(table, "prod")
+    with pytest.raises(AccessDeniedError, match="'staging' may not read table .* of 'dev'"):
+        staging.uri_for_read(table, "dev")
 
 
 def test_table_refs_refuse_unknown_layers_and_paths():
@@ -224,8 +224,11 @@ def test_tables_on_s3_are_under_the_lake_per_environment_and_the_read_policy_hol
     assert dev.uri_for_read(table, "prod") == "s3://lake/mlops/prod/gold/merchant_category_daily"
     assert dev.storage_options["aws_conditional_put"] == "etag"
     staging = Catalog(load_settings({**S3, "MLOPS_ENV": "staging"}))
-    with pytest.raises(AccessDeniedError, match="'staging' may not read 'prod'"):
-        staging.uri_for_read(table, "prod")
+    assert (
+        staging.uri_for_read(table, "prod") == "s3://lake/mlops/prod/gold/merchant_category_daily"
+    )
+    with pytest.raises(AccessDeniedError, match="'staging' may not read table .* of 'dev'"):
+        staging.uri_for_read(table, "dev")
     with pytest.raises(ValueError, match="use table_uri"):
         dev.table_path(table)
     bucket_only = Catalog(load_settings({**S3, "MLOPS_LAKE_URI": "s3://lake"}))
