@@ -46,6 +46,8 @@ SERVE_DAY = [
     dg.AssetKey(["serving", "batch_predictions"]),
     dg.AssetKey(["monitoring", "drift_metrics"]),
     dg.AssetKey(["monitoring", "profiles"]),
+    # The day just scored, summarized (refresh runs rebuild it as chargebacks land).
+    dg.AssetKey(["gold", "prediction_summary"]),
 ]
 PERFORMANCE = dg.AssetKey(["monitoring", "performance"])
 # The other declared models' batch scoring and drift: a day is scored and measured by each of

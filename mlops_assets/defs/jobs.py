@@ -7,7 +7,12 @@ import dagster as dg
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.settings import Settings
 
-MEDALLION = dg.AssetSelection.groups("bronze", "silver", "gold", "quarantine")
+# The prediction summary (gold) reads the day's predictions: the serve run builds it, after
+# scoring, and the refresh runs rebuild it with late chargebacks; ingestion does not.
+PREDICTION_SUMMARY = dg.AssetKey(["gold", "prediction_summary"])
+MEDALLION = dg.AssetSelection.groups(
+    "bronze", "silver", "gold", "quarantine"
+) - dg.AssetSelection.assets(PREDICTION_SUMMARY)
 
 # The daily loop's runs are re-executed (from the failure) by the daemon when the run itself
 # died, e.g. its process was killed; a failed step or a failing blocking check is not retried
