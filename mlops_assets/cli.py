@@ -70,6 +70,27 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run a SQL query over the environment's Delta tables (see `lakehouse.sql`)."""
+    from mlops_assets.lakehouse.sql import SqlError, parse_at, query, render
+
+    text = sys.stdin.read() if args.query == "-" else args.query
+    try:
+        result = query(load_settings(), text, at=parse_at(args.at), limit=args.limit or None)
+        output = render(result.frame, args.format)
+    except SqlError as error:
+        print(f"mlops sql: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(output)
+    if args.format == "table":
+        more = "; more rows exist (raise --limit, 0 for all)" if result.truncated else ""
+        read = ", ".join(use.name for use in result.tables) or "no table"
+        print(f"({result.frame.height:,} rows{more}; read {read})", file=sys.stderr)
+    elif result.truncated:
+        print(f"mlops sql: output cut at --limit {args.limit} rows", file=sys.stderr)
+    return 0
+
+
 def cmd_features(args: argparse.Namespace) -> int:
     """List feature tables, or describe one: features, keys, freshness and lineage."""
     from mlops_assets.features.discovery import describe, list_tables
@@ -327,6 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     tables = sub.add_parser("tables", help="list Delta tables of the active environment")
     tables.set_defaults(func=cmd_tables)
+    sql = sub.add_parser(
+        "sql",
+        help="SQL over the Delta tables: layer.table, env.layer.table, layer.table@VERSION",
+        description=(
+            "Run a SQL query (polars' SQL) over the active environment's Delta tables, named "
+            "layer.table (e.g. silver.transactions); env.layer.table reads another "
+            "environment where the access policy allows it; layer.table@3 reads version 3."
+        ),
+    )
+    sql.add_argument("query", help='the query, or "-" to read it from stdin')
+    sql.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="TABLE=VERSION",
+        help="read TABLE (layer.table or env.layer.table) at a version; repeatable",
+    )
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument(
+        "--limit", type=int, default=100, help="at most this many rows (0: all; default 100)"
+    )
+    sql.set_defaults(func=cmd_sql)
     features = sub.add_parser("features", help="list or describe feature tables")
     features.add_argument("action", choices=("list", "describe"))
     features.add_argument("name", nargs="?", help="feature table (for describe)")
@@ -376,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         "action", choices=("up", "down", "status"), help="status exits 1 unless all are up"
     )
     stack.set_defaults(func=cmd_stack)
+    release = sub.add_parser(
+        "release", help="code promotion: the staging stage, deployment to prod, status"
+    )
+    stages = release.add_subparsers(dest="stage", required=True)
+    from mlops_assets.release import deploy as release_deploy
+    from mlops_assets.release import staging as release_staging
+
+    release_staging.add_commands(stages)
+    release_deploy.add_commands(stages)
     return parser
 
 
