@@ -33,24 +33,24 @@ def _scenario(args: argparse.Namespace, settings: Settings):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Write simulated landing files for the active environment."""
+    """Write simulated landing files for the active environment: a line per day, a summary.
+
+    Each day's manifest (with every injected transaction id) is in its file under
+    `_manifests/`; the terminal gets counts.
+    """
     from mlops_assets.simulate import simulate
+    from mlops_assets.simulate.report import day_line, summary_lines
 
     settings = load_settings()
     scenario = _scenario(args, settings)
     started = time.perf_counter()
-    manifests = simulate(scenario, settings.landing_root)
-    for manifest in manifests:
-        print(
-            json.dumps(
-                manifest.to_dict() if hasattr(manifest, "to_dict") else vars(manifest), default=str
-            )
-        )
-    print(
-        f"wrote {len(manifests)} landing days under {settings.landing_root} "
-        f"in {time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-    )
+    manifests = []
+    for day in range(scenario.days):
+        manifests += simulate(scenario, settings.landing_root, days=[day])
+        elapsed = time.perf_counter() - started
+        print(f"[simulate] {day_line(manifests[-1], day + 1, scenario.days, elapsed)}", flush=True)
+    for line in summary_lines(manifests, settings.landing_root, time.perf_counter() - started):
+        print(f"[simulate] {line}")
     return 0
 
 
