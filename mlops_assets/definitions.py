@@ -15,6 +15,7 @@ from mlops_assets.defs.automation import (
     serve_schedule,
 )
 from mlops_assets.defs.bronze import bronze_assets
+from mlops_assets.defs.catalog import catalogued_definitions
 from mlops_assets.defs.deploy import model_version_sensors
 from mlops_assets.defs.features import feature_assets
 from mlops_assets.defs.gold import gold_assets
@@ -44,6 +45,7 @@ from mlops_assets.defs.serving import (
     serving_specs,
 )
 from mlops_assets.defs.silver import silver_assets
+from mlops_assets.defs.sources import landing_sources
 from mlops_assets.models.declaration import MODELS
 from mlops_assets.settings import Settings, SettingsError, load_settings
 
@@ -83,8 +85,9 @@ def build_definitions(
             raise SettingsError(
                 f"MLOPS_MONITORING={json.dumps(settings.monitoring)} has bad thresholds: {problems}"
             ) from None
-    return dg.Definitions(
+    definitions = dg.Definitions(
         assets=[
+            *landing_sources(settings),
             *bronze_assets(settings),
             *silver_assets(settings),
             *gold_assets(settings),
@@ -128,6 +131,8 @@ def build_definitions(
             "spark": SparkResource.from_settings(settings),
         },
     )
+    # Column schemas, code references and freshness policies (defs/catalog.py).
+    return catalogued_definitions(definitions)
 
 
 def tuned(sensor: dg.SensorDefinition, settings: Settings) -> dg.SensorDefinition:

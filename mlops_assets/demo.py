@@ -225,8 +225,8 @@ class Demo:
                 drift = "; its monitoring failed: see the run in the UI"
             say(
                 f"{day}: {meta['model'].value} version {meta['model_version'].value} scored "
-                f"{meta['dagster/row_count'].value:,} transactions ({meta['flagged'].value:,} "
-                f"flagged) into serving/inference_log{drift}"
+                f"{meta['dagster/partition_row_count'].value:,} transactions "
+                f"({meta['flagged'].value:,} flagged) into serving/inference_log{drift}"
             )
 
     def load_by_alias(self) -> bool:
@@ -293,7 +293,7 @@ class Demo:
         window = {
             "day": day.isoformat(),
             "model_version": drift["model_version"].value,
-            "rows": batch["dagster/row_count"].value,
+            "rows": batch["dagster/partition_row_count"].value,
             "flagged": batch["flagged"].value,
             "drifted_share": drift["drifted_share"].value,
             "prediction_drift": drift["prediction_drift"].value,

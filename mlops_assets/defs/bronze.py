@@ -206,6 +206,8 @@ def build_bronze_asset(source: str, settings: Settings) -> dg.AssetsDefinition:
         specs=[
             dg.AssetSpec(
                 key=["bronze", source],
+                # The feed's files (an observable source asset, defs/sources.py).
+                deps=[dg.AssetKey(["landing", source])],
                 description=(
                     f"Raw {source} exactly as they arrived in the day's landing files: one string "
                     "column per contract column (null when a file lacks an optional one), the "

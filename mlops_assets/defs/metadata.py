@@ -5,21 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.metadata import TableMetadataSet
 
 from mlops_assets.lakehouse.delta_io import WriteResult
 
 
 def table_metadata(result: WriteResult, table_name: str) -> dict[str, Any]:
-    """Row count, Delta version, table URI and column schema of a write."""
+    """The table's and the partition's row counts, Delta version, URI and column schema.
+
+    `dagster/row_count` is the whole table's rows after the write and
+    `dagster/partition_row_count` the rows of the partition written (partitioned writes
+    only); a write that did not count the table's rows reports no `dagster/row_count`.
+
+    Args:
+        result: What the write did.
+        table_name: The table (`layer/table`).
+    """
+    counted = result.table_rows >= 0
     return {
-        "dagster/row_count": result.rows_written,
-        "dagster/table_name": table_name.replace("/", "."),
-        "dagster/uri": dg.MetadataValue.path(result.uri),
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(name, kind) for name, kind in result.schema.items()]
+        **TableMetadataSet(
+            table_name=table_name.replace("/", "."),
+            row_count=result.table_rows if counted else None,
+            partition_row_count=result.rows_written if result.partition else None,
+            column_schema=dg.TableSchema(
+                columns=[dg.TableColumn(name, kind) for name, kind in result.schema.items()]
+            ),
         ),
+        "dagster/uri": dg.MetadataValue.path(result.uri),
         "delta_version": result.version,
-        "table_rows": result.table_rows,
+        "rows_written": result.rows_written,
+        **({"table_rows": result.table_rows} if counted else {}),
         "partition": dg.MetadataValue.json(result.partition),
         **(
             {"added_columns": dg.MetadataValue.json(list(result.added_columns))}

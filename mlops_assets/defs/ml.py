@@ -224,7 +224,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
         ],
         group_name="ml",
         owners=list(model.owners),
-        kinds={"polars", "delta"},
+        kinds={"polars", "deltalake"},
         code_version=CODE_VERSION,
         metadata={
             "table": str(k.table),
@@ -315,7 +315,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
         deps=[dg.AssetDep(k.training_set)],
         group_name="ml",
         owners=list(model.owners),
-        kinds={"sklearn", "mlflow"},
+        kinds={"scikitlearn", "mlflow"},
         code_version=f"{model.name}-model-1",
         metadata={"model": model.name, "declaration": dg.MetadataValue.json(model.summary())},
         description=(
@@ -387,7 +387,7 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
         deps=[dg.AssetDep(k.trained), dg.AssetDep(k.training_set)],
         group_name="ml",
         owners=list(model.owners),
-        kinds={"mlflow", "sklearn", "delta"},
+        kinds={"mlflow", "scikitlearn", "deltalake"},
         code_version="model-validation-2",
         # One validation or promotion at a time: the champion a verdict compares with must stay.
         pool="model_registry",
@@ -571,7 +571,7 @@ def audit_spec(models: list[ModelDeclaration]) -> dg.AssetSpec:
         deps=[key for m in models for key in (keys(m).validation, keys(m).champion)],
         group_name="ml",
         owners=["team:ml-platform"],
-        kinds={"delta"},
+        kinds={"deltalake"},
         code_version="model-audit-1",
         description=(
             "Every validation, promotion, refusal and rollback of every declared model, as "

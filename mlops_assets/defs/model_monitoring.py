@@ -15,6 +15,7 @@ import dagster as dg
 import narwhals as nw
 import polars as pl
 
+from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.ml import keys, label_horizon, polars_lazy
 from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
 from mlops_assets.defs.resources import LakehouseResource
@@ -108,7 +109,7 @@ def model_monitoring_assets(
         partitions_def=daily,
         group_name="monitoring",
         owners=OWNERS,
-        kinds={"polars", "delta"},
+        kinds={"polars", "deltalake"},
         code_version="model-drift-metrics-1",
         metadata={"table": str(refs["drift_metrics"]), "model": model.name},
         description=(
@@ -160,8 +161,7 @@ def model_monitoring_assets(
         latest = max(summaries, key=int)
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": written.rows_written,
-                "delta_version": written.version,
+                **table_metadata(written, str(refs["drift_metrics"])),
                 "model": registered,
                 "model_version": latest,
                 "predictions": summaries[latest]["rows"],
@@ -180,7 +180,7 @@ def model_monitoring_assets(
         partitions_def=daily,
         group_name="monitoring",
         owners=OWNERS,
-        kinds={"polars", "delta"},
+        kinds={"polars", "deltalake"},
         code_version="model-performance-1",
         metadata={"table": str(refs["performance"]), "model": model.name},
         description=(
@@ -231,7 +231,7 @@ def model_monitoring_assets(
         )
         return dg.MaterializeResult(
             metadata={
-                "delta_version": written.version,
+                **table_metadata(written, str(refs["performance"])),
                 "model": registered,
                 "model_version": latest["model_version"],
                 "mature": bool(latest["mature"]),

@@ -47,7 +47,7 @@ reference_spec = dg.AssetSpec(
     ),
     group_name="monitoring",
     owners=OWNERS,
-    kinds={"polars", "delta"},
+    kinds={"polars", "deltalake"},
     code_version="monitoring-reference-1",
     metadata={"table": str(REFERENCE)},
 )
@@ -257,8 +257,7 @@ def drift_metrics(
     latest = summaries[max(summaries, key=int)]
     yield dg.MaterializeResult(
         metadata={
-            "dagster/row_count": written.rows_written,
-            "delta_version": written.version,
+            **table_metadata(written, str(DRIFT)),
             "model_version": max(summaries, key=int),
             "predictions": latest["rows"],
             "drifted_share": latest["drifted_share"],
@@ -313,8 +312,7 @@ def profiles(
 
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": written.rows_written,
-            "delta_version": written.version,
+            **table_metadata(written, str(PROFILES)),
             "predictions": current.height,
             "score_mean": stat("mean"),
             "score_p99": stat("p99"),
@@ -381,7 +379,7 @@ def performance(
     }
     return dg.MaterializeResult(
         metadata={
-            "delta_version": written.version,
+            **table_metadata(written, str(PERFORMANCE)),
             "model_version": latest["model_version"],
             "mature": bool(latest["mature"]),
             "labelled": int(latest["labelled"]),
@@ -446,7 +444,7 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             partitions_def=daily,
             group_name="monitoring",
             owners=OWNERS,
-            kinds={"polars", "delta"},
+            kinds={"polars", "deltalake"},
             code_version="drift-metrics-1",
             metadata={"table": str(DRIFT)},
         )(drift_metrics),
@@ -456,7 +454,7 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             partitions_def=daily,
             group_name="monitoring",
             owners=OWNERS,
-            kinds={"polars", "delta"},
+            kinds={"polars", "deltalake"},
             code_version="profiles-1",
             metadata={"table": str(PROFILES)},
         )(profiles),
@@ -469,7 +467,7 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             partitions_def=daily,
             group_name="monitoring",
             owners=OWNERS,
-            kinds={"polars", "delta"},
+            kinds={"polars", "deltalake"},
             code_version="performance-1",
             metadata={"table": str(PERFORMANCE)},
         )(performance),
@@ -496,7 +494,7 @@ alerts_spec = dg.AssetSpec(
     ),
     group_name="monitoring",
     owners=OWNERS,
-    kinds={"delta"},
+    kinds={"deltalake"},
     code_version="alerts-1",
     metadata={"table": "monitoring/alerts"},
 )

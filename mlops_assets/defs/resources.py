@@ -180,4 +180,4 @@ class LakehouseResource(dg.ConfigurableResource):
 
 def engine_kinds(settings: Settings, group: str) -> set[str]:
     """Kinds the UI shows for an asset group: its engine as the environment sets it, delta."""
-    return {settings.engine_for(group).value, "delta"}
+    return {settings.engine_for(group).value, "deltalake"}

@@ -76,7 +76,7 @@ def batch_predictions_asset(
         partitions_def=daily_partitions(settings),
         group_name="serving",
         owners=OWNERS,
-        kinds={"mlflow", "polars", "delta"},
+        kinds={"mlflow", "polars", "deltalake"},
         code_version="batch-predictions-1",
         metadata={"table": str(INFERENCE_LOG), "model": declaration.name},
         description=(
@@ -116,7 +116,10 @@ def batch_predictions_asset(
         flagged = int(rows.get_column("decision").sum()) if rows.height else 0
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": rows.height,
+                # The partition is the day's batch: its rows; the log's rows when counted.
+                "dagster/partition_row_count": rows.height,
+                **({"dagster/row_count": written.table_rows} if written.table_rows >= 0 else {}),
+                "dagster/table_name": str(INFERENCE_LOG).replace("/", "."),
                 "dagster/uri": dg.MetadataValue.path(written.uri),
                 "delta_version": written.version,
                 "model": model.name,
@@ -152,7 +155,7 @@ def checkpoint_metadata(outcome: StreamOutcome) -> dict:
         "dagster/uri": dg.MetadataValue.path(outcome.checkpoint_uri or ""),
         "dagster/table_name": str(STREAM_CHECKPOINT).replace("/", "."),
         "delta_version": outcome.checkpoint_version,
-        "dagster/row_count": 1,
+        "rows_written": 1,
         "file": outcome.file,
         "log_version": outcome.log_version if outcome.log_version is not None else -1,
         "recovered_from_log": outcome.recovered,
@@ -170,7 +173,7 @@ stream_checkpoint_spec = dg.AssetSpec(
     ),
     group_name="serving",
     owners=OWNERS,
-    kinds={"delta"},
+    kinds={"deltalake"},
     code_version="stream-checkpoint-1",
     metadata={"table": str(STREAM_CHECKPOINT)},
 )
@@ -181,7 +184,7 @@ stream_checkpoint_spec = dg.AssetSpec(
     deps=[dg.AssetDep(["online", "card_behaviour"]), dg.AssetDep(["online", "merchant_risk"])],
     group_name="serving",
     owners=OWNERS,
-    kinds={"mlflow", "polars", "delta"},
+    kinds={"mlflow", "polars", "deltalake"},
     code_version="stream-predictions-1",
     metadata={"table": str(INFERENCE_LOG), "checkpoint": str(STREAM_CHECKPOINT)},
 )
@@ -376,8 +379,9 @@ class CompactionConfig(dg.Config):
     key=["serving", "inference_log"],
     group_name="serving",
     owners=OWNERS,
-    kinds={"delta"},
+    kinds={"deltalake"},
     code_version="inference-log-compaction-1",
+    metadata={"table": str(INFERENCE_LOG)},
     deps=[
         dg.AssetDep(keys(model).batch_predictions, partition_mapping=dg.AllPartitionMapping())
         for model in MODELS.values()

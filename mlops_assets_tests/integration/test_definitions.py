@@ -4,6 +4,8 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.settings import load_settings
 
 EXPECTED_ASSETS = {
+    "landing/transactions": "landing",
+    "landing/labels": "landing",
     "bronze/transactions": "bronze",
     "bronze/labels": "bronze",
     "silver/transactions": "silver",
@@ -75,8 +77,10 @@ def test_asset_graph_snapshot(tmp_path):
     assert {
         k: sorted(p.to_user_string() for p in node.parent_keys) for k, node in specs.items()
     } == {
-        "bronze/transactions": [],
-        "bronze/labels": [],
+        "landing/transactions": [],
+        "landing/labels": [],
+        "bronze/transactions": ["landing/transactions"],
+        "bronze/labels": ["landing/labels"],
         "silver/transactions": ["bronze/transactions"],
         "silver/labels": ["bronze/labels", "silver/transactions"],
         "gold/merchant_category_daily": ["silver/labels", "silver/transactions"],
@@ -157,10 +161,16 @@ def test_every_asset_is_described_owned_kinded_and_versioned(tmp_path):
         assert node.owners, key
         assert node.kinds, key
         assert node.code_version, key
-        if key.path[0] not in ("online", "ml", "serving") and key.to_user_string() not in NOT_DAILY:
+        if (
+            key.path[0] not in ("landing", "online", "ml", "serving")
+            and key.to_user_string() not in NOT_DAILY
+        ):
             assert node.partitions_def is not None, key
-        if key.path[0] not in ("online", "ml", "serving") and key.path[-1] != "drift_report":
-            assert "delta" in node.kinds, key
+        if key.path[0] not in ("landing", "online", "ml", "serving") and key.path[-1] not in (
+            "drift_report",
+            "dashboard",
+        ):
+            assert "deltalake" in node.kinds, key
 
 
 def test_contract_and_validation_checks_are_blocking(tmp_path):

@@ -139,7 +139,7 @@ def test_streaming_scores_each_landed_file_once_and_accounts_for_every_line(cd_l
     assert errors.height == 2 and errors.get_column("error").str.contains(name).all()
     assert rows.filter(pl.col("status") == "ok").get_column("score").is_between(0, 1).all()
     checkpointed = materializations(result)["serving/stream_checkpoint"]
-    assert checkpointed["file"].value == name and checkpointed["dagster/row_count"].value == 1
+    assert checkpointed["file"].value == name and checkpointed["rows_written"].value == 1
     assert checkpointed["delta_version"].value == table_version(
         settings.lake_root / "serving" / "stream_checkpoint"
     )
