@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export MLOPS_ENV ?= dev
 
-.PHONY: install jars weed demo test test-fast test-unit test-integration test-e2e lint validate ui up down bench clean
+.PHONY: install jars weed demo test test-fast test-unit test-integration test-e2e lint validate ui up down bench clean deploy
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -86,6 +86,17 @@ lint: install
 validate: install
 	tmp=$$(mktemp -d) && cp dagster.yaml $$tmp/ && DAGSTER_HOME=$$tmp MLOPS_DATA_ROOT=$$tmp/data \
 	  $(BIN)/dagster definitions validate -w workspace.yaml; rc=$$?; rm -rf $$tmp; exit $$rc
+
+## test-unit: the unit suite in both process time zones (what CI runs on every change)
+test-unit: install jars
+	$(BIN)/pytest mlops_assets_tests/unit -q
+	TZ=$(OTHER_TZ) $(BIN)/pytest mlops_assets_tests/unit -q
+
+## deploy: record this checkout as the code of prod (on prod's machine; CI's deploy job runs
+## it for a release tag): reloads prod's Dagster webserver, lists what is stale by code.
+## WHO="name" names who deploys (default: the user name).
+deploy: install
+	MLOPS_ENV=prod $(BIN)/mlops release deploy $(if $(WHO),--who "$(WHO)")
 
 ## ui: the Dagster UI of the active environment on http://127.0.0.1:3000
 ui: install
