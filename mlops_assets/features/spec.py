@@ -116,6 +116,14 @@ ON_DEMAND_FEATURES: dict[str, OnDemandFeature] = {
             lambda: (pl.col("country") != pl.col("card_country")).fill_null(False),
         ),
         OnDemandFeature(
+            "card_without_history",
+            "Whether no card-behaviour row was known before the event (within the table's "
+            "staleness limit): a card's first transaction, or one silent for longer; the "
+            "looked-up card features then hold their defaults.",
+            ("card_behaviour__feature_time",),
+            lambda: pl.col("card_behaviour__feature_time").is_null(),
+        ),
+        OnDemandFeature(
             "hour_of_day",
             "Hour of the event, UTC.",
             ("event_time",),
@@ -457,6 +465,7 @@ FRAUD_SPEC = FeatureSpec(
         "amount_zscore_7d",
         "is_foreign",
         "hour_of_day",
+        "card_without_history",
     ),
     model_inputs=("amount", "merchant_category", "channel", "entry_mode", "device_type"),
     categorical=("merchant_category", "channel", "entry_mode", "device_type"),

@@ -13,6 +13,15 @@ champion exists), the log writes and the online store answers. Both list every m
 (`models`: version, scorer, and why the reference pyfunc path serves when the compiled one
 does not) and name the online store (`online_store`: backend and location).
 
+A card the online store has never seen is scored with the features' documented defaults (the
+model's `card_without_history` input tells it the card had no history) and marked `new_card`
+in the answer and in the log. `POST /invocations` takes MLflow's scoring payloads
+(`dataframe_split`, `dataframe_records`, `instances`, `inputs`) and answers as `mlflow models
+serve` does (`{"predictions": [...]}`; errors `{"error_code", "message"}`), each row scored and
+logged as a `/v1/score` request; `GET /ping` is MLflow's liveness probe. `GET /metrics` gives
+the Prometheus text format (`serving.metrics`). A method a route does not take gets 405 with
+an `Allow` header.
+
 The HTTP layer is the standard library's threaded server speaking HTTP/1.1 with keep-alive,
 one thread per connection. Stopping (`ScoringServer.stop`, or SIGTERM in `serve`) stops
 accepting, lets requests already read finish and answer, closes idle connections, then
@@ -40,38 +49,48 @@ from typing import Any
 
 from mlops_assets.features.online_store import OnlineStore, open_online_store
 from mlops_assets.serving.inference_log import (
+    NEW_CARD_TABLE,
     InferenceLog,
     InferenceLogError,
     feature_schema,
     inference_schema,
 )
+from mlops_assets.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mlops_assets.serving.metrics import PREFIX, ServingMetrics, family, sample
 from mlops_assets.serving.model import ChampionHolder, ServingModel
 from mlops_assets.serving.requests import (
+    API_VERSION,
+    INVOCATIONS_PATH,
     MAX_BODY_BYTES,
+    MAX_INVOCATION_BYTES,
     SCORE_PATH,
     Problem,
     RequestError,
     RequestSchema,
     ScoreRequest,
+    decode_json,
+    invocation_rows,
+    mlflow_error,
     openapi_document,
     parse_score_request,
+    validate_rows,
 )
 
 log = logging.getLogger(__name__)
 
 # Requests as received are logged up to this many characters.
 MAX_LOGGED_REQUEST = 4096
-# Feature tables whose key must be known: a card the store has never seen is refused.
-REQUIRED_KNOWN_TABLES = ("card_behaviour",)
 
 
 @dataclass(frozen=True)
 class Response:
-    """An HTTP response: status, JSON body, extra headers."""
+    """An HTTP response: status, JSON body (or `text` of `content_type`), extra headers."""
 
     status: int
     body: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
+    text: str | None = None
+    content_type: str = "application/json"
 
 
 def _error(status: int, field: str, message: str) -> Response:
@@ -87,7 +106,8 @@ class ScoringService:
         inference_log: Where every request's row goes.
         token: When set, `POST /v1/score` and `/openapi.json` need `Authorization: Bearer`.
         reject_unknown_cards: Refuse requests whose card the online store does not hold
-            (422 on the card's field); otherwise score them with the features' defaults.
+            (422 on the card's field). By default such a card is scored with the features'
+            defaults and marked `new_card` in the answer and the inference log.
         holders: Declared model name to the holder of its champion (`POST
             /v1/models/<name>/score`); the primary model's is `holder` (added when absent).
     """
@@ -99,7 +119,7 @@ class ScoringService:
         inference_log: InferenceLog,
         *,
         token: str | None = None,
-        reject_unknown_cards: bool = True,
+        reject_unknown_cards: bool = False,
         max_body_bytes: int = MAX_BODY_BYTES,
         holders: dict[str, ChampionHolder] | None = None,
     ) -> None:
@@ -119,6 +139,7 @@ class ScoringService:
         self._schema_lock = threading.Lock()
         self.counts = {"ok": 0, "error": 0}
         self._count_lock = threading.Lock()
+        self.metrics = ServingMetrics()
 
     # -- authentication --------------------------------------------------------------------
 
@@ -180,15 +201,57 @@ class ScoringService:
             self._log_schema_for(model)
             parsed = parse_score_request(body or b"", self._schema(model), now=received)
             fields = parsed.fields
-            looked_up = {}
-            for lookup in model.spec.lookups:
-                key_field = lookup.keys[0]
-                vector = self.store.lookup(lookup.table, fields[key_field])
-                if (
-                    not vector.found
-                    and self.reject_unknown_cards
-                    and lookup.table in REQUIRED_KNOWN_TABLES
-                ):
+            features, score, new_card = self._predict(model, parsed)
+        except RequestError as error:
+            return self._refuse(error, body, request_id, started, received, model, parsed, holder)
+        decision = score >= model.threshold
+        latency_ms = (time.perf_counter() - started) * 1000
+        row = _ok_row(
+            request_id, received, model, fields, features, score, new_card, latency_ms, body
+        )
+        try:
+            self.inference_log.record(row)
+        except InferenceLogError as error:
+            # No answer without its log row.
+            return _error(503, "inference_log", str(error))
+        with self._count_lock:
+            self.counts["ok"] += 1
+        self.metrics.predicted(model.name, new_card)
+        return Response(
+            200,
+            {
+                "request_id": request_id,
+                "transaction_id": fields.get("transaction_id"),
+                "score": score,
+                "decision": decision,
+                "threshold": model.threshold,
+                "new_card": new_card,
+                "model": {"name": model.name, "version": model.version, "alias": model.alias},
+                "latency_ms": round(latency_ms, 3),
+            },
+        )
+
+    def _predict(
+        self, model: ServingModel, parsed: ScoreRequest
+    ) -> tuple[dict[str, Any], float, bool | None]:
+        """Look a valid request's keys up, build its features and score them.
+
+        Returns:
+            The model input, the score, and whether the online store has never seen the card
+            (None when the model looks no card up).
+
+        Raises:
+            RequestError: 422 on the card's field for a new card when new cards are refused.
+        """
+        fields = parsed.fields
+        looked_up = {}
+        new_card = None
+        for lookup in model.spec.lookups:
+            key_field = lookup.keys[0]
+            vector = self.store.lookup(lookup.table, fields[key_field])
+            if lookup.table == NEW_CARD_TABLE:
+                new_card = not vector.found
+                if new_card and self.reject_unknown_cards:
                     raise RequestError(
                         422,
                         [
@@ -199,52 +262,93 @@ class ScoringService:
                             )
                         ],
                     )
-                looked_up[lookup.table] = vector
-            features = model.features(fields, looked_up, parsed.overrides)
-            score = model.score(features)
-        except RequestError as error:
-            return self._refuse(error, body, request_id, started, received, model, parsed, holder)
-        decision = score >= model.threshold
-        latency_ms = (time.perf_counter() - started) * 1000
-        row = {
-            "request_id": request_id,
-            "mode": "online",
-            "logged_at": received,
-            "event_time": fields["event_time"],
-            "transaction_id": fields.get("transaction_id"),
-            "card_id": fields.get("card_id"),
-            "merchant_id": fields.get("merchant_id"),
-            "model_name": model.name,
-            "model_version": model.version,
-            "model_alias": model.alias,
-            "score": score,
-            "decision": decision,
-            "threshold": model.threshold,
-            "latency_ms": latency_ms,
-            "status": "ok",
-            "error": None,
-            "request": _request_text(body),
-            **features,
-        }
+            looked_up[lookup.table] = vector
+        features = model.features(fields, looked_up, parsed.overrides)
+        return features, model.score(features), new_card
+
+    def invocations(
+        self,
+        body: bytes | None,
+        *,
+        request_id: str,
+        started: float,
+        refused: RequestError | None = None,
+    ) -> Response:
+        """Score an MLflow scoring payload with the primary model; answer as MLflow does.
+
+        The payload's rows (`dataframe_split`, `dataframe_records`, `instances` or `inputs`,
+        see `requests.invocation_rows`) are `POST /v1/score` requests: each is validated,
+        looked up, scored and logged (request id `<request id>-<row>`) as there. The answer is
+        `{"predictions": [...]}`, one object per row in order; a refusal is MLflow's
+        `{"error_code", "message"}` (400 for invalid input, see `requests.mlflow_error`), the
+        whole batch refused when any row is invalid, and logged as one error row.
+        """
+        received = datetime.datetime.now(datetime.UTC)
+        holder = self.holder
+        model = holder.current
         try:
-            self.inference_log.record(row)
+            if refused is not None:
+                raise refused
+            if model is None:
+                raise RequestError(
+                    503, [Problem("model", f"no version of {holder.name} is loaded yet")]
+                )
+            self._log_schema_for(model)
+            kind, rows = invocation_rows(decode_json(body or b""))
+            requests = validate_rows(kind, rows, self._schema(model), received)
+            scored = [self._predict(model, parsed) for parsed in requests]
+        except RequestError as error:
+            refusal = self._refuse(error, body, request_id, started, received, model, None)
+            status, payload = mlflow_error(error)
+            return Response(status, payload, refusal.headers)
+        predictions = []
+        logged = []
+        latency_ms = (time.perf_counter() - started) * 1000
+        for i, (parsed, row, (features, score, new_card)) in enumerate(
+            zip(requests, rows, scored, strict=True)
+        ):
+            row_id = f"{request_id}-{i}"
+            logged.append(
+                _ok_row(
+                    row_id,
+                    received,
+                    model,
+                    parsed.fields,
+                    features,
+                    score,
+                    new_card,
+                    latency_ms,
+                    json.dumps(row, separators=(",", ":")).encode(),
+                )
+            )
+            predictions.append(
+                {
+                    "request_id": row_id,
+                    "transaction_id": parsed.fields.get("transaction_id"),
+                    "score": score,
+                    "decision": score >= model.threshold,
+                    "threshold": model.threshold,
+                    "new_card": new_card,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                }
+            )
+        try:
+            for row in logged:
+                self.inference_log.record(row)
         except InferenceLogError as error:
-            # No answer without its log row.
-            return _error(503, "inference_log", str(error))
+            status, payload = mlflow_error(
+                RequestError(503, [Problem("inference_log", str(error))])
+            )
+            return Response(status, payload)
         with self._count_lock:
-            self.counts["ok"] += 1
-        return Response(
-            200,
-            {
-                "request_id": request_id,
-                "transaction_id": fields.get("transaction_id"),
-                "score": score,
-                "decision": decision,
-                "threshold": model.threshold,
-                "model": {"name": model.name, "version": model.version, "alias": model.alias},
-                "latency_ms": round(latency_ms, 3),
-            },
-        )
+            self.counts["ok"] += len(logged)
+        new_cards = sum(1 for p in predictions if p["new_card"])
+        if new_cards:
+            self.metrics.predicted(model.name, True, new_cards)
+        if len(predictions) > new_cards:
+            self.metrics.predicted(model.name, False, len(predictions) - new_cards)
+        return Response(200, {"predictions": predictions})
 
     def _refuse(
         self,
@@ -385,6 +489,87 @@ class ScoringService:
         }
         return Response(200 if not reasons else 503, body)
 
+    def ping(self) -> Response:
+        """MLflow's `GET /ping`: 200 while the primary model is loaded, else 503."""
+        loaded = self.holder.current is not None
+        return Response(200 if loaded else 503, {"status": "ok" if loaded else "starting"})
+
+    def version(self) -> Response:
+        """MLflow's `GET /version`: the MLflow version, with this API's and the model's."""
+        import mlflow
+
+        model = self.holder.current
+        return Response(
+            200,
+            {
+                "mlflow_version": mlflow.__version__,
+                "api_version": API_VERSION,
+                "model": None if model is None else {"name": model.name, "version": model.version},
+            },
+        )
+
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text exposition format (see `serving.metrics`)."""
+        lines = self.metrics.render()
+        stats = self.inference_log.stats()
+        lines += family(
+            f"{PREFIX}inference_log_pending_rows",
+            "gauge",
+            "Inference log rows recorded and not yet committed (the backlog).",
+            [sample(f"{PREFIX}inference_log_pending_rows", None, stats.pending)],
+        )
+        for name, value, text in (
+            ("written_rows_total", stats.written, "Inference log rows committed."),
+            ("commits_total", stats.commits, "Inference log commits."),
+            ("flush_failures_total", stats.failures, "Inference log flushes that failed."),
+        ):
+            metric = f"{PREFIX}inference_log_{name}"
+            lines += family(metric, "counter", text, [sample(metric, None, value)])
+        info, loads, load_seconds = [], [], []
+        for name, holder in sorted(self.holders.items()):
+            current = holder.current
+            if current is not None:
+                labels = {
+                    "model": name,
+                    "registered_model": current.name,
+                    "version": current.version,
+                    "alias": current.alias,
+                    "scorer": current.scorer,
+                }
+                info.append(sample(f"{PREFIX}model_info", labels, 1))
+                load_seconds.append(
+                    sample(f"{PREFIX}model_load_seconds", {"model": name}, current.load_seconds)
+                )
+            for outcome, count in (("ok", holder.swaps), ("error", holder.load_failures)):
+                loads.append(
+                    sample(f"{PREFIX}model_loads_total", {"model": name, "outcome": outcome}, count)
+                )
+        lines += family(
+            f"{PREFIX}model_info",
+            "gauge",
+            "The version serving each model (1 per serving version, labels name it).",
+            info,
+        )
+        lines += family(
+            f"{PREFIX}model_loads_total",
+            "counter",
+            "Versions loaded (ok: swapped in, the first load and each reload) or failed.",
+            loads,
+        )
+        lines += family(
+            f"{PREFIX}model_load_seconds",
+            "gauge",
+            "Seconds the serving version took to load and check.",
+            load_seconds,
+        )
+        lines += family(
+            f"{PREFIX}start_time_seconds",
+            "gauge",
+            "When the server started, in seconds since the Unix epoch.",
+            [sample(f"{PREFIX}start_time_seconds", None, self.started_at.timestamp())],
+        )
+        return "\n".join(lines) + "\n"
+
     def openapi(self) -> Response:
         """The OpenAPI document for the served model's requests."""
         from mlops_assets.features.spec import FRAUD_SPEC
@@ -395,6 +580,41 @@ class ScoringService:
             200,
             openapi_document(schema, model_name=self.holder.name, secured=self.token is not None),
         )
+
+
+def _ok_row(
+    request_id: str,
+    received: datetime.datetime,
+    model: ServingModel,
+    fields: dict[str, Any],
+    features: dict[str, Any],
+    score: float,
+    new_card: bool | None,
+    latency_ms: float,
+    body: bytes | None,
+) -> dict[str, Any]:
+    """The inference log row of a scored request."""
+    return {
+        "request_id": request_id,
+        "mode": "online",
+        "logged_at": received,
+        "event_time": fields["event_time"],
+        "transaction_id": fields.get("transaction_id"),
+        "card_id": fields.get("card_id"),
+        "merchant_id": fields.get("merchant_id"),
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_alias": model.alias,
+        "score": score,
+        "decision": score >= model.threshold,
+        "threshold": model.threshold,
+        "new_card": new_card,
+        "latency_ms": latency_ms,
+        "status": "ok",
+        "error": None,
+        "request": _request_text(body),
+        **features,
+    }
 
 
 def _log_stats(stats: Any) -> dict[str, Any]:
@@ -439,16 +659,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "mlops-serving"
     sys_version = ""
     server: ScoringServer
+    _started = 0.0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # every scoring request is in the inference log; access logs would slow it
 
+    def parse_request(self) -> bool:
+        """Note when the request line was read (for the latency histogram), then parse."""
+        self._started = time.perf_counter()
+        return super().parse_request()
+
+    def __getattr__(self, name: str) -> Any:
+        # Any method without a handler (TRACE, CONNECT, PROPFIND, ...) is answered 405 (or
+        # 404 on an unknown path), not the standard library's 501.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
     def _send(self, response: Response, request_id: str | None = None) -> None:
-        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        if response.text is not None:
+            payload = response.text.encode()
+        else:
+            payload = json.dumps(response.body, separators=(",", ":")).encode()
         lines = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}",
             f"Date: {_Clock.date()}",
-            "Content-Type: application/json",
+            f"Content-Type: {response.content_type}",
             f"Content-Length: {len(payload)}",
         ]
         if request_id:
@@ -459,7 +695,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + payload)
+        if self.command == "HEAD":
+            payload = b""  # a HEAD answer has headers only
+        try:
+            self.wfile.write(head + payload)
+        finally:
+            command = getattr(self, "command", None) or "-"
+            path = getattr(self, "path", "") or ""
+            self.server.service.metrics.observe(
+                route_label(path.split("?", 1)[0]),
+                command if command in _KNOWN_METHODS else "other",
+                response.status,
+                time.perf_counter() - self._started if self._started else 0.0,
+            )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """JSON errors for what the standard library refuses (bad request line, headers)."""
@@ -475,19 +723,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return uuid.uuid4().hex
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        started = time.perf_counter()
+        started = self._started or time.perf_counter()
         service = self.server.service
         path = self.path.split("?", 1)[0]
         model_name = _model_in_path(path)
-        if path != SCORE_PATH and model_name is None:
-            self._discard_body()
-            self._send(_error(404 if path not in _GET_PATHS else 405, "path", f"no POST {path}"))
+        invocations = path == INVOCATIONS_PATH
+        if path != SCORE_PATH and model_name is None and not invocations:
+            self._not_allowed()
             return
         if not service.authorized(self.headers.get("Authorization")):
             self._discard_body()
-            self._send(
-                _error(401, "Authorization", "a valid bearer token is required"),
+            error = RequestError(
+                401, [Problem("Authorization", "a valid bearer token is required")]
             )
+            if invocations:
+                status, body = mlflow_error(error)
+                self._send(Response(status, body))
+            else:
+                self._send(Response(401, error.to_dict()))
             return
         holder = None
         if model_name is not None:
@@ -498,14 +751,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(Response(error.status, error.to_dict()))
                 return
         request_id = self._request_id()
-        body, refused = self._read_body(service.max_body_bytes)
+        limit = max(service.max_body_bytes, MAX_INVOCATION_BYTES if invocations else 0)
+        body, refused = self._read_body(limit)
         try:
-            response = service.score(
-                body, request_id=request_id, started=started, refused=refused, holder=holder
-            )
+            if invocations:
+                response = service.invocations(
+                    body, request_id=request_id, started=started, refused=refused
+                )
+            else:
+                response = service.score(
+                    body, request_id=request_id, started=started, refused=refused, holder=holder
+                )
         except Exception as error:  # noqa: BLE001 - a bug must not kill the connection thread
             log.exception("scoring failed")
             response = _error(500, "server", f"internal error: {type(error).__name__}")
+            if invocations:
+                response = Response(
+                    500,
+                    {"error_code": "INTERNAL_ERROR", "message": response.body["error"]["message"]},
+                )
         self._send(response, request_id)
 
     def _read_body(self, limit: int) -> tuple[bytes | None, RequestError | None]:
@@ -571,27 +835,62 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(service.health())
         elif path == "/readyz":
             self._send(service.ready())
+        elif path == "/ping":
+            self._send(service.ping())
+        elif path == "/version":
+            self._send(service.version())
+        elif path == METRICS_PATH:
+            self._send(
+                Response(200, {}, text=service.metrics_text(), content_type=METRICS_CONTENT_TYPE)
+            )
         elif path == "/openapi.json":
             if not service.authorized(self.headers.get("Authorization")):
                 self._send(_error(401, "Authorization", "a valid bearer token is required"))
             else:
                 self._send(service.openapi())
-        elif path == SCORE_PATH:
-            self._send(_error(405, "method", f"use POST {SCORE_PATH}"), None)
         else:
-            self._send(_error(404, "path", f"no GET {path}"[:300]))
+            self._not_allowed()
 
     def _not_allowed(self) -> None:
+        """405 with `Allow` on a path that takes other methods; 404 on an unknown path."""
         self._discard_body()
-        self._send(_error(405, "method", f"{self.command} is not allowed"))
+        path = self.path.split("?", 1)[0]
+        allowed = allowed_methods(path)
+        if allowed is None:
+            self._send(_error(404, "path", f"no {self.command} {path}"[:300]))
+            return
+        response = _error(
+            405, "method", f"{self.command} is not allowed on {path}; allowed: {allowed}"[:300]
+        )
+        self._send(Response(405, response.body, (("Allow", allowed),)))
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
-
-_GET_PATHS = ("/healthz", "/readyz", "/openapi.json")
+METRICS_PATH = "/metrics"
+_GET_PATHS = ("/healthz", "/readyz", "/openapi.json", METRICS_PATH, "/ping", "/version")
+_POST_PATHS = (SCORE_PATH, INVOCATIONS_PATH)
+# Methods counted by name in the metrics; any other is counted as `other`.
+_KNOWN_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT")
 # `POST /v1/models/<name>/score` scores with the champion of the declared model `<name>`.
 MODEL_SCORE_PREFIX = "/v1/models/"
 MODEL_SCORE_SUFFIX = "/score"
+
+
+def allowed_methods(path: str) -> str | None:
+    """The `Allow` header's value for a path the API declares, None for an unknown path."""
+    if path in _GET_PATHS:
+        return "GET"
+    if path in _POST_PATHS or _model_in_path(path) is not None:
+        return "POST"
+    return None
+
+
+def route_label(path: str) -> str:
+    """A path as the metrics' `route` label: a declared route, its template, or `other`."""
+    if path in _GET_PATHS or path in _POST_PATHS:
+        return path
+    if _model_in_path(path) is not None:
+        return f"{MODEL_SCORE_PREFIX}{{name}}{MODEL_SCORE_SUFFIX}"
+    return "other"
 
 
 def model_score_path(name: str) -> str:
@@ -705,7 +1004,7 @@ def build_service(
     poll_seconds: float = 2.0,
     flush_rows: int = 2_000,
     flush_interval_ms: int = 1_000,
-    reject_unknown_cards: bool = True,
+    reject_unknown_cards: bool = False,
     wait_for_model: float = 0.0,
 ) -> ScoringService:
     """The service of an environment: its declared models' champions, online store, log table.
@@ -716,7 +1015,8 @@ def build_service(
         poll_seconds: How often the champion alias is read.
         flush_rows: Inference log rows per commit at most.
         flush_interval_ms: Longest time a row waits for its commit.
-        reject_unknown_cards: Refuse cards the online store does not hold.
+        reject_unknown_cards: Refuse cards the online store does not hold (by default they
+            are scored with the features' defaults and marked `new_card`).
         wait_for_model: Seconds to wait, before returning, for every declared model whose
             registry names a champion to be loaded.
     """

@@ -2,10 +2,12 @@
 
 `serving/inference_log` is partitioned by `day` (the UTC date of `event_time`) and holds, per
 prediction, who asked (`request_id`, `mode`, the keys), which model answered (`model_name`,
-`model_version`, `model_alias`), what it said (`score`, `decision`, `threshold`), how it went
-(`latency_ms`, `status`, `error`), the request as received, and one typed column per model
-input (`FeatureSpec.feature_columns`) holding the value the model was given. Monitoring reads
-this one table whatever the deployment mode.
+`model_version`, `model_alias`), what it said (`score`, `decision`, `threshold`), whether the
+card was new to the online store (`new_card`: online and stream rows; null for batch rows and
+for rows logged before the column existed), how it went (`latency_ms`, `status`, `error`),
+the request as received, and one typed column per model input (`FeatureSpec.feature_columns`)
+holding the value the model was given. Monitoring reads this one table whatever the
+deployment mode.
 
 Rows are only ever appended (a Delta append commit adds files and rewrites nothing); the
 schema is additive, so a model with a new feature adds a column. `InferenceLog.record` buffers
@@ -61,11 +63,15 @@ BASE_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "decision": pl.Boolean(),
     "threshold": pl.Float64(),
+    "new_card": pl.Boolean(),
     "latency_ms": pl.Float64(),
     "status": pl.String(),
     "error": pl.String(),
     "request": pl.String(),
 }
+# The feature table whose key tells a new card: the online store holding no row of the card
+# (the `new_card` column of online and stream rows).
+NEW_CARD_TABLE = "card_behaviour"
 # Columns a row must carry (the others may be null or are filled in).
 REQUIRED_COLUMNS = ("request_id", "mode", "event_time", "status")
 

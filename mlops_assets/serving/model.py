@@ -67,6 +67,10 @@ def _is_foreign(row: Mapping[str, Any]) -> Any:
     return country != card_country
 
 
+def _card_without_history(row: Mapping[str, Any]) -> Any:
+    return row.get("card_behaviour__feature_time") is None
+
+
 def _hour_of_day(row: Mapping[str, Any]) -> Any:
     return row["event_time"].astimezone(datetime.UTC).hour
 
@@ -79,6 +83,7 @@ PYTHON_ON_DEMAND: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "amount_zscore_7d": _amount_zscore_7d,
     "is_foreign": _is_foreign,
     "hour_of_day": _hour_of_day,
+    "card_without_history": _card_without_history,
 }
 
 
@@ -452,6 +457,7 @@ class ChampionHolder:
         self.last_poll_error: str | None = None
         self.last_poll_at: datetime.datetime | None = None
         self.swaps = 0
+        self.load_failures = 0
         self._failed_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._refresh_lock = threading.Lock()
@@ -495,6 +501,7 @@ class ChampionHolder:
                 loaded = self._loader(self.name, version, self.alias)
             except Exception as error:  # noqa: BLE001 - keep serving the old model, say why
                 self._failed_at[version] = time.monotonic()
+                self.load_failures += 1
                 self.last_failure = LoadFailure(
                     version=version,
                     error=f"{type(error).__name__}: {error}"[:2000],

@@ -278,6 +278,18 @@ def parse_score_request(
     data = decode_json(body)
     if not isinstance(data, dict):
         raise RequestError(400, [Problem("body", f"must be a JSON object, got {_type_name(data)}")])
+    return validate_request(data, schema, now)
+
+
+def validate_request(
+    data: Mapping[str, Any], schema: RequestSchema, now: datetime.datetime | None = None
+) -> ScoreRequest:
+    """Validate one decoded request object (the rules of `parse_score_request`).
+
+    Raises:
+        RequestError: 422 listing every field that is missing, unknown, or of the wrong type
+            or range.
+    """
     problems: list[Problem] = []
     allowed = set(schema.fields)
     for name in data:
@@ -394,7 +406,8 @@ def openapi_document(schema: RequestSchema, *, model_name: str, secured: bool) -
         "description": "Looks up the card's and merchant's features in the online store, "
         "derives the request-time features, scores with the champion model, and logs the "
         f"request and prediction to the inference log. Model: `{model_name}@champion`. "
-        "Unknown cards are refused (422 on card_id).",
+        "A card the online store has never seen is scored with the features' defaults and "
+        "marked `new_card`.",
         "requestBody": {
             "required": True,
             "content": {
@@ -433,6 +446,34 @@ def openapi_document(schema: RequestSchema, *, model_name: str, secured: bool) -
                     "responses": {"200": status_response, "503": status_response},
                 }
             },
+            INVOCATIONS_PATH: {"post": _invocations_operation(secured)},
+            "/ping": {
+                "get": {
+                    "operationId": "ping",
+                    "summary": "MLflow's liveness probe: 200 while the champion is loaded",
+                    "responses": {"200": status_response, "503": status_response},
+                }
+            },
+            "/version": {
+                "get": {
+                    "operationId": "version",
+                    "summary": "MLflow's version probe: the MLflow, API and model versions",
+                    "responses": {"200": status_response},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Metrics in the Prometheus text exposition format",
+                    "responses": {
+                        "200": {
+                            "description": "Request counts and latency, inference log "
+                            "backlog, the versions serving, model loads.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -465,6 +506,11 @@ def openapi_document(schema: RequestSchema, *, model_name: str, secured: bool) -
                         "score": {"type": "number", "minimum": 0, "maximum": 1},
                         "decision": {"type": "boolean", "description": "score >= threshold"},
                         "threshold": {"type": "number"},
+                        "new_card": {
+                            "type": ["boolean", "null"],
+                            "description": "The online store had never seen the card (scored "
+                            "with the features' defaults).",
+                        },
                         "model": {
                             "type": "object",
                             "properties": {
@@ -476,6 +522,7 @@ def openapi_document(schema: RequestSchema, *, model_name: str, secured: bool) -
                         "latency_ms": {"type": "number"},
                     },
                 },
+                **_invocation_schemas(),
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -507,6 +554,328 @@ def openapi_document(schema: RequestSchema, *, model_name: str, secured: bool) -
     return document
 
 
+def _invocations_operation(secured: bool) -> dict[str, Any]:
+    """The OpenAPI operation of `POST /invocations` (MLflow's scoring protocol)."""
+    error = {
+        "description": "Refused, as MLflow's scoring server refuses: `error_code` and "
+        "`message` (every problem named with its row).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MlflowError"}}},
+    }
+    operation: dict[str, Any] = {
+        "operationId": "invocations",
+        "summary": "Score a batch in MLflow's scoring format (as `mlflow models serve`)",
+        "description": "Takes exactly one of `dataframe_split`, `dataframe_records`, "
+        "`instances` or `inputs`, each row a `ScoreRequest`; every row is scored and logged "
+        f"as `POST {SCORE_PATH}` does. At most {MAX_INVOCATION_ROWS} rows; the whole batch is "
+        "refused (400) when any row is invalid.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Invocation"}}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "One prediction per row, in order.",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/InvocationResponse"}
+                    }
+                },
+            },
+            **{status: error for status in ("400", "411", "413", "415", "503")},
+        },
+    }
+    if secured:
+        operation["responses"]["401"] = error
+        operation["security"] = [{"bearer": []}]
+    return operation
+
+
+def _invocation_schemas() -> dict[str, Any]:
+    """Components of `POST /invocations`: the payload, its answer and MLflow's error."""
+    row = {"$ref": "#/components/schemas/ScoreRequest"}
+    records = {"type": "array", "items": row, "minItems": 1, "maxItems": MAX_INVOCATION_ROWS}
+    columns = {
+        "type": "object",
+        "description": "Column name to one value per row.",
+        "additionalProperties": {"type": "array"},
+    }
+    params = {"type": ["object", "null"], "maxProperties": 0}
+
+    def one_of(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": [name],
+            "additionalProperties": False,
+            "properties": {name: schema, "params": params},
+        }
+
+    return {
+        "Invocation": {
+            "oneOf": [
+                one_of(
+                    "dataframe_split",
+                    {
+                        "type": "object",
+                        "required": ["columns", "data"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "columns": {"type": "array", "items": {"type": "string"}},
+                            "data": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_INVOCATION_ROWS,
+                                "items": {"type": "array"},
+                            },
+                            "index": {"type": "array"},
+                        },
+                    },
+                ),
+                one_of("dataframe_records", records),
+                one_of("instances", {"oneOf": [records, columns]}),
+                one_of("inputs", {"oneOf": [records, columns]}),
+            ]
+        },
+        "InvocationResponse": {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {
+                "predictions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "request_id": {"type": "string"},
+                            "transaction_id": {"type": "string"},
+                            "score": {"type": "number", "minimum": 0, "maximum": 1},
+                            "decision": {"type": "boolean"},
+                            "threshold": {"type": "number"},
+                            "new_card": {"type": ["boolean", "null"]},
+                            "model_name": {"type": "string"},
+                            "model_version": {"type": "string"},
+                        },
+                    },
+                }
+            },
+        },
+        "MlflowError": {
+            "type": "object",
+            "required": ["error_code", "message"],
+            "properties": {
+                "error_code": {"type": "string"},
+                "message": {"type": "string"},
+                "problems": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    }
+
+
 def describe_request(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The request's fields as JSON data (for logs): times as ISO strings."""
     return {k: v.isoformat() if isinstance(v, datetime.datetime) else v for k, v in fields.items()}
+
+
+# -- MLflow scoring payloads (`POST /invocations`) ------------------------------------------
+
+INVOCATIONS_PATH = "/invocations"
+INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+MAX_INVOCATION_BYTES = 1024 * 1024
+MAX_INVOCATION_ROWS = 1_000
+# Problems listed in one refusal at most (a batch may hold a thousand bad rows).
+MAX_LISTED_PROBLEMS = 50
+
+
+def _columns_to_rows(where: str, columns: Mapping[str, Any]) -> list[Any]:
+    """Column name to equal-length lists (MLflow's columnar `inputs`) as one object per row."""
+    lengths = {name: len(v) for name, v in columns.items() if isinstance(v, list)}
+    not_lists = [name for name in columns if name not in lengths]
+    if not_lists:
+        raise RequestError(
+            400,
+            [Problem(f"{where}.{n}", "must be an array (one value per row)") for n in not_lists],
+        )
+    if len(set(lengths.values())) > 1:
+        raise RequestError(
+            400, [Problem(where, f"columns must have the same length, got {lengths}"[:300])]
+        )
+    height = next(iter(lengths.values()), 0)
+    return [{name: values[i] for name, values in columns.items()} for i in range(height)]
+
+
+def _split_to_rows(where: str, split: Any) -> list[Any]:
+    """`{"columns": [...], "data": [[...], ...]}` (pandas' split orient) as row objects."""
+    if not isinstance(split, dict):
+        raise RequestError(400, [Problem(where, f"must be an object, got {_type_name(split)}")])
+    unknown = [k for k in split if k not in ("columns", "data", "index")]
+    if unknown:
+        raise RequestError(
+            400,
+            [
+                Problem(f"{where}.{k}"[:100], "is not a known field; known: columns, data, index")
+                for k in unknown[:MAX_LISTED_PROBLEMS]
+            ],
+        )
+    columns, data = split.get("columns"), split.get("data")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise RequestError(400, [Problem(f"{where}.columns", "must be an array of strings")])
+    if len(set(columns)) != len(columns):
+        raise RequestError(400, [Problem(f"{where}.columns", "names a column more than once")])
+    if not isinstance(data, list):
+        raise RequestError(
+            400, [Problem(f"{where}.data", f"must be an array of rows, got {_type_name(data)}")]
+        )
+    index = split.get("index")
+    if index is not None and (not isinstance(index, list) or len(index) != len(data)):
+        raise RequestError(
+            400, [Problem(f"{where}.index", "must be an array with one label per row")]
+        )
+    problems = [
+        Problem(f"{where}.data[{i}]", f"must be an array of {len(columns)} values")
+        for i, row in enumerate(data)
+        if not isinstance(row, list) or len(row) != len(columns)
+    ]
+    if problems:
+        raise RequestError(400, problems[:MAX_LISTED_PROBLEMS])
+    return [dict(zip(columns, row, strict=True)) for row in data]
+
+
+def invocation_rows(data: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The request objects of an MLflow scoring payload.
+
+    The payload is a JSON object with exactly one of `dataframe_split` (`columns` and `data`,
+    pandas' split orient), `dataframe_records` (an array of objects), `instances` (an array
+    of objects, or an object of columns) or `inputs` (the same), and optionally `params`
+    (this model takes none: absent, null or empty). Each row object holds the fields of a
+    `POST /v1/score` request.
+
+    Returns:
+        The payload's format and its rows in order (each validated later by
+        `validate_request`).
+
+    Raises:
+        RequestError: 400 naming what is wrong with the payload's shape.
+    """
+    if not isinstance(data, dict):
+        raise RequestError(
+            400,
+            [
+                Problem(
+                    "body",
+                    f"must be a JSON object with one of {', '.join(INVOCATION_FORMATS)}, "
+                    f"got {_type_name(data)}",
+                )
+            ],
+        )
+    given = [k for k in INVOCATION_FORMATS if k in data]
+    unknown = [k for k in data if k not in INVOCATION_FORMATS and k != "params"]
+    if unknown:
+        raise RequestError(
+            400,
+            [
+                Problem(
+                    k if len(k) <= 64 else k[:64] + "...",
+                    f"is not a known field; known: {', '.join(INVOCATION_FORMATS)}, params",
+                )
+                for k in unknown[:MAX_LISTED_PROBLEMS]
+            ],
+        )
+    if len(given) != 1:
+        raise RequestError(
+            400,
+            [
+                Problem(
+                    "body",
+                    f"must hold exactly one of {', '.join(INVOCATION_FORMATS)}, got "
+                    + (", ".join(given) if given else "none"),
+                )
+            ],
+        )
+    params = data.get("params")
+    if params not in (None, {}):
+        raise RequestError(400, [Problem("params", "this model takes no parameters")])
+    kind = given[0]
+    payload = data[kind]
+    if kind == "dataframe_split":
+        rows = _split_to_rows(kind, payload)
+    elif isinstance(payload, dict) and kind in ("instances", "inputs"):
+        rows = _columns_to_rows(kind, payload)
+    elif isinstance(payload, list):
+        rows = payload
+    else:
+        shape = "an array of objects" + (
+            "" if kind == "dataframe_records" else " or an object of columns"
+        )
+        raise RequestError(400, [Problem(kind, f"must be {shape}, got {_type_name(payload)}")])
+    if not rows:
+        raise RequestError(400, [Problem(kind, "holds no rows")])
+    if len(rows) > MAX_INVOCATION_ROWS:
+        raise RequestError(
+            400,
+            [Problem(kind, f"holds {len(rows)} rows; at most {MAX_INVOCATION_ROWS} are accepted")],
+        )
+    problems = [
+        Problem(f"{kind}[{i}]", f"must be an object, got {_type_name(row)}")
+        for i, row in enumerate(rows)
+        if not isinstance(row, dict)
+    ]
+    if problems:
+        raise RequestError(400, problems[:MAX_LISTED_PROBLEMS])
+    return kind, rows
+
+
+def validate_rows(
+    kind: str, rows: list[dict[str, Any]], schema: RequestSchema, now: datetime.datetime
+) -> list[ScoreRequest]:
+    """Validate every row of an invocation; refuse the whole batch if any row is wrong.
+
+    Raises:
+        RequestError: 400 listing (up to `MAX_LISTED_PROBLEMS`) problems, each field named
+            with its row, e.g. `dataframe_records[3].amount`.
+    """
+    parsed: list[ScoreRequest] = []
+    problems: list[Problem] = []
+    bad_rows = 0
+    for i, row in enumerate(rows):
+        try:
+            parsed.append(validate_request(row, schema, now))
+        except RequestError as error:
+            bad_rows += 1
+            problems.extend(Problem(f"{kind}[{i}].{p.field}", p.message) for p in error.problems)
+    if problems:
+        listed = problems[:MAX_LISTED_PROBLEMS]
+        if len(problems) > len(listed):
+            listed.append(
+                Problem(kind, f"{len(problems) - len(listed)} more problems in {bad_rows} rows")
+            )
+        raise RequestError(400, listed)
+    return parsed
+
+
+# MLflow's error codes (`mlflow.protos.databricks_pb2`) for the statuses this server answers.
+MLFLOW_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    405: "BAD_REQUEST",
+    411: "BAD_REQUEST",
+    413: "REQUEST_LIMIT_EXCEEDED",
+    415: "BAD_REQUEST",
+    422: "BAD_REQUEST",
+    500: "INTERNAL_ERROR",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+
+def mlflow_error(error: RequestError) -> tuple[int, dict[str, Any]]:
+    """A refusal as MLflow's scoring server answers: status and `{"error_code", "message"}`.
+
+    MLflow answers invalid input with 400 (this server's 422 becomes 400); `problems` lists
+    each field as the native routes do.
+    """
+    status = 400 if error.status == 422 else error.status
+    return status, {
+        "error_code": MLFLOW_ERROR_CODES.get(status, "BAD_REQUEST"),
+        "message": str(error),
+        "problems": [p.to_dict() for p in error.problems],
+    }

@@ -24,7 +24,7 @@ import polars as pl
 
 from mlops_assets.lakehouse.landing import read_landing_file
 from mlops_assets.models.training import model_inputs
-from mlops_assets.serving.inference_log import UTC_US, feature_schema
+from mlops_assets.serving.inference_log import NEW_CARD_TABLE, UTC_US, feature_schema
 from mlops_assets.transforms.bronze import LINE_NUMBER, REASON, split_lines
 from mlops_assets.transforms.silver import TRANSACTIONS, validate
 
@@ -192,14 +192,23 @@ def _score_online(
     spec = model.spec
     started = time.perf_counter()
     types = feature_schema(spec)
-    looked_up = {
-        lookup.table: _vector_frame(
-            lookup.features,
-            store.lookup_many(lookup.table, [str(k) for k in _column(valid, lookup.keys[0])]),
-            types,
+    vectors = {
+        lookup.table: store.lookup_many(
+            lookup.table, [str(k) for k in _column(valid, lookup.keys[0])]
         )
         for lookup in spec.lookups
     }
+    looked_up = {
+        lookup.table: _vector_frame(lookup.features, vectors[lookup.table], types)
+        for lookup in spec.lookups
+    }
+    # As the REST server marks it: the online store holds no row of the card.
+    cards = vectors.get(NEW_CARD_TABLE)
+    new_card = pl.Series(
+        "new_card",
+        [None] * valid.height if cards is None else [not v.found for v in cards],
+        dtype=pl.Boolean,
+    )
     features = spec.requests_frame(valid, looked_up)
     scores = model.pyfunc.predict(model_inputs(features, spec))[:, 1]
     score = pl.Series("score", scores, dtype=pl.Float64)
@@ -217,6 +226,7 @@ def _score_online(
         pl.lit(per_row, dtype=pl.Float64).alias("latency_ms"),
         pl.lit("ok").alias("status"),
         requests,
+        new_card,
     )
     return rows.hstack(
         features.select(c for c in spec.feature_columns if c not in rows.columns).get_columns()
