@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
+
+from benchmarks.harness import progress, summary
 
 BENCHMARKS = (
     "bench_medallion",
@@ -22,9 +25,12 @@ BENCHMARKS = (
 def main(argv: list[str]) -> int:
     """Run the named benchmarks (all by default)."""
     names = argv or list(BENCHMARKS)
-    for name in names:
+    started, clock = time.time(), time.perf_counter()
+    for index, name in enumerate(names, start=1):
+        progress(f"{index}/{len(names)} {name} ({time.perf_counter() - clock:.0f} s elapsed)")
         module = importlib.import_module(f"benchmarks.{name}")
         module.main()
+    summary(len(names), started)
     return 0
 
 

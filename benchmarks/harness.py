@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ def measure(
     `env` adds variables to the child's environment (e.g. a lake on the object store).
     """
     env = {**os.environ, **(env or {}), "PYTHONHASHSEED": "0"}
+    started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", module, task, *args],
         cwd=ROOT,
@@ -47,7 +49,18 @@ def measure(
     if done.returncode != 0:
         raise RuntimeError(f"benchmark task {module} {task} failed:\n{done.stderr[-4000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return Measurement(task, report.pop("seconds"), report.pop("peak_mib"), report)
+    measured = Measurement(task, report.pop("seconds"), report.pop("peak_mib"), report)
+    progress(
+        f"{module.rsplit('.', 1)[-1]} {task} {' '.join(args)}".rstrip()
+        + f": {measured.seconds:.1f} s measured, {measured.peak_mib:.0f} MiB peak "
+        f"({time.perf_counter() - started:.1f} s with start-up)"
+    )
+    return measured
+
+
+def progress(text: str) -> None:
+    """One progress line on stderr (stdout carries the figures)."""
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
 def peak_mib() -> float:
@@ -79,6 +92,16 @@ def report(name: str, figures: dict) -> None:
     path = save(name, figures)
     print(json.dumps(figures, indent=2))
     print(f"saved {path}")
+    progress(f"{name} done: figures in {path}")
+
+
+def summary(count: int, started: float) -> None:
+    """What a run of `count` benchmarks did since `started` (epoch seconds), and where."""
+    saved = sorted(p.name for p in RESULTS.glob("*.json") if p.stat().st_mtime >= started)
+    progress(
+        f"{count} benchmarks in {time.time() - started:.0f} s; figures printed above and "
+        f"saved in {RESULTS}/ ({', '.join(saved) or 'none saved'})"
+    )
 
 
 @contextlib.contextmanager

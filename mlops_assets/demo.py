@@ -43,9 +43,12 @@ class Story:
     other_online_answers: dict[str, int] = field(default_factory=dict)
 
 
+_CLOCK = {"started": time.perf_counter()}
+
+
 def say(text: str) -> None:
-    """One line of the story."""
-    print(f"[demo] {text}", flush=True)
+    """One line of the story, with the time since the demo started."""
+    print(f"[demo {time.perf_counter() - _CLOCK['started']:6.1f} s] {text}", flush=True)
 
 
 class Demo:
@@ -522,8 +525,8 @@ def run(settings: Settings, args: Any) -> int:
     if drift is not None:
         options["drift"] = drift
     scenario = factory[args.scenario](**options)
+    _CLOCK["started"] = started = time.perf_counter()
     say(f"environment {settings.env}: {settings.env_root}")
-    started = time.perf_counter()
     manifests = simulate(scenario, settings.landing_root)
     days = scenario.dates
     say(
@@ -537,9 +540,14 @@ def run(settings: Settings, args: Any) -> int:
     with dg.DagsterInstance.get() as instance:
         demo = Demo(settings, defs, instance, label_days=args.label_days)
         phase = time.perf_counter()
-        for day in days[:normal]:
+        for index, day in enumerate(days[:normal], start=1):
+            step = time.perf_counter()
             if not demo.ingest(day):
                 return 1
+            say(
+                f"day {index}/{len(days)} {day}: bronze, silver, gold, features, online store "
+                f"({time.perf_counter() - step:.1f} s)"
+            )
         say(
             f"{normal} days through bronze, silver, gold, features and the online store in "
             f"{time.perf_counter() - phase:.1f} s"
@@ -572,6 +580,19 @@ def run(settings: Settings, args: Any) -> int:
                 meta = _own(report, "monitoring__drift_report")[0]
                 demo.story.report = meta.metadata["path"].value
                 say(f"Evidently drift report of {days[normal]}: {demo.story.report}")
+        # The analysts' view: each scored day summarized with every label known, the page.
+        for day in sorted(demo._scored):
+            if not demo.materialize([["gold", "prediction_summary"]], day).success:
+                say(f"prediction summary of {day} failed: see the run in the UI")
+                return 1
+        page = demo.materialize([["monitoring", "dashboard"]])
+        if not page.success:
+            say("the monitoring dashboard failed: see the run in the UI")
+            return 1
+        say(
+            f"gold/prediction_summary holds {len(demo._scored)} scored days; monitoring "
+            f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
+        )
     _summary(settings, demo.story, manifests, drift is not None)
     say(f"done in {time.perf_counter() - started:.1f} s; `make ui` shows the asset graph")
     return 0
@@ -605,5 +626,11 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
     say(
         "look at: `mlops model status` (lifecycle and audit), serving/inference_log, "
         "monitoring/drift_metrics, monitoring/performance, monitoring/alerts (Delta tables "
-        f"under {settings.lake_root}), MLflow runs in {settings.mlflow_uri}"
+        f"under {settings.lake_uri}), MLflow runs in {settings.mlflow_uri}"
+    )
+    say(
+        f"folders: landing files and manifests {settings.landing_root}, Dagster runs "
+        f'{settings.dagster_home}; query the tables with `mlops sql "select * from '
+        'gold.merchant_category_daily"` or notebooks/explore_lake.ipynb; `make ui` (Dagster, '
+        f"http://127.0.0.1:3000), `mlflow ui --backend-store-uri {settings.mlflow_uri}`"
     )
