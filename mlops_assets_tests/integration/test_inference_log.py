@@ -166,3 +166,34 @@ def test_feature_schema_follows_the_spec():
     assert list(schema) == FRAUD_SPEC.feature_columns
     assert schema["merchant_category"] == pl.String and schema["amount"] == pl.Float64
     assert schema["txn_count_24h"] == pl.Int64 and schema["seconds_since_card_txn"] == pl.Float64
+
+
+def test_a_table_from_before_new_card_stays_readable_and_gains_the_column(tmp_path):
+    uri = tmp_path / "log"
+    # A log written before `new_card` and `card_without_history` existed.
+    old_schema = {
+        k: v
+        for k, v in inference_schema(FRAUD_SPEC).items()
+        if k not in ("new_card", "card_without_history")
+    }
+    old = InferenceLog(uri, schema=old_schema, start=False)
+    frame = old._frame([{k: v for k, v in row(1).items() if k in old_schema}])
+    first = append_table(uri, frame.drop("new_card"), partition_by=["day"])
+    assert "new_card" not in pl.read_delta(str(uri)).columns
+    # The server reopens it with today's schema, keeping the types of the columns it has.
+    schema = inference_schema(FRAUD_SPEC)
+    for name, dtype in pl.scan_delta(str(uri)).collect_schema().items():
+        schema.setdefault(name, dtype)
+    log = InferenceLog(uri, schema=schema, start=False)
+    log.record(row(2, new_card=True, card_without_history=True))
+    log.record(row(3, new_card=False, card_without_history=False))
+    log.close()
+    table = pl.read_delta(str(uri)).sort("request_id")
+    assert table["request_id"].to_list() == ["r1", "r2", "r3"]
+    assert table["new_card"].to_list() == [None, True, False]
+    assert table["card_without_history"].to_list() == [None, True, False]
+    assert table.schema["new_card"] == pl.Boolean
+    # Readers of the old rows see them unchanged; the first version still reads as it was.
+    before = pl.read_delta(str(uri), version=first.version)
+    assert before["request_id"].to_list() == ["r1"] and "new_card" not in before.columns
+    assert table.filter(pl.col("request_id") == "r1")["score"].to_list() == [1 / 10_000]

@@ -122,7 +122,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_are_logged_as_errors(env):
         status, body = client.call("POST", "/v1/score", b'{"card_id": ')
         assert status == 400 and body["error"]["problems"][0]["field"] == "body"
         status, body = client.score({**good, "card_id": "card_never_seen"})
-        assert status == 422 and "not known to the online store" in body["error"]["message"]
+        assert status == 200 and body["new_card"] is True
         status, body = client.score({**good, "amount": "12", "surprise": 1})
         assert status == 422
         assert {p["field"] for p in body["error"]["problems"]} == {"amount", "surprise"}
@@ -141,10 +141,11 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_are_logged_as_errors(env):
     finally:
         server.stop()
     table = log_table(server)
-    assert table.filter(pl.col("status") == "ok").height == 1
+    ok = table.filter(pl.col("status") == "ok")
+    assert ok.height == 2
+    assert ok.filter(pl.col("card_id") == "card_never_seen")["new_card"].to_list() == [True]
     errors = table.filter(pl.col("status") == "error")
-    assert errors.height == 5 and errors["score"].null_count() == 5
-    assert errors.filter(pl.col("error").str.contains("not known to the online")).height == 1
+    assert errors.height == 4 and errors["score"].null_count() == 4
 
 
 def test_the_bearer_token_guards_scoring_and_probes_stay_open(env):
@@ -362,13 +363,12 @@ def test_requests_valid_by_the_openapi_document_are_scored(
 ):
     request = data.draw(request_strategy(fuzz_document, known_cards))
     status, body = Client(fuzz_server).score(request)
-    if status == 422:
-        # The one refusal a schema-valid request can get: a card the store does not hold.
-        assert [p["field"] for p in body["error"]["problems"]] == ["card_id"]
-        assert request["card_id"] not in known_cards
-    else:
-        assert status == 200, body
-        assert 0.0 <= body["score"] <= 1.0 and body["transaction_id"] == request["transaction_id"]
+    assert status == 200, body
+    assert 0.0 <= body["score"] <= 1.0 and body["transaction_id"] == request["transaction_id"]
+    # A card the store does not hold is scored too, and marked as new.
+    assert isinstance(body["new_card"], bool)
+    if request["card_id"] in known_cards:
+        assert body["new_card"] is False
 
 
 @pytest.mark.slow
