@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,13 @@ def run_days(
     selection: Sequence[dg.AssetKey] | None = None,
     job_name: str = "medallion_daily",
     log_level: str = "WARNING",
+    on_day: Callable[[DayRun, int, int], None] | None = None,
 ) -> list[DayRun]:
-    """Execute the partitioned job once per day, in order, stopping at the first failure."""
+    """Execute the partitioned job once per day, in order, stopping at the first failure.
+
+    `on_day(run, done, total)` is called after each day's run (progress lines, see
+    `print_day`).
+    """
     job = defs.resolve_job_def(job_name)
     results: list[DayRun] = []
     for day in days:
@@ -94,6 +100,23 @@ def run_days(
         )
         seconds = (datetime.datetime.now() - started).total_seconds()
         results.append(DayRun(day, result.run_id, result.success, seconds))
+        if on_day is not None:
+            on_day(results[-1], len(results), len(days))
         if not result.success:
             break
     return results
+
+
+def print_day(job_name: str, prefix: str = "[backfill]") -> Callable[[DayRun, int, int], None]:
+    """An `on_day` callback printing one line per day: the outcome, its time, the run id."""
+    started = time.perf_counter()
+
+    def show(run: DayRun, done: int, total: int) -> None:
+        outcome = "ok" if run.success else "FAILED"
+        print(
+            f"{prefix} {job_name} {run.day} ({done}/{total}): {outcome} in {run.seconds:.1f} s, "
+            f"{time.perf_counter() - started:.1f} s elapsed (run {run.run_id[:8]})",
+            flush=True,
+        )
+
+    return show
