@@ -16,6 +16,7 @@ from mlops_assets.defs.automation import (
 )
 from mlops_assets.defs.bronze import bronze_assets
 from mlops_assets.defs.catalog import catalogued_definitions
+from mlops_assets.defs.dashboard import dashboard_assets
 from mlops_assets.defs.deploy import model_version_sensors
 from mlops_assets.defs.features import feature_assets
 from mlops_assets.defs.gold import gold_assets
@@ -37,6 +38,7 @@ from mlops_assets.defs.monitoring import (
     monitoring_specs,
 )
 from mlops_assets.defs.online import online_assets
+from mlops_assets.defs.prediction_summary import prediction_summary_assets
 from mlops_assets.defs.resources import LakehouseResource, SparkResource
 from mlops_assets.defs.serving import (
     serving_assets,
@@ -91,6 +93,7 @@ def build_definitions(
             *bronze_assets(settings),
             *silver_assets(settings),
             *gold_assets(settings),
+            *prediction_summary_assets(settings),
             *feature_assets(settings),
             *online_assets,
             *ml_assets,
@@ -100,6 +103,7 @@ def build_definitions(
             *monitoring_assets(settings),
             *other_models_monitoring_assets(settings),
             *monitoring_specs,
+            *dashboard_assets,
         ],
         jobs=[
             medallion_job,
