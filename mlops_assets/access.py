@@ -10,11 +10,18 @@ Two rules, for every resource an environment has:
 
 The resources, and how each one's environment is known:
 
-- table: its location, `<lake>/<env>/<layer>/<table>` (`lakehouse.catalog.Catalog`);
-- online store: the environment stamped into the store when it is first written;
+- table: its location, `<lake>/<env>/<layer>/<table>` (`lakehouse.catalog.Catalog`); a
+  location that resolves (through a symbolic link) into another environment's root is
+  another environment's;
+- online store: the environment stamped into the store when it is first written (a row of
+  the SQLite file's `online_meta` table, a `<prefix>:mlops-environment` key in Redis;
+  `features.online_store`, `features.redis_store`);
 - registry: a registered model's name, `<env>.<model>`, and the environment stamped into the
-  tracking store (an experiment named `mlops-environment`);
-- Dagster instance: the environment stamped into the instance's key-value storage.
+  tracking store (an experiment named `mlops-environment` tagged `mlops.env`); every write
+  (versions, aliases, tags, webhooks, runs) goes through `models.guard`;
+- Dagster instance: the environment stamped into the instance's key-value storage
+  (`defs.runner.claim_instance`): runs are not launched, and the code location does not
+  load, in a process whose environment differs from the instance's.
 
 Every check runs before the first write: a refused operation leaves the resource unchanged.
 The error names the active environment, the object and the rule.
@@ -36,6 +43,8 @@ READ_POLICY: dict[str, tuple[str, ...]] = {
 # The key (online store, Dagster instance) or experiment (tracking store) holding a store's
 # environment once it is first written.
 ENVIRONMENT_STAMP = "mlops-environment"
+# The tag of the tracking store's stamp experiment naming its environment.
+ENVIRONMENT_TAG = "mlops.env"
 
 
 class Resource(StrEnum):
@@ -121,6 +130,26 @@ def check_write(active: str, owner: str, resource: Resource, obj: str) -> None:
     _known(owner, f"owner of {resource} {obj}:")
     if owner != active:
         raise AccessDeniedError(active, owner, resource, obj, "write")
+
+
+def check_stamp(
+    active: str, stamp: str | None, resource: Resource, obj: str, rule: str = "write"
+) -> None:
+    """Refuse a `rule` (read or write) of a store stamped by another environment.
+
+    A store not stamped yet (None) belongs to whoever writes it first; its first write stamps
+    it. A stamp that names no environment is refused for writes and reads alike.
+
+    Raises:
+        AccessDeniedError: The stamp names an environment `active` may not `rule`.
+        ValueError: The stamp names no environment.
+    """
+    if stamp is None:
+        return
+    if rule == "write":
+        check_write(active, stamp, resource, obj)
+    else:
+        check_read(active, stamp, resource, obj)
 
 
 def model_owner(name: str) -> str:

@@ -160,4 +160,17 @@ def tuned(sensor: dg.SensorDefinition, settings: Settings) -> dg.SensorDefinitio
     )(sensor._raw_fn)  # the decorated function, with its resource parameters
 
 
-defs = build_definitions()
+def _location_definitions() -> dg.Definitions:
+    """The code location's definitions, refused on another environment's instance.
+
+    The webserver and the daemon of one environment never run the code configured for
+    another: with `DAGSTER_HOME` set, the instance's environment stamp must be this one's.
+    """
+    from mlops_assets.defs.runner import check_dagster_home
+
+    settings = load_settings()
+    check_dagster_home(settings.env)
+    return build_definitions(settings)
+
+
+defs = _location_definitions()

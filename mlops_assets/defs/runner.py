@@ -1,4 +1,10 @@
-"""Run the medallion job for days in-process, on the environment's Dagster instance."""
+"""Run the medallion job for days in-process, on the environment's Dagster instance.
+
+The instance is an environment's like its tables (`mlops_assets.access`): its key-value
+storage holds the environment that first used it (`claim_instance`), and a process of another
+environment launches no run on it (`run_once`, `run_days`, `prepare_dagster_home`) and does
+not load its code location (`check_dagster_home`, called by `mlops_assets.definitions`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,66 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlops_assets.access import ENVIRONMENT_STAMP, Resource, check_stamp
 from mlops_assets.settings import Settings, project_root
+
+
+def instance_environment(instance: dg.DagsterInstance) -> str | None:
+    """The environment stamped into an instance's key-value storage, None before its first."""
+    return instance.run_storage.get_cursor_values({ENVIRONMENT_STAMP}).get(ENVIRONMENT_STAMP)
+
+
+def _instance_name(instance: dg.DagsterInstance) -> str:
+    """The instance's home (links followed) and where its runs are stored."""
+    if not instance.is_persistent:
+        return "(ephemeral)"
+    storage = type(instance.run_storage).__name__
+    return f"at {Path(instance.root_directory).resolve()} ({storage})"
+
+
+def claim_instance(instance: dg.DagsterInstance, env: str) -> None:
+    """Refuse an instance stamped by another environment; stamp an unstamped one with `env`.
+
+    Called before a run is launched (nothing of the run is written when it refuses).
+
+    Raises:
+        AccessDeniedError: The instance is another environment's.
+    """
+    obj = _instance_name(instance)
+    stamp = instance_environment(instance)
+    check_stamp(env, stamp, Resource.INSTANCE, obj, "write")
+    if stamp is None:
+        instance.run_storage.set_cursor_values({ENVIRONMENT_STAMP: env})
+        # Two processes stamping a new instance at once: the one that lost is refused now.
+        check_stamp(env, instance_environment(instance), Resource.INSTANCE, obj, "write")
+
+
+def check_dagster_home(env: str) -> None:
+    """Refuse to load an environment's code on the instance at `DAGSTER_HOME` of another.
+
+    Nothing is checked without `DAGSTER_HOME` (a bare `dg.Definitions` load, tests) or when
+    the home does not exist yet. An unstamped instance is stamped with `env`.
+
+    Raises:
+        AccessDeniedError: The instance is another environment's.
+    """
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or not (Path(home) / "dagster.yaml").is_file():
+        return
+    with dg.DagsterInstance.get() as instance:
+        claim_instance(instance, env)
+
+
+def _env_of(defs: dg.Definitions) -> str:
+    """The environment the definitions were built for (their lakehouse resource's)."""
+    lakehouse = (defs.resources or {}).get("lakehouse")
+    env = getattr(lakehouse, "env", None)
+    if not isinstance(env, str):
+        raise ValueError(
+            "the definitions carry no lakehouse resource naming their environment; build "
+            "them with mlops_assets.definitions.build_definitions"
+        )
+    return env
 
 
 def prepare_dagster_home(settings: Settings, set_env: bool = True) -> Path:
@@ -24,10 +89,14 @@ def prepare_dagster_home(settings: Settings, set_env: bool = True) -> Path:
 
     Args:
         settings: The environment's settings.
-        set_env: Also set `DAGSTER_HOME` in this process.
+        set_env: Also set `DAGSTER_HOME` in this process, and claim its instance for the
+            environment (`claim_instance`).
 
     Returns:
         The Dagster home folder.
+
+    Raises:
+        AccessDeniedError: The instance is another environment's (`set_env` only).
     """
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
@@ -40,6 +109,8 @@ def prepare_dagster_home(settings: Settings, set_env: bool = True) -> Path:
         shutil.copyfile(source, target)
     if set_env:
         os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.get() as instance:
+            claim_instance(instance, settings.env)
     return home
 
 
@@ -60,7 +131,12 @@ def run_once(
     log_level: str = "WARNING",
     run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Execute an unpartitioned job in-process; failures are in the result, not raised."""
+    """Execute an unpartitioned job in-process; failures are in the result, not raised.
+
+    Raises:
+        AccessDeniedError: The instance is another environment's (no run is created).
+    """
+    claim_instance(instance, _env_of(defs))
     return defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         raise_on_error=False,
@@ -85,7 +161,11 @@ def run_days(
 
     `on_day(run, done, total)` is called after each day's run (progress lines, see
     `print_day`).
+
+    Raises:
+        AccessDeniedError: The instance is another environment's (no run is created).
     """
+    claim_instance(instance, _env_of(defs))
     job = defs.resolve_job_def(job_name)
     results: list[DayRun] = []
     for day in days:

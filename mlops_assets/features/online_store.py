@@ -61,6 +61,26 @@ CREATE TABLE IF NOT EXISTS {_CATALOG} (
 )
 """
 
+# The store's environment, stamped by its first publish (see `mlops_assets.access`).
+_META = "online_meta"
+_META_DDL = f"CREATE TABLE IF NOT EXISTS {_META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _stamp(conn: sqlite3.Connection) -> str | None:
+    """The environment stamped into a store file, None before its first publish."""
+    from mlops_assets.access import ENVIRONMENT_STAMP
+
+    try:
+        row = conn.execute(
+            f"SELECT value FROM {_META} WHERE key = ?", (ENVIRONMENT_STAMP,)
+        ).fetchone()
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        return None
+    return None if row is None else row[0]
+
+
 _SQLITE_TYPES = {
     "int": "INTEGER",
     "float": "REAL",
@@ -318,10 +338,13 @@ class _Table:
 class _Reader:
     """One thread's read-only connection and its view of the catalog."""
 
-    __slots__ = ("path", "conn", "data_version", "tables", "__weakref__")
+    __slots__ = ("path", "check", "conn", "data_version", "tables", "__weakref__")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, check: Callable[[sqlite3.Connection], None] | None = None
+    ) -> None:
         self.path = path
+        self.check = check
         self.conn: sqlite3.Connection | None = None
         self.data_version: int | None = None
         self.tables: dict[str, _Table] = {}
@@ -351,6 +374,8 @@ class _Reader:
     def reload(self) -> None:
         """Read the catalog (inside the caller's transaction, if any) and refresh table views."""
         assert self.conn is not None
+        if self.check is not None:
+            self.check(self.conn)
         try:
             rows = self.conn.execute(f"SELECT * FROM {_CATALOG}").fetchall()
         except sqlite3.OperationalError as error:
@@ -393,12 +418,24 @@ class OnlineStore:
             replaces the table. Lookups still check the file's version on every call.
         cache_size: Most cached keys per table; a full cache is cleared and refilled, which
             bounds memory without per-lookup bookkeeping.
+        env: The environment using the store (`open_online_store` passes the active one):
+            its first publish stamps the file with it, a publish into a file stamped by
+            another environment is refused before anything changes, and reads follow the
+            read policy (`mlops_assets.access`). None: unchecked (a bare file).
     """
 
     backend = "sqlite"
 
-    def __init__(self, path: Path | str, *, cache: bool = True, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        cache: bool = True,
+        cache_size: int = 100_000,
+        env: str | None = None,
+    ) -> None:
         self.path = Path(path).absolute()
+        self.env = env
         self.location = str(self.path)
         self.cache_enabled = cache
         self.cache_size = cache_size
@@ -455,10 +492,15 @@ class OnlineStore:
                 a feature has no default, or the key or feature time holds nulls.
             TypeError: A feature, key or feature time has a type the store cannot hold, or a
                 default does not match its feature's type.
+            AccessDeniedError: The store is stamped by another environment (nothing is
+                written).
         """
         specs, time_spec, encoded_defaults, latest, stored_latest = _prepare(
             table, frame, key, feature_time, features, defaults
         )
+        if self.env is not None and self.path.exists():
+            # Refused before the write connection touches the file (journal mode, tables).
+            self._check_stamp(self._read_stamp(), "write")
         rows = latest.select(
             pl.col(key).cast(pl.String).alias("k"),
             _encode_column(feature_time, time_spec.kind, time_spec.time_zone).alias("t"),
@@ -482,6 +524,8 @@ class OnlineStore:
             conn.execute(_CATALOG_DDL)
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if self.env is not None:
+                    self._claim(conn)
                 previous = conn.execute(
                     f"SELECT physical, version FROM {_CATALOG} WHERE name = ?", (table,)
                 ).fetchone()
@@ -533,12 +577,44 @@ class OnlineStore:
             version=version,
         )
 
+    # -- environment -----------------------------------------------------------------------
+
+    def _read_stamp(self) -> str | None:
+        conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return _stamp(conn)
+        finally:
+            conn.close()
+
+    def _check_stamp(self, stamp: str | None, rule: str) -> None:
+        from mlops_assets.access import Resource, check_stamp
+
+        assert self.env is not None
+        check_stamp(self.env, stamp, Resource.ONLINE_STORE, self.location, rule)
+
+    def _check_read(self, conn: sqlite3.Connection) -> None:
+        self._check_stamp(_stamp(conn), "read")
+
+    def _claim(self, conn: sqlite3.Connection) -> None:
+        """Inside the publish's transaction: refuse another's store, stamp a new one."""
+        from mlops_assets.access import ENVIRONMENT_STAMP
+
+        conn.execute(_META_DDL)
+        stamp = _stamp(conn)
+        self._check_stamp(stamp, "write")
+        if stamp is None:
+            conn.execute(f"INSERT INTO {_META} VALUES (?, ?)", (ENVIRONMENT_STAMP, self.env))
+
+    def environment(self) -> str | None:
+        """The environment stamped into the store, None before its first checked publish."""
+        return self._read_stamp() if self.path.exists() else None
+
     # -- lookups ---------------------------------------------------------------------------
 
     def _reader(self) -> _Reader:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = _Reader(self.path)
+            reader = _Reader(self.path, self._check_read if self.env is not None else None)
             self._local.reader = reader
             with self._lock:
                 self._readers.add(reader)
@@ -741,13 +817,16 @@ def open_online_store(settings: Any, **options: Any) -> Any:
             SQLite file at `online_store_path`, `redis://host:port/db` a shared Redis server
             whose keys start with `mlops:<env>:online` (so environments may share a database).
         **options: Passed to the backend: `cache` and `cache_size` for `OnlineStore`;
-            `prefix`, `socket_timeout` and `connect_timeout` for `RedisOnlineStore`.
+            `prefix`, `socket_timeout` and `connect_timeout` for `RedisOnlineStore`; `env`
+            (default the active environment) for both: the environment stamped into the
+            store on its first publish and checked before every publish and read.
 
     Returns:
         An `OnlineStore` or a `RedisOnlineStore`; both say which they are with `backend`
         (`sqlite`, `redis`) and `location` (the file, or the URL without its password).
     """
     url = settings.online_store_url
+    options.setdefault("env", settings.env)
     if not url:
         return OnlineStore(settings.online_store_path, **options)
     from mlops_assets.features.redis_store import RedisOnlineStore

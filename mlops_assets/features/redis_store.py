@@ -39,6 +39,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from mlops_assets.access import ENVIRONMENT_STAMP, Resource, check_stamp
 from mlops_assets.features.online_store import (
     FeatureVector,
     OnlineStoreUnavailableError,
@@ -122,6 +123,11 @@ class RedisOnlineStore:
         prefix: Start of every key the store writes, e.g. `mlops:dev:online`.
         socket_timeout: Seconds a command may take before it fails.
         connect_timeout: Seconds a connection may take before it fails.
+        env: The environment using the store (`open_online_store` passes the active one):
+            its first publish stamps the prefix with it (`<prefix>:mlops-environment`), a
+            publish under a prefix stamped by another environment is refused before any key
+            changes, and reads follow the read policy (`mlops_assets.access`). None:
+            unchecked.
     """
 
     backend = "redis"
@@ -133,6 +139,7 @@ class RedisOnlineStore:
         prefix: str = "mlops:online",
         socket_timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        env: str | None = None,
     ) -> None:
         if not url.startswith(("redis://", "rediss://")):
             raise ValueError(f"{redact(url)!r} is not a Redis URL (redis://host:port/db)")
@@ -149,6 +156,9 @@ class RedisOnlineStore:
         )
         self._client = redis.Redis(connection_pool=self._pool)
         self._catalog = f"{prefix}:catalog"
+        self.env = env
+        self._stamp_key = f"{prefix}:{ENVIRONMENT_STAMP}"
+        self._read_checked = env is None
         # table -> its newest generation seen by this process (views are immutable).
         self._views: dict[str, _View] = {}
         self._lock = threading.Lock()
@@ -163,6 +173,29 @@ class RedisOnlineStore:
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self.location!r}, prefix={self.prefix!r})"
+
+    # -- environment -----------------------------------------------------------------------
+
+    def environment(self) -> str | None:
+        """The environment stamped under the prefix, None before its first checked publish."""
+        stamp = self._client.get(self._stamp_key)
+        return None if stamp is None else stamp.decode()
+
+    def _check(self, stamp: str | None, rule: str) -> None:
+        assert self.env is not None
+        obj = f"{self.location} prefix {self.prefix}"
+        check_stamp(self.env, stamp, Resource.ONLINE_STORE, obj, rule)
+
+    def _claim(self) -> None:
+        """Before a publish writes a key: refuse another's prefix, stamp a new one."""
+        assert self.env is not None
+        self._client.set(self._stamp_key, self.env, nx=True)
+        self._check(self.environment(), "write")
+
+    def _check_read(self) -> None:
+        if not self._read_checked:
+            self._check(self.environment(), "read")
+            self._read_checked = True
 
     def _rows_key(self, generation: str) -> str:
         return f"{self.prefix}:rows:{generation}"
@@ -207,10 +240,14 @@ class RedisOnlineStore:
             TypeError: A feature, key or feature time has a type the store cannot hold, or a
                 default does not match its feature's type.
             OnlineStoreUnavailableError: Redis could not be reached.
+            AccessDeniedError: The store is stamped by another environment (nothing is
+                written).
         """
         specs, time_spec, encoded_defaults, latest, stored_latest = _prepare(
             table, frame, key, feature_time, features, defaults
         )
+        if self.env is not None:
+            self._claim()
         generation = uuid.uuid4().hex
         rows_key = self._rows_key(generation)
         self._write_rows(rows_key, _encode_rows(latest, key, feature_time, time_spec, specs))
@@ -285,6 +322,7 @@ class RedisOnlineStore:
         view = None if refresh else self._views.get(table)
         if view is not None:
             return view
+        self._check_read()
         for _ in range(_RETRIES):
             generation = self._client.hget(self._catalog, table)
             if generation is None:
@@ -382,6 +420,7 @@ class RedisOnlineStore:
     # -- catalog ---------------------------------------------------------------------------
 
     def _table_names(self) -> list[str]:
+        self._check_read()
         return sorted(name.decode() for name in self._client.hkeys(self._catalog))
 
     @_reachable

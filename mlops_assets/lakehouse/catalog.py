@@ -82,21 +82,42 @@ class Catalog:
         return str(self.table_path(table, env))
 
     def uri_for_write(self, table: TableRef) -> str:
-        """Location to write a table; always inside the active environment's root."""
+        """Location to write a table; always inside the active environment's root.
+
+        On the local disk the location is resolved (symbolic links followed) first: a table
+        folder, a lake or an environment root that leads into another environment's root is
+        refused, as is one that leads out of the data root altogether.
+
+        Raises:
+            AccessDeniedError: The location resolves outside the active environment's root.
+        """
         if self.on_object_store:
             # Layer and name are checked plain names (`TableRef`): the URI stays below the
             # active environment's prefix.
             return self.table_uri(table)
         path = self.table_path(table).resolve()
         root = self.settings.env_root.resolve()
-        if not path.is_relative_to(root):
+        data_root = self.settings.data_root.resolve()
+        roots = {env: self.settings.env_root_of(env).resolve() for env in ENVIRONMENTS}
+        owners = [env for env, where in roots.items() if path.is_relative_to(where)]
+        if owners != [self.env] or not path.is_relative_to(root):
+            # The owner: the environment whose own folder (not a link to it) holds the path.
+            others = sorted(
+                (env for env in owners if env != self.env),
+                key=lambda env: roots[env] != data_root / env,
+            )
+            where = (
+                f"inside the root of {others[0]}"
+                if others
+                else f"outside the environment's root {root}"
+            )
             raise AccessDeniedError(
                 self.env,
-                self.env,
+                others[0] if others else self.env,
                 Resource.TABLE,
                 str(table),
                 "write",
-                why=f"it resolves to {path}, outside the environment's root {root}",
+                why=f"it resolves to {path}, {where}; an environment writes only itself",
             )
         return str(path)
 

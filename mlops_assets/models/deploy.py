@@ -47,10 +47,13 @@ def serving_fields(model: str) -> tuple[str, ...]:
 
 
 def mlflow_client(settings: Settings) -> Any:
-    """An MLflow client bound to the environment's tracking and registry store."""
-    import mlflow
+    """An MLflow client bound to the environment's tracking and registry store.
 
-    return mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    Its writes are checked against the access policy (`models.guard.registry_client`).
+    """
+    from mlops_assets.models.guard import registry_client
+
+    return registry_client(settings)
 
 
 def lifecycle(settings: Settings, model: str = DEFAULT_MODEL) -> Lifecycle:

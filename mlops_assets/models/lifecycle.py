@@ -50,11 +50,19 @@ class Lifecycle:
 
     Args:
         client: An `mlflow.MlflowClient` bound to the environment's tracking and registry
-            store.
+            store (`models.guard.registry_client` checks every write against the access
+            policy).
         name: The registered model (see `model_name`).
+        env: The active environment: when given, the client is guarded for it
+            (`models.guard.guarded`), so a move of another environment's model, or in
+            another environment's store, is refused before it is written.
     """
 
-    def __init__(self, client: Any, name: str) -> None:
+    def __init__(self, client: Any, name: str, env: str | None = None) -> None:
+        if env is not None:
+            from mlops_assets.models.guard import guarded
+
+            client = guarded(client, env)
         self.client = client
         self.name = name
 

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from mlops_assets.features.spec import FeatureSpec
+from mlops_assets.models.guard import check_registry_write
 from mlops_assets.models.lifecycle import STAGE_TAG, model_name
 from mlops_assets.models.training import TrainingResult, model_inputs
 from mlops_assets.settings import Settings, project_root, use_mlflow_store
@@ -101,12 +102,16 @@ def log_and_register(
         locations: Table name (of `inputs`) to its Delta location: each is logged as the
             run's training dataset, its source the table at the version trained on.
         training_frame: The rows trained on (the dataset's schema, digest and row count).
+
+    Raises:
+        AccessDeniedError: The tracking store is another environment's (nothing is logged).
     """
     import mlflow
     from mlflow.models import infer_signature
 
     use_mlflow_store(settings.mlflow_uri)
     name = model_name(settings.env, model)
+    check_registry_write(settings, name)
     experiment_name = name
     experiment = mlflow.get_experiment_by_name(experiment_name)
     # Artifacts live beside the store, inside the environment's root (MLflow's default would
