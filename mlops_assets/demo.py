@@ -593,19 +593,6 @@ def run(settings: Settings, args: Any) -> int:
             f"gold/prediction_summary holds {len(demo._scored)} scored days; monitoring "
             f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
         )
-        # The analysts' view: each scored day summarized with every label known, the page.
-        for day in sorted(demo._scored):
-            if not demo.materialize([["gold", "prediction_summary"]], day).success:
-                say(f"prediction summary of {day} failed: see the run in the UI")
-                return 1
-        page = demo.materialize([["monitoring", "dashboard"]])
-        if not page.success:
-            say("the monitoring dashboard failed: see the run in the UI")
-            return 1
-        say(
-            f"gold/prediction_summary holds {len(demo._scored)} scored days; monitoring "
-            f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
-        )
     _summary(settings, demo.story, manifests, drift is not None)
     say(f"done in {time.perf_counter() - started:.1f} s; `make ui` shows the asset graph")
     return 0
