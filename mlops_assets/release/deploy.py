@@ -66,7 +66,10 @@ mutation($name: String!) {
     ... on WorkspaceLocationEntry {
       name
       loadStatus
-      locationOrLoadError { __typename ... on PythonError { message } }
+      locationOrLoadError {
+        __typename
+        ... on PythonError { message cause { message cause { message } } }
+      }
     }
     ... on ReloadNotSupported { message }
     ... on RepositoryLocationNotFound { message }
@@ -293,6 +296,15 @@ class Reload:
         return f"{where}: {', '.join(parts) or 'no code location to reload'}"
 
 
+def _python_error(error: Mapping[str, Any] | None) -> str:
+    """A PythonError's message followed by its causes' (the user code's own error last)."""
+    messages = []
+    while error:
+        messages.append((error.get("message") or error.get("__typename", "")).strip())
+        error = error.get("cause")
+    return " caused by ".join(m for m in messages if m) or "did not load"
+
+
 def reload_webserver(port: int, timeout: float = 120.0) -> Reload:
     """Ask the Dagster webserver on 127.0.0.1:`port` to reload each of its code locations.
 
@@ -322,7 +334,7 @@ def reload_webserver(port: int, timeout: float = 120.0) -> Reload:
         if result["__typename"] != "WorkspaceLocationEntry":
             failed[name] = f"{result['__typename']}: {result.get('message', '')}"
         elif result["locationOrLoadError"]["__typename"] != "RepositoryLocation":
-            failed[name] = result["locationOrLoadError"].get("message", "did not load").strip()
+            failed[name] = _python_error(result["locationOrLoadError"])
         else:
             reloaded.append(name)
     return Reload(port, True, tuple(reloaded), failed)
