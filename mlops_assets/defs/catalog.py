@@ -283,17 +283,15 @@ def _catalogued(spec: dg.AssetSpec, references: Mapping[str, Iterable[Any]]) -> 
     key = spec.key.to_user_string()
     metadata = dict(spec.metadata)
     table = metadata.get("table")
-    # A spec that declares its columns keeps them; the test of the definitions asks every
-    # table asset for a column schema.
-    known = isinstance(table, str) and table in table_schemas()
-    if known and "dagster/column_schema" not in metadata:
-        metadata.update(
-            TableMetadataSet(
-                table_name=table.replace("/", "."),
-                column_schema=column_schema(table, _feature_descriptions(table)),
-            )
-        )
+    if isinstance(table, str) and "/" in table:
+        metadata["dagster/table_name"] = table.replace("/", ".")
         metadata["dagster/storage_kind"] = "deltalake"
+        # A spec that declares its columns keeps them; the test of the definitions asks
+        # every table asset for a column schema.
+        if table in table_schemas() and "dagster/column_schema" not in metadata:
+            metadata.update(
+                TableMetadataSet(column_schema=column_schema(table, _feature_descriptions(table)))
+            )
     existing = metadata.get("dagster/code_references")
     found = list(existing.code_references) if existing is not None else []
     found += [code_reference(obj) for obj in references.get(key, ())]

@@ -364,6 +364,8 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
             tags={VALIDATED_IN_RUN_TAG: context.run.run_id} if validated_here else None,
             model=model.name,
             fixed_threshold=model.decision.fixed,
+            locations={str(k.table): lakehouse.write_uri(k.table)},
+            training_frame=frame,
         )
         return dg.MaterializeResult(
             metadata={
