@@ -54,8 +54,8 @@ def summary_lines(
     dirt = injected_counts(manifests)
     manifests_dir = root / MANIFESTS_DIR
     return [
-        f"wrote {len(manifests)} landing day{'s' if len(manifests) != 1 else ''} ({first.date} to {last.date}) in {seconds:.1f} s "
-        f"under {root}",
+        f"wrote {len(manifests)} landing day{'s' if len(manifests) != 1 else ''} "
+        f"({first.date} to {last.date}) in {seconds:.1f} s under {root}",
         f"  transactions: {sum(m.transaction_lines for m in manifests):,} lines, "
         f"{sum(m.valid_transactions for m in manifests):,} valid distinct, "
         f"{sum(m.fraud_count for m in manifests):,} fraudulent; "
