@@ -11,6 +11,8 @@ EXPECTED_ASSETS = {
     "silver/transactions": "silver",
     "silver/labels": "silver",
     "gold/merchant_category_daily": "gold",
+    "gold/prediction_summary": "gold",
+    "monitoring/dashboard": "monitoring",
     "quarantine/bronze_transactions": "quarantine",
     "quarantine/bronze_labels": "quarantine",
     "quarantine/silver_transactions": "quarantine",
@@ -44,7 +46,7 @@ EXPECTED_ASSETS = {
     "monitoring/fraud_linear/performance": "monitoring",
 }
 # Tables kept per something other than the day (model version, the whole history).
-NOT_DAILY = {"monitoring/reference", "monitoring/alerts"}
+NOT_DAILY = {"monitoring/reference", "monitoring/alerts", "monitoring/dashboard"}
 # The second declared model's generated assets (see models/declaration.py).
 LINEAR_TRAINING_SET = "ml/fraud_linear/training_set"
 
@@ -84,6 +86,20 @@ def test_asset_graph_snapshot(tmp_path):
         "silver/transactions": ["bronze/transactions"],
         "silver/labels": ["bronze/labels", "silver/transactions"],
         "gold/merchant_category_daily": ["silver/labels", "silver/transactions"],
+        "gold/prediction_summary": [
+            "serving/batch_predictions",
+            "serving/fraud_linear/batch_predictions",
+            "serving/stream_predictions",
+            "silver/labels",
+            "silver/transactions",
+        ],
+        "monitoring/dashboard": [
+            "gold/prediction_summary",
+            "ml/model_audit",
+            "monitoring/alerts",
+            "monitoring/drift_metrics",
+            "monitoring/performance",
+        ],
         "quarantine/bronze_transactions": [],
         "quarantine/bronze_labels": [],
         "quarantine/silver_transactions": ["bronze/transactions"],
@@ -198,6 +214,7 @@ def test_contract_and_validation_checks_are_blocking(tmp_path):
         ("silver/labels", "no_conflicting_records"): False,
         ("silver/labels", "transactions_known"): False,
         ("features/card_behaviour", "one_row_per_transaction"): True,
+        ("gold/prediction_summary", "summary_matches_inference_log"): False,
         ("ml/model_validation", "passes_validation"): True,
         ("ml/fraud_linear/model_validation", "passes_validation"): True,
     }
