@@ -321,6 +321,8 @@ def score_row_by_row(valid: pl.DataFrame, model, store, source: str) -> pl.DataF
                 "latency_ms": 0.0,
                 "status": "ok",
                 "request": json.dumps(request, default=_json_value, sort_keys=True),
+                # As the REST server marks it: the store has no row of the card.
+                "new_card": not vectors["card_behaviour"][index].found,
                 **features,
             }
         )
