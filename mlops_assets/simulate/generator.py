@@ -662,7 +662,7 @@ def _fraud_rows(rng: _Rng, pop: _Population, n: int, cfg: _DayConfig) -> pl.Data
         .then(c("new_type"))
         .otherwise(_lut(pop.device_type, flat)),
     )
-    return _finish(tx.with_columns(_optional_empties(c("u_opt"))))
+    return _finish(tx.with_columns(_optional_empties(c("u_opt")))).with_columns(tx["burst"])
 
 
 @functools.lru_cache(maxsize=64)
@@ -679,8 +679,11 @@ def _special_rows(scenario: Scenario, day_index: int) -> pl.DataFrame:
     n_fraud = min(n, _binomial(rng.py, n, scenario.fraud_rate))
     n_dispute = min(n - n_fraud, _binomial(rng.py, n, _DISPUTE_RATE))
     fraud = _fraud_rows(rng, pop, n_fraud, cfg).with_columns(is_fraud=pl.lit(True))
-    disputes = _legit_rows(rng, pop, n_dispute, cfg).with_columns(is_fraud=pl.lit(False))
+    disputes = _legit_rows(rng, pop, n_dispute, cfg).with_columns(
+        burst=pl.lit(-1, dtype=pl.Int64), is_fraud=pl.lit(False)
+    )
     rows = pl.concat([fraud, disputes])
+    rows = rows.with_columns(fresh=_fresh_fraud_cards(scenario, day_index, rows["burst"]))
     total = rows.height
     lo, hi = scenario.label_delay_days
     rows = rows.with_columns(
@@ -701,7 +704,54 @@ def _special_rows(scenario: Scenario, day_index: int) -> pl.DataFrame:
         .then(pl.when(c("channel") == _ONLINE).then(0).otherwise(1))
         .otherwise(pl.when(c("u_reason") < 0.6).then(2).otherwise(3))
         .cast(pl.Int64),
-    ).drop("u_delay", "u_report", "u_reason")
+    ).drop("u_delay", "u_report", "u_reason", "burst")
+
+
+# --------------------------------------------------------------------------------------------
+# New cards: cards never seen before, drawn from their own streams
+# --------------------------------------------------------------------------------------------
+#
+# A new card belongs to one of the population's cardholders (its country, spend and devices are
+# that cardholder's) but prints a card number no earlier day used: day d's new cards are
+# numbered from n_cards + d * (new cards per day). Choosing them from streams of their own
+# leaves every other draw of the day as it was. Rows carry the number in `fresh` (-1 for the
+# population's own card number).
+
+
+def _fresh_base(scenario: Scenario, day_index: int) -> int:
+    """The first card number of the day's new cards."""
+    return scenario.n_cards + day_index * sum(scenario.new_cards_per_day)
+
+
+def _card_width(scenario: Scenario) -> int:
+    """Digits of the printed card numbers (six, more once new cards need them)."""
+    return _id_width(_fresh_base(scenario, scenario.days), 6)
+
+
+def _fresh_fraud_cards(scenario: Scenario, day_index: int, burst: pl.Series) -> pl.Series:
+    """Card numbers of the special rows: new cards for the fraud bursts moved to them.
+
+    Args:
+        scenario: The simulation settings.
+        day_index: The day.
+        burst: Burst index (0, 1, ...) of each special row, -1 for disputes.
+
+    Returns:
+        One value per special row: the new card's number, or -1.
+    """
+    n_ordinary, n_fraud_cards = scenario.new_cards_per_day
+    last = burst.max() if burst.len() else None
+    n_bursts = 0 if last is None else int(last) + 1  # type: ignore[arg-type]
+    r = _Rng(scenario.seed, "new-card-fraud", day_index).py
+    moved = sorted(r.sample(range(n_bursts), min(n_fraud_cards, n_bursts)))
+    base = _fresh_base(scenario, day_index) + n_ordinary
+    number = dict(zip(moved, range(base, base + len(moved)), strict=True))
+    return burst.replace_strict(number, default=-1, return_dtype=pl.Int64)
+
+
+def _issued() -> pl.Expr:
+    """The printed card number: the new card's, else the population card's."""
+    return pl.when(pl.col("fresh") >= 0).then(pl.col("fresh")).otherwise(pl.col("card"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,6 +777,7 @@ def _resent_rows(scenario: Scenario, day_index: int) -> pl.DataFrame:
     rng = _Rng(scenario.seed, "resent", day_index)
     rows = _legit_rows(rng, _population_of(scenario), m, _day_config(scenario, day_index))
     return rows.with_columns(
+        fresh=pl.lit(-1, dtype=pl.Int64),
         h=_tx_hash(pl.int_range(n_special, n_special + m), _id_key(scenario.seed, day_index)),
         # Arrival in the next day's file: during its first six hours.
         next_arrival=rng.below(6 * _HOUR_US, m),
@@ -768,7 +819,13 @@ def _day_table(scenario: Scenario, day_index: int) -> _DayTable:
         n - n_fixed,
         _day_config(scenario, day_index),
     )
-    rows = pl.concat([special.select(_ROW_COLUMNS), resent.select(_ROW_COLUMNS), legit])
+    rows = pl.concat(
+        [
+            special.select(*_ROW_COLUMNS, "fresh"),
+            resent.select(*_ROW_COLUMNS, "fresh"),
+            legit.with_columns(fresh=pl.lit(-1, dtype=pl.Int64)),
+        ]
+    )
     rows = rows.with_columns(h=_tx_hash(pl.int_range(pl.len()), _id_key(scenario.seed, day_index)))
 
     # Dirt only touches ordinary rows, so fraud and disputes always reach the lake intact.
@@ -789,11 +846,27 @@ def _day_table(scenario: Scenario, day_index: int) -> _DayTable:
     if sum(sizes) > n_plain:
         raise ValueError("dirty-data rates need more ordinary transactions than the day has")
     picked = [n_fixed + i for i in r.sample(range(n_plain), sum(sizes))]
+    picked_all = list(picked)
     groups: list[list[int]] = []
     for size in sizes:
         groups.append(sorted(picked[:size]))
         picked = picked[size:]
     mal, wrong, missing, late, dup_same = groups
+
+    # New cards take ordinary rows that carry no dirt (so each lands in the lake, on time, once),
+    # chosen by a stream of their own; each row is its new card's first transaction.
+    n_new, _ = scenario.new_cards_per_day
+    untouched = sorted(set(range(n_fixed, n)) - set(picked_all))
+    if n_new > len(untouched):
+        raise ValueError(
+            f"new_card_rate {scenario.new_card_rate} needs {n_new} ordinary transactions a day "
+            f"without dirt, the day has {len(untouched)}"
+        )
+    new_rows = sorted(_Rng(scenario.seed, "new-cards", day_index).py.sample(untouched, n_new))
+    if new_rows:
+        base = _fresh_base(scenario, day_index)
+        fresh = rows["fresh"].clone().scatter(new_rows, list(range(base, base + n_new)))
+        rows = rows.with_columns(fresh=fresh)
 
     n_invalid = math.ceil(n_mal / 10)
     malformed_variant = [_INVALID_UTF8] * n_invalid + [r.randrange(3) for _ in mal[n_invalid:]]
@@ -895,18 +968,21 @@ def _timestamp(offset_us: pl.Expr, date: datetime.date) -> pl.Expr:
 
 
 def _format_lines(
-    pop: _Population, rows: pl.DataFrame, date: datetime.date, with_terminal: bool
+    pop: _Population,
+    rows: pl.DataFrame,
+    date: datetime.date,
+    with_terminal: bool,
+    card_width: int,
 ) -> pl.Series:
     """Render rows as CSV lines (no quoting: no generated value contains a comma)."""
     c = pl.col
-    card_width = _id_width(pop.n_cards, 6)
     merchant_width = _id_width(pop.n_merchants, 5)
     country = _lut(pop.merchant_country, c("merchant"))
     cents = c("cents")
     fields = [
         _tx_id(date),
         _timestamp(c("t"), date),
-        _padded("card_", c("card"), card_width),
+        _padded("card_", _issued(), card_width),
         _padded("m_", c("merchant"), merchant_width),
         _lut(_CATEGORY_NAMES, _lut(pop.merchant_category, c("merchant"))),
         pl.concat_str(
@@ -993,7 +1069,7 @@ def _split_parts(header: str, lines: pl.Series, parts: int) -> tuple[bytes, ...]
 def _label_file(scenario: Scenario, day_index: int) -> tuple[bytes, int, int]:
     """Chargebacks reported on this day, for transactions of earlier simulated days."""
     lo, hi = scenario.label_delay_days
-    card_width = _id_width(scenario.n_cards, 6)
+    card_width = _card_width(scenario)
     pieces = []
     for origin in range(max(0, day_index - hi), day_index - lo + 1):
         due = (
@@ -1007,7 +1083,7 @@ def _label_file(scenario: Scenario, day_index: int) -> tuple[bytes, int, int]:
                     h=_tx_hash(pl.col("index"), _id_key(scenario.seed, origin))
                 ).select(
                     tx=_tx_id(scenario.date_of(origin)),
-                    card=pl.col("card"),
+                    card=_issued(),
                     report_t=pl.col("report_t"),
                     reason=pl.col("reason"),
                     is_fraud=pl.col("is_fraud"),
@@ -1065,6 +1141,11 @@ class DayBatch:
         transaction_ids_wrong_type: Ids of the events whose line got a wrong-type value.
         transaction_ids_missing_field: Ids of the events whose line lost a required field.
         fraud_transaction_ids: Ids of the day's fraudulent transactions.
+        new_cards: Cards never seen before that transact this day (issued this day).
+        new_card_fraud: The part of ``new_cards`` whose first transactions are a fraud burst.
+        new_card_transactions: Transaction events made with the day's new cards.
+        new_card_fraud_transactions: The fraudulent part of ``new_card_transactions``.
+        new_card_ids: The new cards' ids in generation order (those of fraud bursts first).
     """
 
     day_index: int
@@ -1089,6 +1170,11 @@ class DayBatch:
     transaction_ids_wrong_type: tuple[str, ...] = field(repr=False)
     transaction_ids_missing_field: tuple[str, ...] = field(repr=False)
     fraud_transaction_ids: tuple[str, ...] = field(repr=False)
+    new_cards: int
+    new_card_fraud: int
+    new_card_transactions: int
+    new_card_fraud_transactions: int
+    new_card_ids: tuple[str, ...] = field(repr=False)
 
     @property
     def quarantined(self) -> int:
@@ -1146,7 +1232,8 @@ def generate_day(scenario: Scenario, day_index: int) -> DayBatch:
     date = scenario.date_of(day_index)
     columns = transaction_columns(scenario, day_index)
     with_terminal = len(columns) > len(TRANSACTION_COLUMNS)
-    lines = _format_lines(pop, table.rows, date, with_terminal)
+    card_width = _card_width(scenario)
+    lines = _format_lines(pop, table.rows, date, with_terminal, card_width)
 
     dirty_index = table.malformed + table.wrong_type + table.missing_field
     originals = lines.gather(dirty_index).to_list()
@@ -1181,7 +1268,7 @@ def generate_day(scenario: Scenario, day_index: int) -> DayBatch:
     if day_index > 0 and transaction_columns(scenario, day_index - 1) == columns:
         resent = _resent_rows(scenario, day_index - 1)
         prev_date = scenario.date_of(day_index - 1)
-        extra_lines.append(_format_lines(pop, resent, prev_date, with_terminal))
+        extra_lines.append(_format_lines(pop, resent, prev_date, with_terminal, card_width))
         extra_arrival += resent["next_arrival"].to_list()
         n_next = resent.height
     all_lines = pl.concat([lines, *extra_lines])
@@ -1201,6 +1288,14 @@ def generate_day(scenario: Scenario, day_index: int) -> DayBatch:
     header = ",".join(columns)
     label_blob, n_labels, n_label_fraud = _label_file(scenario, day_index)
     fraud_ids = table.rows.head(table.n_fraud).select(_tx_id(date)).to_series().to_list()
+    fresh = table.rows.with_row_index("index").filter(pl.col("fresh") >= 0)
+    new_card_ids = (
+        fresh.select(_padded("card_", pl.col("fresh"), card_width))
+        .unique(maintain_order=True)
+        .to_series()
+        .to_list()
+    )
+    new_card_fraud = fresh.filter(pl.col("index") < table.n_fraud)["fresh"].n_unique()
     return DayBatch(
         day_index=day_index,
         date=date,
@@ -1224,4 +1319,9 @@ def generate_day(scenario: Scenario, day_index: int) -> DayBatch:
         transaction_ids_wrong_type=tuple(dirty_ids[n_mal : n_mal + n_wrong]),
         transaction_ids_missing_field=tuple(dirty_ids[n_mal + n_wrong :]),
         fraud_transaction_ids=tuple(fraud_ids),
+        new_cards=len(new_card_ids),
+        new_card_fraud=new_card_fraud,
+        new_card_transactions=fresh.height,
+        new_card_fraud_transactions=int((fresh["index"] < table.n_fraud).sum()),
+        new_card_ids=tuple(new_card_ids),
     )

@@ -62,6 +62,14 @@ class DayManifest:
         transaction_ids_malformed: Ids of the events whose line was made malformed.
         transaction_ids_wrong_type: Ids of the events whose line got a wrong-type value.
         transaction_ids_missing_field: Ids of the events whose line lost a required field.
+        new_cards: Cards never seen before that transact this day (issued this day); each
+            ordinary one makes one transaction, each of the others one fraud burst.
+        new_card_fraud: The part of ``new_cards`` whose first transactions are a fraud burst.
+        new_card_transactions: Transaction events made with the day's new cards.
+        new_card_fraud_transactions: The fraudulent part of ``new_card_transactions``.
+        new_card_ids: The new cards' ids (those of fraud bursts first).
+
+    Manifests written before new cards existed read with zero new cards.
     """
 
     date: datetime.date
@@ -84,6 +92,11 @@ class DayManifest:
     transaction_ids_malformed: tuple[str, ...] = dataclasses.field(repr=False)
     transaction_ids_wrong_type: tuple[str, ...] = dataclasses.field(repr=False)
     transaction_ids_missing_field: tuple[str, ...] = dataclasses.field(repr=False)
+    new_cards: int = 0
+    new_card_fraud: int = 0
+    new_card_transactions: int = 0
+    new_card_fraud_transactions: int = 0
+    new_card_ids: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def quarantined(self) -> int:

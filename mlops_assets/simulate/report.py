@@ -37,7 +37,7 @@ def injected_counts(manifests: Sequence[DayManifest]) -> dict[str, int]:
 def summary_lines(
     manifests: Sequence[DayManifest], landing_root: Path | str, seconds: float
 ) -> list[str]:
-    """The summary of a simulation: days, rows, injected counts by kind, where the files are.
+    """The summary of a simulation: days, rows, injected counts, new cards, where the files are.
 
     Args:
         manifests: The days written, in order.
@@ -65,6 +65,9 @@ def summary_lines(
         f"UTF-8), {dirt['wrong_type']:,} wrong type, {dirt['missing_field']:,} missing field; "
         f"duplicates: {dirt['duplicate_same_day']:,} same day, "
         f"{dirt['duplicate_next_day']:,} next day; late events: {dirt['late_events']:,}",
+        f"  new cards (never seen before): {sum(m.new_cards for m in manifests):,}, "
+        f"{sum(m.new_card_fraud for m in manifests):,} of them first used for fraud; "
+        f"{sum(m.new_card_transactions for m in manifests):,} transactions",
         f"  manifests (counts and every injected transaction id): {manifests_dir}/ "
         f"({Path(manifest_file(first.date)).name} to {Path(manifest_file(last.date)).name})",
         "  next: `mlops demo` runs the whole loop on them, `mlops ui` materializes them "

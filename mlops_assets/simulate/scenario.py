@@ -141,6 +141,15 @@ class Scenario:
         files_per_day: Number of transaction part files per day.
         dirty: Bad-data injection settings.
         drift: Distribution-change settings.
+        new_card_rate: Share of each day's ordinary transactions made with a card never seen
+            before (a card issued that day to one of the population's cardholders, used once
+            that day): each such transaction is its card's first. At the 0.5 % default a
+            day of 4,000 transactions brings 20 new cards.
+        new_card_fraud_uplift: How many times as often as an average transaction a new card's
+            first transaction is fraud (card testing and account takeover on fresh cards):
+            that many fraud bursts of the day move to cards issued that day, so that about
+            ``fraud_rate * new_card_fraud_uplift`` (at most one in two) of the new cards'
+            first transactions are fraud. The day's fraud count is unchanged.
     """
 
     seed: int = 7
@@ -154,6 +163,8 @@ class Scenario:
     files_per_day: int = 1
     dirty: DirtyData = field(default_factory=DirtyData)
     drift: Drift = field(default_factory=Drift)
+    new_card_rate: float = 0.005
+    new_card_fraud_uplift: float = 20.0
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -172,12 +183,30 @@ class Scenario:
             raise ValueError(f"label_delay_days must satisfy 1 <= lo <= hi, got {(lo, hi)}")
         if self.files_per_day < 1:
             raise ValueError(f"files_per_day must be >= 1, got {self.files_per_day}")
+        if not (math.isfinite(self.new_card_rate) and 0.0 <= self.new_card_rate <= 0.2):
+            raise ValueError(f"new_card_rate must be in [0, 0.2], got {self.new_card_rate!r}")
+        if not (math.isfinite(self.new_card_fraud_uplift) and self.new_card_fraud_uplift >= 1):
+            raise ValueError(
+                f"new_card_fraud_uplift must be a finite number >= 1, "
+                f"got {self.new_card_fraud_uplift!r}"
+            )
         # Normalise so equal scenarios hash equally (lists would also break hashing).
         object.__setattr__(self, "label_delay_days", (int(lo), int(hi)))
 
     def date_of(self, day_index: int) -> datetime.date:
         """Calendar date of a day index."""
         return self.start_date + datetime.timedelta(days=day_index)
+
+    @property
+    def new_cards_per_day(self) -> tuple[int, int]:
+        """New cards issued each day: (used by ordinary transactions, used by fraud bursts).
+
+        The second is the most; a day with fewer fraud bursts moves all it has.
+        """
+        ordinary = round(self.new_card_rate * self.transactions_per_day)
+        fraud_share = min(0.5, self.fraud_rate * self.new_card_fraud_uplift)
+        fraud = round(ordinary * fraud_share / (1.0 - fraud_share))
+        return ordinary, fraud
 
     @property
     def dates(self) -> list[datetime.date]:

@@ -371,3 +371,115 @@ def test_invalid_settings_are_rejected():
         Scenario(label_delay_days=(3, 1))
     with pytest.raises(ValueError):
         generate_day(Scenario.clean(days=2), 2)
+
+
+def card_of(batch) -> dict[str, str]:
+    """Transaction id to card id over a day's valid lines."""
+    header = batch.transaction_header.split(",")
+    out = {}
+    for raw in batch.transaction_records():
+        if classify(raw, header) == "valid":
+            fields = raw.decode().split(",")
+            out[fields[0]] = fields[2]
+    return out
+
+
+def test_new_cards_arrive_every_day_and_are_never_seen_before():
+    scenario = Scenario.demo(days=4, transactions_per_day=4_000, seed=3)
+    ordinary, fraud_cards = scenario.new_cards_per_day
+    assert (ordinary, fraud_cards) == (20, 5)  # 0.5 % of 4,000; a fifth of first uses fraud
+    seen: set[str] = set()
+    for day in range(scenario.days):
+        batch = generate_day(scenario, day)
+        cards = card_of(batch)
+        new = set(batch.new_card_ids)
+        assert len(new) == batch.new_cards == ordinary + fraud_cards
+        assert batch.new_card_fraud == fraud_cards
+        assert not new & seen  # never seen on an earlier day
+        assert all(int(c[5:]) >= scenario.n_cards for c in new)
+        assert {c for c in cards.values() if int(c[5:]) >= scenario.n_cards} == new
+        by_new = [tx for tx, card in cards.items() if card in new]
+        assert len(by_new) == batch.new_card_transactions
+        fraud = set(batch.fraud_transaction_ids)
+        assert sum(tx in fraud for tx in by_new) == batch.new_card_fraud_transactions
+        # Ordinary new cards transact once (their first); the others carry a whole burst.
+        per_card = Counter(card for card in cards.values() if card in new)
+        fraud_cards_seen = {cards[tx] for tx in by_new if tx in fraud}
+        assert len(fraud_cards_seen) == fraud_cards
+        assert all(per_card[c] == 1 for c in new - fraud_cards_seen)
+        burst_rows = sum(per_card[c] for c in fraud_cards_seen)
+        assert burst_rows == batch.new_card_fraud_transactions > fraud_cards
+        seen |= set(cards.values())
+
+
+def test_new_cards_leave_every_other_field_as_it_was():
+    base = {"days": 2, "transactions_per_day": 3_000, "seed": 11}
+    without = Scenario.demo(new_card_rate=0.0, **base)
+    with_new = Scenario.demo(**base)
+    for day in range(2):
+        a, b = generate_day(without, day), generate_day(with_new, day)
+        assert a.new_cards == 0 and a.new_card_ids == ()
+        assert (a.fraud_count, a.label_lines, a.quarantined) == (
+            b.fraud_count,
+            b.label_lines,
+            b.quarantined,
+        )
+        lines_a, lines_b = a.transaction_records(), b.transaction_records()
+        assert len(lines_a) == len(lines_b)
+        changed = 0
+        for la, lb in zip(lines_a, lines_b, strict=True):
+            if la != lb:
+                fa, fb = la.split(b","), lb.split(b",")
+                assert fa[:2] + fa[3:] == fb[:2] + fb[3:]  # only the card id differs
+                assert fb[2].decode() in b.new_card_ids
+                changed += 1
+        assert changed == b.new_card_transactions > 0
+
+
+def test_labels_name_the_new_card_a_fraud_burst_used():
+    scenario = Scenario.clean(days=5, transactions_per_day=4_000, label_delay_days=(1, 2))
+    batches = [generate_day(scenario, d) for d in range(scenario.days)]
+    cards = {tx: card for b in batches for tx, card in card_of(b).items()}
+    labelled_new = 0
+    for batch in batches:
+        for raw in batch.label_records():
+            tx_id, card_id, *_ = raw.decode().split(",")
+            assert cards[tx_id] == card_id
+            labelled_new += int(card_id[5:]) >= scenario.n_cards
+    assert labelled_new > 0
+
+
+def test_first_transactions_of_new_cards_are_fraud_more_often():
+    scenario = Scenario.clean(days=6, transactions_per_day=4_000, seed=9)
+    first_fraud = first = fraud = events = 0
+    for day in range(scenario.days):
+        batch = generate_day(scenario, day)
+        cards = card_of(batch)
+        fraud_ids = set(batch.fraud_transaction_ids)
+        firsts: dict[str, str] = {}
+        for raw in batch.transaction_records():
+            fields = raw.decode().split(",")
+            if fields[2] in batch.new_card_ids:
+                earlier = firsts.get(fields[2])
+                if earlier is None or fields[1] < earlier.split("|")[0]:
+                    firsts[fields[2]] = f"{fields[1]}|{fields[0]}"
+        assert len(firsts) == batch.new_cards and set(firsts) <= set(cards.values())
+        first += len(firsts)
+        first_fraud += sum(v.split("|")[1] in fraud_ids for v in firsts.values())
+        fraud += batch.fraud_count
+        events += batch.transaction_events
+    # About fraud_rate * uplift = 20 % of first uses, against about 1 % overall.
+    assert 0.1 < first_fraud / first < 0.3
+    assert first_fraud / first > 10 * fraud / events
+
+
+def test_new_card_settings_are_checked():
+    with pytest.raises(ValueError, match="new_card_rate"):
+        Scenario(new_card_rate=0.5)
+    with pytest.raises(ValueError, match="new_card_fraud_uplift"):
+        Scenario(new_card_fraud_uplift=0.5)
+    assert Scenario.clean(new_card_rate=0.0, transactions_per_day=1_000).new_cards_per_day == (
+        0,
+        0,
+    )
+    assert Scenario.clean(fraud_rate=0.0, transactions_per_day=1_000).new_cards_per_day == (5, 0)
