@@ -267,7 +267,7 @@ FRAUD_LINEAR_SPEC = FeatureSpec(
         ),
         FeatureLookup("merchant_risk", ("fraud_rate_30d", "transactions_30d")),
     ),
-    on_demand=("amount_zscore_7d", "is_foreign", "hour_of_day"),
+    on_demand=("amount_zscore_7d", "is_foreign", "hour_of_day", "card_without_history"),
     model_inputs=("amount", "channel", "entry_mode"),
     categorical=("channel", "entry_mode"),
     description="Linear fraud model inputs: a few card and merchant features, request fields.",
