@@ -208,16 +208,19 @@ class StaleByCode:
 def stale_by_code(defs: Any, instance: Any) -> list[StaleByCode]:
     """The assets Dagster shows as stale with a code cause, for `defs` on `instance`.
 
-    Dagster's own resolver (`CachingStaleStatusResolver`) decides; an unpartitioned asset is
-    asked once, a partitioned one for each of its materialized partitions (Dagster gives a
-    partitioned asset a stale status per partition only). Unmaterialized assets are missing,
-    not stale.
+    Dagster's own resolver (`CachingStaleStatusResolver`) decides, with the code cause it
+    gives first among an asset's stale causes (the definitions' code version against the one
+    in the latest materialization's provenance); an unpartitioned asset is asked once, a
+    partitioned one for each of its materialized partitions (Dagster gives a partitioned
+    asset a stale status per partition only): about 17 ms a partition. Unmaterialized assets
+    are missing, not stale.
     """
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import (
         CachingStaleStatusResolver,
         StaleCauseCategory,
     )
+    from dagster._core.definitions.events import AssetKeyPartitionKey
     from dagster._time import get_current_datetime
 
     graph = defs.resolve_asset_graph()
@@ -238,17 +241,15 @@ def stale_by_code(defs: Any, instance: Any) -> list[StaleByCode]:
         recorded: set[str] = set()
         reason = ""
         for partition in partitions:
-            causes = [
-                cause
-                for cause in resolver.get_stale_causes(key, partition)
-                if cause.category == StaleCauseCategory.CODE and cause.asset_key == key
-            ]
-            if causes:
+            # The resolver's code cause alone: what `get_stale_causes` yields first, without
+            # walking the data causes of every dependency (ten times slower per partition).
+            cause = resolver._get_code_version_stale_cause(  # noqa: SLF001
+                key=AssetKeyPartitionKey(key, partition)
+            )
+            if cause is not None and cause.category == StaleCauseCategory.CODE:
                 stale.append(partition)
-                reason = causes[0].reason
-                provenance = resolver._get_current_data_provenance(  # noqa: SLF001
-                    key=causes[0].key
-                )
+                reason = cause.reason
+                provenance = resolver._get_current_data_provenance(key=cause.key)  # noqa: SLF001
                 if provenance and provenance.code_version:
                     recorded.add(provenance.code_version)
         if stale:
