@@ -334,9 +334,11 @@ def capture(data_root: Path, out: Path) -> None:
             page = chromium.new_page(viewport=VIEWPORT)
             open_lineage(page, port)
             page.get_by_role("button", name="Hide navigation").click()
-            expand_sidebar_group(page, "monitoring")
-            sidebar_item(page, "dashboard").click()
-            page.get_by_text("monitoring / dashboard", exact=True).wait_for()
+            # The asset tree folded away (the button right of "Jump to…"): the graph alone.
+            jump = page.get_by_placeholder("Jump to…").bounding_box()
+            assert jump is not None, "the lineage page has no asset tree"
+            page.mouse.click(jump["x"] + jump["width"] + 22, jump["y"] + jump["height"] / 2)
+            page.keyboard.press("Alt+e")  # every group unfolded: assets by name
             page.wait_for_timeout(2_000)
             page.screenshot(path=out / "lineage.png")
         (out / "dagster-ui.log").unlink()
