@@ -159,12 +159,22 @@ def prod_registry(settings: Settings) -> Any | None:
 
 
 def _champion_version(client: Any, name: str) -> Any | None:
+    """The champion of `name` in prod's registry; None when the model or alias does not exist.
+
+    Any other failure (prod's registry unreachable, a read the policy refuses) is raised:
+    taken for "no champion", it would let staging train its own model and pass the release
+    without ever testing prod's.
+    """
+    from mlflow.exceptions import MlflowException
+
     from mlops_assets.models.lifecycle import CHAMPION
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - MLflow raises a generic error for a missing model/alias
-        return None
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def copy_champion(settings: Settings, reader: Any, model: str, source: Any) -> str:
@@ -388,7 +398,12 @@ def copy_champions(settings: Settings, report: Report) -> dict[str, str | None]:
         )
     for model in MODELS:
         prod_name = f"{PROD}.{model}"
-        source = _champion_version(reader, prod_name) if reader is not None else None
+        try:
+            source = _champion_version(reader, prod_name) if reader is not None else None
+        except Exception as error:  # noqa: BLE001 - the release fails, naming why
+            champions[model] = None
+            report.add(Outcome("copy", f"{prod_name} champion", False, _error(error)))
+            continue
         if source is None:
             champions[model] = None
             if reader is not None:
