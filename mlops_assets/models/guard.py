@@ -54,9 +54,11 @@ MODEL_WRITES = frozenset(
         "transition_model_version_stage",
         "set_model_version_tag",
         "delete_model_version_tag",
-        "copy_model_version",
     }
 )
+# Writes whose model is not the first argument: the argument (position, keyword) naming it.
+# `copy_model_version(src_model_uri, dst_name)` writes a version of `dst_name`.
+MODEL_ARGUMENT = {"copy_model_version": (1, "dst_name")}
 
 
 def store_environment(client: Any) -> str | None:
@@ -89,8 +91,9 @@ def claim_store(client: Any, env: str) -> None:
             check_stamp(env, store_environment(client), Resource.REGISTRY, obj, "write")
 
 
-def _model_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    name = kwargs.get("name", args[0] if args else None)
+def _model_argument(attr: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    position, keyword = MODEL_ARGUMENT.get(attr, (0, "name"))
+    name = kwargs.get(keyword, args[position] if len(args) > position else None)
     return name if isinstance(name, str) else None
 
 
@@ -102,12 +105,16 @@ class GuardedClient:
         env: The active environment.
         owner: The environment whose store it is (the active one by default); a client of
             another environment's store refuses every write (`registry_reader`).
+        read_only: Refuse every write, also into the active environment's own store.
     """
 
-    def __init__(self, client: Any, env: str, owner: str | None = None) -> None:
+    def __init__(
+        self, client: Any, env: str, owner: str | None = None, *, read_only: bool = False
+    ) -> None:
         self._client = client
         self._env = env
         self._owner = owner or env
+        self._read_only = read_only
         self._claimed = False
         self._read_checked = False
 
@@ -123,8 +130,8 @@ class GuardedClient:
 
     @property
     def read_only(self) -> bool:
-        """Whether every write is refused (another environment's store)."""
-        return self._owner != self._env
+        """Whether every write is refused (another environment's store, or a reader)."""
+        return self._read_only or self._owner != self._env
 
     def __repr__(self) -> str:
         return (
@@ -189,7 +196,8 @@ class GuardedClient:
 
     def _writing(self, attr: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def write(*args: Any, **kwargs: Any) -> Any:
-            model = _model_argument(args, kwargs) if attr in MODEL_WRITES else None
+            about_model = attr in MODEL_WRITES or attr in MODEL_ARGUMENT
+            model = _model_argument(attr, args, kwargs) if about_model else None
             self.check_write(attr, model)
             if attr == "rename_registered_model":
                 new_name = kwargs.get("new_name", args[1] if len(args) > 1 else None)
@@ -233,7 +241,7 @@ def registry_reader(settings: Any, env: str) -> GuardedClient:
     uri = settings.mlflow_uri_of(env)
     check_read(settings.env, env, Resource.REGISTRY, f"tracking store {uri}")
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return GuardedClient(client, settings.env, owner=env)
+    return GuardedClient(client, settings.env, owner=env, read_only=True)
 
 
 def check_registry_write(settings: Any, model: str | None = None) -> None:
