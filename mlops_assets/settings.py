@@ -579,12 +579,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         alert_webhook_url=_webhook_url(environ),
         source_timezones=_source_timezones(environ),
         landing_settle_seconds=_settle_seconds(environ),
-        tracking_uris={
-            other: uri
-            for other in ENVIRONMENTS
-            if other != env
-            and (uri := environ.get(f"MLOPS_TRACKING_URI_{other.upper()}", "").strip())
-        },
+        tracking_uris=_tracking_uris(environ, env),
     )
 
 
