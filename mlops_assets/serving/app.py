@@ -334,8 +334,8 @@ class ScoringService:
                 }
             )
         try:
-            for row in logged:
-                self.inference_log.record(row)
+            # All rows or none: a refused batch leaves nothing in the log to be retried twice.
+            self.inference_log.record_many(logged)
         except InferenceLogError as error:
             status, payload = mlflow_error(
                 RequestError(503, [Problem("inference_log", str(error))])

@@ -307,6 +307,27 @@ class InferenceLog:
         if full:
             self._wake.set()
 
+    def record_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer rows all together or none of them (one batch of requests).
+
+        Raises:
+            InferenceLogError: The log is closed, or it holds too many unwritten rows to take
+                all of `rows` (none is buffered then).
+        """
+        with self._lock:
+            if self._closed:
+                raise InferenceLogError("the inference log is closed")
+            if len(self._rows) + len(rows) > self.max_pending:
+                raise InferenceLogError(
+                    f"the inference log holds {len(self._rows)} unwritten rows and cannot take "
+                    f"{len(rows)} more (last error: {self._last_error}); refusing them"
+                )
+            self._rows.extend(rows)
+            self._recorded += len(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
     def append(self, frame: pl.DataFrame) -> WriteResult:
         """Write a frame of predictions (batch or stream) in one commit, at once.
 
