@@ -166,7 +166,8 @@ def rewrite(sql: str, env: str, at: Mapping[str, int] | None = None) -> Query:
         The rewritten query and the tables it reads, each once.
 
     Raises:
-        SqlError: A table name is not a layer's table, or a version is malformed.
+        SqlError: A table name is not a layer's table, a version is malformed, or a table
+            function (`read_parquet(...)`) would read files past the catalog.
     """
     pins = dict(at or {})
     tokens = list(_tokens(sql))
@@ -194,7 +195,14 @@ def rewrite(sql: str, env: str, at: Mapping[str, int] | None = None) -> Query:
                 version_text, j = tokens[j][1], j + 1
             expect_table = False
             if len(parts) == 1 and version_text is None:
-                out.append(text)  # a CTE or a table function: the engine's business
+                if j < len(tokens) and tokens[j] == ("other", "("):
+                    # read_parquet('...'), read_csv(...): a file read past the catalog
+                    # and the access policy.
+                    raise SqlError(
+                        f"table function {text}(...) is refused: it reads files outside the "
+                        "lake's catalog and its access policy; name tables as layer.table"
+                    )
+                out.append(text)  # a CTE's name
                 i += 1
                 continue
             use = _resolve(parts, version_text, env, pins)

@@ -160,6 +160,22 @@ def test_names_outside_table_positions_are_left_alone():
     )
 
 
+def test_table_functions_reading_files_are_refused(lake, tmp_path):
+    dev, prod = lake
+    # A parquet file of dev's: prod may not get at it by path either.
+    path = tmp_path / "dev_rows.parquet"
+    pl.DataFrame({"x": [1]}).write_parquet(path)
+    for sql in (
+        f"select * from read_parquet('{path}')",
+        f"select * from gold.merchant_category_daily join read_csv('{path}') on true",
+    ):
+        with pytest.raises(SqlError, match=r"table function read_\w+\(\.\.\.\) is refused"):
+            query(prod, sql)
+    # A CTE's name in table position stays the engine's business.
+    with_cte = "with t as (select 1 as n) select n from t"
+    assert query(prod, with_cte).frame["n"].to_list() == [1]
+
+
 def test_another_environment_reads_follow_the_policy(lake):
     dev, prod = lake
     # dev may read prod.
