@@ -140,6 +140,13 @@ class GuardedClient:
         )
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_") and not attr.startswith("__"):
+            # The wrapped client's internals (`_tracking_client`, `_get_registry_client`)
+            # would write past the guard.
+            raise AttributeError(
+                f"{attr} is private to the MLflow client the registry guard wraps; use the "
+                "guarded client's public methods"
+            )
         value = getattr(self._client, attr)
         if attr.startswith("_") or not callable(value):
             return value

@@ -31,3 +31,13 @@ def test_a_reader_of_the_active_environments_own_registry_is_read_only(tmp_path)
     assert reader.read_only and reader.owner == "dev"
     with pytest.raises(AccessDeniedError, match="read-only"):
         reader.create_registered_model("dev.m")
+
+
+def test_the_wrapped_clients_internals_are_not_reachable(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = GuardedClient(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), "dev")
+    for private in ("_tracking_client", "_get_registry_client"):
+        with pytest.raises(AttributeError, match=f"{private} is private"):
+            getattr(client, private)
+    # Public reads still pass through.
+    assert client.search_registered_models() == []
