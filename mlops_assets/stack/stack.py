@@ -174,6 +174,23 @@ class Stack:
         prepare_dagster_home(self.settings, set_env=False)
         dagster_servers.initialize_storage(self.settings.dagster_postgres_url)
 
+    def _claim_stores(self) -> None:
+        """Stamp the tracking store with the stack's environment as soon as it answers.
+
+        Its first write would stamp it otherwise, whichever environment's process made it.
+        (The Dagster instance is stamped by the webserver and the daemon loading the code
+        location; each Redis prefix by its environment's first publish.)
+
+        Raises:
+            AccessDeniedError: The store is stamped by another environment.
+        """
+        import mlflow
+
+        from mlops_assets.models.guard import claim_store
+
+        uri = self.urls["mlflow"]
+        claim_store(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), self.settings.env)
+
     def up(self, on_ready: Callable[[str, float], None] | None = None) -> dict[str, float]:
         """Start every server that is not running, in dependency order, and wait for each.
 
@@ -233,6 +250,9 @@ class Stack:
             together(steps)
             if errors:
                 raise StackError("\n\n".join(errors))
+        step("claim-stores", self._claim_stores)
+        if errors:
+            raise StackError("\n\n".join(errors))
         self.write_env_file()
         seconds["total"] = time.monotonic() - started
         return seconds

@@ -36,7 +36,9 @@ def env_for(data_root: Path, env: str) -> dict[str, str]:
 
 def registry_state(data_root: Path) -> dict:
     """Every prod model's versions, their tags and aliases."""
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{data_root / 'prod' / 'mlflow.db'}")
+    uri = f"sqlite:///{data_root / 'prod' / 'mlflow.db'}"
+    # The registry too: this process's default registry is whichever store it last used.
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     return {
         model.name: {
             "aliases": dict(model.aliases),
@@ -119,10 +121,11 @@ def test_the_release_passes_against_prods_champion_and_prod_is_unchanged(prod_ro
     assert "registered as staging.fraud_detector version 1, alias champion" in done.stdout
     assert "PASSED" in done.stdout
     # The copy names its source; it is staging's champion.
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{prod_root / 'staging' / 'mlflow.db'}")
+    uri = f"sqlite:///{prod_root / 'staging' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     copied = client.get_model_version_by_alias("staging.fraud_detector", "champion")
     assert copied.tags["mlops.source_model"] == "prod.fraud_detector"
-    assert copied.tags["mlops.source_version"] == source
+    assert copied.tags["mlops.source_version"] == str(source)  # aliases map to int versions
     # The challenger was trained and validated by this code; the day was scored by the copy.
     report = verdict(prod_root)
     assert report["passed"] and not report["failures"]

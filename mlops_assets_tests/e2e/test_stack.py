@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import psycopg2
 import pytest
 import redis
@@ -137,6 +138,13 @@ def test_up_starts_every_server_on_postgres_redis_and_mlflow(stack, state):
     assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{stack.ports.mlflow}" in env_file
     assert (stack.settings.dagster_home / "dagster.yaml").read_text().count("postgres_url") == 1
 
+    # The tracking store carries the stack's environment from the start, so no other
+    # environment's process can be the first to claim it.
+    from mlops_assets.defs.runner import instance_environment
+    from mlops_assets.models.guard import store_environment
+
+    assert store_environment(_mlflow_client(stack)) == "dev"
+
     # Up again: every server already runs, nothing is started twice.
     pids = {row.name: row.pid for row in rows}
     stack.up()
@@ -161,6 +169,11 @@ def test_up_starts_every_server_on_postgres_redis_and_mlflow(stack, state):
         time.sleep(0.5)
     assert _stored_run(stack, run_id)[1] not in waiting, "the daemon never dequeued the run"
     state["run_id"] = run_id
+    # So does the instance: the webserver and the daemon stamped it loading the code.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_DAGSTER_POSTGRES_URL", stack.settings.dagster_postgres_url)
+        with dg.DagsterInstance.from_config(str(stack.settings.dagster_home)) as instance:
+            assert instance_environment(instance) == "dev"
 
     # MLflow's tracking server keeps the registry in PostgreSQL and the artifacts it serves
     # under the stack's folder.
