@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,10 +381,15 @@ def _days(data: DashboardData) -> tuple[datetime.date, datetime.date] | None:
 def dashboard_html(data: DashboardData, generated_at: datetime.datetime | None = None) -> str:
     """The page: plotly.js inlined once, then one figure per title of `TITLES`."""
     generated_at = generated_at or datetime.datetime.now(datetime.UTC)
+    span = _days(data)
+    # Day axes tick on whole days (about ten ticks at most), never on the hours between.
+    every = max(1, math.ceil(((span[1] - span[0]).days + 1) / 10)) if span else 1
     divs = []
     for number, build in enumerate(FIGURES):
         figure = build(data)
         figure.update_layout(template="plotly_white", margin={"t": 60, "l": 60, "r": 40})
+        if build is not champion_figure:
+            figure.update_xaxes(tickformat="%b %d", dtick=every * 86_400_000)
         divs.append(
             '<section class="plot">'
             + pio.to_html(
