@@ -15,8 +15,8 @@ def test_simulate_prints_a_bounded_summary_and_the_manifest_holds_the_ids(
     assert main(["simulate", "--days", "2", "--per-day", "20000", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    # Two day lines and a five-line summary, however many ids were injected.
-    assert len(lines) == 7 and len(out) < 2_000
+    # Two day lines and a six-line summary, however many ids were injected.
+    assert len(lines) == 8 and len(out) < 2_000
     assert lines[0].startswith("[simulate] day 1/2 2026-01-01:") and lines[0].endswith(" s)")
     assert lines[1].startswith("[simulate] day 2/2 2026-01-02:")
     landing = load_settings().landing_root
@@ -40,5 +40,8 @@ def test_simulate_prints_a_bounded_summary_and_the_manifest_holds_the_ids(
     assert f"{lines_total:,} lines" in out
     assert f"{malformed:,} malformed" in out and f"{wrong_type:,} wrong type" in out
     assert f"{landing / '_manifests'}/" in out
+    new_cards = sum(m.new_cards for m in manifests)
+    assert f"new cards (never seen before): {new_cards:,}," in out
+    assert not any(i in out for m in manifests for i in m.new_card_ids)
     raw = json.loads((landing / "_manifests" / "2026-01-02.json").read_text())
     assert raw["transaction_ids_malformed"] == list(manifests[1].transaction_ids_malformed)
