@@ -183,52 +183,51 @@ def _by_version(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return [(str(v), frame.filter(pl.col("model_version") == v)) for v in versions]
 
 
-def drift_share_figure(data: DashboardData) -> go.Figure:
-    """The share of drifted features per day and version, with the drift threshold."""
+def _drift_lines(
+    data: DashboardData, title: str, column: str, threshold: float, note: str, yaxis: dict
+) -> go.Figure:
+    """One line per version of a daily drift column, with its threshold."""
     if not _has(data.drift):
-        return _empty_figure(DRIFT_SHARE, "no drift measured yet (monitoring/drift_metrics)")
-    daily = drift_by_day(data.drift)
+        return _empty_figure(title, "no drift measured yet (monitoring/drift_metrics)")
     figure = go.Figure()
-    for version, rows in _by_version(daily):
+    for version, rows in _by_version(drift_by_day(data.drift)):
         figure.add_trace(
             go.Scatter(
                 x=rows["day"].to_list(),
-                y=rows["drifted_share"].to_list(),
+                y=rows[column].to_list(),
                 mode="lines+markers",
                 name=f"version {version}",
             )
         )
-    figure.add_hline(
-        y=data.thresholds.drift_share,
-        line_dash="dash",
-        annotation_text=f"drifted day at {data.thresholds.drift_share:.0%}",
-    )
-    figure.update_layout(title=DRIFT_SHARE, yaxis={"tickformat": ".0%", "range": [0, 1.05]})
+    figure.add_hline(y=threshold, line_dash="dash", annotation_text=note)
+    figure.update_layout(title=title, yaxis=yaxis)
     return figure
+
+
+def drift_share_figure(data: DashboardData) -> go.Figure:
+    """The share of drifted features per day and version, with the drift threshold."""
+    share = data.thresholds.drift_share
+    return _drift_lines(
+        data,
+        DRIFT_SHARE,
+        "drifted_share",
+        share,
+        f"drifted day at {share:.0%}",
+        {"tickformat": ".0%", "range": [0, 1.05]},
+    )
 
 
 def prediction_drift_figure(data: DashboardData) -> go.Figure:
     """The drift score of the prediction per day and version, with its alert threshold."""
-    if not _has(data.drift):
-        return _empty_figure(PREDICTION_DRIFT, "no drift measured yet (monitoring/drift_metrics)")
-    daily = drift_by_day(data.drift)
-    figure = go.Figure()
-    for version, rows in _by_version(daily):
-        figure.add_trace(
-            go.Scatter(
-                x=rows["day"].to_list(),
-                y=rows["prediction_drift"].to_list(),
-                mode="lines+markers",
-                name=f"version {version}",
-            )
-        )
-    figure.add_hline(
-        y=data.thresholds.prediction_drift,
-        line_dash="dash",
-        annotation_text=f"alert at {data.thresholds.prediction_drift}",
+    limit = data.thresholds.prediction_drift
+    return _drift_lines(
+        data,
+        PREDICTION_DRIFT,
+        "prediction_drift",
+        limit,
+        f"alert at {limit}",
+        {"title": "drift score of the score"},
     )
-    figure.update_layout(title=PREDICTION_DRIFT, yaxis={"title": "drift score of the score"})
-    return figure
 
 
 def pr_auc_figure(data: DashboardData) -> go.Figure:
