@@ -67,6 +67,52 @@ class ServingEnv:
         return out
 
 
+def run_daily_jobs(defs: Any, instance: Any, day_list: list[datetime.date]) -> None:
+    """The medallion and the feature tables of each day, in-process.
+
+    Raises:
+        RuntimeError: A day's run failed.
+    """
+    from mlops_assets.defs.runner import run_days
+
+    for job in ("medallion_daily", "features_daily"):
+        runs = run_days(defs, day_list, instance, job_name=job, log_level="ERROR")
+        if not all(r.success for r in runs) or len(runs) != len(day_list):
+            raise RuntimeError(f"{job} failed for {day_list[0]}..{day_list[-1]}")
+
+
+def materialize_training_set(defs: Any, instance: Any, day_list: list[datetime.date]) -> None:
+    """`ml/training_set` over the days, labels cut off at midnight after the last one.
+
+    Raises:
+        RuntimeError: The run failed.
+    """
+    import dagster as dg
+
+    cutoff = datetime.datetime.combine(
+        day_list[-1] + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
+    job = dg.define_asset_job("training_set_only", selection=[dg.AssetKey(["ml", "training_set"])])
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    built = merged.resolve_job_def("training_set_only").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {
+                "ml__training_set": {
+                    "config": {
+                        "label_cutoff": cutoff.isoformat(),
+                        "days": len(day_list),
+                        "label_maturity_days": 1,
+                    }
+                }
+            },
+            "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+        },
+    )
+    if not built.success:
+        raise RuntimeError("the training set failed")
+
+
 def build_serving_env(
     root: Path, *, days: int = 6, per_day: int = 1_200, models: int = 2, seed: int = 5
 ) -> ServingEnv:
@@ -77,7 +123,6 @@ def build_serving_env(
     import dagster as dg
 
     from mlops_assets.definitions import build_definitions
-    from mlops_assets.defs.runner import run_days
     from mlops_assets.features.spec import FRAUD_SPEC
     from mlops_assets.models.lifecycle import Lifecycle, model_name
     from mlops_assets.models.registry import log_and_register
@@ -91,37 +136,11 @@ def build_serving_env(
     )
     simulate(scenario, settings.landing_root)
     defs = build_definitions(settings)
-    cutoff = datetime.datetime.combine(
-        day_list[-1] + datetime.timedelta(days=1), datetime.time(), datetime.UTC
-    )
     with dg.DagsterInstance.ephemeral() as instance:
-        for job in ("medallion_daily", "features_daily"):
-            runs = run_days(defs, day_list, instance, job_name=job, log_level="ERROR")
-            if not all(r.success for r in runs) or len(runs) != days:
-                raise RuntimeError(f"{job} failed while building the serving environment")
+        run_daily_jobs(defs, instance, day_list)
         if not defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success:
             raise RuntimeError("online publish failed while building the serving environment")
-        job = dg.define_asset_job(
-            "serving_training_set", selection=[dg.AssetKey(["ml", "training_set"])]
-        )
-        merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
-        built = merged.resolve_job_def("serving_training_set").execute_in_process(
-            instance=instance,
-            run_config={
-                "ops": {
-                    "ml__training_set": {
-                        "config": {
-                            "label_cutoff": cutoff.isoformat(),
-                            "days": days,
-                            "label_maturity_days": 1,
-                        }
-                    }
-                },
-                "loggers": {"console": {"config": {"log_level": "ERROR"}}},
-            },
-        )
-        if not built.success:
-            raise RuntimeError("the training set failed while building the serving environment")
+        materialize_training_set(defs, instance, day_list)
     frame = pl.read_delta(str(settings.lake_root / "ml" / "training_set"))
     versions = []
     for i in range(models):

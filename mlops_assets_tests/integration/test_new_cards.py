@@ -25,9 +25,9 @@ def build_training_set(root: Path, days: int, per_day: int, seed: int) -> pl.Dat
     import dagster as dg
 
     from mlops_assets.definitions import build_definitions
-    from mlops_assets.defs.runner import run_days
     from mlops_assets.settings import load_settings
     from mlops_assets.simulate import Scenario, simulate
+    from mlops_assets_tests.serving_env import materialize_training_set, run_daily_jobs
 
     settings = load_settings({"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev"})
     scenario = Scenario.clean(
@@ -38,35 +38,10 @@ def build_training_set(root: Path, days: int, per_day: int, seed: int) -> pl.Dat
         label_delay_days=(1, 3),
     )
     simulate(scenario, settings.landing_root)
-    day_list = scenario.dates
     defs = build_definitions(settings)
-    cutoff = datetime.datetime.combine(
-        day_list[-1] + datetime.timedelta(days=1), datetime.time(), datetime.UTC
-    )
     with dg.DagsterInstance.ephemeral() as instance:
-        for job in ("medallion_daily", "features_daily"):
-            runs = run_days(defs, day_list, instance, job_name=job, log_level="ERROR")
-            assert len(runs) == days and all(r.success for r in runs), job
-        job = dg.define_asset_job(
-            "new_cards_training_set", selection=[dg.AssetKey(["ml", "training_set"])]
-        )
-        merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
-        built = merged.resolve_job_def("new_cards_training_set").execute_in_process(
-            instance=instance,
-            run_config={
-                "ops": {
-                    "ml__training_set": {
-                        "config": {
-                            "label_cutoff": cutoff.isoformat(),
-                            "days": days,
-                            "label_maturity_days": 1,
-                        }
-                    }
-                },
-                "loggers": {"console": {"config": {"log_level": "ERROR"}}},
-            },
-        )
-        assert built.success
+        run_daily_jobs(defs, instance, scenario.dates)
+        materialize_training_set(defs, instance, scenario.dates)
     return pl.read_delta(str(settings.lake_root / "ml" / "training_set"))
 
 
