@@ -287,27 +287,34 @@ class SeaweedFS:
     def shell(self, commands: str, timeout: float = 60.0) -> str:
         """Run `weed shell` commands against the server; return their output.
 
+        A master that has just (re)started may not have elected itself leader yet ("Not
+        current leader"): the shell is retried until `timeout` for that answer only.
+
         Raises:
             StackError: The shell failed.
         """
-        done = subprocess.run(
-            [
-                weed_binary(),
-                "shell",
-                # SeaweedFS names a server `host:port.grpcPort` when gRPC is not port + 10000.
-                f"-master=127.0.0.1:{self.ports.master}.{self.ports.master_grpc}",
-                f"-filer=127.0.0.1:{self.ports.filer}.{self.ports.filer_grpc}",
-            ],
-            input=commands.rstrip("\n") + "\nexit\n",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=self.state_dir,
-        )
-        if done.returncode != 0:
-            raise StackError(f"weed shell failed ({done.returncode}): {done.stderr[-2000:]}")
-        return done.stdout
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(
+                [
+                    weed_binary(),
+                    "shell",
+                    # SeaweedFS names a server `host:port.grpcPort` when gRPC is not port + 10000.
+                    f"-master=127.0.0.1:{self.ports.master}.{self.ports.master_grpc}",
+                    f"-filer=127.0.0.1:{self.ports.filer}.{self.ports.filer_grpc}",
+                ],
+                input=commands.rstrip("\n") + "\nexit\n",
+                capture_output=True,
+                text=True,
+                timeout=max(deadline - time.monotonic(), 1.0),
+                check=False,
+                cwd=self.state_dir,
+            )
+            if done.returncode == 0:
+                return done.stdout
+            if "Not current leader" not in done.stderr or time.monotonic() > deadline:
+                raise StackError(f"weed shell failed ({done.returncode}): {done.stderr[-2000:]}")
+            time.sleep(0.5)
 
     def buckets(self) -> list[str]:
         """The store's buckets."""
