@@ -911,6 +911,19 @@ def cmd_staging(args: argparse.Namespace) -> int:
     return 1
 
 
+def _feed_arguments(parser: argparse.ArgumentParser, *, days: int, per_day: int, seed: int) -> None:
+    """The simulated feed's options, with a command's defaults."""
+    parser.add_argument("--days", type=int, default=days, help="landing days to simulate")
+    parser.add_argument("--per-day", type=int, default=per_day, help="transactions per day")
+    parser.add_argument("--seed", type=int, default=seed, help="simulator seed")
+    parser.add_argument(
+        "--label-days",
+        type=int,
+        default=2,
+        help="chargebacks arrive 1 to this many days after the transaction",
+    )
+
+
 def add_commands(stages: argparse._SubParsersAction) -> None:
     """Add `mlops release staging` to the `mlops release` parser."""
     staging = stages.add_parser(
@@ -923,15 +936,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
             "MLOPS_ENV=staging only; the verdict is written to data/staging/release/."
         ),
     )
-    staging.add_argument("--days", type=int, default=5, help="landing days to simulate")
-    staging.add_argument("--per-day", type=int, default=1500, help="transactions per day")
-    staging.add_argument("--seed", type=int, default=7, help="simulator seed")
-    staging.add_argument(
-        "--label-days",
-        type=int,
-        default=2,
-        help="chargebacks arrive 1 to this many days after the transaction",
-    )
+    _feed_arguments(staging, days=5, per_day=1500, seed=7)
     staging.add_argument(
         "--min-pr-auc",
         type=float,
@@ -960,10 +965,5 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
             "Refuses a prod that holds anything."
         ),
     )
-    seed.add_argument("--days", type=int, default=8, help="landing days to simulate")
-    seed.add_argument("--per-day", type=int, default=2000, help="transactions per day")
-    seed.add_argument("--seed", type=int, default=11, help="simulator seed")
-    seed.add_argument(
-        "--label-days", type=int, default=2, help="chargebacks arrive 1 to this many days later"
-    )
+    _feed_arguments(seed, days=8, per_day=2000, seed=11)
     seed.set_defaults(func=cmd_seed_prod)

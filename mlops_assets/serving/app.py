@@ -160,6 +160,18 @@ class ScoringService:
             self._schemas[id(model.spec)] = schema
         return schema
 
+    def _ready(
+        self, holder: ChampionHolder, model: ServingModel | None, refused: RequestError | None
+    ) -> None:
+        """Raise what stops a request before its body is read: a refusal, or no model yet."""
+        if refused is not None:
+            raise refused
+        if model is None:
+            raise RequestError(
+                503, [Problem("model", f"no version of {holder.name} is loaded yet")]
+            )
+        self._log_schema_for(model)
+
     def _log_schema_for(self, model: ServingModel) -> None:
         # A new champion may bring feature columns the log does not have yet.
         if id(model) in self._logged_models:
@@ -192,13 +204,7 @@ class ScoringService:
         model = holder.current
         parsed: ScoreRequest | None = None
         try:
-            if refused is not None:
-                raise refused
-            if model is None:
-                raise RequestError(
-                    503, [Problem("model", f"no version of {holder.name} is loaded yet")]
-                )
-            self._log_schema_for(model)
+            self._ready(holder, model, refused)
             parsed = parse_score_request(body or b"", self._schema(model), now=received)
             fields = parsed.fields
             features, score, new_card = self._predict(model, parsed)
@@ -287,13 +293,7 @@ class ScoringService:
         holder = self.holder
         model = holder.current
         try:
-            if refused is not None:
-                raise refused
-            if model is None:
-                raise RequestError(
-                    503, [Problem("model", f"no version of {holder.name} is loaded yet")]
-                )
-            self._log_schema_for(model)
+            self._ready(holder, model, refused)
             kind, rows = invocation_rows(decode_json(body or b""))
             requests = validate_rows(kind, rows, self._schema(model), received)
             scored = [self._predict(model, parsed) for parsed in requests]
