@@ -187,9 +187,43 @@ def _declared_tables() -> dict[str, Any]:
     }
 
 
-@functools.cache
+# Schemas derived by another process (`preload_table_schemas`), used instead of deriving them.
+_PRELOADED: dict[str, dict[str, str]] | None = None
+
+
 def table_schemas() -> dict[str, dict[str, str]]:
     """Every table's columns (`layer/table` to column name to Arrow type), derived from code."""
+    return _PRELOADED if _PRELOADED is not None else _derived_schemas()
+
+
+def preload_table_schemas() -> None:
+    """Derive the schemas in a fresh Python process and use its answer in this one.
+
+    Deriving runs polars, whose thread pool a process must not hold when it forks (a forked
+    child inherits the pool's locks but not its threads, and its first parallel polars call
+    hangs): the warm launcher's fork server calls this before it loads the definitions.
+
+    Raises:
+        RuntimeError: The process failed; its error output is given.
+    """
+    import json
+    import subprocess
+    import sys
+
+    global _PRELOADED
+    done = subprocess.run(
+        [sys.executable, "-m", "mlops_assets.defs.catalog"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"deriving the table schemas failed: {done.stderr[-2000:]}")
+    _PRELOADED = json.loads(done.stdout)
+
+
+@functools.cache
+def _derived_schemas() -> dict[str, dict[str, str]]:
     tables: dict[str, Any] = _silver_tables()
     tables.update(_gold_and_feature_tables(tables))
     tables.update(_model_tables(tables))
@@ -332,3 +366,10 @@ def catalogued_definitions(definitions: dg.Definitions) -> dg.Definitions:
     return replace(
         definitions, assets=catalogued(list(definitions.assets or []), references=references)
     )
+
+
+if __name__ == "__main__":
+    # `python -m mlops_assets.defs.catalog`: the derived schemas as JSON (`preload_table_schemas`).
+    import json
+
+    print(json.dumps(_derived_schemas()))

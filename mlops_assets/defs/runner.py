@@ -52,6 +52,17 @@ def claim_instance(instance: dg.DagsterInstance, env: str) -> None:
         check_stamp(env, instance_environment(instance), Resource.INSTANCE, obj, "write")
 
 
+# Set in a process that loads the code but must not open the instance (the warm launcher's
+# fork server): each run it forks checks the instance it opens instead (`claim_instance`).
+_HOME_CHECKED_PER_RUN = False
+
+
+def check_instance_per_run() -> None:
+    """Leave the instance check of `check_dagster_home` to each run this process forks."""
+    global _HOME_CHECKED_PER_RUN
+    _HOME_CHECKED_PER_RUN = True
+
+
 def check_dagster_home(env: str) -> None:
     """Refuse to load an environment's code on the instance at `DAGSTER_HOME` of another.
 
@@ -62,7 +73,7 @@ def check_dagster_home(env: str) -> None:
         AccessDeniedError: The instance is another environment's.
     """
     home = os.environ.get("DAGSTER_HOME")
-    if not home or not (Path(home) / "dagster.yaml").is_file():
+    if _HOME_CHECKED_PER_RUN or not home or not (Path(home) / "dagster.yaml").is_file():
         return
     with dg.DagsterInstance.get() as instance:
         claim_instance(instance, env)

@@ -438,6 +438,12 @@ def warm_up() -> None:
     import deltalake  # noqa: F401
     import polars  # noqa: F401
 
+    from mlops_assets.defs import catalog, runner
+
+    # No polars work and no instance in this process: the schemas come from a fresh process,
+    # and each forked run checks the instance's environment stamp itself.
+    catalog.preload_table_schemas()
+    runner.check_instance_per_run()
     import mlops_assets.definitions as definitions
 
     repository = definitions.defs.get_repository_def()
@@ -567,6 +573,11 @@ def _run_child(run_id: str, instance_ref: str | None) -> None:
             else:
                 instance = DagsterInstance.get()
             try:
+                from mlops_assets.defs.runner import claim_instance
+                from mlops_assets.settings import load_settings
+
+                # The run's environment must be the instance's (the server never opened it).
+                claim_instance(instance, load_settings().env)
                 code = _execute_run_command_body(
                     run_id, instance, lambda _event: None, set_exit_code_on_failure=True
                 )
