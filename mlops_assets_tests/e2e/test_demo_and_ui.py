@@ -52,17 +52,28 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
         return {line.split()[0]: line.split()[2] for line in listing.splitlines()}
 
     # The lake's tables are rebuilt to the same rows; logs (audit, predictions, monitoring of
-    # the new champion's predictions) grow.
-    audit = "ml/model_audit"
+    # the new champion's predictions, the prediction summary per model version) grow.
+    audit, summary = "ml/model_audit", "gold/prediction_summary"
 
     def lake(listing: dict[str, str]) -> dict[str, str]:
         return {
             k: v
             for k, v in listing.items()
-            if k != audit and k.split("/")[0] not in ("serving", "monitoring")
+            if k not in (audit, summary) and k.split("/")[0] not in ("serving", "monitoring")
         }
 
     assert lake(rows(again)) == lake(rows(tables))
+    # The rerun's champion (version 2) scored the days again: its rows join version 1's.
+    assert int(rows(again)[summary].replace(",", "")) > int(rows(tables)[summary].replace(",", ""))
+    versions = (
+        pl.read_delta(str(lake / "gold" / "prediction_summary"))
+        .filter(pl.col("model_name") == "dev.fraud_detector")
+        .get_column("model_version")
+        .unique()
+        .sort()
+        .to_list()
+    )
+    assert versions == ["1", "2"]
     # Each run trained, validated and promoted a fraud detector; the audit table keeps every
     # declared model's rows (the first run validated and promoted each model once).
     status = json.loads(mlops(env, "model", "status"))
