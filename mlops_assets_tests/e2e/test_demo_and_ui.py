@@ -66,7 +66,7 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     # The rerun's champion (version 2) scored the days again: its rows join version 1's.
     assert int(rows(again)[summary].replace(",", "")) > int(rows(tables)[summary].replace(",", ""))
     versions = (
-        pl.read_delta(str(lake / "gold" / "prediction_summary"))
+        pl.read_delta(str(tmp_path / "dev" / "lake" / "gold" / "prediction_summary"))
         .filter(pl.col("model_name") == "dev.fraud_detector")
         .get_column("model_version")
         .unique()
