@@ -1,6 +1,7 @@
 """Shared fixtures: a small lake with a promoted champion, a Redis server (once per session)."""
 
 import datetime
+from collections.abc import Callable
 
 import dagster as dg
 import pytest
@@ -42,20 +43,27 @@ def build_lake(defs, instance, days) -> None:
     assert defs.resolve_job_def("online_publish").execute_in_process(instance=instance).success
 
 
-@pytest.fixture(scope="session")
-def cd_lake(tmp_path_factory):
-    """Twelve days through medallion and features, on an ephemeral Dagster instance."""
-    root = tmp_path_factory.mktemp("cd")
-    settings = load_settings({"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev"})
-    # Chargebacks within three days, so every training event has a mature label.
-    scenario = Scenario.clean(
+def twelve_days(kind: Callable[..., Scenario] = Scenario.clean) -> Scenario:
+    """The suite's feed over `DAYS` (`Scenario.clean`, or `Scenario.demo` for a dirty one).
+
+    3,000 transactions a day, seed 11, chargebacks within three days: every training event
+    has a mature label.
+    """
+    return kind(
         days=len(DAYS),
         transactions_per_day=3_000,
         seed=11,
         start_date=START,
         label_delay_days=(1, 3),
     )
-    simulate(scenario, settings.landing_root)
+
+
+@pytest.fixture(scope="session")
+def cd_lake(tmp_path_factory):
+    """Twelve days through medallion and features, on an ephemeral Dagster instance."""
+    root = tmp_path_factory.mktemp("cd")
+    settings = load_settings({"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev"})
+    simulate(twelve_days(), settings.landing_root)
     defs = build_definitions(settings)
     with dg.DagsterInstance.ephemeral() as instance:
         build_lake(defs, instance, DAYS)

@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from mlops_assets.definitions import build_definitions
 from mlops_assets.settings import load_settings
 from mlops_assets.simulate import Scenario, simulate
-from mlops_assets_tests.integration.conftest import DAYS, QUIET, START, build_lake, retrain
+from mlops_assets_tests.integration.conftest import DAYS, QUIET, build_lake, retrain, twelve_days
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explore_lake.ipynb"
 SCORED = DAYS[-2:]
@@ -32,13 +32,7 @@ def lake(tmp_path_factory):
     """Twelve dirty days through the lake, a champion, the last two days batch-scored."""
     root = tmp_path_factory.mktemp("notebook")
     settings = load_settings({"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev"})
-    scenario = Scenario.demo(
-        days=len(DAYS),
-        transactions_per_day=3_000,
-        seed=11,
-        start_date=START,
-        label_delay_days=(1, 3),
-    )
+    scenario = twelve_days(Scenario.demo)
     simulate(scenario, settings.landing_root)
     defs = build_definitions(settings)
     with dg.DagsterInstance.ephemeral() as instance:

@@ -38,9 +38,15 @@ from mlops_assets.release.deploy import (
 )
 from mlops_assets.serving.app import ScoringServer, build_service
 from mlops_assets.settings import load_settings, project_root
-from mlops_assets.simulate import Scenario, simulate
+from mlops_assets.simulate import simulate
 from mlops_assets.stack.process import free_port
-from mlops_assets_tests.integration.conftest import DAYS, START, THRESHOLDS, build_lake, retrain
+from mlops_assets_tests.integration.conftest import (
+    DAYS,
+    THRESHOLDS,
+    build_lake,
+    retrain,
+    twelve_days,
+)
 from mlops_assets_tests.serving_env import ServingEnv
 
 CHANGED = dg.AssetKey(["ml", "training_set"])
@@ -61,13 +67,7 @@ def prod(tmp_path_factory):
     root = tmp_path_factory.mktemp("prod")
     environ = prod_environ(root)
     settings = load_settings(environ)
-    scenario = Scenario.clean(
-        days=len(DAYS),
-        transactions_per_day=3_000,
-        seed=11,
-        start_date=START,
-        label_delay_days=(1, 3),
-    )
+    scenario = twelve_days()
     simulate(scenario, settings.landing_root)
     defs = build_definitions(settings)
     home = prepare_dagster_home(settings, set_env=False)
