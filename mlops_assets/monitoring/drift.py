@@ -64,7 +64,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,6 +92,10 @@ PSI_BINS = 10
 # Rows per step of the Wasserstein sum: temporaries stay in cache and are reused.
 _CHUNK = 1 << 13
 PSI_FLOOR = 1e-4
+# Columns run on up to this many threads (never more than the cores), once the frames hold
+# this many values in all: below it, starting threads costs more than it saves.
+_MAX_WORKERS = 8
+_PARALLEL_ROWS = 200_000
 PSI_MODERATE = DEFAULT.psi_moderate
 PSI_MAJOR = DEFAULT.psi_major
 
@@ -182,7 +188,7 @@ def compute_drift(
     overrides = dict(kinds or {})
     limits = _thresholds(thresholds, drift_share)
     names = list(columns) if columns is not None else list(current.columns)
-    rows = []
+    jobs = []
     for name in names:
         if name not in reference.columns or name not in current.columns:
             raise ValueError(f"column {name!r} is missing from the reference or current frame")
@@ -191,11 +197,8 @@ def compute_drift(
             if columns is None:
                 continue
             raise ValueError(f"column {name!r} ({current.schema[name]}) needs a kind in `kinds`")
-        rows.append(
-            _column_drift(
-                name, kind, reference.get_column(name), current.get_column(name), limits, psi_bins
-            )
-        )
+        jobs.append((name, kind, reference.get_column(name), current.get_column(name)))
+    rows = _each_column(jobs, limits, psi_bins)
     table = pl.DataFrame(rows, schema=DRIFT_SCHEMA, orient="row")
     drifted = int(table.get_column("drifted").sum())
     share = drifted / table.height if table.height else 0.0
@@ -207,6 +210,21 @@ def compute_drift(
         dataset_drift=bool(table.height) and limits.dataset_drifted(share),
     )
     return DriftResult(columns=table, summary=summary)
+
+
+def _each_column(
+    jobs: list[tuple[str, Kind, pl.Series, pl.Series]], limits: Thresholds, psi_bins: int
+) -> list[tuple]:
+    """Every column's drift row, in the order of `jobs`, columns spread over the cores.
+
+    numpy's sorts and polars' counts release the GIL, so one thread per core overlaps the
+    columns; each column is computed by one thread alone, so results do not depend on it.
+    """
+    workers = min(len(jobs), os.cpu_count() or 1, _MAX_WORKERS)
+    if workers <= 1 or sum(job[2].len() + job[3].len() for job in jobs) < _PARALLEL_ROWS:
+        return [_column_drift(*job, limits, psi_bins) for job in jobs]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drift") as pool:
+        return list(pool.map(lambda job: _column_drift(*job, limits, psi_bins), jobs))
 
 
 def _thresholds(
@@ -335,7 +353,8 @@ def _frequencies(reference: pl.Series, current: pl.Series) -> pl.DataFrame:
     """Counts of each value on either side: `value`, `reference`, `current` (0 when absent)."""
 
     def counts(values: pl.Series, side: str) -> pl.DataFrame:
-        frame = values.rename("value").value_counts(name=side)
+        # A group-by count is about three times faster than `value_counts` on strings.
+        frame = values.rename("value").to_frame().group_by("value").len(name=side)
         return frame.filter(pl.col("value").is_not_null())
 
     return (
