@@ -273,7 +273,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mlops_assets.serving.app import serve
 
     token = args.token or os.environ.get("MLOPS_SERVE_TOKEN") or None
-    return serve(load_settings(), host=args.host, port=args.port, token=token)
+    return serve(
+        load_settings(),
+        host=args.host,
+        port=args.port,
+        token=token,
+        poll_seconds=args.poll_seconds,
+        flush_rows=args.log_flush_rows,
+        flush_interval_ms=args.log_flush_ms,
+        http=args.http,
+    )
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -462,6 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--token", default=None, help="bearer token required to score (or MLOPS_SERVE_TOKEN)"
+    )
+    serve.add_argument(
+        "--poll-seconds", type=float, default=2.0, help="how often the champion alias is read"
+    )
+    serve.add_argument(
+        "--log-flush-rows", type=int, default=2_000, help="inference log rows per commit at most"
+    )
+    serve.add_argument(
+        "--log-flush-ms",
+        type=int,
+        default=1_000,
+        help="longest time an inference log row waits for its commit",
+    )
+    serve.add_argument(
+        "--http",
+        choices=("threads", "loop"),
+        default="threads",
+        help="concurrency: a thread per connection (measured faster), or one event loop",
     )
     serve.set_defaults(func=cmd_serve)
     stream = sub.add_parser(

@@ -140,6 +140,8 @@ class ScoringService:
         self.counts = {"ok": 0, "error": 0}
         self._count_lock = threading.Lock()
         self.metrics = ServingMetrics()
+        # Seconds from process start to each step of `serve` (see `process_age`).
+        self.startup: dict[str, float | None] = {}
 
     # -- authentication --------------------------------------------------------------------
 
@@ -445,8 +447,24 @@ class ScoringService:
                 "online_store": self.store_info(),
                 "requests": dict(self.counts),
                 "started_at": self.started_at.isoformat(),
+                "startup": self.startup_info(),
             },
         )
+
+    def startup_info(self) -> dict[str, Any]:
+        """How the process started: seconds from its start to each step, and the load path.
+
+        `serve_s`: `serve` called (interpreter and the server's imports); `listening_s`: the
+        port bound (the service built); `model_load_s`: the primary model's load (registry
+        read and cache or MLflow load, in the background from the service's build on);
+        `load_path`: `cache` or `mlflow`.
+        """
+        current = self.holder.current
+        return {
+            **self.startup,
+            "model_load_s": None if current is None else round(current.load_seconds, 4),
+            "load_path": None if current is None else current.load_path,
+        }
 
     def ready(self) -> Response:
         """200 while the models are loaded and the log writes; 503 with the reasons otherwise.
@@ -486,6 +504,7 @@ class ScoringService:
             "model": model,
             "models": models,
             "online_store": self.store_info(),
+            "startup": self.startup_info(),
         }
         return Response(200 if not reasons else 503, body)
 
@@ -496,13 +515,13 @@ class ScoringService:
 
     def version(self) -> Response:
         """MLflow's `GET /version`: the MLflow version, with this API's and the model's."""
-        import mlflow
+        from importlib.metadata import version
 
         model = self.holder.current
         return Response(
             200,
             {
-                "mlflow_version": mlflow.__version__,
+                "mlflow_version": version("mlflow"),
                 "api_version": API_VERSION,
                 "model": None if model is None else {"name": model.name, "version": model.version},
             },
@@ -1023,10 +1042,29 @@ def build_service(
     from mlops_assets.lakehouse.catalog import Catalog
     from mlops_assets.lakehouse.delta_io import table_exists
     from mlops_assets.models.lifecycle import model_name
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
     from mlops_assets.serving.inference_log import INFERENCE_LOG
-    from mlops_assets.settings import use_mlflow_store
+    from mlops_assets.serving.model import load_serving_model
 
-    use_mlflow_store(settings.mlflow_uri)
+    # MLflow is imported only when a version must be loaded through it (no verified cache).
+    registry = RegistryReader(settings.mlflow_uri)
+    cache = CompiledCache(settings.env_root / "serving_cache")
+    mlflow_ready = threading.Lock()
+    pointed: list[bool] = []
+
+    def point_mlflow() -> None:
+        with mlflow_ready:
+            if not pointed:
+                from mlops_assets.settings import use_mlflow_store
+
+                use_mlflow_store(settings.mlflow_uri)
+                pointed.append(True)
+
+    def loader(name: str, version: str, alias: str) -> ServingModel:
+        return load_serving_model(
+            name, version, alias, registry=registry, cache=cache, before_mlflow=point_mlflow
+        )
+
     uri = Catalog(settings).uri_for_write(INFERENCE_LOG)
     schema = inference_schema()
     if table_exists(uri):
@@ -1040,10 +1078,15 @@ def build_service(
     )
     from mlops_assets.models.declaration import MODELS, primary
 
-    holders = {
-        name: ChampionHolder(model_name(settings.env, name), poll_seconds=poll_seconds)
-        for name in MODELS
-    }
+    holders = {}
+    for name in MODELS:
+        registered = model_name(settings.env, name)
+        holders[name] = ChampionHolder(
+            registered,
+            poll_seconds=poll_seconds,
+            loader=loader,
+            resolver=lambda registered=registered: registry.alias_version(registered, "champion"),
+        )
     for holder in holders.values():
         holder.start()
 
@@ -1067,6 +1110,25 @@ def build_service(
     )
 
 
+# The server's concurrency models (`serve(http=...)`); `threads` is the default, by measurement.
+HTTP_MODELS = ("threads", "loop")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from `/proc`, to 10 ms), None where unknown."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as handle:
+            # Fields after the command name; the start time is field 22 of the whole line.
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return round(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def serve(
     settings: Any,
     *,
@@ -1075,6 +1137,9 @@ def serve(
     token: str | None = None,
     poll_seconds: float = 2.0,
     ready_file: str | None = None,
+    flush_rows: int = 2_000,
+    flush_interval_ms: int = 1_000,
+    http: str = "threads",
 ) -> int:
     """Run the server until SIGTERM or SIGINT, then stop gracefully (see `ScoringServer.stop`).
 
@@ -1085,15 +1150,34 @@ def serve(
         token: Bearer token guarding scoring.
         poll_seconds: How often the champion alias is read.
         ready_file: When given, the bound URL is written there once the server listens.
+        flush_rows: Inference log rows per commit at most.
+        flush_interval_ms: Longest time a row waits for its commit.
+        http: The concurrency model: `loop` (one event loop thread, `LoopScoringServer`) or
+            `threads` (a thread per connection, `ScoringServer`).
 
     Returns:
         The process exit code.
     """
+    serve_age = process_age()
     # Shorter GIL turns: a request waits less behind the log writer or the alias poller.
     sys.setswitchinterval(0.001)
     # The port is bound at once; /readyz answers 200 once the champion is loaded.
-    service = build_service(settings, token=token, poll_seconds=poll_seconds)
-    server = ScoringServer((host, port), service)
+    service = build_service(
+        settings,
+        token=token,
+        poll_seconds=poll_seconds,
+        flush_rows=flush_rows,
+        flush_interval_ms=flush_interval_ms,
+    )
+    if http not in HTTP_MODELS:
+        raise ValueError(f"http={http!r} is no concurrency model; use one of {HTTP_MODELS}")
+    if http == "loop":
+        from mlops_assets.serving.loop_server import LoopScoringServer
+
+        server: Any = LoopScoringServer((host, port), service)
+    else:
+        server = ScoringServer((host, port), service)
+    service.startup = {"serve_s": serve_age, "listening_s": process_age()}
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -12,6 +12,11 @@ either differs in any bit, that version is served by the reference path instead.
 new version in a background thread and swaps it in with one reference assignment, so a
 request always scores with one whole model. If a version fails to load, the old one keeps
 serving and the failure is reported by `status()`.
+
+A version compiled and checked once is cached (`serving.fastload`): a new process resolves the
+alias and the artifacts straight from the registry and loads the verified scorer without
+importing MLflow (`load_path` `cache`); otherwise it loads through MLflow (`mlflow`) and writes
+the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 from mlops_assets.features.spec import ON_DEMAND_FEATURES, FeatureSpec
 from mlops_assets.serving.compiled import CompiledPipeline, UnsupportedModelError
+from mlops_assets.serving.fastload import CompiledCache, RegistryReader
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +183,8 @@ class ServingModel:
         fallback_reason: Why the reference path serves, when it does.
         loaded_at: When loading finished.
         load_seconds: How long loading took.
+        load_path: `cache` (the verified cached scorer, without MLflow) or `mlflow`.
+        load_detail: Why the cache did not serve, or what verified it.
     """
 
     name: str
@@ -192,6 +200,8 @@ class ServingModel:
         default_factory=lambda: datetime.datetime.now(datetime.UTC)
     )
     load_seconds: float = 0.0
+    load_path: str = "mlflow"
+    load_detail: str | None = None
 
     @property
     def scorer(self) -> str:
@@ -235,6 +245,11 @@ class ServingModel:
                     name, [None if v is None else float(v) for v in values], dtype=pl.Float64
                 )
         frame = pl.DataFrame(columns)
+        if self.pyfunc is None:
+            # Loaded from the cache: the reference model is loaded when first asked for.
+            import mlflow
+
+            self.pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{self.version}")
         return [float(p) for p in self.pyfunc.predict(model_inputs(frame, self.spec))[:, 1]]
 
     @property
@@ -292,16 +307,24 @@ def _probe_rows(compiled: CompiledPipeline, count: int, seed: int = 13) -> list[
     return rows
 
 
-def _check_compiled(model: ServingModel, compiled: CompiledPipeline, count: int) -> str | None:
-    """None when the compiled scorer equals the pyfunc on probe rows, else the difference."""
+def _check_compiled(
+    model: ServingModel, compiled: CompiledPipeline, count: int
+) -> tuple[str | None, list[list[Any]], list[float]]:
+    """Compare the compiled scorer with the pyfunc on probe rows.
+
+    Returns:
+        None when every score is equal to the last bit, else the first difference; the probe
+        rows (in `feature_columns` order) and the pyfunc's scores of them.
+    """
     columns = model.spec.feature_columns
-    rows = [dict(zip(columns, r, strict=True)) for r in _probe_rows(compiled, count)]
+    probes = _probe_rows(compiled, count)
+    rows = [dict(zip(columns, r, strict=True)) for r in probes]
     expected = model.reference_score(rows)
     for row, want in zip(rows, expected, strict=True):
         got = compiled.score([row[c] for c in columns])
         if got != want:
-            return f"compiled score {got!r} != pyfunc score {want!r} for {row}"
-    return None
+            return f"compiled score {got!r} != pyfunc score {want!r} for {row}", probes, expected
+    return None, probes, expected
 
 
 def _check_python_features(spec: FeatureSpec) -> str | None:
@@ -348,25 +371,77 @@ def _check_python_features(spec: FeatureSpec) -> str | None:
     return None
 
 
+def _from_cache(
+    name: str, version: str, alias: str, registry: RegistryReader, cache: CompiledCache
+) -> tuple[ServingModel | None, str]:
+    """A version from the compiled cache without MLflow, or None and why not."""
+    started = time.perf_counter()
+    info = registry.version_info(name, version)
+    if info.local_dir is None:
+        return None, f"artifacts at {info.location} are not on a local disk"
+    cached, why = cache.load(name, version, info.local_dir)
+    if cached is None:
+        return None, why
+    model = ServingModel(
+        name=name,
+        version=str(version),
+        alias=alias,
+        spec=FeatureSpec.from_dict(cached.spec),
+        threshold=cached.threshold,
+        pyfunc=None,
+        compiled=cached.compiled,
+        python_features=cached.python_features,
+        fallback_reason=cached.fallback_reason,
+        load_path="cache",
+        load_detail=f"cached scorer verified on {cached.verified_rows} probe rows",
+    )
+    model.load_seconds = time.perf_counter() - started
+    model.loaded_at = datetime.datetime.now(datetime.UTC)
+    return model, why
+
+
 def load_serving_model(
-    name: str, version: str, alias: str = "champion", *, check_rows: int = 512
+    name: str,
+    version: str,
+    alias: str = "champion",
+    *,
+    check_rows: int = 512,
+    registry: RegistryReader | None = None,
+    cache: CompiledCache | None = None,
+    before_mlflow: Callable[[], None] | None = None,
 ) -> ServingModel:
     """Load a registered version with its spec and threshold, and pick its scoring path.
 
-    The MLflow tracking and registry URIs must be set (`mlflow.set_tracking_uri`).
+    With `registry` and `cache`, a version whose checked compiled scorer is cached (and still
+    verifies, see `fastload.CompiledCache.load`) is loaded from there without MLflow.
+    Otherwise it is loaded through MLflow (whose tracking and registry URIs must be set, or
+    set by `before_mlflow`), and its checked scorer is written to `cache`.
 
     Args:
         name: Registered model name.
         version: The version to load.
         alias: The alias it is loaded for (recorded with each prediction).
         check_rows: Probe rows on which the compiled scorer must equal the pyfunc exactly.
+        registry: Reads the version's artifact location (for the cache).
+        cache: The compiled cache.
+        before_mlflow: Called before MLflow is first used (e.g. to point it at the store).
 
     Raises:
         Exception: The model, its spec or its threshold cannot be loaded.
     """
+    started = time.perf_counter()
+    miss = None
+    if registry is not None and cache is not None:
+        try:
+            cached, miss = _from_cache(name, version, alias, registry, cache)
+        except Exception as error:  # noqa: BLE001 - the full path still serves; say why
+            cached, miss = None, f"cache unusable: {type(error).__name__}: {error}"
+        if cached is not None:
+            return cached
+    if before_mlflow is not None:
+        before_mlflow()
     import mlflow
 
-    started = time.perf_counter()
     uri = f"models:/{name}/{version}"
     pyfunc = mlflow.pyfunc.load_model(uri)
     metadata = pyfunc.metadata.metadata or {}
@@ -396,9 +471,11 @@ def load_serving_model(
         model.python_features = True
     else:
         reasons.append(feature_problem)
+    probes: list[list[Any]] = []
+    expected: list[float] = []
     try:
         compiled = CompiledPipeline(pyfunc.get_raw_model(), spec.feature_columns)
-        problem = _check_compiled(model, compiled, check_rows)
+        problem, probes, expected = _check_compiled(model, compiled, check_rows)
         if problem is None:
             model.compiled = compiled
         else:
@@ -406,6 +483,25 @@ def load_serving_model(
     except UnsupportedModelError as error:
         reasons.append(str(error))
     model.fallback_reason = "; ".join(reasons) or None
+    model.load_detail = miss
+    if model.compiled is not None and registry is not None and cache is not None:
+        try:
+            info = registry.version_info(name, version)
+            if info.local_dir is not None:
+                cache.save(
+                    name,
+                    str(version),
+                    info.local_dir,
+                    compiled=model.compiled,
+                    spec=metadata["feature_spec"],
+                    threshold=model.threshold,
+                    python_features=model.python_features,
+                    fallback_reason=model.fallback_reason,
+                    probe_rows=probes,
+                    probe_scores=expected,
+                )
+        except Exception as error:  # noqa: BLE001 - serving goes on; the next start is slower
+            log.warning("caching the scorer of %s version %s failed: %s", name, version, error)
     model.load_seconds = time.perf_counter() - started
     model.loaded_at = datetime.datetime.now(datetime.UTC)
     if reasons:
@@ -551,6 +647,9 @@ class ChampionHolder:
             "stale": stale,
             "scorer": None if current is None else current.scorer,
             "fallback_reason": None if current is None else current.fallback_reason,
+            "load_path": None if current is None else current.load_path,
+            "load_detail": None if current is None else current.load_detail,
+            "load_seconds": None if current is None else round(current.load_seconds, 4),
             "threshold": None if current is None else current.threshold,
             "loaded_at": None if current is None else current.loaded_at.isoformat(),
             "swaps": self.swaps,
