@@ -237,8 +237,11 @@ def _arrow_schema(table: DeltaTable) -> pa.Schema:
     return pa.schema(table.schema().to_arrow())
 
 
-def _normalise(data: pl.DataFrame, table: str) -> pa.Table:
+def _normalise(data: pl.DataFrame, table: str, *, views: bool = False) -> pa.Table:
     """Bring a frame to the types the lake stores: microsecond UTC timestamps, plain strings.
+
+    With `views`, strings stay arrow string views (no copy): for the polars writer, which
+    takes the table back into polars and writes plain strings itself.
 
     Raises:
         SchemaChangeError: A timestamp column has no time zone (the lake stores UTC instants).
@@ -254,6 +257,8 @@ def _normalise(data: pl.DataFrame, table: str) -> pa.Table:
         for n, t in data.schema.items()
         if isinstance(t, pl.Datetime) and (t.time_unit != "us" or t.time_zone != "UTC")
     )
+    if views:
+        return data.to_arrow(compat_level=pl.CompatLevel.newest())
     # Polars hands out large string/binary views; Delta stores plain strings.
     return data.to_arrow(compat_level=pl.CompatLevel.oldest())
 
@@ -626,10 +631,10 @@ def write_partition(
     options = storage_options_for(uri, storage_options)
     partition_by = list(partition_by or partition.keys())
     _check_partition(data, partition, name)
-    arrow = _normalise(data, name)
+    writer = writer_for(uri)
+    arrow = _normalise(data, name, views=writer is Writer.POLARS)
     write_id = str(uuid.uuid4())
     metadata = {WRITE_ID_KEY: write_id}
-    writer = writer_for(uri)
     added: list[str] = []
 
     def attempt(delta: DeltaTable | None) -> DeltaTable:
