@@ -11,6 +11,7 @@ on `s3://`) also loads the S3A jars.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -200,6 +201,11 @@ def spark_config(
         # A local session or a cluster on this machine: no other interface is needed.
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+        # Python work on the executors (`mapInArrow`) runs in this environment, which has
+        # polars and the project; a bare `python3` on the PATH may not. pyspark reads the
+        # workers' interpreter from PYSPARK_PYTHON when the context starts.
+        conf["spark.pyspark.python"] = sys.executable
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if master.startswith("local"):
         # Day-sized partitions: a few shuffle partitions, not Spark's cluster default of 200.
         conf["spark.sql.shuffle.partitions"] = "4"
