@@ -1,0 +1,84 @@
+"""Suite-wide set-up: how tests share expensive state under parallel workers, and clean-up.
+
+`make test` runs one pytest process with xdist workers and `--dist loadgroup`. A worker
+builds a module-scoped fixture (a lake, a server, a trained model) for the tests it runs, so
+tests that share one must run on the same worker or each worker builds it again. Here every
+test that uses a module-scoped fixture of its own module joins the module's group, and every
+test that uses one of the lakes the integration conftest builds once per session joins that
+lake's group (the tests of a group keep their collection order on their worker). Tests that
+share nothing are spread one by one. A test that names its own `xdist_group` keeps it.
+
+Every run carries a marker in its environment (`MLOPS_TEST_RUN`, see `reap`): what a test
+leaves running (a server of a timed-out or killed test) is stopped when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from mlops_assets_tests.reap import MARKER, describe, marked, reap
+
+# Session fixtures built once per run: the tests using them share one worker (by group name).
+SHARED_SESSION_FIXTURES = {"cd_lake": "cd_lake", "champion": "cd_lake"}
+# Fixtures of the suite's own modules and conftests (not pytest's or plugins').
+SUITE = "mlops_assets_tests"
+# Scopes whose fixtures are set up once for the tests of one module (or class).
+MODULE_SCOPES = {"module", "class", "package"}
+# The controller's run marker, kept for its clean-up.
+_RUN = pytest.StashKey[str]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller marks its run (nested under a marker the caller set, e.g. `make test`)."""
+    if _is_worker(config):
+        return
+    parent = os.environ.get(MARKER)
+    own = f"pytest-{os.getpid()}-{int(time.time())}"
+    os.environ[MARKER] = f"{parent}/{own}" if parent else own
+    config.stash[_RUN] = os.environ[MARKER]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller stops whatever its run left running, and says what it was."""
+    run = config.stash.get(_RUN, None)
+    if run is None:
+        return
+    left = {pid: describe(pid) for pid in marked(run) if pid != os.getpid()}
+    stopped = reap(run)
+    for pid in stopped:
+        sys.stderr.write(f"\nmlops_assets_tests: stopped a leftover process {pid}: {left.get(pid)}")
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The xdist group `item` must share a worker with, None when it shares nothing."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    module = item.nodeid.split("::", 1)[0]
+    for name in sorted(info.names_closure):
+        if name in SHARED_SESSION_FIXTURES:
+            return SHARED_SESSION_FIXTURES[name]
+    for name in info.names_closure:
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            if fixturedef.scope in MODULE_SCOPES and fixturedef.baseid.startswith(SUITE):
+                return module
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Add the `xdist_group` marks (before xdist reads them; only with `--dist loadgroup`)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
