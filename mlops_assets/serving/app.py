@@ -1047,8 +1047,9 @@ def build_service(
     from mlops_assets.serving.model import load_serving_model
 
     # MLflow is imported only when a version must be loaded through it (no verified cache).
-    registry = RegistryReader(settings.mlflow_uri)
-    cache = CompiledCache(settings.env_root / "serving_cache")
+    cache_dir = settings.env_root / "serving_cache"
+    registry = RegistryReader(settings.mlflow_uri, mirror_dir=cache_dir / "artifacts")
+    cache = CompiledCache(cache_dir)
     mlflow_ready = threading.Lock()
     pointed: list[bool] = []
 

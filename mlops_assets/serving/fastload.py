@@ -81,11 +81,17 @@ class RegistryReader:
         uri: The registry URI (`Settings.mlflow_uri`): `sqlite:///<path>`, `http(s)://...`,
             or any other store MLflow takes (read through `mlflow.MlflowClient` then).
         timeout: Seconds an HTTP registry has to answer.
+        mirror_dir: Where artifacts an MLflow server proxies (`mlflow-artifacts:/`) are
+            copied to, so that they can be verified and read locally; without it such
+            versions have no local directory.
     """
 
-    def __init__(self, uri: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, uri: str, *, timeout: float = 5.0, mirror_dir: str | Path | None = None
+    ) -> None:
         self.uri = uri
         self.timeout = timeout
+        self.mirror_dir = None if mirror_dir is None else Path(mirror_dir)
         parsed = urllib.parse.urlparse(uri)
         self.kind = (
             "sqlite"
@@ -123,13 +129,18 @@ class RegistryReader:
 
     # -- REST ----------------------------------------------------------------------------------
 
-    def _get(self, route: str, query: dict[str, str]) -> dict[str, Any] | None:
-        """GET an MLflow REST route; None on RESOURCE_DOES_NOT_EXIST."""
-        url = f"{self.uri.rstrip('/')}/api/2.0/mlflow/{route}?{urllib.parse.urlencode(query)}"
+    def _get(
+        self, route: str, query: dict[str, str], *, raw: bool = False
+    ) -> dict[str, Any] | bytes | None:
+        """GET an MLflow REST route (JSON, or bytes when `raw`); None when it does not exist."""
+        url = f"{self.uri.rstrip('/')}/api/2.0/{route}"
+        if query:
+            url += f"?{urllib.parse.urlencode(query)}"
         request = urllib.request.Request(url, headers=_auth_headers())
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return json.loads(response.read())
+                body = response.read()
+                return body if raw else json.loads(body)
         except urllib.error.HTTPError as error:
             body = error.read()[:2000]
             with contextlib.suppress(ValueError):
@@ -167,7 +178,7 @@ class RegistryReader:
                 ).fetchone()
             return None if row is None else str(row[0])
         if self.kind == "rest":
-            answer = self._get("registered-models/alias", {"name": name, "alias": alias})
+            answer = self._get("mlflow/registered-models/alias", {"name": name, "alias": alias})
             if answer is None:
                 return None
             return str(answer["model_version"]["version"])
@@ -198,14 +209,65 @@ class RegistryReader:
             location = row[0] or row[1]
         elif self.kind == "rest":
             answer = self._get(
-                "model-versions/get-download-uri", {"name": name, "version": str(version)}
+                "mlflow/model-versions/get-download-uri", {"name": name, "version": str(version)}
             )
-            if answer is None:
+            if not isinstance(answer, dict):
                 raise RegistryError(f"the registry holds no version {version} of {name}")
             location = answer.get("artifact_uri")
+            if location and location.startswith("mlflow-artifacts:") and self.mirror_dir:
+                return VersionInfo(name, str(version), location, self._mirror(location))
         else:
             location = self._mlflow().get_model_version_download_uri(name, version)
         return VersionInfo(name, str(version), location, _local_dir(location))
+
+    def _mirror(self, location: str) -> Path:
+        """Copy the files of proxied artifacts (`mlflow-artifacts:/<path>`) to the mirror.
+
+        The copy is made afresh in a new folder and renamed into place, so that a reader
+        never sees a half-copied version.
+        """
+        path = urllib.parse.urlparse(location).path.lstrip("/")
+        assert self.mirror_dir is not None
+        target = self.mirror_dir / hashlib.sha256(location.encode()).hexdigest()[:24]
+        self.mirror_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.mirror_dir, prefix="copy-"))
+        try:
+            pending = [""]
+            while pending:
+                folder = pending.pop()
+                listed = self._get(
+                    "mlflow-artifacts/artifacts", {"path": f"{path}/{folder}".rstrip("/")}
+                )
+                if not isinstance(listed, dict):
+                    raise RegistryError(f"the artifacts at {location} cannot be listed")
+                for item in listed.get("files", []):
+                    relative = f"{folder}/{item['path']}".lstrip("/")
+                    if ".." in Path(relative).parts:
+                        raise RegistryError(f"artifact path {relative!r} leaves its folder")
+                    if item.get("is_dir"):
+                        pending.append(relative)
+                        continue
+                    quoted = urllib.parse.quote(f"{path}/{relative}")
+                    data = self._get(f"mlflow-artifacts/artifacts/{quoted}", {}, raw=True)
+                    if not isinstance(data, bytes):
+                        raise RegistryError(f"artifact {relative} of {location} is missing")
+                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / relative).write_bytes(data)
+            old = None
+            if target.exists():
+                old = target.with_name(target.name + f".old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(staging, target)
+            if old is not None:
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
 
 
 def _auth_headers() -> dict[str, str]:
