@@ -10,16 +10,33 @@ following `missing_go_to_left`), the leaf values summed in the same order onto t
 baseline, and the same `expit`. Anything it does not reproduce (other estimators, native
 categorical splits, infrequent categories, dropped categories, several trees per iteration)
 is refused with `UnsupportedModelError`, and callers fall back to the model's own predict.
+
+Many rows at once (batch and stream scoring) go another way: `encode_frame` builds the
+classifier's input matrix from a polars frame column by column (the one-hot blocks from each
+categorical's codes, the numbers cast to floats as `model_inputs` casts them), without the
+pandas frame and the `ColumnTransformer`; `raw_many` then sums the trees' leaf values onto
+the baseline tree by tree, each tree walked by scikit-learn's own compiled tree predictor
+(the loop `HistGradientBoostingClassifier.predict_proba` runs), and `score_frame` applies the
+same `expit`, in bounded chunks of rows. `probe_frame` gives rows on, just above and just
+below every split threshold, with missing values and unseen categories, on which callers
+check the vectorised scores against the model's own predict bit for bit before using them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import expit
+
+if TYPE_CHECKING:
+    import polars as pl
+
+# Rows encoded and walked at once by `score_frame`: the input matrix of a chunk stays small
+# (46 features: 48 MiB) however many rows are scored.
+CHUNK_ROWS = 131_072
 
 
 class UnsupportedModelError(ValueError):
@@ -145,6 +162,12 @@ class CompiledPipeline:
         self._roots = np.asarray(roots, dtype=np.int64)
         self._depth = depth
         self.trees = len(roots)
+        # The trees' node records as scikit-learn holds them, walked by its compiled
+        # predictor in `raw_many` (no categorical splits: the bitsets are empty).
+        self._nodes = [tree.nodes for (tree,) in classify._predictors]
+        self._tree_predictors: list[Any] | None = None
+        # Outcome of `check_many`: None until checked, then "" (equal) or the difference.
+        self._many_problem: str | None = None
 
     def encode(self, row: Sequence[Any]) -> np.ndarray:
         """The classifier's input for one row: one-hot blocks, then the numbers, as floats.
@@ -182,3 +205,169 @@ class CompiledPipeline:
     def score(self, row: Sequence[Any]) -> float:
         """The positive class probability of one row (see `encode` for the row's values)."""
         return float(expit(self.raw(self.encode(row))))
+
+    def encode_frame(self, frame: pl.DataFrame) -> np.ndarray:
+        """The classifier's input for every row of a frame, as `model_inputs` and the encoder.
+
+        Categoricals are cast to strings with missing values read as `unknown` (unknown
+        categories encode as all zeros); the other columns are cast to floats, missing values
+        becoming NaN, exactly as `model_inputs` casts them for the pipeline.
+
+        Args:
+            frame: A frame holding every column of `feature_columns`.
+
+        Returns:
+            A float64 matrix of `frame.height` rows and `width` columns, column-major (each
+            column written at once; the tree walk reads it as fast as row-major).
+
+        Raises:
+            ValueError: The frame lacks feature columns.
+        """
+        import polars as pl
+
+        missing = [c for c in self.feature_columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the frame lacks feature columns {missing} of the model")
+        x = np.zeros((frame.height, self.width), dtype=np.float64, order="F")
+        rows = np.arange(frame.height)
+        for source, categories in self._categorical:
+            name = self.feature_columns[source]
+            codes = (
+                frame.get_column(name)
+                .cast(pl.String)
+                .fill_null("unknown")
+                .replace_strict(
+                    list(categories),
+                    list(categories.values()),
+                    default=-1,
+                    return_dtype=pl.Int64,
+                )
+                .to_numpy()
+            )
+            known = codes >= 0
+            x[rows[known], codes[known]] = 1.0
+        for source, target in self._numeric:
+            name = self.feature_columns[source]
+            values = frame.get_column(name).cast(pl.Float64).to_numpy()
+            x[:, target] = values
+        return x
+
+    def raw_many(self, x: np.ndarray) -> np.ndarray:
+        """The baseline plus every tree's leaf value for each row of `x`, in the trees' order.
+
+        Each tree is walked by scikit-learn's compiled predictor, as `predict_proba` walks it
+        (`x <= threshold`, missing values by `missing_go_to_left`), and its values are added
+        to the running sums one tree after the other, as `raw_predictions += predict(X)`.
+        """
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        predictors = self._predictors()
+        threads = _openmp_effective_n_threads()
+        known = np.zeros((0, 8), dtype=np.uint32)
+        index = np.zeros(self.width, dtype=np.uint32)
+        x = np.asarray(x, dtype=np.float64)
+        total = np.zeros(x.shape[0], dtype=np.float64)
+        total += self._baseline
+        for predictor in predictors:
+            total += predictor.predict(x, known, index, threads)
+        return total
+
+    def score_frame(self, frame: pl.DataFrame, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+        """The positive class probability of every row of a frame (see `encode_frame`).
+
+        Rows are encoded and scored `chunk_rows` at a time, so memory stays bounded.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        scores = np.empty(frame.height, dtype=np.float64)
+        for start in range(0, frame.height, chunk_rows):
+            chunk = frame.slice(start, chunk_rows)
+            scores[start : start + chunk.height] = expit(self.raw_many(self.encode_frame(chunk)))
+        return scores
+
+    def check_many(
+        self, reference: Callable[[pl.DataFrame], np.ndarray], count: int = 2_048
+    ) -> str | None:
+        """Compare `score_frame` with the model's own predict on probe rows, bit for bit.
+
+        The comparison runs once per compiled model; later calls return its outcome.
+
+        Args:
+            reference: The model's own scores of a frame (its pyfunc's positive class).
+            count: Probe rows (see `probe_frame`).
+
+        Returns:
+            None when every probe score is the same float, else the first difference.
+        """
+        if self._many_problem is None:
+            probe = self.probe_frame(count)
+            want = np.asarray(reference(probe), dtype=np.float64)
+            # Chunks smaller than the probe: the chunked path is what is checked.
+            got = self.score_frame(probe, chunk_rows=max(1, count // 3))
+            same = want.shape == got.shape and np.array_equal(
+                want.view(np.int64), got.view(np.int64)
+            )
+            if same:
+                self._many_problem = ""
+            elif want.shape != got.shape:
+                self._many_problem = f"{got.shape} vectorised scores for {want.shape} model scores"
+            else:
+                bad = int(np.flatnonzero(want.view(np.int64) != got.view(np.int64))[0])
+                self._many_problem = (
+                    f"vectorised score {got[bad]!r} != model score {want[bad]!r} for probe row "
+                    f"{probe.row(bad, named=True)}"
+                )
+        return self._many_problem or None
+
+    def _predictors(self) -> list[Any]:
+        if self._tree_predictors is None:
+            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+            empty = np.zeros((0, 8), dtype=np.uint32)
+            self._tree_predictors = [TreePredictor(nodes, empty, empty) for nodes in self._nodes]
+        return self._tree_predictors
+
+    def probe_frame(self, count: int, seed: int = 17) -> pl.DataFrame:
+        """Rows probing the vectorised scorer: every split threshold, missing, unseen values.
+
+        Numbers on, just above and just below split thresholds (each threshold at least once
+        when `count` allows), NaN and missing values, values beyond every threshold; known,
+        unseen and missing categories. Numbers are floats, categoricals strings.
+        """
+        import polars as pl
+
+        rng = np.random.default_rng(seed)
+        is_split = self._left != np.arange(len(self._left))
+        columns: dict[str, pl.Series] = {}
+        for source, categories in self._categorical:
+            name = self.feature_columns[source]
+            choices = [*categories, "never-seen-category", None]
+            picks = rng.integers(0, len(choices), count)
+            columns[name] = pl.Series(name, [choices[i] for i in picks], dtype=pl.String)
+        for source, target in self._numeric:
+            name = self.feature_columns[source]
+            splits = np.unique(self._threshold[is_split & (self._feature == target)])
+            if len(splits):
+                # Every threshold in turn, then random ones; nudged down, kept, nudged up.
+                picks = np.concatenate(
+                    [rng.permutation(len(splits)), rng.integers(0, len(splits), count)]
+                )[:count]
+                values = splits[picks]
+                nudge = rng.integers(-1, 2, count)
+                values = np.where(nudge < 0, np.nextafter(values, -np.inf), values)
+                values = np.where(nudge > 0, np.nextafter(values, np.inf), values)
+            else:
+                values = rng.uniform(-10, 1000, count)
+            pick = rng.random(count)
+            values = np.where(pick < 0.04, np.nan, values)
+            values = np.where((pick >= 0.04) & (pick < 0.06), 1e300, values)
+            series = pl.Series(name, values, dtype=pl.Float64)
+            nulls = np.flatnonzero(pick > 0.96)
+            columns[name] = series.scatter(nulls, None) if len(nulls) else series
+        # Columns the encoder drops still reach the model's own predict: missing throughout.
+        return pl.DataFrame(
+            [
+                columns.get(c, pl.Series(c, [None] * count, dtype=pl.Float64))
+                for c in self.feature_columns
+            ]
+        )

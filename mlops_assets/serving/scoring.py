@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import narwhals as nw
+import numpy as np
 import polars as pl
 
 from mlops_assets.lakehouse.landing import read_landing_file
@@ -33,6 +35,34 @@ STREAM_FILE_KEY = "mlops.stream_file"
 KEYS = ("transaction_id", "card_id", "merchant_id")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+log = logging.getLogger(__name__)
+
+
+def model_scores(model: Any, features: pl.DataFrame) -> np.ndarray:
+    """The positive class probability of each row of a frame holding the feature columns.
+
+    The compiled trees score when the model has them and they equal the model's own predict
+    on probe rows (checked once per loaded model); otherwise the pyfunc does.
+
+    Args:
+        model: A loaded `ServingModel`.
+        features: Rows with every column of the model's `spec.feature_columns`.
+    """
+    if not features.height:
+        return np.empty(0, dtype=np.float64)
+    compiled = getattr(model, "compiled", None)
+    if compiled is not None:
+        problem = compiled.check_many(lambda frame: _pyfunc_scores(model, frame))
+        if problem is None:
+            return compiled.score_frame(features)
+        log.warning("%s version %s scored by the pyfunc: %s", model.name, model.version, problem)
+    return _pyfunc_scores(model, features)
+
+
+def _pyfunc_scores(model: Any, features: pl.DataFrame) -> np.ndarray:
+    return np.asarray(model.pyfunc.predict(model_inputs(features, model.spec))[:, 1])
 
 
 def _model_columns(model: Any, score: pl.Series) -> list[pl.Expr]:
@@ -63,11 +93,7 @@ def batch_predictions(
     """
     spec = model.spec
     started = time.perf_counter()
-    scores = (
-        model.pyfunc.predict(model_inputs(features, spec))[:, 1]
-        if features.height
-        else pl.Series([], dtype=pl.Float64)
-    )
+    scores = model_scores(model, features)
     per_row = (time.perf_counter() - started) * 1000 / max(features.height, 1)
     score = pl.Series("score", scores, dtype=pl.Float64)
     return features.select(
@@ -210,8 +236,7 @@ def _score_online(
         dtype=pl.Boolean,
     )
     features = spec.requests_frame(valid, looked_up)
-    scores = model.pyfunc.predict(model_inputs(features, spec))[:, 1]
-    score = pl.Series("score", scores, dtype=pl.Float64)
+    score = pl.Series("score", model_scores(model, features), dtype=pl.Float64)
     requests = _request_json(valid, spec.request_fields)
     known = [k for k in KEYS if k in spec.request_fields and k in valid.columns]
     base = valid.select(

@@ -69,6 +69,59 @@ def test_compiled_pipeline_scores_equal_predict_proba_exactly(pipeline):
     assert np.array_equal(got, expected)
 
 
+def test_vectorised_scores_equal_predict_proba_exactly(pipeline):
+    compiled = CompiledPipeline(pipeline, COLUMNS)
+    # The events as the join gives them (integer, boolean columns), then noisy floats.
+    for frame in (events(2500, seed=11), noisy(events(2500, seed=12), seed=5)):
+        expected = pipeline.predict_proba(model_inputs(frame, FRAUD_SPEC))[:, 1]
+        for chunk_rows in (frame.height, 999, 1):
+            if chunk_rows == 1:
+                frame, expected = frame.head(40), expected[:40]
+            got = compiled.score_frame(frame.select(COLUMNS), chunk_rows=chunk_rows)
+            assert got.dtype == np.float64
+            assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+    # Probe rows: every split threshold, a hair either side, NaN, missing, unseen categories.
+    probe = compiled.probe_frame(3000)
+    assert probe.columns == COLUMNS
+    assert probe.null_count().sum_horizontal().item() > 0
+    assert probe.select(pl.col(pl.Float64).is_nan().any()).sum_horizontal().item() > 0
+    expected = pipeline.predict_proba(model_inputs(probe, FRAUD_SPEC))[:, 1]
+    got = compiled.score_frame(probe, chunk_rows=700)
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+    # The encoded matrix is what the pipeline's encoder makes.
+    encoded = pipeline[0].transform(model_inputs(probe, FRAUD_SPEC))
+    assert np.array_equal(compiled.encode_frame(probe), encoded, equal_nan=True)
+    assert compiled.score_frame(probe.head(0)).shape == (0,)
+
+
+def test_the_vectorised_check_compares_with_the_model_once(pipeline):
+    compiled = CompiledPipeline(pipeline, COLUMNS)
+    calls = []
+
+    def reference(frame):
+        calls.append(frame.height)
+        return pipeline.predict_proba(model_inputs(frame, FRAUD_SPEC))[:, 1]
+
+    assert compiled.check_many(reference, count=500) is None
+    assert compiled.check_many(reference) is None and calls == [500]
+
+    def off_by_one_ulp(frame):
+        scores = pipeline.predict_proba(model_inputs(frame, FRAUD_SPEC))[:, 1]
+        scores[7] = np.nextafter(scores[7], 2.0)
+        return scores
+
+    other = CompiledPipeline(pipeline, COLUMNS)
+    problem = other.check_many(off_by_one_ulp, count=50)
+    assert problem is not None and problem.startswith("vectorised score ")
+    assert other.check_many(reference) == problem
+    with pytest.raises(ValueError, match="lacks feature columns \\['amount'\\]"):
+        compiled.encode_frame(probe_without_amount(compiled))
+
+
+def probe_without_amount(compiled):
+    return compiled.probe_frame(10).drop("amount")
+
+
 def test_unsupported_models_are_refused(pipeline):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
