@@ -21,6 +21,13 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced
 
+# What `make demo` imports only: the project, its core dependencies and the ml extra (MLflow,
+# scikit-learn, Evidently, plotly), without Spark, the stack's clients or the dev tools. Inexact:
+# it adds what is missing and removes nothing, so a full `install` before or after stays whole.
+$(VENV)/.synced-demo: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --inexact --no-dev --extra ml --python $(PYTHON)
+	touch $@
+
 # The io.delta jars matching the installed delta-spark, and the Hadoop S3A connector (hadoop-aws
 # and its AWS SDK) matching pyspark's Hadoop, from Maven Central into .jars/ (Spark loads them
 # from there; nothing is downloaded at run time). Maven caches them in ~/.m2.
@@ -60,24 +67,52 @@ $(WEED): $(WEED_CACHE)/weed
 ## weed: build SeaweedFS (S3-compatible object store) once per machine, link .tools/bin/weed
 weed: $(WEED)
 
-## demo: simulate landing days and build bronze, silver, gold and quarantine tables
-demo: install
-	$(BIN)/mlops demo
+## demo: the whole loop on simulated days (lake, champion, predictions, drift, retraining);
+## DEMO_ARGS="--days 6 --drift-days 7 --per-day 2000" sizes it (see `mlops demo --help`)
+DEMO_ARGS ?=
+demo: $(VENV)/.synced-demo
+	$(BIN)/mlops demo $(DEMO_ARGS)
 
 # A process time zone other than UTC: times must be instants whatever the machine's zone is.
-# The unit suite runs in both zones, the integration suite in this one.
+# The unit suite runs in both zones, the integration and e2e suites in this one.
 OTHER_TZ := America/Los_Angeles
 
+# Parallel test workers (pytest-xdist). Tests that share a module's or the session's lake,
+# model or server run on one worker (`--dist loadgroup`, groups set in mlops_assets_tests/
+# conftest.py); the e2e tests mostly wait on servers, so there are more workers than cores.
+TEST_WORKERS ?= 4
+PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+# A test run carries a marker (MLOPS_TEST_RUN) its workers and servers inherit; when the run
+# ends, finished or killed (INT, TERM), whatever still carries it is stopped
+# (mlops_assets_tests/reap.py). $(call reaped,command[,command,label]): one command, or two
+# at the same time (the second's lines prefixed with [label]), in the background so a signal
+# reaches the trap at once; fails when one of them failed.
+define reaped
+set -u; run="make-$@-$$$$"; export MLOPS_TEST_RUN="$$run"; \
+trap '$(BIN)/python -m mlops_assets_tests.reap "$$run"' EXIT; trap 'exit 143' INT TERM; \
+rc=0; { $(1); } & first=$$!; \
+$(if $(2),(set -o pipefail; { $(2); } 2>&1 | sed -u 's|^|[$(3)] |') & second=$$!; \
+wait $$second || rc=1;) wait $$first || rc=1; exit $$rc
+endef
+PYTEST_UTC_UNIT = $(BIN)/pytest mlops_assets_tests/unit -q -p no:cacheprovider
+PYTEST_OTHER_TZ = TZ=$(OTHER_TZ) $(BIN)/pytest -q $(PARALLEL)
+
 ## test: lint, validate definitions, then unit, integration and e2e tests (slow ones included)
+## in one parallel pytest process in $(OTHER_TZ), beside the unit suite in UTC
 test: install jars weed lint validate
-	$(BIN)/pytest mlops_assets_tests/unit -q
-	TZ=$(OTHER_TZ) $(BIN)/pytest mlops_assets_tests/unit -q
-	TZ=$(OTHER_TZ) $(BIN)/pytest mlops_assets_tests/integration -q
-	$(BIN)/pytest mlops_assets_tests/e2e -q
+	$(call reaped,$(PYTEST_OTHER_TZ) mlops_assets_tests,$(PYTEST_UTC_UNIT),unit UTC)
 
 ## test-fast: what `make test` runs, without tests marked slow
 test-fast: install jars weed lint validate
-	$(BIN)/pytest mlops_assets_tests -q -m "not slow"
+	$(call reaped,$(PYTEST_OTHER_TZ) mlops_assets_tests -m "not slow",$(PYTEST_UTC_UNIT) -m "not slow",unit UTC)
+
+## test-integration: the integration suite (parallel workers, in $(OTHER_TZ))
+test-integration: install jars weed
+	$(call reaped,$(PYTEST_OTHER_TZ) mlops_assets_tests/integration)
+
+## test-e2e: the end-to-end suite (real servers, browser, Spark cluster; parallel workers)
+test-e2e: install jars weed
+	$(call reaped,$(PYTEST_OTHER_TZ) mlops_assets_tests/e2e)
 
 lint: install
 	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks
@@ -89,8 +124,7 @@ validate: install
 
 ## test-unit: the unit suite in both process time zones (what CI runs on every change)
 test-unit: install jars
-	$(BIN)/pytest mlops_assets_tests/unit -q
-	TZ=$(OTHER_TZ) $(BIN)/pytest mlops_assets_tests/unit -q
+	$(call reaped,$(PYTEST_UTC_UNIT),TZ=$(OTHER_TZ) $(PYTEST_UTC_UNIT),unit $(OTHER_TZ))
 
 ## deploy: record this checkout as the code of prod (on prod's machine; CI's deploy job runs
 ## it for a release tag): reloads prod's Dagster webserver, lists what is stale by code.

@@ -8,6 +8,12 @@ against the champion's training reference, profiles, performance as chargebacks 
 the drift sensor is evaluated; with drift switched on, the sensor asks for retraining once the
 drift episode has enough labelled days, and the run trains, validates and promotes a new
 champion. Without drift, nothing retrains.
+
+The runs are the schedules' and sensors' own jobs, executed in-process on the environment's
+Dagster instance (each one is in the UI afterwards), sized to what the story needs: the normal
+days land first and each event day is then refreshed once (what the per-day refreshes leave
+behind), and from then on a day's gold, features, scoring by every champion and monitoring are
+one run. Any step that fails ends the demo with exit code 1 (`DemoFailed`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +36,17 @@ import polars as pl
 
 from mlops_assets.defs.partitions import event_days_touched
 from mlops_assets.settings import Settings
+
+# Console logs of the demo's runs: warnings and errors only (the story prints its own lines).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# A landing day's own tables: what `medallion_daily` builds, before the event days' refresh.
+LANDING_GROUPS = ("bronze", "silver", "quarantine")
+# An event day's refresh (`refresh_event_days`): its gold and feature rows.
+REFRESH_GROUPS = ("gold", "features")
+
+
+class DemoFailed(Exception):
+    """A step of the story failed; the message says which and where to look."""
 
 
 @dataclass
@@ -38,9 +57,12 @@ class Story:
     retrain_requests: list[dict[str, Any]] = field(default_factory=list)
     windows: list[dict[str, Any]] = field(default_factory=list)
     online_answers: int = 0
+    online_requests: int = 0
+    stream_predictions: int = 0
     report: str | None = None
     other_champions: dict[str, str] = field(default_factory=dict)
     other_online_answers: dict[str, int] = field(default_factory=dict)
+    runs: int = 0
 
 
 _CLOCK = {"started": time.perf_counter()}
@@ -49,6 +71,16 @@ _CLOCK = {"started": time.perf_counter()}
 def say(text: str) -> None:
     """One line of the story, with the time since the demo started."""
     print(f"[demo {time.perf_counter() - _CLOCK['started']:6.1f} s] {text}", flush=True)
+
+
+def exit_code(story: Callable[[], None]) -> int:
+    """Run a story (or one of its steps): 0 when it ran through, 1 when a step failed."""
+    try:
+        story()
+    except DemoFailed as failure:
+        say(f"FAILED: {failure}")
+        return 1
+    return 0
 
 
 class Demo:
@@ -69,35 +101,53 @@ class Demo:
         self.story = Story()
         self._sensor_cursor: str | None = None
         self._scored: set[datetime.date] = set()
+        self._jobs: dict[str, dg.JobDefinition] = {}
 
     # --- running things -------------------------------------------------------------------
 
-    def _job(self, name: str, selection: Sequence[Sequence[str]]) -> dg.JobDefinition:
-        job = dg.define_asset_job(name, selection=[dg.AssetKey(list(k)) for k in selection])
-        return dg.Definitions.merge(self.defs, dg.Definitions(jobs=[job])).resolve_job_def(name)
+    def _job(self, name: str, selection: dg.AssetSelection) -> dg.JobDefinition:
+        """An asset job over `selection`, resolved once per demo (resolving merges the defs)."""
+        if name not in self._jobs:
+            job = dg.define_asset_job(name, selection=selection)
+            merged = dg.Definitions.merge(self.defs, dg.Definitions(jobs=[job]))
+            self._jobs[name] = merged.resolve_job_def(name)
+        return self._jobs[name]
 
     def materialize(
         self,
-        selection: Sequence[Sequence[str]],
+        selection: Sequence[Sequence[str]] | dg.AssetSelection,
         day: datetime.date | None = None,
         run_config: dict | None = None,
         tags: dict | None = None,
+        name: str | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """Materialize assets in-process, failures in the result."""
-        name = "demo_" + "_".join("_".join(k) for k in selection)[:60]
+        """Materialize assets in-process in one run, failures in the result.
+
+        Args:
+            selection: Asset keys (as paths), or an asset selection.
+            day: The partition (every selected asset partitioned by day), None for none.
+            run_config: Ops' config.
+            tags: The run's tags (beside `mlops/launched_by`).
+            name: The job's name in the UI (default: from the keys).
+        """
+        if not isinstance(selection, dg.AssetSelection):
+            name = name or "demo_" + "_".join("_".join(k) for k in selection)[:60]
+            selection = dg.AssetSelection.assets(*(dg.AssetKey(list(k)) for k in selection))
+        if name is None:
+            raise ValueError("materialize: an asset selection needs a job name")
+        self.story.runs += 1
         return self._job(name, selection).execute_in_process(
             instance=self.instance,
             partition_key=day.isoformat() if day else None,
             raise_on_error=False,
-            run_config={
-                **(run_config or {}),
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
+            run_config={**(run_config or {}), **QUIET},
             tags={"mlops/launched_by": "mlops demo", **(tags or {})},
         )
 
     def run_job(self, name: str, day: datetime.date | None = None, **kwargs):
-        """Execute one of the project's jobs in-process."""
+        """Execute one of the project's jobs in-process, failures in the result."""
+        self.story.runs += 1
+        kwargs.setdefault("run_config", QUIET)
         return self.defs.resolve_job_def(name).execute_in_process(
             instance=self.instance,
             partition_key=day.isoformat() if day else None,
@@ -105,27 +155,77 @@ class Demo:
             **kwargs,
         )
 
-    def ingest(self, day: datetime.date) -> bool:
-        """What the schedules run for a landing day, in-process.
+    @staticmethod
+    def require(result: dg.ExecuteInProcessResult, what: str) -> dg.ExecuteInProcessResult:
+        """The result of a successful run.
 
-        The medallion run, a refresh of every event day the landing day touched (its late
-        events), then the online store.
+        Raises:
+            DemoFailed: The run failed; the message names its failed steps and errors.
         """
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        runs = [("medallion_daily", day)]
-        runs += [
-            ("refresh_event_days", d) for d in event_days_touched(day, self.settings.start_date)
+        if result.success:
+            return result
+        failures = [
+            f"{event.step_key}: {event.event_specific_data.error.message.strip()[:400]}"
+            for event in result.all_events
+            if event.is_step_failure and event.event_specific_data is not None
         ]
-        for job, partition in runs:
-            if not self.run_job(job, partition, run_config=quiet).success:
-                say(f"{job} failed for {partition}: open the UI (make ui) for the run's logs")
-                return False
-        return self.run_job("online_publish", run_config=quiet).success
+        raise DemoFailed(
+            f"{what} failed (run {result.run_id[:8]}; `make ui` shows its logs)"
+            + ("".join(f"\n  {line}" for line in failures) if failures else "")
+        )
+
+    # --- ingestion ------------------------------------------------------------------------
+
+    def land(self, day: datetime.date) -> None:
+        """A landing day into bronze, silver and quarantine (`medallion_daily` without gold).
+
+        Gold is refreshed per event day after it (`refresh`), as the refresh schedule does.
+        """
+        selection = dg.AssetSelection.groups(*LANDING_GROUPS)
+        self.require(self.materialize(selection, day, name="demo_landing_day"), f"landing {day}")
+
+    def refresh(self, day: datetime.date) -> None:
+        """An event day's gold and feature rows (`refresh_event_days`)."""
+        self.require(self.run_job("refresh_event_days", day), f"the refresh of event day {day}")
+
+    def publish_online(self) -> None:
+        """The latest feature rows per key into the online store (`online_publish`)."""
+        self.require(self.run_job("online_publish"), "the online store's publication")
+
+    def ingest_days(self, days: Sequence[datetime.date], total: int) -> None:
+        """Land days, then refresh every event day they touched once, oldest first.
+
+        The same tables as a refresh of the touched days after each landing day (the last
+        refresh of an event day reads every landing day), in fewer runs; then the online store.
+        """
+        for index, day in enumerate(days, start=1):
+            step = time.perf_counter()
+            self.land(day)
+            say(
+                f"day {index}/{total} {day}: bronze, silver, quarantine "
+                f"({time.perf_counter() - step:.1f} s)"
+            )
+        step = time.perf_counter()
+        first = self.settings.start_date
+        touched = sorted({d for day in days for d in event_days_touched(day, first)})
+        for day in touched:
+            self.refresh(day)
+        say(
+            f"gold and features of {len(touched)} event days (late events included) "
+            f"({time.perf_counter() - step:.1f} s)"
+        )
+        step = time.perf_counter()
+        self.publish_online()
+        say(f"online store published ({time.perf_counter() - step:.1f} s)")
 
     # --- the story's steps ----------------------------------------------------------------
 
-    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> bool:
-        """Train, validate and promote a declared model on the labels known at `last_day`'s end."""
+    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> None:
+        """Train, validate and promote a declared model on the labels known at `last_day`'s end.
+
+        Raises:
+            DemoFailed: The run failed or promoted no champion.
+        """
         from mlops_assets.defs.ml import keys
         from mlops_assets.models.declaration import declared
 
@@ -143,10 +243,14 @@ class Demo:
                     }
                 }
             },
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            **QUIET,
         }
         result = self.run_job(k.job("retrain_and_deploy"), run_config=config)
-        return self.report_training(result, model)
+        if not self.report_training(result, model):
+            raise DemoFailed(
+                f"training {model} promoted no champion: see the run in the UI and "
+                f"`mlops model status --model {model}`"
+            )
 
     def report_training(
         self, result: dg.ExecuteInProcessResult, model: str = "fraud_detector"
@@ -200,40 +304,15 @@ class Demo:
         )
         return True
 
-    def score_other_models(self, day: datetime.date) -> None:
-        """Batch-score a day with every other declared model's champion, then monitor it."""
-        from mlops_assets.defs.ml import keys
-        from mlops_assets.models.declaration import declared
+    def start_load_by_alias(self) -> Callable[[], None]:
+        """A clean Python process loads the champion by alias and scores, in the background.
 
-        for model in self.story.other_champions:
-            k = keys(declared(model))
-            scored = self.materialize([k.batch_predictions.path], day)
-            if not scored.success:
-                say(f"batch scoring of {day} by {model} failed: see the run in the UI")
-                continue
-            meta = _own(scored, k.node(k.batch_predictions))[0].metadata
-            watched = self.materialize(
-                [["monitoring", model, "drift_metrics"], ["monitoring", model, "performance"]],
-                day,
-            )
-            drift = ""
-            if watched.success:
-                found = _own(watched, f"monitoring__{model}__drift_metrics")
-                drift = (
-                    f"; drifted features {found[0].metadata['drifted_share'].value:.0%}"
-                    if found
-                    else ""
-                )
-            else:
-                drift = "; its monitoring failed: see the run in the UI"
-            say(
-                f"{day}: {meta['model'].value} version {meta['model_version'].value} scored "
-                f"{meta['dagster/partition_row_count'].value:,} transactions "
-                f"({meta['flagged'].value:,} flagged) into serving/inference_log{drift}"
-            )
+        Returns:
+            A function that waits for the process and prints what it did.
 
-    def load_by_alias(self) -> bool:
-        """A clean Python process loads the champion by alias and scores."""
+        Raises:
+            DemoFailed: (from the returned function) the process could not load or score.
+        """
         script = (
             "import sys, mlflow, polars as pl\n"
             "from mlops_assets.features.spec import FRAUD_SPEC\n"
@@ -246,7 +325,7 @@ class Demo:
         )
         uri = "models:/" + f"{self.settings.env}.fraud_detector@champion"
         started = time.perf_counter()
-        done = subprocess.run(
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
@@ -255,44 +334,90 @@ class Demo:
                 uri,
                 str(self.settings.lake_root / "ml" / "training_set"),
             ],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
+            # One OpenMP thread, as in the demo's own process (see `run`).
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
-        if done.returncode != 0:
-            say(f"a clean process could not load the champion:\n{done.stderr[-2000:]}")
-            return False
-        count, top = done.stdout.split()[-2:]
-        say(
-            f"a clean Python process loaded {uri} and scored {count} events (highest score "
-            f"{top}) in {time.perf_counter() - started:.1f} s"
-        )
-        return True
 
-    def score_and_monitor(self, day: datetime.date) -> bool:
-        """Batch-score a day, then its drift, profile and (as labels mature) performance."""
-        scored = self.materialize([["serving", "batch_predictions"]], day)
-        if not scored.success:
-            say(f"batch scoring of {day} failed: see the run in the UI")
-            return False
-        batch = _own(scored, "serving__batch_predictions")[0].metadata
-        self._scored.add(day)
-        watched = self.materialize(
-            [["monitoring", "drift_metrics"], ["monitoring", "profiles"]], day
+        def finish() -> None:
+            out, err = process.communicate(timeout=600)
+            if process.returncode != 0:
+                raise DemoFailed(f"a clean process could not load the champion:\n{err[-2000:]}")
+            count, top = out.split()[-2:]
+            say(
+                f"a clean Python process loaded {uri} and scored {count} events (highest score "
+                f"{top}) in {time.perf_counter() - started:.1f} s"
+            )
+
+        return finish
+
+    def day_selection(
+        self, refresh: bool = False, report: bool = False
+    ) -> tuple[str, dg.AssetSelection]:
+        """A day's serve run: every champion's batch scoring, its monitoring, the summary.
+
+        Args:
+            refresh: Also the day's gold and feature rows, before scoring (a new landing day).
+            report: Also the day's Evidently drift report.
+        """
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        names = ["fraud_detector", *self.story.other_champions]
+        selected = [
+            ["serving", "batch_predictions"],
+            ["monitoring", "drift_metrics"],
+            ["monitoring", "profiles"],
+            ["monitoring", "performance"],
+            ["gold", "prediction_summary"],
+        ]
+        for model in names[1:]:
+            selected += [
+                list(keys(declared(model)).batch_predictions.path),
+                ["monitoring", model, "drift_metrics"],
+                ["monitoring", model, "performance"],
+            ]
+        if report:
+            selected.append(["monitoring", "drift_report"])
+        selection = dg.AssetSelection.assets(*(dg.AssetKey(k) for k in selected))
+        if refresh:
+            selection = selection | dg.AssetSelection.groups(*REFRESH_GROUPS)
+        name = "demo_serve_day" + ("_refresh" if refresh else "") + ("_report" if report else "")
+        return name, selection
+
+    def score_and_monitor(
+        self, day: datetime.date, refresh: bool = False, report: bool = False
+    ) -> None:
+        """A day scored by every champion and monitored, in one run; performance as labels mature.
+
+        Args:
+            day: The day.
+            refresh: Also rebuild the day's gold and feature rows first (a new landing day).
+            report: Also the day's Evidently drift report.
+
+        Raises:
+            DemoFailed: A run failed.
+        """
+        step = time.perf_counter()
+        name, selection = self.day_selection(refresh, report)
+        served = self.require(
+            self.materialize(selection, day, name=name), f"scoring and monitoring {day}"
         )
-        if not watched.success:
-            say(f"monitoring of {day} failed: see the run in the UI")
-            return False
-        drift = _own(watched, "monitoring__drift_metrics")[0].metadata
-        # Performance of the days whose labels just matured (and of this one, partly labelled).
+        self._scored.add(day)
+        batch = _own(served, "serving__batch_predictions")[0].metadata
+        drift = _own(served, "monitoring__drift_metrics")[0].metadata
+        # The day whose labels just matured: its performance with every label known.
         pr_auc = None
-        for back in range(self.label_days, -1, -1):
-            older = day - datetime.timedelta(days=back)
-            if older not in self._scored:
-                continue
-            result = self.materialize([["monitoring", "performance"]], older)
-            if result.success and back == self.label_days:
-                meta = _own(result, "monitoring__performance")[0].metadata
-                pr_auc = meta["pr_auc"].value if "pr_auc" in meta else None
+        mature = day - datetime.timedelta(days=self.label_days)
+        if mature in self._scored:
+            result = self.require(
+                self.materialize([["monitoring", "performance"]], mature),
+                f"the performance of {mature}",
+            )
+            meta = _own(result, "monitoring__performance")[0].metadata
+            pr_auc = meta["pr_auc"].value if "pr_auc" in meta else None
         window = {
             "day": day.isoformat(),
             "model_version": drift["model_version"].value,
@@ -303,19 +428,58 @@ class Demo:
             "drifted": drift["drifted_features"].value,
         }
         self.story.windows.append(window)
-        mature = day - datetime.timedelta(days=self.label_days)
         perf = (
             f", PR-AUC of {mature} (labels now mature) {pr_auc:.3f}" if pr_auc is not None else ""
         )
         say(
             f"{day}: version {window['model_version']} scored {window['rows']:,} transactions "
             f"({window['flagged']:,} flagged); drifted features {window['drifted_share']:.0%}, "
-            f"prediction drift {window['prediction_drift']:.3f}{perf}"
+            f"prediction drift {window['prediction_drift']:.3f}{perf} "
+            f"({time.perf_counter() - step:.1f} s)"
         )
-        return True
+        self._report_other_models(served, day)
+        if report:
+            found = _own(served, "monitoring__drift_report")
+            if not found:
+                raise DemoFailed(f"the drift report of {day} wrote no report")
+            self.story.report = found[0].metadata["path"].value
+            say(f"Evidently drift report of {day}: {self.story.report}")
+
+    def _report_other_models(self, served: dg.ExecuteInProcessResult, day: datetime.date) -> None:
+        """The lines of every other champion's scoring and monitoring of a day."""
+        from mlops_assets.defs.ml import keys
+        from mlops_assets.models.declaration import declared
+
+        for model in self.story.other_champions:
+            k = keys(declared(model))
+            meta = _own(served, k.node(k.batch_predictions))[0].metadata
+            found = _own(served, f"monitoring__{model}__drift_metrics")
+            drift = f"; drifted features {found[0].metadata['drifted_share'].value:.0%}"
+            say(
+                f"{day}: {meta['model'].value} version {meta['model_version'].value} scored "
+                f"{meta['dagster/partition_row_count'].value:,} transactions "
+                f"({meta['flagged'].value:,} flagged) into serving/inference_log"
+                + (drift if found else "")
+            )
+
+    def drift_report(self, day: datetime.date) -> None:
+        """The Evidently drift report of a scored day, on its own run.
+
+        Raises:
+            DemoFailed: The run failed.
+        """
+        result = self.require(
+            self.materialize([["monitoring", "drift_report"]], day), f"the drift report of {day}"
+        )
+        self.story.report = _own(result, "monitoring__drift_report")[0].metadata["path"].value
+        say(f"Evidently drift report of {day}: {self.story.report}")
 
     def tick(self) -> bool:
-        """Evaluate the drift sensor; run the retraining it asks for. Whether it asked."""
+        """Evaluate the drift sensor; run the retraining it asks for. Whether it asked.
+
+        Raises:
+            DemoFailed: The requested retraining failed or promoted no champion.
+        """
         from mlops_assets.defs.monitoring import MonitoringResource
 
         sensor = self.defs.resolve_sensor_def("drift_monitor")
@@ -341,21 +505,22 @@ class Demo:
         self.story.retrain_requests.append(
             {"run_key": request.run_key, "reason": request.tags["mlops/reason"]}
         )
-        run_config = {
-            **request.run_config,
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-        }
+        run_config = {**request.run_config, **QUIET}
         started = time.perf_counter()
         promoted = self.report_training(
             self.run_job("retrain_and_deploy", run_config=run_config, tags=request.tags)
         )
         seconds = time.perf_counter() - started
         self.story.retrain_requests[-1].update(seconds=seconds, promoted=promoted)
-        if promoted:
-            say(
-                f"the new champion is in the registry {seconds:.1f} s after the sensor's request; "
-                "a running `mlops serve` swaps to it at its next alias poll (2 s)"
+        if not promoted:
+            raise DemoFailed(
+                f"the retraining the drift sensor requested ({request.run_key}) promoted no "
+                "champion: see the run in the UI and `mlops model status`"
             )
+        say(
+            f"the new champion is in the registry {seconds:.1f} s after the sensor's request; "
+            "a running `mlops serve` swaps to it at its next alias poll (2 s)"
+        )
         return True
 
     def stream_one_file(self, day: datetime.date) -> None:
@@ -363,78 +528,68 @@ class Demo:
 
         In a deployment the `landed_transactions` sensor requests these runs as files land;
         the demo's landing files were all simulated up front, so it requests them itself.
+
+        Raises:
+            DemoFailed: The day has no landed file, or a file's run failed.
         """
         root = self.settings.landing_root
-        for path in sorted((root / "transactions" / day.isoformat()).glob("*.csv")):
+        files = sorted((root / "transactions" / day.isoformat()).glob("*.csv"))
+        if not files:
+            raise DemoFailed(f"stream: no landed transactions file for {day} under {root}")
+        for path in files:
             name = path.relative_to(root).as_posix()
             config = {"ops": {"serving__stream_predictions": {"config": {"file": name}}}}
             started = time.perf_counter()
-            done = self.materialize([["serving", "stream_predictions"]], run_config=config)
-            if not done.success:
-                say(f"stream: scoring {name} failed: see the run in the UI")
-                continue
+            done = self.require(
+                self.materialize([["serving", "stream_predictions"]], run_config=config),
+                f"stream: scoring {name}",
+            )
             meta = _own(done, "serving__stream_predictions")[0].metadata
             if "skipped" in meta and meta["skipped"].value:
                 say(f"stream: {name} was scored when it first landed (checkpoint)")
                 continue
+            self.story.stream_predictions += meta["scored"].value
             say(
                 f"stream: {name} scored as it landed: {meta['scored'].value:,} predictions, "
                 f"{meta['errors'].value} unreadable lines logged as errors, "
                 f"{time.perf_counter() - started:.1f} s"
             )
 
-    def online_burst(self, day: datetime.date, count: int = 200) -> None:
-        """Send REST requests for the day's transactions to an in-process server."""
+    def online_burst(self, day: datetime.date, count: int = 200, wait: float = 60) -> None:
+        """Send REST requests for the day's transactions to an in-process server.
+
+        Args:
+            day: The landing day whose silver transactions are sent.
+            count: Requests to the fraud detector (and as many to every other champion).
+            wait: Seconds the server waits for the champions to load.
+
+        Raises:
+            DemoFailed: The day has no transactions, or a request was not answered.
+        """
         from mlops_assets.serving.app import ScoringServer, build_service
 
-        silver = pl.read_delta(
-            str(self.settings.lake_root / "silver" / "transactions"),
-        ).filter(pl.col("landing_date") == day)
-        rows = silver.head(count)
-        service = build_service(self.settings, wait_for_model=60, flush_interval_ms=200)
+        silver = pl.scan_delta(str(self.settings.lake_root / "silver" / "transactions"))
+        rows = silver.filter(pl.col("landing_date") == day).head(count).collect()
+        if not rows.height:
+            raise DemoFailed(f"online: silver/transactions holds no transaction landed on {day}")
+        service = build_service(self.settings, wait_for_model=wait, flush_interval_ms=200)
         server = ScoringServer(("127.0.0.1", 0), service).start()
-        answered = 0
         started = time.perf_counter()
         try:
-            for row in rows.iter_rows(named=True):
-                body = {
-                    "transaction_id": row["transaction_id"],
-                    "card_id": row["card_id"],
-                    "merchant_id": row["merchant_id"],
-                    "event_time": row["event_time"].isoformat(),
-                    "amount": row["amount"],
-                    **{
-                        k: row[k]
-                        for k in (
-                            "merchant_category",
-                            "channel",
-                            "entry_mode",
-                            "device_type",
-                            "country",
-                            "card_country",
-                        )
-                    },
-                }
-                request = urllib.request.Request(
-                    f"{server.url}/v1/score",
-                    data=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                try:
-                    with urllib.request.urlopen(request, timeout=10) as response:
-                        answered += response.status == 200
-                except urllib.error.HTTPError:
-                    pass
+            answered, refused = _send(server.url + "/v1/score", rows, _FRAUD_FIELDS)
             seconds = time.perf_counter() - started
             others = self._other_models_online(server, rows)
             ready = service.ready().body
         finally:
             server.stop()
         self.story.online_answers = answered
+        self.story.online_requests += rows.height
         say(
             f"online: {answered} of {rows.height} REST requests answered in {seconds:.1f} s; "
             "every one is a row of serving/inference_log"
         )
+        if answered != rows.height:
+            raise DemoFailed(f"online: {rows.height - answered} REST requests refused: {refused}")
         for status in ready["models"].values():
             path = (
                 f"fallback: {status['fallback_reason']}"
@@ -445,40 +600,124 @@ class Demo:
                 f"readiness: {status['model']} version {status['serving_version']} served by "
                 f"the {status['scorer']} scorer ({path})"
             )
-        for name, count in others.items():
+        for name, (count_answered, why) in others.items():
             say(
-                f"online: {count} of {rows.height} REST requests answered by {name} at "
+                f"online: {count_answered} of {rows.height} REST requests answered by {name} at "
                 f"/v1/models/{name}/score, beside the fraud detector"
             )
+            if count_answered != rows.height:
+                raise DemoFailed(
+                    f"online: {rows.height - count_answered} REST requests to {name} refused: {why}"
+                )
 
-    def _other_models_online(self, server: Any, rows: pl.DataFrame) -> dict[str, int]:
+    def _other_models_online(
+        self, server: Any, rows: pl.DataFrame
+    ) -> dict[str, tuple[int, str | None]]:
         """Send the rows to each other declared model's scoring path; answers per model."""
         from mlops_assets.models.declaration import declared
         from mlops_assets.serving.app import model_score_path
 
         answers = {}
         for name in self.story.other_champions:
-            fields = declared(name).spec.request_fields
-            answered = 0
-            for row in rows.iter_rows(named=True):
-                body = {
-                    k: (row[k].isoformat() if k == "event_time" else row[k])
-                    for k in fields
-                    if k in row
-                }
-                request = urllib.request.Request(
-                    f"{server.url}{model_score_path(name)}",
-                    data=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                try:
-                    with urllib.request.urlopen(request, timeout=10) as response:
-                        answered += response.status == 200
-                except urllib.error.HTTPError:
-                    pass
-            answers[name] = answered
+            fields = tuple(declared(name).spec.request_fields)
+            answered, refused = _send(server.url + model_score_path(name), rows, fields)
+            answers[name] = (answered, refused)
             self.story.other_online_answers[name] = answered
         return answers
+
+    # --- the whole story ------------------------------------------------------------------
+
+    def tell(self, days: Sequence[datetime.date], normal: int, drifted: bool) -> None:
+        """The story over simulated days, the first `normal` of them before any drift.
+
+        Raises:
+            DemoFailed: A step failed, or (with drift) the loop did not close.
+        """
+        from mlops_assets.models.declaration import MODELS
+
+        if normal < 1 or normal > len(days):
+            raise DemoFailed(f"--days {normal}: between 1 and the {len(days)} simulated days")
+        phase = time.perf_counter()
+        self.ingest_days(days[:normal], len(days))
+        say(
+            f"{normal} days through bronze, silver, gold, features and the online store in "
+            f"{time.perf_counter() - phase:.1f} s"
+        )
+        self.train(days[normal - 1], normal)
+        # A clean process loads the champion by alias while the other models train.
+        loaded = self.start_load_by_alias()
+        # Every other declared model goes through the same lifecycle from its declaration.
+        for model in list(MODELS)[1:]:
+            self.train(days[normal - 1], normal, model=model)
+        for day in days[max(0, normal - 2) : normal]:
+            self.score_and_monitor(day)
+        loaded()
+        self.online_burst(days[normal - 1])
+        self.tick()
+        for index, day in enumerate(days[normal:], start=normal + 1):
+            if day == days[normal]:
+                # As it lands: before the day's own features are published.
+                self.stream_one_file(day)
+            step = time.perf_counter()
+            self.land(day)
+            first = self.settings.start_date
+            for older in event_days_touched(day, first)[:-1]:
+                self.refresh(older)
+            say(
+                f"day {index}/{len(days)} {day}: bronze, silver, quarantine; late events into "
+                f"the gold and features of the days before ({time.perf_counter() - step:.1f} s)"
+            )
+            self.score_and_monitor(day, refresh=True, report=drifted and day == days[normal])
+            self.tick()
+        if len(days) > normal:
+            step = time.perf_counter()
+            self.publish_online()
+            say(f"online store published with the last days ({time.perf_counter() - step:.1f} s)")
+        page = self.require(
+            self.materialize([["monitoring", "dashboard"]]), "the monitoring dashboard"
+        )
+        say(
+            f"gold/prediction_summary holds {len(self._scored)} scored days; monitoring "
+            f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
+        )
+        if drifted and len(days) > normal and not self.story.retrain_requests:
+            raise DemoFailed(
+                f"the drift sensor asked for no retraining in {len(days) - normal} drifted days: "
+                "the loop did not close (more --drift-days, or see monitoring/drift_metrics)"
+            )
+
+
+_FRAUD_FIELDS = (
+    "transaction_id",
+    "card_id",
+    "merchant_id",
+    "event_time",
+    "amount",
+    "merchant_category",
+    "channel",
+    "entry_mode",
+    "device_type",
+    "country",
+    "card_country",
+)
+
+
+def _send(url: str, rows: pl.DataFrame, fields: Sequence[str]) -> tuple[int, str | None]:
+    """POST each row's `fields` to `url`: the requests answered 200, the first refusal."""
+    answered, refused = 0, None
+    for row in rows.iter_rows(named=True):
+        body = {
+            k: (row[k].isoformat() if k == "event_time" else row[k]) for k in fields if k in row
+        }
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answered += response.status == 200
+        except urllib.error.HTTPError as error:
+            refused = refused or f"HTTP {error.code}: {error.read().decode()[:300]}"
+    return answered, refused
 
 
 def _own(result: dg.ExecuteInProcessResult, node: str) -> list[dg.AssetMaterialization]:
@@ -498,11 +737,12 @@ def _resource(defs: dg.Definitions, name: str) -> Any:
 
 
 def run(settings: Settings, args: Any) -> int:
-    """The whole story (see the module docstring); the exit code."""
+    """The whole story (see the module docstring); the exit code (1: a step failed)."""
+    from threadpoolctl import threadpool_limits
+
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.monitoring import MonitoringResource
     from mlops_assets.defs.runner import prepare_dagster_home
-    from mlops_assets.models.declaration import MODELS
     from mlops_assets.simulate import Drift, Scenario, simulate
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -537,64 +777,18 @@ def run(settings: Settings, args: Any) -> int:
     )
     monitoring = MonitoringResource(label_maturity_days=args.label_days)
     defs = build_definitions(settings, monitoring=monitoring)
-    with dg.DagsterInstance.get() as instance:
+    # One thread for OpenMP and BLAS (scikit-learn's tree training and prediction): on a
+    # machine as small as 2 cores, shared with other work, their threads' spin-waits cost
+    # many times the single thread's time (a model's training: 166 s against about 15 s).
+    with dg.DagsterInstance.get() as instance, threadpool_limits(limits=1):
         demo = Demo(settings, defs, instance, label_days=args.label_days)
-        phase = time.perf_counter()
-        for index, day in enumerate(days[:normal], start=1):
-            step = time.perf_counter()
-            if not demo.ingest(day):
-                return 1
-            say(
-                f"day {index}/{len(days)} {day}: bronze, silver, gold, features, online store "
-                f"({time.perf_counter() - step:.1f} s)"
-            )
-        say(
-            f"{normal} days through bronze, silver, gold, features and the online store in "
-            f"{time.perf_counter() - phase:.1f} s"
-        )
-        if not demo.train(days[normal - 1], normal) or not demo.load_by_alias():
+        if exit_code(lambda: demo.tell(days, normal, drift is not None)):
             return 1
-        # Every other declared model goes through the same lifecycle from its declaration.
-        for model in list(MODELS)[1:]:
-            if not demo.train(days[normal - 1], normal, model=model):
-                return 1
-        for day in days[max(0, normal - 2) : normal]:
-            if not demo.score_and_monitor(day):
-                return 1
-            demo.score_other_models(day)
-        demo.online_burst(days[normal - 1])
-        demo.tick()
-        for day in days[normal:]:
-            if day == days[normal]:
-                # As it lands: before the day's own features are published.
-                demo.stream_one_file(day)
-            if not demo.ingest(day):
-                return 1
-            if not demo.score_and_monitor(day):
-                return 1
-            demo.score_other_models(day)
-            demo.tick()
-        if drifted:
-            report = demo.materialize([["monitoring", "drift_report"]], days[normal])
-            if report.success:
-                meta = _own(report, "monitoring__drift_report")[0]
-                demo.story.report = meta.metadata["path"].value
-                say(f"Evidently drift report of {days[normal]}: {demo.story.report}")
-        # The analysts' view: each scored day summarized with every label known, the page.
-        for day in sorted(demo._scored):
-            if not demo.materialize([["gold", "prediction_summary"]], day).success:
-                say(f"prediction summary of {day} failed: see the run in the UI")
-                return 1
-        page = demo.materialize([["monitoring", "dashboard"]])
-        if not page.success:
-            say("the monitoring dashboard failed: see the run in the UI")
-            return 1
-        say(
-            f"gold/prediction_summary holds {len(demo._scored)} scored days; monitoring "
-            f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
-        )
     _summary(settings, demo.story, manifests, drift is not None)
-    say(f"done in {time.perf_counter() - started:.1f} s; `make ui` shows the asset graph")
+    say(
+        f"done in {time.perf_counter() - started:.1f} s ({demo.story.runs} Dagster runs); "
+        "`make ui` shows the asset graph"
+    )
     return 0
 
 
@@ -618,6 +812,10 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
             f"no drift: {retrains} retraining requested; champion stays version(s) "
             f"{' -> '.join(story.champion_versions)}"
         )
+    say(
+        f"predictions: {story.stream_predictions:,} streamed, {story.online_answers} of "
+        f"{story.online_requests} REST requests answered by the fraud detector"
+    )
     for name, version in story.other_champions.items():
         say(
             f"{name}: champion version {version}, batch scored and monitored each day, "
@@ -632,5 +830,6 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
         f"folders: landing files and manifests {settings.landing_root}, Dagster runs "
         f'{settings.dagster_home}; query the tables with `mlops sql "select * from '
         'gold.merchant_category_daily"` or notebooks/explore_lake.ipynb; `make ui` (Dagster, '
-        f"http://127.0.0.1:3000), `mlflow ui --backend-store-uri {settings.mlflow_uri}`"
+        f"http://127.0.0.1:3000), `mlops model status` and `mlflow ui --backend-store-uri "
+        f"{settings.mlflow_uri}`"
     )
