@@ -33,7 +33,11 @@ class Engine(StrEnum):
 
 # Asset groups whose engine can be chosen on its own (`MLOPS_ENGINE_<GROUP>`); a group's
 # quarantine table is written by the same asset, so it follows its group.
-ENGINE_GROUPS = ("bronze", "silver", "gold", "features")
+ENGINE_GROUPS = ("bronze", "silver", "gold", "features", "ml", "serving", "monitoring")
+# Groups whose engine computes their statistics while their (small) tables stay on delta-rs.
+# On Spark, `ml` builds its training sets there (written by delta-rs for the trainer) and
+# `serving` scores its batches there, appending to the inference log with Delta on Spark.
+STATISTICS_GROUPS = ("ml", "serving", "monitoring")
 DEFAULT_SPARK_MASTER = "local[*]"
 
 # Cron of each schedule (UTC), overridable per schedule with `MLOPS_CRON_<NAME>`. The daily
@@ -452,9 +456,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
     Variables: `MLOPS_ENV` (dev, staging, prod; default dev), `MLOPS_DATA_ROOT` (default
     `<repo>/data`), `MLOPS_ENGINE` (polars or spark; default polars), `MLOPS_ENGINE_<GROUP>`
-    (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES), `MLOPS_START_DATE`
+    (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES, ML, SERVING,
+    MONITORING), `MLOPS_START_DATE`
     (first partition day, ISO date; default 2026-01-01), `MLOPS_SPARK_MASTER` (default
-    `local[*]`), `MLOPS_SPARK_JARS` (folder of the io.delta jars; default `<repo>/.jars`),
+    `local[*]`), `MLOPS_SPARK_REMOTE` (a Spark Connect server, `sc://host:port`; it wins over
+    the master), `MLOPS_SPARK_JARS` (folder of the io.delta jars; default `<repo>/.jars`),
     `MLOPS_SPARK_CONF` (a JSON object of further Spark settings), `MLOPS_CRON_<SCHEDULE>`
     (the cron of one schedule: MEDALLION, REFRESH, SERVE_AND_MONITOR, WEEKLY_RETRAIN),
     `MLOPS_AUTOMATION` (`on` or `off`: schedules and sensors running by default; default on
@@ -498,6 +504,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"MLOPS_SPARK_MASTER={spark_master!r} is not a Spark master URL; use local[*], "
             "local[N], spark://host:port, sc://host:port, yarn or k8s://..."
         )
+    remote = environ.get("MLOPS_SPARK_REMOTE", "").strip()
+    if remote:
+        # A Spark Connect server: the session is a thin client, the server holds Spark.
+        if not remote.startswith("sc://"):
+            raise SettingsError(
+                f"MLOPS_SPARK_REMOTE={remote!r} is not a Spark Connect URL; use "
+                "sc://host:port (e.g. sc://127.0.0.1:15002)"
+            )
+        spark_master = remote
     jars_dir = Path(environ.get("MLOPS_SPARK_JARS") or project_root() / ".jars").resolve()
     spark_conf = _json(environ, "MLOPS_SPARK_CONF")
     if not isinstance(spark_conf, dict) or not all(

@@ -23,6 +23,7 @@ from mlops_assets.models import windows as training_windows
 from mlops_assets.models.audit import AUDIT
 from mlops_assets.models.declaration import FRAUD_DETECTOR, MODELS, ModelDeclaration
 from mlops_assets.models.deploy import VALIDATED_IN_RUN_TAG
+from mlops_assets.settings import Engine
 
 CODE_VERSION = "training-set-2"
 TRAINING_SET = TableRef("ml", "training_set")
@@ -106,6 +107,35 @@ def scan_polars(store: TableStore, table: TableRef, version: int | None = None) 
         TableMissingError: The table does not exist.
     """
     return polars_lazy(store.scan(table, version=version))
+
+
+def spark_training_rows(
+    lakehouse: LakehouseResource,
+    model: ModelDeclaration,
+    versions: dict[str, int | None],
+    window: training_windows.Window,
+    windows: training_windows.TrainingWindows,
+) -> pl.DataFrame:
+    """A model's training set computed on Spark (the ml group's engine set to spark).
+
+    The same tables at the same versions as the polars path, joined on the cluster
+    (`features.spark_point_in_time`); the rows come back to the driver in the polars path's
+    order (event time, transaction id) for the delta-rs write the trainer reads.
+    """
+    from mlops_assets.features import spark_point_in_time as spark_pit
+
+    store = lakehouse.spark_store()
+
+    def scan(name: str) -> Any:
+        layer, table = name.split("/")
+        return store.scan(TableRef(layer, table), version=versions[name]).to_native()
+
+    events = spark_pit.labelled_events(
+        scan("silver/transactions"), scan("silver/labels"), window, model.spec.request_fields
+    )
+    tables = spark_pit.feature_rows(scan, model.spec, windows, window.start, window.end)
+    rows = spark_pit.training_set(events, tables, model.spec)
+    return pl.from_arrow(rows.toArrow()).sort("event_time", "transaction_id")
 
 
 def label_horizon(lakehouse: LakehouseResource) -> datetime.datetime:
@@ -274,11 +304,19 @@ def model_assets(model: ModelDeclaration) -> list[dg.AssetsDefinition]:
             )
         except ValueError as error:
             raise dg.Failure(f"{model.name} training set: {error}") from None
-        events = training_windows.labelled_events(
-            scan("silver/transactions"), scan("silver/labels"), window, model.spec.request_fields
-        )
-        tables = training_windows.feature_rows(scan, model.spec, windows, window.start, window.end)
-        rows = model.spec.training_set(events, tables)
+        if lakehouse.engine_for(GROUP) is Engine.SPARK:
+            rows = spark_training_rows(lakehouse, model, versions, window, windows)
+        else:
+            events = training_windows.labelled_events(
+                scan("silver/transactions"),
+                scan("silver/labels"),
+                window,
+                model.spec.request_fields,
+            )
+            tables = training_windows.feature_rows(
+                scan, model.spec, windows, window.start, window.end
+            )
+            rows = model.spec.training_set(events, tables)
         lineage = {
             "sources": versions,
             "model": model.name,

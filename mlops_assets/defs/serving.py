@@ -16,7 +16,7 @@ from mlops_assets.lakehouse.store import TableMissingError
 from mlops_assets.models.declaration import MODELS, ModelDeclaration, primary
 from mlops_assets.serving.inference_log import INFERENCE_LOG
 from mlops_assets.serving.streaming import STREAM_CHECKPOINT, StreamOutcome
-from mlops_assets.settings import Settings, use_mlflow_store
+from mlops_assets.settings import Engine, Settings, use_mlflow_store
 
 STREAM_PREDICTIONS = dg.AssetKey(["serving", "stream_predictions"])
 STREAM_CHECKPOINT_KEY = dg.AssetKey(["serving", "stream_checkpoint"])
@@ -94,6 +94,8 @@ def batch_predictions_asset(
 
         day = partition_day(context)
         model = load_champion(lakehouse, declaration.name)
+        if lakehouse.engine_for(GROUP) is Engine.SPARK:
+            return spark_batch(context, lakehouse, declaration, model, day)
         store = lakehouse.store(GROUP)
         try:
             landed = store.read_partition(SILVER_TRANSACTIONS, {"landing_date": day})
@@ -114,25 +116,96 @@ def batch_predictions_asset(
         rows = score(model, features, mode="batch", run_id=context.run.run_id)
         written = _log(lakehouse, model).append(rows)
         flagged = int(rows.get_column("decision").sum()) if rows.height else 0
-        return dg.MaterializeResult(
-            metadata={
-                # The partition is the day's batch: its rows; the log's rows when counted.
-                "dagster/partition_row_count": rows.height,
-                **({"dagster/row_count": written.table_rows} if written.table_rows >= 0 else {}),
-                "dagster/table_name": str(INFERENCE_LOG).replace("/", "."),
-                "dagster/uri": dg.MetadataValue.path(written.uri),
-                "delta_version": written.version,
-                "model": model.name,
-                "model_version": model.version,
-                "threshold": model.threshold,
-                "flagged": flagged,
-                "flagged_share": flagged / rows.height if rows.height else 0.0,
-                "mean_score": float(rows.get_column("score").mean()) if rows.height else 0.0,
-                "ms_per_row": float(rows.get_column("latency_ms")[0]) if rows.height else 0.0,
-            }
+        return _batch_result(
+            model,
+            written,
+            rows.height,
+            flagged,
+            float(rows.get_column("score").mean()) if rows.height else 0.0,
+            float(rows.get_column("latency_ms")[0]) if rows.height else 0.0,
         )
 
     return _batch
+
+
+def _batch_result(
+    model, written, count: int, flagged: int, mean_score: float, ms_per_row: float
+) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            # The partition is the day's batch: its rows; the log's rows when counted.
+            "dagster/partition_row_count": count,
+            **({"dagster/row_count": written.table_rows} if written.table_rows >= 0 else {}),
+            "dagster/table_name": str(INFERENCE_LOG).replace("/", "."),
+            "dagster/uri": dg.MetadataValue.path(written.uri),
+            "delta_version": written.version,
+            "model": model.name,
+            "model_version": model.version,
+            "threshold": model.threshold,
+            "flagged": flagged,
+            "flagged_share": flagged / count if count else 0.0,
+            "mean_score": mean_score,
+            "ms_per_row": ms_per_row,
+        }
+    )
+
+
+def spark_batch(
+    context: dg.AssetExecutionContext,
+    lakehouse: LakehouseResource,
+    declaration: ModelDeclaration,
+    model,
+    day,
+) -> dg.MaterializeResult:
+    """The day's batch scored on Spark (the serving group's engine set to spark).
+
+    The same events, feature look-backs and point-in-time rule as the polars path
+    (`features.spark_point_in_time`), the champion applied per partition on the executors
+    (`serving.spark_scoring`) and the rows appended to the inference log by Delta on Spark.
+    """
+    from pyspark.sql import functions as F
+
+    from mlops_assets.features import spark_point_in_time as spark_pit
+    from mlops_assets.serving import spark_scoring
+
+    store = lakehouse.spark_store()
+    try:
+        landed = store.read_partition(SILVER_TRANSACTIONS, {"landing_date": day}).to_native()
+    except TableMissingError as missing:
+        raise dg.Failure(str(missing)) from None
+    events = landed.select(*model.spec.request_fields)
+    # The first event's UTC day (the session's clock is UTC), as the polars path takes it.
+    first = events.agg(F.to_date(F.min("event_time"))).collect()[0][0] or day
+
+    def scan(name: str):
+        layer, table = name.split("/")
+        return store.scan(TableRef(layer, table)).to_native()
+
+    tables = spark_pit.feature_rows(scan, model.spec, declaration.windows, first, day)
+    features = spark_pit.training_set(events, tables, model.spec)
+    rows = spark_scoring.batch_predictions(
+        model, features, mode="batch", run_id=context.run.run_id
+    ).cache()
+    try:
+        stats = rows.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count_if(F.col("decision")).alias("flagged"),
+            F.avg("score").alias("mean_score"),
+            F.first("latency_ms").alias("ms_per_row"),
+        ).collect()[0]
+        written = spark_scoring.append_to_log(
+            store.session, lakehouse.write_uri(INFERENCE_LOG), rows
+        )
+    finally:
+        rows.unpersist()
+    return _batch_result(
+        model,
+        written,
+        int(stats["rows"]),
+        int(stats["flagged"]),
+        float(stats["mean_score"] or 0.0),
+        float(stats["ms_per_row"] or 0.0),
+    )
 
 
 # The model whose champion scores landed files as they arrive (declared `streamed`).

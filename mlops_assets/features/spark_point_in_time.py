@@ -17,7 +17,7 @@ on the executors (`mapInArrow`), the very expressions the polars path and the se
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -344,3 +344,62 @@ def _ticks(max_staleness: datetime.timedelta, is_date: bool) -> int:
     if is_date:
         return max_staleness // datetime.timedelta(days=1)
     return max_staleness // datetime.timedelta(microseconds=1)
+
+
+def labelled_events(
+    transactions: DataFrame, labels: DataFrame, window: Any, request_fields: Sequence[str]
+) -> DataFrame:
+    """The window's events with `is_fraud`, as `models.windows.labelled_events` on Spark.
+
+    Args:
+        transactions: Silver transactions (Spark frame).
+        labels: Silver label reports (Spark frame).
+        window: The training set's window (`models.windows.Window`).
+        request_fields: The model's request fields, kept as columns.
+
+    Returns:
+        The events of the window's days up to `mature_until`, with `is_fraud` (lazy, no row
+        order: sort by `event_time`, `transaction_id` for the polars order).
+    """
+    import narwhals as nw
+    from pyspark.sql import functions as F
+
+    from mlops_assets.transforms.labels import labels_as_of
+
+    fraud = (
+        labels_as_of(nw.from_native(labels), window.cutoff)
+        .to_native()
+        .where(F.col("is_fraud"))
+        .select("transaction_id", "is_fraud")
+    )
+    events = transactions.where(
+        F.col("event_date").between(F.lit(window.start), F.lit(window.end))
+        & (F.col("event_time") <= F.lit(window.mature_until))
+    ).select(*request_fields, "event_date")
+    return events.join(fraud, on="transaction_id", how="left").withColumn(
+        "is_fraud", F.coalesce(F.col("is_fraud"), F.lit(False))
+    )
+
+
+def feature_rows(
+    scan: Callable[[str], DataFrame],
+    spec: FeatureSpec,
+    windows: Any,
+    start: datetime.date,
+    end: datetime.date,
+) -> dict[str, DataFrame]:
+    """The feature rows a join of events from `start` to `end` can use, as Spark frames.
+
+    As `models.windows.feature_rows`: each looked-up table from its declared look-back before
+    `start` to `end`, by its daily partition column (Delta prunes the other partitions).
+    """
+    from pyspark.sql import functions as F
+
+    rows = {}
+    for lookup in spec.lookups:
+        table = lookup.definition
+        first = start - datetime.timedelta(days=windows.lookback(table.name))
+        rows[table.name] = scan(f"features/{table.name}").where(
+            F.col(table.partition_column).between(F.lit(first), F.lit(end))
+        )
+    return rows

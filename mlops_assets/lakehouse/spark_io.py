@@ -34,6 +34,7 @@ from mlops_assets.lakehouse.delta_io import (
     _comparable,
     check_schema,
 )
+from mlops_assets.lakehouse.spark_delta import delta_tables
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -53,14 +54,14 @@ def spark_uri(uri: str) -> str:
 
 def table_exists(spark: SparkSession, uri: str) -> bool:
     """Tell whether a Delta table exists at `uri`."""
-    from delta.tables import DeltaTable
+    DeltaTable = delta_tables(spark)  # delta-spark's, or Delta SQL on Spark Connect
 
     return DeltaTable.isDeltaTable(spark, spark_uri(uri))
 
 
 def table_version(spark: SparkSession, uri: str) -> int | None:
     """Current Delta version of the table at `uri`, or None when there is no table."""
-    from delta.tables import DeltaTable
+    DeltaTable = delta_tables(spark)  # delta-spark's, or Delta SQL on Spark Connect
 
     if not table_exists(spark, uri):
         return None
@@ -192,7 +193,7 @@ def write_partition(
         PartitionMismatchError: Some rows do not belong to `partition`.
         SchemaChangeError: The data's schema breaks the policy.
     """
-    from delta.tables import DeltaTable
+    DeltaTable = delta_tables(spark)  # delta-spark's, or Delta SQL on Spark Connect
 
     uri = str(uri)
     name = table or uri
@@ -249,7 +250,7 @@ def merge_partition(
         PartitionMismatchError: Some rows do not belong to the partition.
         SchemaChangeError: The data's schema differs from the table's.
     """
-    from delta.tables import DeltaTable
+    DeltaTable = delta_tables(spark)  # delta-spark's, or Delta SQL on Spark Connect
 
     uri = str(uri)
     name = table or uri
@@ -301,7 +302,7 @@ def describe_write(
     added: Sequence[str] = (),
 ) -> WriteResult:
     """Version, rows and schema of the table as this write (found by its id) left it."""
-    from delta.tables import DeltaTable
+    DeltaTable = delta_tables(spark)  # delta-spark's, or Delta SQL on Spark Connect
     from pyspark.sql import functions as F
 
     history = (
