@@ -285,6 +285,16 @@ def _auth_headers() -> dict[str, str]:
     return {}
 
 
+def _portable(compiled: Any) -> Any:
+    """A copy of the compiled scorer without what unpickling would import scikit-learn for."""
+    import copy
+
+    portable = copy.copy(compiled)
+    if getattr(portable, "_tree_predictors", None) is not None:
+        portable._tree_predictors = None  # scikit-learn predictors, rebuilt when asked for
+    return portable
+
+
 def artifact_digest(directory: Path) -> str:
     """SHA-256 over every file of a version's artifacts: relative paths and contents."""
     digest = hashlib.sha256()
@@ -316,6 +326,8 @@ class CachedScorer:
         python_features: Whether plain-Python features matched polars when it was written.
         fallback_reason: Why a part of the reference path serves, as when it was written.
         verified_rows: Probe rows the cached scorer was verified on at this load.
+        probe_rows: Those rows (in `feature_columns` order).
+        probe_scores: The pyfunc's scores of them.
     """
 
     compiled: Any
@@ -324,6 +336,8 @@ class CachedScorer:
     python_features: bool
     fallback_reason: str | None
     verified_rows: int
+    probe_rows: list[list[Any]]
+    probe_scores: list[float]
 
 
 class CompiledCache:
@@ -370,7 +384,7 @@ class CompiledCache:
             "fallback_reason": fallback_reason,
             "probe_rows": probe_rows,
             "probe_scores": probe_scores,
-            "compiled": compiled,
+            "compiled": _portable(compiled),
         }
         path = self._entry(name, version)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +433,8 @@ class CompiledCache:
                 python_features=bool(entry["python_features"]),
                 fallback_reason=entry["fallback_reason"],
                 verified_rows=len(rows),
+                probe_rows=rows,
+                probe_scores=scores,
             ),
             "verified",
         )

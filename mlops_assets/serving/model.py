@@ -34,6 +34,7 @@ from typing import Any
 from mlops_assets.features.spec import ON_DEMAND_FEATURES, FeatureSpec
 from mlops_assets.serving.compiled import CompiledPipeline, UnsupportedModelError
 from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+from mlops_assets.serving.row_scorer import RowScorer
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class ServingModel:
         load_seconds: How long loading took.
         load_path: `cache` (the verified cached scorer, without MLflow) or `mlflow`.
         load_detail: Why the cache did not serve, or what verified it.
+        row_scorer: The compiled trees walked in plain Python (`row_scorer.RowScorer`), used
+            for one request when it equals the pyfunc on the probe rows.
     """
 
     name: str
@@ -202,6 +205,7 @@ class ServingModel:
     load_seconds: float = 0.0
     load_path: str = "mlflow"
     load_detail: str | None = None
+    row_scorer: Any = None
 
     @property
     def scorer(self) -> str:
@@ -222,6 +226,8 @@ class ServingModel:
 
     def score(self, features: Mapping[str, Any]) -> float:
         """The fraud probability of one request's model input."""
+        if self.row_scorer is not None:
+            return self.row_scorer.score([features[c] for c in self.spec.feature_columns])
         if self.compiled is not None:
             return self.compiled.score([features[c] for c in self.spec.feature_columns])
         return self.reference_score([features])[0]
@@ -371,6 +377,22 @@ def _check_python_features(spec: FeatureSpec) -> str | None:
     return None
 
 
+def _row_scorer(
+    compiled: CompiledPipeline, rows: list[list[Any]], expected: list[float]
+) -> RowScorer | None:
+    """The plain-Python walk of `compiled` when it gives `expected` on `rows`, else None."""
+    try:
+        scorer = RowScorer(compiled)
+    except ValueError as error:
+        log.warning("no plain-Python walk of the compiled trees: %s", error)
+        return None
+    for row, want in zip(rows, expected, strict=True):
+        if scorer.score(row) != want:
+            log.warning("the plain-Python walk differs from the pyfunc on %s", row)
+            return None
+    return scorer
+
+
 def _from_cache(
     name: str, version: str, alias: str, registry: RegistryReader, cache: CompiledCache
 ) -> tuple[ServingModel | None, str]:
@@ -394,6 +416,7 @@ def _from_cache(
         fallback_reason=cached.fallback_reason,
         load_path="cache",
         load_detail=f"cached scorer verified on {cached.verified_rows} probe rows",
+        row_scorer=_row_scorer(cached.compiled, cached.probe_rows, cached.probe_scores),
     )
     model.load_seconds = time.perf_counter() - started
     model.loaded_at = datetime.datetime.now(datetime.UTC)
@@ -478,6 +501,7 @@ def load_serving_model(
         problem, probes, expected = _check_compiled(model, compiled, check_rows)
         if problem is None:
             model.compiled = compiled
+            model.row_scorer = _row_scorer(compiled, probes, expected)
         else:
             reasons.append(problem)
     except UnsupportedModelError as error:
