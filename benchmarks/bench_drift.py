@@ -37,8 +37,9 @@ UNEQUAL_CUT = 17
 SEED = 20260106
 NUMERIC = 14
 CATEGORICAL = 6
-GOAL_SECONDS = 3.0
-GOAL_RATIO = 30.0
+# Raised from 3 s and 30x once the columns ran on every core (issue 15, goal 7).
+GOAL_SECONDS = 1.0
+GOAL_RATIO = 100.0
 
 
 def _paths(root: str) -> tuple[Path, Path]:
@@ -212,9 +213,9 @@ def main() -> None:
         # The machine is shared: a load above its core count slows every figure here.
         "load_average_1m": {"start": round(load_before, 1), "end": round(os.getloadavg()[0], 1)},
         "cpu_count": os.cpu_count(),
-        "goal": f"ours_s < {GOAL_SECONDS:g} and ratio >= {GOAL_RATIO:g}",
-        "goal_met": ours_s < GOAL_SECONDS and ratio >= GOAL_RATIO,
-        "goal_met_unequal_sizes": unequal_s < GOAL_SECONDS
+        "goal": f"ours_s <= {GOAL_SECONDS:g} and ratio >= {GOAL_RATIO:g}",
+        "goal_met": ours_s <= GOAL_SECONDS and ratio >= GOAL_RATIO,
+        "goal_met_unequal_sizes": unequal_s <= GOAL_SECONDS
         and evidently_1m_s / unequal_s >= GOAL_RATIO,
     }
     report("drift", figures)

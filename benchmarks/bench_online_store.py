@@ -26,6 +26,8 @@ from benchmarks.harness import entry_point, measure, report
 KEYS = int(os.environ.get("BENCH_ONLINE_KEYS", "200000"))
 LOOKUPS = int(os.environ.get("BENCH_ONLINE_LOOKUPS", "10000"))
 MISSING_SHARE = 0.05
+# Raised from 1 ms (issue 15, goal 7).
+GOAL_P99_US = 50.0
 FEATURES = [
     "amount_sum_1h",
     "amount_mean_24h",
@@ -231,7 +233,10 @@ def main() -> None:
         "cold_first_lookup_us": uncached.extra["cold_first_lookup_us"],
         "lookup_many_1000_ms": uncached.extra["lookup_many_1000_ms"],
         "lookup_stats_cache_on": cached.extra["stats"],
-        "goal": "p99 < 1000 us per single-key lookup in-process",
+        "goal": f"p99 <= {GOAL_P99_US:g} us per single-key lookup in-process (cache off)",
+        "goal_met": uncached.extra["first_pass"]["p99_us"] <= GOAL_P99_US,
+        # The machine is shared: a load above its core count widens every tail here.
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "redis": redis,
     }
     report("online_store", figures)

@@ -30,6 +30,8 @@ PANDAS_REPEATS = int(os.environ.get("BENCH_PIT_PANDAS_REPEATS", "3"))
 DAYS = 60
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 SEED = 20260101
+# Raised from 2 s (issue 15, goal 7).
+GOAL_SECONDS = 1.0
 FEATURES = ("txn_count_24h", "amount_sum_24h", "amount_mean_7d")
 KEY = "card_id"
 RESULT = [f"card__{c}" for c in (*FEATURES, "feature_time")]
@@ -243,7 +245,11 @@ def main() -> None:
         "ratio_pandas_to_ours": round(pandas_s / ours_s, 2),
         "mismatches": compared.extra["mismatches"],
         "events_with_features": compared.extra["events_with_features"],
-        "goal": "ours_s <= 2 (read both Parquet files + point_in_time_join), mismatches == 0",
+        "goal": f"ours_s <= {GOAL_SECONDS:g} (read both Parquet files + point_in_time_join), "
+        "mismatches == 0",
+        "goal_met": ours_s <= GOAL_SECONDS and compared.extra["mismatches"] == 0,
+        # The machine is shared: a load above its core count slows every figure here.
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }
     report("point_in_time", figures)
 
