@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def scenario_options(command: argparse.ArgumentParser, days: int) -> None:
+    def scenario_options(command: argparse.ArgumentParser, days: int, per_day: int = 0) -> None:
         command.add_argument("--days", type=int, default=days, help="landing days to simulate")
         command.add_argument("--seed", type=int, default=7, help="simulator seed")
         command.add_argument(
@@ -383,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="chargebacks arrive 1 to this many days after the transaction",
         )
         command.add_argument(
-            "--per-day", type=int, default=0, help="transactions per day (scenario default: 0)"
+            "--per-day",
+            type=int,
+            default=per_day,
+            help=f"transactions per day (default: {per_day or 'the scenario default'})",
         )
         command.add_argument(
             "--scenario",
@@ -398,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the whole loop: lake, champion, predictions, drift, retraining"
     )
-    scenario_options(demo, days=14)
+    # Sized for a few minutes on a small machine: enough mature labels for a champion, and
+    # drifted days enough for the sensor's labelled episode and a day of the new champion.
+    scenario_options(demo, days=10, per_day=10_000)
     demo.add_argument(
         "--drift-days", type=int, default=7, help="days simulated after the normal ones"
     )

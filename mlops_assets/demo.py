@@ -192,6 +192,21 @@ class Demo:
         """The latest feature rows per key into the online store (`online_publish`)."""
         self.require(self.run_job("online_publish"), "the online store's publication")
 
+    def ingest(self, day: datetime.date) -> bool:
+        """What the schedules run for a landing day: the day, its event days, the online store.
+
+        Returns:
+            True (a failure raises).
+
+        Raises:
+            DemoFailed: A run failed.
+        """
+        self.land(day)
+        for touched in event_days_touched(day, self.settings.start_date):
+            self.refresh(touched)
+        self.publish_online()
+        return True
+
     def ingest_days(self, days: Sequence[datetime.date], total: int) -> None:
         """Land days, then refresh every event day they touched once, oldest first.
 
@@ -220,8 +235,11 @@ class Demo:
 
     # --- the story's steps ----------------------------------------------------------------
 
-    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> None:
+    def train(self, last_day: datetime.date, days: int, model: str = "fraud_detector") -> bool:
         """Train, validate and promote a declared model on the labels known at `last_day`'s end.
+
+        Returns:
+            True (a failure raises).
 
         Raises:
             DemoFailed: The run failed or promoted no champion.
@@ -251,6 +269,7 @@ class Demo:
                 f"training {model} promoted no champion: see the run in the UI and "
                 f"`mlops model status --model {model}`"
             )
+        return True
 
     def report_training(
         self, result: dg.ExecuteInProcessResult, model: str = "fraud_detector"
@@ -389,13 +408,16 @@ class Demo:
 
     def score_and_monitor(
         self, day: datetime.date, refresh: bool = False, report: bool = False
-    ) -> None:
+    ) -> bool:
         """A day scored by every champion and monitored, in one run; performance as labels mature.
 
         Args:
             day: The day.
             refresh: Also rebuild the day's gold and feature rows first (a new landing day).
             report: Also the day's Evidently drift report.
+
+        Returns:
+            True (a failure raises).
 
         Raises:
             DemoFailed: A run failed.
@@ -444,6 +466,7 @@ class Demo:
                 raise DemoFailed(f"the drift report of {day} wrote no report")
             self.story.report = found[0].metadata["path"].value
             say(f"Evidently drift report of {day}: {self.story.report}")
+        return True
 
     def _report_other_models(self, served: dg.ExecuteInProcessResult, day: datetime.date) -> None:
         """The lines of every other champion's scoring and monitoring of a day."""
@@ -680,10 +703,15 @@ class Demo:
             f"gold/prediction_summary holds {len(self._scored)} scored days; monitoring "
             f"dashboard: {_own(page, 'monitoring__dashboard')[0].metadata['path'].value}"
         )
-        if drifted and len(days) > normal and not self.story.retrain_requests:
+        # The sensor asks once the episode's first days carry mature labels: a drift episode
+        # that long must have closed the loop.
+        monitoring = _resource(self.defs, "monitoring")
+        needed = self.label_days + (monitoring.min_labelled_days if monitoring else 3)
+        if drifted and len(days) - normal >= needed and not self.story.retrain_requests:
             raise DemoFailed(
-                f"the drift sensor asked for no retraining in {len(days) - normal} drifted days: "
-                "the loop did not close (more --drift-days, or see monitoring/drift_metrics)"
+                f"the drift sensor asked for no retraining in {len(days) - normal} drifted days "
+                f"(at least {needed} let it): the loop did not close; see "
+                "monitoring/drift_metrics and monitoring/alerts"
             )
 
 
@@ -797,21 +825,12 @@ def _summary(settings: Settings, story: Story, manifests, drifted: bool) -> None
 
     print_summary(lake_summary(settings), manifests)
     retrains = len(story.retrain_requests)
-    if drifted:
-        say(
-            f"the loop: {retrains} retraining requested after drift"
-            + (
-                f" ({story.retrain_requests[0]['run_key']}); champions in turn: "
-                f"{' -> '.join(story.champion_versions)}"
-                if retrains
-                else ""
-            )
-        )
-    else:
-        say(
-            f"no drift: {retrains} retraining requested; champion stays version(s) "
-            f"{' -> '.join(story.champion_versions)}"
-        )
+    requested = f" ({story.retrain_requests[0]['run_key']})" if retrains else ""
+    say(
+        (f"the loop: {retrains} retraining requested after drift" if drifted else "no drift: ")
+        + (f"{retrains} retraining requested" if not drifted else requested)
+        + f"; champions in turn: {' -> '.join(story.champion_versions)}"
+    )
     say(
         f"predictions: {story.stream_predictions:,} streamed, {story.online_answers} of "
         f"{story.online_requests} REST requests answered by the fraud detector"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "mlops_assets.cli"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PER_DAY = 6_000
 
 
 def env_for(data_root: Path) -> dict[str, str]:
@@ -33,19 +35,59 @@ def mlops(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+# The demo's size in these tests: enough mature labels for the champion to pass validation.
+DEMO = ("demo", "--days", "7", "--drift-days", "2", "--per-day", str(PER_DAY))
+
+
+def printed(pattern: str, output: str) -> tuple[str, ...]:
+    """The groups of the one line of the demo's output matching `pattern`."""
+    found = re.findall(pattern, output)
+    assert len(found) == 1, (pattern, found, output[-3000:])
+    return found[0] if isinstance(found[0], tuple) else (found[0],)
+
+
+def check_printed_counts(output: str, lake: Path) -> tuple[int, str]:
+    """The counts the demo prints are those of its tables; the retrainings and champions."""
+    answered, sent = map(int, printed(r"online: (\d+) of (\d+) REST requests answered in", output))
+    assert answered == sent == 200
+    log = pl.read_delta(str(lake / "serving" / "inference_log"))
+    online = log.filter(pl.col("mode") == "online", pl.col("model_name") == "dev.fraud_detector")
+    assert online.height == answered
+    (linear,) = printed(r"online: (\d+) of \d+ REST requests answered by fraud_linear", output)
+    assert int(linear) == sent
+    (streamed,) = printed(r"predictions: ([\d,]+) streamed", output)
+    assert int(streamed.replace(",", "")) == log.filter(pl.col("mode") == "stream").height > 0
+    injected, quarantined = (
+        int(n.replace(",", ""))
+        for n in printed(
+            r"injected ([\d,]+) bad transaction lines; ([\d,]+) are in quarantine", output
+        )
+    )
+    held = sum(
+        pl.read_delta(str(lake / "quarantine" / name)).height
+        for name in ("bronze_transactions", "silver_transactions")
+    )
+    assert quarantined == held >= injected > 0
+    retrains, champions = printed(
+        r"(\d+) retraining requested.*; champions in turn: ([\d >-]+)\n", output
+    )
+    return int(retrains), champions
+
+
 def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     env = env_for(tmp_path)
-    first = mlops(env, "demo", "--days", "7", "--drift-days", "2")
-    assert "in quarantine with a reason" in first
+    lake = tmp_path / "dev" / "lake"
+    first = mlops(env, *DEMO)
     assert "promoted dev.fraud_detector version 1 to champion" in first
     assert "promoted dev.fraud_linear version 1 to champion" in first
     assert "every one is a row of serving/inference_log" in first
-    lake = tmp_path / "dev" / "lake"
+    # Two drifted days: too few for labelled drift, so nothing retrains yet.
+    assert check_printed_counts(first, lake) == (0, "1")
     silver = pl.read_delta(str(lake / "silver" / "transactions"))
     assert silver.get_column("landing_date").n_unique() == 9
     assert silver.get_column("transaction_id").is_duplicated().sum() == 0
     tables = mlops(env, "tables")
-    mlops(env, "demo", "--days", "7", "--drift-days", "2")
+    mlops(env, *DEMO)
     again = mlops(env, "tables")
 
     def rows(listing: str) -> dict[str, str]:
@@ -94,6 +136,22 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
     )
     # Everything the environment wrote is under data/dev.
     assert {p.name for p in tmp_path.iterdir()} == {"dev"}
+
+
+def test_a_failing_step_ends_the_demo_with_exit_code_1(tmp_path):
+    # Two days are too few for a training set with mature labels (chargebacks take up to
+    # three days): the champion's training fails, and the demo says so and exits 1.
+    done = subprocess.run(
+        [*MLOPS, "demo", "--days", "2", "--drift-days", "0", "--per-day", "300"],
+        env=env_for(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED: training fraud_detector promoted no champion" in done.stdout
+    assert "done in" not in done.stdout
 
 
 def free_port() -> int:
