@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
+from mlops_assets.monitoring import drift as drift_module
 from mlops_assets.monitoring.drift import (
     DRIFT_SCHEMA,
     PSI_FLOOR,
@@ -331,3 +332,17 @@ def test_real_drift_is_detected():
     levels = dict(result.columns.select("column", "psi_level").iter_rows())
     assert levels["amount"] in {"moderate", "major"}
     assert levels["channel"] == "major"
+
+
+def test_columns_spread_over_threads_give_the_rows_of_one_thread(monkeypatch):
+    # 150,000 rows a side is above the size at which columns run on several threads.
+    reference = transactions(11, 150_000, null_share=0.01)
+    current = transactions(12, 149_990, amount_scale=60.0, online_share=0.4)
+    threaded = compute_drift(reference, current)
+    monkeypatch.setattr(drift_module, "_PARALLEL_ROWS", 10**12)
+    single = compute_drift(reference, current)
+    assert threaded.columns.equals(single.columns)
+    assert threaded.summary == single.summary
+    assert threaded.columns.get_column("column").to_list() == [
+        c for c in current.columns if infer_kind(current.get_column(c)) is not None
+    ]
