@@ -316,8 +316,11 @@ def read_landing_file(
         problem = "file is empty"
     spans: list[tuple[int, int]] = []
     quoted: set[int] = set()
+    # The physical lines as one polars column, built once (the records are these lines
+    # unless a quoted record spans several).
+    lines_column = pl.Series(RAW, physical, dtype=pl.String)
     if problem is None and QUOTE in text:
-        spans, quoted, unterminated = _record_spans(pl.Series(physical, dtype=pl.String))
+        spans, quoted, unterminated = _record_spans(lines_column)
         if unterminated is not None:
             problem = (
                 f"unterminated quoted field: the quote opened on line {unterminated + 1} "
@@ -335,13 +338,14 @@ def read_landing_file(
         else:
             header = tuple(name.strip() for name in header_text.split(SEPARATOR))
         problem = problem or _header_problem(header, header_text, required)
+    carriage_returns = "\r" in text
     if problem:
         # The whole file goes to quarantine: one row per physical line, the header included.
-        frame = _frame(pl.Series(RAW, physical, dtype=pl.String), None, 0)
+        frame = _frame(lines_column, None, 0, carriage_returns)
         lines = _stamp(frame, invalid, relative, ingested_at)
         return LandingFile(path, relative, (), problem, lines, compressed)
-    raw = pl.Series(RAW, records[1:], dtype=pl.String)
-    frame = _frame(raw, None if numbers is None else numbers[1:], 1)
+    raw = lines_column.slice(1) if numbers is None else pl.Series(RAW, records[1:], dtype=pl.String)
+    frame = _frame(raw, None if numbers is None else numbers[1:], 1, carriage_returns)
     if quoted:
         # Records holding a quote (few) are parsed here; the others are split by the engine.
         fields_of: list[list[str] | None] = [None] * len(raw)
@@ -372,18 +376,22 @@ def _bound_lengths(frame: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
     return frame.with_columns(too_long.alias(PROBLEM))
 
 
-def _frame(raw: pl.Series, numbers: list[int] | None, start: int) -> pl.DataFrame:
+def _frame(
+    raw: pl.Series, numbers: list[int] | None, start: int, carriage_returns: bool = True
+) -> pl.DataFrame:
     """Records with their 0-based first physical line, CR line ends dropped.
 
     `numbers` are the records' first lines; None when records are consecutive lines from
-    `start`.
+    `start`. `carriage_returns` says whether the text holds any CR (without one, there is
+    none to drop).
     """
     first = (
         pl.int_range(start, start + len(raw), dtype=pl.Int64, eager=True)
         if numbers is None
         else pl.Series(numbers, dtype=pl.Int64)
     )
-    return pl.DataFrame([raw.str.strip_suffix("\r"), first.alias("_first")])
+    text = raw.str.strip_suffix("\r") if carriage_returns else raw
+    return pl.DataFrame([text.alias(RAW), first.alias("_first")])
 
 
 def _stamp(
@@ -396,14 +404,10 @@ def _stamp(
     first = frame.get_column("_first")
     if invalid:
         # Map each invalid physical line to the record it belongs to (the last record whose
-        # first line is not after it).
-        starts = first.to_list()
-        bad = pl.Series(
-            [starts[_record_of(starts, line)] for line in invalid if line >= starts[0]]
-            if starts
-            else [],
-            dtype=pl.Int64,
-        )
+        # first line is not after it); `first` is ascending.
+        lines = pl.Series(sorted(line for line in invalid if frame.height and line >= first[0]))
+        records = first.search_sorted(lines.cast(pl.Int64), side="right") - 1
+        bad = first.gather(records) if len(lines) else pl.Series([], dtype=pl.Int64)
         utf8 = ~first.is_in(bad.implode())
     else:
         utf8 = pl.repeat(True, frame.height, eager=True, dtype=pl.Boolean)
@@ -415,11 +419,6 @@ def _stamp(
         (first + 1).alias(LINE_NUMBER),
         pl.lit(ingested_at).cast(pl.Datetime("us", "UTC")).alias(INGESTED_AT),
     )
-
-
-def _record_of(starts: list[int], line: int) -> int:
-    """Index of the record holding a physical line (starts ascending)."""
-    return bisect.bisect_right(starts, line) - 1
 
 
 # The landing contract's completion marker: a feed writes a day's data files first (each under
