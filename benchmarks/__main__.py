@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_serving",
     "bench_batch",
     "bench_spark",
+    "bench_spark_ml",
     "bench_daemon",
 )
 

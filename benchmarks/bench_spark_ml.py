@@ -1,0 +1,216 @@
+"""The ml and serving stages on polars and on Spark local[2], in the same run.
+
+Two stages, each measured on both engines in fresh processes:
+
+- training set: the fraud spec's whole training set (`FeatureSpec.training_set` against
+  `spark_point_in_time.training_set`: both feature tables' point-in-time joins, defaults and
+  the on-demand features) of `BENCH_SPARK_ML_EVENTS` events (200,000 by default) over a week,
+  with one card-behaviour row per event as the real table has, and a merchant-risk row per
+  merchant and day. Spark's result is computed in full by a `noop` write.
+- batch scoring: bench_batch's day of `BENCH_SPARK_ML_SCORE_EVENTS` events (200,000) carrying
+  every feature, scored by the champion and appended to the inference log: polars through
+  bench_batch's own task, Spark through `spark_scoring` (per partition on the executors,
+  Delta on Spark appending).
+
+Spark's session starts off the clock (reported on its own). Figures: seconds, rows per second
+and the ratio Spark / polars; medians of `BENCH_SPARK_ML_REPEAT` runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.harness import entry_point, measure, report
+
+MODULE = "benchmarks.bench_spark_ml"
+MASTER = "local[2]"
+EVENTS = int(os.environ.get("BENCH_SPARK_ML_EVENTS", "200000"))
+SCORE_EVENTS = int(os.environ.get("BENCH_SPARK_ML_SCORE_EVENTS", "200000"))
+REPEAT = int(os.environ.get("BENCH_SPARK_ML_REPEAT", "1"))
+ENGINES = ("polars", "spark")
+START = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+DAYS = 7
+
+
+def task_setup(root: str) -> dict:
+    """Events and both feature tables of the fraud spec, as Parquet files."""
+    import numpy as np
+    import polars as pl
+
+    from mlops_assets.features.registry import feature_table
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(5)
+    n, cards, merchants = EVENTS, max(EVENTS // 10, 1), max(EVENTS // 100, 1)
+    seconds = rng.integers(0, DAYS * 86_400 * 1_000_000, n)
+    events = pl.DataFrame(
+        {
+            "transaction_id": [f"t{i:09d}" for i in range(n)],
+            "card_id": [f"c{i:07d}" for i in rng.integers(0, cards, n)],
+            "merchant_id": [f"m{i:06d}" for i in rng.integers(0, merchants, n)],
+            "event_time": seconds,
+            "amount": rng.lognormal(3, 1, n),
+            "merchant_category": rng.choice(["grocery", "electronics", "travel"], n),
+            "channel": rng.choice(["online", "pos"], n),
+            "entry_mode": rng.choice(["chip", "ecommerce", "contactless"], n),
+            "device_type": rng.choice(["terminal", "desktop", "mobile"], n),
+            "country": rng.choice(["PL", "DE", "FR"], n),
+            "card_country": rng.choice(["PL", "DE", "FR"], n),
+            "is_fraud": rng.random(n) < 0.01,
+        }
+    ).with_columns(
+        (pl.lit(START) + pl.duration(microseconds=pl.col("event_time"))).alias("event_time")
+    )
+    card = feature_table("card_behaviour")
+    # One row per transaction, known at its time (the real table's shape).
+    card_rows = events.select(
+        "card_id",
+        "transaction_id",
+        "event_time",
+        pl.col("event_time").dt.date().alias(card.partition_column),
+        *[pl.Series(f.name, rng.random(n) * 10).cast(_dtype(f.dtype)) for f in card.features],
+    )
+    merchant = feature_table("merchant_risk")
+    grid = pl.DataFrame({"merchant_id": [f"m{i:06d}" for i in range(merchants)]}).join(
+        pl.DataFrame({"day": [START.date() + datetime.timedelta(days=d) for d in range(DAYS)]}),
+        how="cross",
+    )
+    m = grid.height
+    merchant_rows = grid.with_columns(
+        (pl.col("day").cast(pl.Datetime("us", "UTC")) + pl.duration(days=1)).alias("as_of"),
+        *[pl.Series(f.name, rng.random(m) * 10).cast(_dtype(f.dtype)) for f in merchant.features],
+    )
+    events.write_parquet(Path(root) / "events.parquet")
+    card_rows.write_parquet(Path(root) / "card_behaviour.parquet")
+    merchant_rows.write_parquet(Path(root) / "merchant_risk.parquet")
+    return {
+        "seconds": time.perf_counter() - started,
+        "events": n,
+        "feature_rows": card_rows.height + merchant_rows.height,
+    }
+
+
+def _dtype(name: str):
+    import polars as pl
+
+    return {"int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean, "str": pl.String}[name]
+
+
+def task_training_set(root: str, engine: str) -> dict:
+    """The fraud spec's training set of the events on one engine (files read on the clock)."""
+    from mlops_assets.features.spec import FRAUD_SPEC
+
+    names = ("card_behaviour", "merchant_risk")
+    session_s = 0.0
+    if engine == "polars":
+        import polars as pl
+
+        started = time.perf_counter()
+        events = pl.read_parquet(Path(root) / "events.parquet")
+        tables = {n: pl.read_parquet(Path(root) / f"{n}.parquet") for n in names}
+        rows = FRAUD_SPEC.training_set(events, tables).height
+    else:
+        from mlops_assets.features.spark_point_in_time import training_set
+
+        spark, session_s = _spark_session()
+        started = time.perf_counter()
+        events = spark.read.parquet(str(Path(root) / "events.parquet"))
+        tables = {n: spark.read.parquet(str(Path(root) / f"{n}.parquet")) for n in names}
+        joined = training_set(events, tables, FRAUD_SPEC)
+        joined.write.format("noop").mode("overwrite").save()
+        rows = EVENTS
+    return {"seconds": time.perf_counter() - started, "session_s": session_s, "rows": rows}
+
+
+def task_score_spark(root: str) -> dict:
+    """bench_batch's day scored on Spark and appended to an inference log by Delta on Spark."""
+    import mlflow
+
+    from mlops_assets.serving.model import load_serving_model
+    from mlops_assets.serving.spark_scoring import append_to_log, batch_predictions
+    from mlops_assets.settings import load_settings
+
+    settings = load_settings({"MLOPS_DATA_ROOT": str(Path(root) / "data"), "MLOPS_ENV": "dev"})
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    version = (
+        mlflow.MlflowClient().get_model_version_by_alias("dev.fraud_detector", "champion").version
+    )
+    model = load_serving_model("dev.fraud_detector", str(version))
+    spark, session_s = _spark_session()
+    log = str(Path(root) / "spark_inference_log")
+    started = time.perf_counter()
+    events = spark.read.parquet(str(Path(root) / "events.parquet"))
+    rows = batch_predictions(model, events, mode="batch", run_id="benchmark")
+    written = append_to_log(spark, log, rows)
+    return {
+        "seconds": time.perf_counter() - started,
+        "session_s": session_s,
+        "rows": written.rows_written,
+    }
+
+
+def _spark_session():
+    """The local[2] session with the project's settings, started off the clock."""
+    from mlops_assets.defs.resources import SparkResource
+    from mlops_assets.settings import load_settings
+
+    started = time.perf_counter()
+    spark = SparkResource.from_settings(load_settings({"MLOPS_SPARK_MASTER": MASTER})).session
+    spark.range(1).count()
+    return spark, time.perf_counter() - started
+
+
+def _median(measurements):
+    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
+
+
+def _figures(name: str, rows: int, runs: dict) -> dict:
+    return {
+        f"{name}_rows": rows,
+        f"{name}_polars_s": round(runs["polars"].seconds, 2),
+        f"{name}_spark_s": round(runs["spark"].seconds, 2),
+        f"{name}_rows_per_s": {e: round(rows / runs[e].seconds) for e in ENGINES},
+        f"{name}_spark_to_polars": round(runs["spark"].seconds / runs["polars"].seconds, 2),
+        f"{name}_peak_mib": {e: round(runs[e].peak_mib) for e in ENGINES},
+    }
+
+
+def main() -> None:
+    """Training set and batch scoring on both engines; rows per second and ratios."""
+    figures: dict = {"spark_master": MASTER, "repeats": REPEAT}
+    with tempfile.TemporaryDirectory(prefix="bench-spark-ml-") as root:
+        measure(MODULE, "setup", root)
+        runs = {
+            e: _median([measure(MODULE, "training_set", root, e) for _ in range(REPEAT)])
+            for e in ENGINES
+        }
+        figures.update(_figures("training_set", EVENTS, runs))
+        figures["spark_session_start_s"] = round(runs["spark"].extra["session_s"], 2)
+    os.environ["BENCH_BATCH_EVENTS"] = str(SCORE_EVENTS)
+    with tempfile.TemporaryDirectory(prefix="bench-spark-ml-score-") as root:
+        measure("benchmarks.bench_batch", "setup", root)
+        runs = {
+            "polars": _median(
+                [measure("benchmarks.bench_batch", "score", root) for _ in range(REPEAT)]
+            ),
+            "spark": _median([measure(MODULE, "score_spark", root) for _ in range(REPEAT)]),
+        }
+        if runs["spark"].extra["rows"] != runs["polars"].extra["rows"]:
+            raise RuntimeError(
+                f"the engines logged {runs['polars'].extra['rows']} and "
+                f"{runs['spark'].extra['rows']} rows"
+            )
+        figures.update(_figures("batch_scoring", SCORE_EVENTS, runs))
+    report("spark_ml", figures)
+
+
+if __name__ == "__main__":
+    entry_point(
+        main,
+        {"setup": task_setup, "training_set": task_training_set, "score_spark": task_score_spark},
+    )
