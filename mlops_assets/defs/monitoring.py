@@ -13,18 +13,19 @@ from mlops_assets.defs.jobs import retrain_job
 from mlops_assets.defs.metadata import ALERTS_KEY, alert_materialization, table_metadata
 from mlops_assets.defs.ml import label_horizon, polars_lazy
 from mlops_assets.defs.partitions import daily_partitions, days_around, partition_day
-from mlops_assets.defs.resources import LakehouseResource
+from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.defs.serving import INFERENCE_LOG
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.monitoring.policy import DriftPolicy
 from mlops_assets.monitoring.reference import REFERENCE
 from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
 from mlops_assets.monitoring.thresholds import Thresholds
-from mlops_assets.settings import Settings, use_mlflow_store
+from mlops_assets.settings import Engine, Settings, use_mlflow_store
 
 TRAINING_SET = TableRef("ml", "training_set")
 SILVER_LABELS = TableRef("silver", "labels")
-# The table store group of the monitoring assets (polars and delta-rs).
+# The monitoring group: its tables are on delta-rs; drift and profiles are computed on Spark
+# when the group's engine is spark (`defs.spark_monitoring`).
 GROUP = "monitoring"
 DRIFT = TableRef("monitoring", "drift_metrics")
 PROFILES = TableRef("monitoring", "profiles")
@@ -207,6 +208,11 @@ def drift_metrics(
     )
 
     day = partition_day(context)
+    if lakehouse.engine_for(GROUP) is Engine.SPARK:
+        from mlops_assets.defs.spark_monitoring import spark_drift_metrics
+
+        yield from spark_drift_metrics(lakehouse, monitoring.thresholds(), day)
+        return
     log = _log(lakehouse)
     current = window_predictions(log, day)
     if not current.height:
@@ -282,6 +288,10 @@ def profiles(
     from mlops_assets.monitoring.windows import window_predictions
 
     day = partition_day(context)
+    if lakehouse.engine_for(GROUP) is Engine.SPARK:
+        from mlops_assets.defs.spark_monitoring import spark_profiles
+
+        return spark_profiles(lakehouse, day)
     current = window_predictions(_log(lakehouse), day)
     if not current.height:
         raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
@@ -444,7 +454,7 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             partitions_def=daily,
             group_name="monitoring",
             owners=OWNERS,
-            kinds={"polars", "deltalake"},
+            kinds=engine_kinds(settings, GROUP),
             code_version="drift-metrics-1",
             metadata={"table": str(DRIFT)},
         )(drift_metrics),
@@ -454,7 +464,7 @@ def monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             partitions_def=daily,
             group_name="monitoring",
             owners=OWNERS,
-            kinds={"polars", "deltalake"},
+            kinds=engine_kinds(settings, GROUP),
             code_version="profiles-1",
             metadata={"table": str(PROFILES)},
         )(profiles),

@@ -14,6 +14,7 @@ from mlops_assets.lakehouse.store import DeltaRsStore, SparkStore, TableStore
 from mlops_assets.settings import (
     DEFAULT_S3_REGION,
     ENGINE_GROUPS,
+    STATISTICS_GROUPS,
     Engine,
     ObjectStore,
     Settings,
@@ -142,12 +143,14 @@ class LakehouseResource(dg.ConfigurableResource):
     def store(self, group: str) -> TableStore:
         """The table store of an asset group, on the engine the settings give the group.
 
-        The groups without an engine setting (`ml`, `online`, `serving`, `monitoring`) run on
-        polars and delta-rs.
+        The `online` group, which has no engine setting, runs on polars and delta-rs; so do
+        the tables of the `STATISTICS_GROUPS` (ml, serving, monitoring), whose heavy work
+        runs on Spark through `spark_store` when their engine is spark.
         """
         settings = self.settings
         options = settings.storage_options
-        if group in ENGINE_GROUPS and settings.engine_for(group) is Engine.SPARK:
+        spark = group in ENGINE_GROUPS and settings.engine_for(group) is Engine.SPARK
+        if spark and group not in STATISTICS_GROUPS:
             # The session of the `MLOPS_SPARK_*` settings, started on first use: runs on the
             # polars engine never start a JVM.
             if self._spark is None:
@@ -155,8 +158,19 @@ class LakehouseResource(dg.ConfigurableResource):
             return SparkStore(self.catalog, self._spark.session, options)
         return DeltaRsStore(self.catalog, options)
 
+    def spark_store(self) -> SparkStore:
+        """The Spark store of the environment, whatever the groups' engines (session on first use).
+
+        The `STATISTICS_GROUPS` read their large inputs through it when they run on Spark
+        (the monitoring group the day's inference log); their own small tables stay on
+        delta-rs.
+        """
+        if self._spark is None:
+            self._spark = SparkResource.from_settings(self.settings)
+        return SparkStore(self.catalog, self._spark.session, self.settings.storage_options)
+
     def engine_for(self, group: str) -> Engine:
-        """The engine that runs an asset group (`bronze`, `silver`, `gold`, `features`)."""
+        """The engine that runs an asset group (one of `settings.ENGINE_GROUPS`)."""
         return self.settings.engine_for(group)
 
     @property

@@ -11,12 +11,15 @@ Exactness:
   Jensen-Shannon distance, chi-square and z p-values and categorical PSI are computed from exact
   counts: equal to the polars statistics up to floating-point summation order (relative
   1e-9 in the parity tests; integer counts are equal).
-- Quantiles are exact, not `percentile_approx`: the distinct values of a column, with their
-  counts per side, are cut into ranges (bucket edges from `approxQuantile`, which only balance
-  the work), each range sorted on an executor, and cumulative counts carried across ranges from
-  the per-range totals collected on the driver. An order statistic is then the value whose
-  cumulative count first passes its rank, and the linear-interpolation quantiles (profile
-  percentiles, the PSI bin edges) equal polars' and numpy's.
+- Quantiles are exact, not `percentile_approx`: the numeric columns' valid values are stacked
+  into one frame keyed by column, counted per distinct value and side, cut into ranges per
+  column (edges from `percentile_approx`, which only balance the work), each range sorted on
+  an executor, and the cumulative counts carried across ranges from the per-range totals
+  collected on the driver. An order statistic is then the value whose cumulative count first
+  passes its rank, and the linear-interpolation quantiles (profile percentiles, the PSI bin
+  edges) equal polars' and numpy's. All numeric columns together take a fixed number of
+  Spark jobs (about six), not a few per column; each categorical column takes one (drift)
+  or three (profile).
 - The Wasserstein distance is the integral of `|F_ref(x) - F_cur(x)|` over consecutive distinct
   values of both samples (the same cumulative counts): exact, like scipy's and `drift`'s,
   up to summation order.
@@ -31,6 +34,7 @@ Exactness:
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +69,8 @@ if TYPE_CHECKING:
 KS_EXACT_MAX = 10_000
 # Side markers of the value/count frames.
 _REF, _CUR = "r", "c"
+# A value range's key in the lookups: column index * _RANGE_KEY + range index.
+_RANGE_KEY = 1 << 20
 
 
 def spark_kind(frame: DataFrame, name: str) -> Kind | None:
@@ -120,100 +126,180 @@ def _buckets(spark_frame: DataFrame) -> int:
         return 4
 
 
-class _Cumulative:
-    """Distinct values of one column with per-side counts and cumulative counts.
+class _Stacked:
+    """Distinct values of several numeric columns at once, with per-side cumulative counts.
 
-    Columns: `v` (the value), `r`/`c` (its count in the reference/current sample), `cr`/`cc`
-    (counts of values at or below `v`) and `nv` (the next larger distinct value, null for the
-    largest). Ranges of values are sorted on the executors; their totals, collected on the
-    driver, carry the cumulative counts from one range to the next.
+    Every column's valid values (as doubles) are stacked into one frame keyed by the column's
+    index `k`, so a handful of Spark jobs serve all the columns: the counts per distinct value
+    and side (`r` reference, `c` current), ranges of values per column (edges from
+    `percentile_approx`, which only balance the work) sorted on the executors, and the
+    cumulative counts `cr`/`cc` (values at or below `v`) carried across ranges from the
+    per-range totals collected on the driver; `nv` is the next larger distinct value of the
+    column (null for its largest).
     """
 
-    def __init__(self, counts: DataFrame):
+    def __init__(self, sides: Sequence[tuple[DataFrame, str]], names: Sequence[str]):
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        buckets = _buckets(counts)
-        probabilities = [k / buckets for k in range(1, buckets)]
-        edges = sorted(set(counts.approxQuantile("v", probabilities, 0.01))) if buckets > 1 else []
-        bucket = F.lit(0)
-        for edge in edges:
-            bucket = bucket + (F.col("v") > F.lit(edge)).cast("int")
-        ranged = counts.withColumn("b", bucket)
+        parts = []
+        for frame, side in sides:
+            entries = F.array(
+                *[
+                    F.struct(
+                        F.lit(i).alias("k"),
+                        F.when(_valid(frame, n), F.col(n).cast("double")).alias("v"),
+                    )
+                    for i, n in enumerate(names)
+                ]
+            )
+            parts.append(
+                frame.select(F.explode(entries).alias("e"))
+                .select("e.k", "e.v")
+                .filter(F.col("v").isNotNull())
+                .select(
+                    "k",
+                    "v",
+                    F.lit(int(side == _REF)).alias("r"),
+                    F.lit(int(side == _CUR)).alias("c"),
+                )
+            )
+        stacked = parts[0]
+        for part in parts[1:]:
+            stacked = stacked.unionByName(part)
+        self.counts = (
+            stacked.groupBy("k", "v").agg(F.sum("r").alias("r"), F.sum("c").alias("c")).persist()
+        )
+        buckets = _buckets(self.counts)
+        edges: dict[int, list[float]] = {k: [] for k in range(len(names))}
+        if buckets > 1:
+            probabilities = [j / buckets for j in range(1, buckets)]
+            for row in (
+                self.counts.groupBy("k")
+                .agg(F.percentile_approx("v", probabilities, 10_000).alias("e"))
+                .collect()
+            ):
+                edges[int(row["k"])] = sorted(set(row["e"]))
+        edge_map = F.create_map(
+            *[
+                item
+                for k, values in edges.items()
+                for item in (
+                    F.lit(k),
+                    F.array(*[F.lit(float(e)) for e in values]).cast("array<double>"),
+                )
+            ]
+        )
+        bucket = F.size(F.filter(F.element_at(edge_map, F.col("k")), lambda e: e < F.col("v")))
+        ranged = self.counts.withColumn("b", bucket)
         totals = (
-            ranged.groupBy("b")
-            .agg(F.sum("r").alias("r"), F.sum("c").alias("c"), F.min("v").alias("lo"))
+            ranged.groupBy("k", "b")
+            .agg(
+                F.sum("r").alias("r"),
+                F.sum("c").alias("c"),
+                F.min("v").alias("lo"),
+                F.count(F.lit(1)).alias("n"),
+            )
             .collect()
         )
         offsets_r: dict[int, int] = {}
         offsets_c: dict[int, int] = {}
         next_low: dict[int, float] = {}
-        seen_r = seen_c = 0
-        ordered = sorted(totals, key=lambda row: row["b"])
-        for index, row in enumerate(ordered):
-            offsets_r[row["b"]], offsets_c[row["b"]] = seen_r, seen_c
-            seen_r += int(row["r"])
-            seen_c += int(row["c"])
-            if index + 1 < len(ordered):
-                next_low[row["b"]] = float(ordered[index + 1]["lo"])
+        self.n_ref: dict[int, int] = {}
+        self.n_cur: dict[int, int] = {}
+        self.distinct: dict[int, int] = {}
+        for k in range(len(names)):
+            ordered = sorted((row for row in totals if row["k"] == k), key=lambda row: row["b"])
+            seen_r = seen_c = distinct = 0
+            for index, row in enumerate(ordered):
+                key = k * _RANGE_KEY + int(row["b"])
+                offsets_r[key], offsets_c[key] = seen_r, seen_c
+                seen_r += int(row["r"])
+                seen_c += int(row["c"])
+                distinct += int(row["n"])
+                if index + 1 < len(ordered):
+                    next_low[key] = float(ordered[index + 1]["lo"])
+            self.n_ref[k], self.n_cur[k], self.distinct[k] = seen_r, seen_c, distinct
 
         def lookup(values: Mapping[int, float | int], kind: str) -> Column:
             if not values:
                 return F.lit(None).cast(kind)
-            pairs = [item for b, x in values.items() for item in (F.lit(b), F.lit(x))]
-            return F.element_at(F.create_map(*pairs), F.col("b")).cast(kind)
+            pairs = [item for key, x in values.items() for item in (F.lit(key), F.lit(x))]
+            return F.element_at(F.create_map(*pairs), F.col("_key")).cast(kind)
 
-        running = Window.partitionBy("b").orderBy("v").rowsBetween(Window.unboundedPreceding, 0)
-        following = Window.partitionBy("b").orderBy("v")
-        self.frame = ranged.select(
+        running = (
+            Window.partitionBy("k", "b").orderBy("v").rowsBetween(Window.unboundedPreceding, 0)
+        )
+        following = Window.partitionBy("k", "b").orderBy("v")
+        self.frame = ranged.withColumn("_key", F.col("k") * F.lit(_RANGE_KEY) + F.col("b")).select(
+            "k",
             "v",
             "r",
             "c",
-            (F.sum("r").over(running) + lookup(offsets_r, "bigint")).alias("cr"),
-            (F.sum("c").over(running) + lookup(offsets_c, "bigint")).alias("cc"),
+            (F.sum("r").over(running) + F.coalesce(lookup(offsets_r, "bigint"), F.lit(0))).alias(
+                "cr"
+            ),
+            (F.sum("c").over(running) + F.coalesce(lookup(offsets_c, "bigint"), F.lit(0))).alias(
+                "cc"
+            ),
             F.coalesce(F.lead("v").over(following), lookup(next_low, "double")).alias("nv"),
         )
-        self.n_ref, self.n_cur = seen_r, seen_c
 
-    def order_statistics(self, side: str, ranks: Sequence[int]) -> dict[int, float]:
-        """The values at 0-based `ranks` of one side's sorted sample."""
+    def close(self) -> None:
+        """Free the cached counts."""
+        self.counts.unpersist()
+
+    def order_statistics(
+        self, wanted: Mapping[tuple[int, str], Sequence[int]]
+    ) -> dict[tuple[int, str, int], float]:
+        """The values at 0-based ranks of each (column, side)'s sorted sample, in one job."""
         from pyspark.sql import functions as F
 
-        count, cumulative = (F.col("r"), F.col("cr")) if side == _REF else (F.col("c"), F.col("cc"))
-        wanted = sorted(set(int(k) for k in ranks))
         hit = F.lit(False)
-        for rank in wanted:
-            hit = hit | ((cumulative - count <= F.lit(rank)) & (cumulative > F.lit(rank)))
-        rows = self.frame.filter((count > 0) & hit).select("v", (cumulative - count).alias("s"))
-        spans = sorted((int(row["s"]), float(row["v"])) for row in rows.collect())
-        starts = [s for s, _ in spans]
+        for (k, side), ranks in wanted.items():
+            count, cumulative = (
+                (F.col("r"), F.col("cr")) if side == _REF else (F.col("c"), F.col("cc"))
+            )
+            for rank in sorted(set(int(x) for x in ranks)):
+                hit = hit | (
+                    (F.col("k") == F.lit(k))
+                    & (count > 0)
+                    & (cumulative - count <= F.lit(rank))
+                    & (cumulative > F.lit(rank))
+                )
+        rows = self.frame.filter(hit).select("k", "v", "r", "c", "cr", "cc").collect()
         found = {}
-        for rank in wanted:
-            index = int(np.searchsorted(starts, rank, side="right")) - 1
-            found[rank] = spans[index][1]
+        for (k, side), ranks in wanted.items():
+            spans = [
+                (int(row["cr"] - row["r"]), int(row["cr"]), float(row["v"]))
+                if side == _REF
+                else (int(row["cc"] - row["c"]), int(row["cc"]), float(row["v"]))
+                for row in rows
+                if row["k"] == k and row[side] > 0
+            ]
+            for rank in ranks:
+                found[(k, side, int(rank))] = next(v for s, e, v in spans if s <= rank < e)
         return found
 
-    def quantiles(self, side: str, probabilities: Sequence[float]) -> list[float]:
-        """Linear-interpolation quantiles of one side (`numpy.quantile`'s default)."""
-        size = self.n_ref if side == _REF else self.n_cur
-        positions = np.asarray(probabilities, dtype=np.float64) * (size - 1)
-        below = np.floor(positions).astype(np.int64)
-        above = np.minimum(below + 1, size - 1)
-        values = self.order_statistics(side, [*below.tolist(), *above.tolist()])
-        low = np.array([values[int(k)] for k in below])
-        high = np.array([values[int(k)] for k in above])
-        return (low + (high - low) * (positions - below)).tolist()
-
-
-def _counts_frame(reference: DataFrame | None, current: DataFrame, name: str) -> DataFrame:
-    """Distinct valid values of a column with their counts per side (`v`, `r`, `c`)."""
-    from pyspark.sql import functions as F
-
-    cur = _numbers(current, name).select("v", F.lit(0).alias("r"), F.lit(1).alias("c"))
-    if reference is not None:
-        ref = _numbers(reference, name).select("v", F.lit(1).alias("r"), F.lit(0).alias("c"))
-        cur = ref.unionByName(cur)
-    return cur.groupBy("v").agg(F.sum("r").alias("r"), F.sum("c").alias("c"))
+    def quantiles(
+        self, wanted: Mapping[tuple[int, str], Sequence[float]]
+    ) -> dict[tuple[int, str], list[float]]:
+        """Linear-interpolation quantiles (`numpy.quantile`'s default) of each (column, side)."""
+        positions, ranks = {}, {}
+        for (k, side), probabilities in wanted.items():
+            size = self.n_ref[k] if side == _REF else self.n_cur[k]
+            position = np.asarray(probabilities, dtype=np.float64) * (size - 1)
+            below = np.floor(position).astype(np.int64)
+            above = np.minimum(below + 1, size - 1)
+            positions[(k, side)] = (position, below, above)
+            ranks[(k, side)] = [*below.tolist(), *above.tolist()]
+        values = self.order_statistics(ranks)
+        result = {}
+        for (k, side), (position, below, above) in positions.items():
+            low = np.array([values[(k, side, int(x))] for x in below])
+            high = np.array([values[(k, side, int(x))] for x in above])
+            result[(k, side)] = (low + (high - low) * (position - below)).tolist()
+        return result
 
 
 def _frequencies(
@@ -306,9 +392,22 @@ def spark_drift(
         chosen.append((name, kind))
     ref_counts = _side_counts(reference, [n for n, _ in chosen])
     cur_counts = _side_counts(current, [n for n, _ in chosen])
+    numeric = [
+        name
+        for name, kind in chosen
+        if kind == "numeric" and ref_counts[name][0] and cur_counts[name][0]
+    ]
+    figures = _numeric_figures(reference, current, numeric, psi_bins) if numeric else {}
     rows = [
         _column_drift(
-            name, kind, reference, current, ref_counts[name], cur_counts[name], limits, psi_bins
+            name,
+            kind,
+            reference,
+            current,
+            ref_counts[name],
+            cur_counts[name],
+            figures.get(name),
+            limits,
         )
         for name, kind in chosen
     ]
@@ -325,6 +424,97 @@ def spark_drift(
     return DriftResult(columns=table, summary=summary)
 
 
+def _numeric_figures(
+    reference: DataFrame, current: DataFrame, names: Sequence[str], psi_bins: int
+) -> dict[str, dict[str, Any]]:
+    """Per numeric column: Wasserstein sum, KS statistic, PSI, std and few-value frequencies.
+
+    A fixed number of Spark jobs for all the columns (`_Stacked`).
+    """
+    from pyspark.sql import functions as F
+
+    stacked = _Stacked([(reference, _REF), (current, _CUR)], names)
+    try:
+        probabilities = np.arange(1, psi_bins) / psi_bins
+        quantiles = stacked.quantiles({(k, _REF): probabilities for k in range(len(names))})
+        edges = {k: np.unique(quantiles[(k, _REF)]) for k in range(len(names))}
+        edge_map = F.create_map(
+            *[
+                item
+                for k, values in edges.items()
+                for item in (
+                    F.lit(k),
+                    F.array(*[F.lit(float(e)) for e in values]).cast("array<double>"),
+                )
+            ]
+        )
+        sizes = F.create_map(
+            *[
+                item
+                for k in range(len(names))
+                for item in (F.lit(k), F.array(F.lit(stacked.n_ref[k]), F.lit(stacked.n_cur[k])))
+            ]
+        )
+        size = F.element_at(sizes, F.col("k"))
+        gap = F.abs(F.col("cr") / size.getItem(0).cast("double") - F.col("cc") / size.getItem(1))
+        below = []
+        for j in range(psi_bins - 1):
+            edge = F.get(F.element_at(edge_map, F.col("k")), j)
+            below += [
+                F.sum(F.when(F.col("v") <= edge, F.col("r"))).alias(f"r{j}"),
+                F.sum(F.when(F.col("v") <= edge, F.col("c"))).alias(f"c{j}"),
+            ]
+        summaries = {
+            int(row["k"]): row
+            for row in stacked.frame.groupBy("k")
+            .agg(
+                F.sum(gap * (F.col("nv") - F.col("v"))).alias("w1"),
+                F.max(gap).alias("d"),
+                *below,
+            )
+            .collect()
+        }
+        deviations = reference.select(
+            *[
+                F.stddev_pop(F.when(_valid(reference, n), F.col(n).cast("double"))).alias(f"s{i}")
+                for i, n in enumerate(names)
+            ]
+        ).collect()[0]
+        few = [k for k in range(len(names)) if stacked.distinct[k] <= DISCRETE_NUMERIC_VALUES]
+        frequencies: dict[int, pl.DataFrame] = {}
+        if few:
+            collected = stacked.counts.filter(F.col("k").isin(few)).collect()
+            for k in few:
+                rows = [row for row in collected if row["k"] == k]
+                frequencies[k] = pl.DataFrame(
+                    {
+                        "value": pl.Series([float(row["v"]) for row in rows], dtype=pl.Float64),
+                        "reference": pl.Series([int(row["r"]) for row in rows], dtype=pl.Int64),
+                        "current": pl.Series([int(row["c"]) for row in rows], dtype=pl.Int64),
+                    }
+                ).sort("value")
+        figures = {}
+        for k, name in enumerate(names):
+            summary = summaries[k]
+            n_ref, n_cur = stacked.n_ref[k], stacked.n_cur[k]
+            count = len(edges[k])
+            below_r = np.array([int(summary[f"r{j}"] or 0) for j in range(count)], np.int64)
+            below_c = np.array([int(summary[f"c{j}"] or 0) for j in range(count)], np.int64)
+            figures[name] = {
+                "w1": float(summary["w1"] or 0.0),
+                "d": float(summary["d"] or 0.0),
+                "psi": _psi(
+                    np.diff(below_r, prepend=0, append=n_ref),
+                    np.diff(below_c, prepend=0, append=n_cur),
+                ),
+                "std": float(deviations[f"s{k}"] or 0.0),
+                "frequencies": frequencies.get(k),
+            }
+        return figures
+    finally:
+        stacked.close()
+
+
 def _column_drift(
     name: str,
     kind: Kind,
@@ -332,11 +522,9 @@ def _column_drift(
     current: DataFrame,
     ref_side: tuple[int, int],
     cur_side: tuple[int, int],
+    figures: Mapping[str, Any] | None,
     limits: Thresholds,
-    psi_bins: int,
 ) -> tuple:
-    from pyspark.sql import functions as F
-
     ref_count, cur_count = ref_side[0], cur_side[0]
     counts = (ref_count, cur_count, ref_side[1] - ref_count, cur_side[1] - cur_count)
     if not ref_count or not cur_count:
@@ -347,37 +535,17 @@ def _column_drift(
         psi = psi_categorical(frequencies)
         method, score = _categorical_test(frequencies, large)
     else:
-        values = _counts_frame(reference, current, name)
-        few = values.limit(DISCRETE_NUMERIC_VALUES + 1).count() <= DISCRETE_NUMERIC_VALUES
-        cumulative = _Cumulative(values)
-        edges = np.unique(cumulative.quantiles(_REF, np.arange(1, psi_bins) / psi_bins))
-        aggregates = [
-            F.sum(F.when(F.col("v") <= F.lit(float(e)), F.col(side))).alias(f"{side}{i}")
-            for i, e in enumerate(edges)
-            for side in ("r", "c")
-        ]
-        cdf_gap = F.abs(F.col("cr") / F.lit(ref_count) - F.col("cc") / F.lit(cur_count))
-        summary = cumulative.frame.select(
-            F.sum(cdf_gap * (F.col("nv") - F.col("v"))).alias("w1"),
-            F.max(cdf_gap).alias("d"),
-            *aggregates,
-        ).collect()[0]
-        below_r = np.array([int(summary[f"r{i}"] or 0) for i in range(len(edges))], np.int64)
-        below_c = np.array([int(summary[f"c{i}"] or 0) for i in range(len(edges))], np.int64)
-        psi = _psi(
-            np.diff(below_r, prepend=0, append=ref_count),
-            np.diff(below_c, prepend=0, append=cur_count),
-        )
-        if few:
-            frequencies = _frequencies(reference, current, name, numeric=True)
-            method, score = _categorical_test(frequencies, large)
+        if figures is None:
+            raise RuntimeError(f"column {name!r}: numeric figures were not computed")
+        psi = figures["psi"]
+        if figures["frequencies"] is not None:
+            method, score = _categorical_test(figures["frequencies"], large)
         elif large:
-            std = _numbers(reference, name).select(F.stddev_pop("v")).collect()[0][0]
             method = "wasserstein"
-            score = float(summary["w1"] or 0.0) / max(float(std or 0.0), WASSERSTEIN_MIN_STD)
+            score = figures["w1"] / max(figures["std"], WASSERSTEIN_MIN_STD)
         else:
             method = "ks"
-            score = _ks_p_value(reference, current, name, float(summary["d"]), ref_count, cur_count)
+            score = _ks_p_value(reference, current, name, figures["d"], ref_count, cur_count)
     threshold = getattr(limits, method)
     drifted = column_drifted(method, score, threshold)
     return (
@@ -449,13 +617,16 @@ def spark_profile(
                 continue
             dtype = frame.schema[name].dataType.simpleString()
             raise ValueError(f"column {name!r} ({dtype}) needs a kind in `kinds`")
-        if kind == "numeric":
-            parts.append(_numeric_profile(frame, name))
-        else:
-            parts.append(_categorical_profile(frame, name, top))
+        parts.append((name, kind))
     if not parts:
         return pl.DataFrame(schema=PROFILE_SCHEMA)
-    return pl.concat(parts)
+    numeric = _numeric_profiles(frame, [n for n, kind in parts if kind == "numeric"])
+    return pl.concat(
+        [
+            numeric[name] if kind == "numeric" else _categorical_profile(frame, name, top)
+            for name, kind in parts
+        ]
+    )
 
 
 def _profile_rows(
@@ -488,31 +659,49 @@ def _head_counts(frame: DataFrame, name: str) -> tuple[int, int, dict[str, float
     )
 
 
-def _numeric_profile(frame: DataFrame, name: str) -> pl.DataFrame:
+def _numeric_profiles(frame: DataFrame, names: Sequence[str]) -> dict[str, pl.DataFrame]:
+    """Profiles of the numeric columns: counts and moments in one job, quantiles in a few."""
     from pyspark.sql import functions as F
 
-    rows, valid, statistics = _head_counts(frame, name)
-    moments = (
-        _numbers(frame, name)
-        .select(
-            F.mean("v").alias("mean"),
-            F.stddev_samp("v").alias("std"),
-            F.min("v").alias("min"),
-            F.max("v").alias("max"),
-        )
-        .collect()[0]
-    )
-    statistics.update(mean=moments["mean"], std=moments["std"] if valid > 1 else None)
-    statistics["min"] = moments["min"]
-    if valid:
-        cumulative = _Cumulative(_counts_frame(None, frame, name))
-        statistics.update(
-            zip(QUANTILES, cumulative.quantiles(_CUR, list(QUANTILES.values())), strict=True)
-        )
-    else:
-        statistics.update(dict.fromkeys(QUANTILES))
-    statistics["max"] = moments["max"]
-    return _profile_rows(name, "numeric", statistics)
+    if not names:
+        return {}
+    values = [F.when(_valid(frame, n), F.col(n).cast("double")) for n in names]
+    row = frame.select(
+        F.count(F.lit(1)).alias("rows"),
+        *[F.count(v).alias(f"n{i}") for i, v in enumerate(values)],
+        *[F.mean(v).alias(f"mean{i}") for i, v in enumerate(values)],
+        *[F.stddev_samp(v).alias(f"std{i}") for i, v in enumerate(values)],
+        *[F.min(v).alias(f"min{i}") for i, v in enumerate(values)],
+        *[F.max(v).alias(f"max{i}") for i, v in enumerate(values)],
+    ).collect()[0]
+    rows = int(row["rows"])
+    present = [i for i in range(len(names)) if row[f"n{i}"]]
+    quantiles: dict[int, list[float]] = {}
+    if present:
+        stacked = _Stacked([(frame, _CUR)], [names[i] for i in present])
+        try:
+            found = stacked.quantiles(
+                {(j, _CUR): list(QUANTILES.values()) for j in range(len(present))}
+            )
+        finally:
+            stacked.close()
+        quantiles = {present[j]: found[(j, _CUR)] for j in range(len(present))}
+    profiles = {}
+    for i, name in enumerate(names):
+        valid = int(row[f"n{i}"])
+        nulls = rows - valid
+        statistics: dict[str, Any] = {
+            "count": rows,
+            "nulls": nulls,
+            "null_share": nulls / rows if rows else None,
+            "mean": row[f"mean{i}"],
+            "std": row[f"std{i}"] if valid > 1 else None,
+            "min": row[f"min{i}"],
+        }
+        statistics.update(zip(QUANTILES, quantiles.get(i, [None] * len(QUANTILES)), strict=True))
+        statistics["max"] = row[f"max{i}"]
+        profiles[name] = _profile_rows(name, "numeric", statistics)
+    return profiles
 
 
 def _categorical_profile(frame: DataFrame, name: str, top: int) -> pl.DataFrame:
@@ -545,3 +734,25 @@ def _categorical_profile(frame: DataFrame, name: str, top: int) -> pl.DataFrame:
         schema=PROFILE_SCHEMA,
     )
     return pl.concat([head, per_category])
+
+
+def spark_window_predictions(log: DataFrame, day: datetime.date) -> DataFrame:
+    """The day's `ok` predictions on Spark, as `windows.window_predictions` keeps them.
+
+    Batch rows keep the latest prediction per (version, transaction) by `logged_at`; the
+    other modes keep every row. The order of rows is left to Spark (the statistics need none).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = log.filter((F.col("day") == F.lit(day)) & (F.col("status") == F.lit("ok")))
+    latest = Window.partitionBy("model_version", "transaction_id").orderBy(
+        F.col("logged_at").desc()
+    )
+    batch = (
+        rows.filter(F.col("mode") == F.lit("batch"))
+        .withColumn("_latest", F.row_number().over(latest))
+        .filter(F.col("_latest") == 1)
+        .drop("_latest")
+    )
+    return batch.unionByName(rows.filter(F.col("mode") != F.lit("batch")))
