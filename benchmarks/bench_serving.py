@@ -328,9 +328,19 @@ def _stop(process: subprocess.Popen) -> int:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process so far (Linux `/proc`)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU seconds so far of the process group `pid` leads (Linux `/proc`).
+
+    The group: `mlflow models serve` answers from worker processes it starts.
+    """
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[2]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _load(port: int, path: str, bodies: Path, count: int, clients: int, pid: int) -> dict:
@@ -409,6 +419,9 @@ def task_coldstart(root: str, port: str) -> dict:
                 pass
             time.sleep(0.005)
         seconds = time.perf_counter() - started
+        # The server's own CPU time to its first answer: what the start costs, whatever the
+        # other work on the machine (which stretches the wall time).
+        cpu = _cpu_seconds(process.pid)
         connection.request("GET", "/readyz")
         ready = json.loads(connection.getresponse().read())
         connection.close()
@@ -417,6 +430,7 @@ def task_coldstart(root: str, port: str) -> dict:
     return {
         "seconds": seconds,
         "first_answer_s": round(seconds, 3),
+        "server_cpu_s": round(cpu, 2),
         "startup": ready["startup"],
         "load_detail": ready["model"].get("load_detail"),
     }
@@ -436,7 +450,14 @@ def _cold_starts(root: str) -> dict:
     median = statistics.median(c["first_answer_s"] for c in cached)
     return {
         "without_cache": first,
-        "with_cache": [{"first_answer_s": c["first_answer_s"], **c["startup"]} for c in cached],
+        "with_cache": [
+            {
+                "first_answer_s": c["first_answer_s"],
+                "server_cpu_s": c["server_cpu_s"],
+                **c["startup"],
+            }
+            for c in cached
+        ],
         "with_cache_median_s": median,
         "goal": "first answer at most 3 s after the process starts",
         "goal_met": median <= 3.0,
