@@ -1,11 +1,15 @@
 """The embedded engine against the scale-out one: polars and Spark local[2] in the same run.
 
-Two figures, each measured on both engines in fresh processes: the medallion day of
+Three figures, each measured on both engines in fresh processes: the medallion day of
 `BENCH_SPARK_ROWS` transactions (1,000,000 by default; the Dagster job for bronze, silver,
 gold and quarantine, as in bench_medallion) and the daily feature refresh on a lake of 8 days
-of `BENCH_SPARK_FEATURE_ROWS` silver transactions (as in bench_features). Spark's session
-starts before the clock: its start-up is reported on its own. The ratio Spark / polars is the
-point: the embedded default must be the fast one on one machine (goal: at least 5x).
+of `BENCH_SPARK_FEATURE_ROWS` silver transactions (as in bench_features), and the day's drift
+statistics and profile (`BENCH_SPARK_DRIFT_ROWS` rows a side, bench_drift's frames; the
+verdicts of both engines must agree); the training set and batch scoring on both engines are
+bench_spark_ml's. `BENCH_SPARK_STAGES` picks stages. Spark's session starts before the clock:
+its start-up is reported on its own. The ratio Spark / polars is the point: the embedded
+default must be the fast one on one machine (goal: at least 5x); Spark's figures are the
+scale-out baseline of `docs/scale.md`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ FEATURE_ROWS = int(os.environ.get("BENCH_SPARK_FEATURE_ROWS", "200000"))
 FEATURE_HISTORY = 7
 REPEAT = int(os.environ.get("BENCH_SPARK_REPEAT", "1"))
 MASTER = "local[2]"
+# Rows a side of the drift stage (bench_drift's frames).
+DRIFT_ROWS = int(os.environ.get("BENCH_SPARK_DRIFT_ROWS", "200000"))
+# Stages to run: `drift`, `medallion` (the medallion day and the feature refresh).
+STAGES = os.environ.get("BENCH_SPARK_STAGES", "drift,medallion").split(",")
 ENGINES = ("polars", "spark")
 
 
@@ -93,6 +101,58 @@ def task_features(root: str, engine: str) -> dict:
     return _run_job(settings, "features_daily", START + datetime.timedelta(days=FEATURE_HISTORY))
 
 
+def task_drift(root: str, engine: str) -> dict:
+    """Drift of the current window against the baseline, and the window's profile, on one engine.
+
+    bench_drift's frames (`BENCH_SPARK_DRIFT_ROWS` rows a side, 14 numeric and 6 categorical
+    columns); polars reads them into memory before the clock, Spark reads the Parquet files
+    inside it (its statistics run where the data is: on the executors).
+    """
+    from benchmarks.bench_drift import _paths
+
+    baseline_path, current_path = _paths(root)
+    if engine == "polars":
+        import polars as pl
+
+        from mlops_assets.monitoring.drift import compute_drift
+        from mlops_assets.monitoring.profile import profile
+
+        baseline, current = pl.read_parquet(baseline_path), pl.read_parquet(current_path)
+        started = time.perf_counter()
+        result = compute_drift(baseline, current)
+        profiled = profile(current)
+        seconds = time.perf_counter() - started
+        session_s = 0.0
+    else:
+        from mlops_assets.monitoring.spark_stats import spark_drift, spark_profile
+
+        spark, session_s = _spark_session()
+        started = time.perf_counter()
+        baseline = spark.read.parquet(str(baseline_path))
+        current = spark.read.parquet(str(current_path))
+        result = spark_drift(baseline, current)
+        profiled = spark_profile(current)
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "session_s": session_s,
+        "columns": result.summary.columns,
+        "drifted": sorted(result.columns.filter("drifted").get_column("column").to_list()),
+        "profile_rows": profiled.height,
+    }
+
+
+def _spark_session():
+    """The local[2] session with the project's settings, started off the clock."""
+    from mlops_assets.defs.resources import SparkResource
+    from mlops_assets.settings import load_settings
+
+    started = time.perf_counter()
+    spark = SparkResource.from_settings(load_settings({"MLOPS_SPARK_MASTER": MASTER})).session
+    spark.range(1).count()
+    return spark, time.perf_counter() - started
+
+
 def _median(measurements):
     return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
 
@@ -102,6 +162,42 @@ def main() -> None:
     os.environ["BENCH_MEDALLION_ROWS"] = str(ROWS)
     os.environ["BENCH_FEATURES_ROWS"] = str(FEATURE_ROWS)
     module = "benchmarks.bench_spark"
+    figures: dict = {"spark_master": MASTER, "repeats": REPEAT}
+    if "drift" in STAGES:
+        figures.update(_drift_figures(module))
+    if "medallion" in STAGES:
+        figures.update(_medallion_and_features(module))
+    report("spark", figures)
+
+
+def _drift_figures(module: str) -> dict:
+    """Drift and profile of `DRIFT_ROWS` rows a side on both engines (medians of REPEAT)."""
+    os.environ["BENCH_DRIFT_ROWS"] = str(DRIFT_ROWS)
+    with tempfile.TemporaryDirectory(prefix="bench-spark-drift-") as root:
+        measure("benchmarks.bench_drift", "setup", root)
+        drift = {
+            e: _median([measure(module, "drift", root, e) for _ in range(REPEAT)]) for e in ENGINES
+        }
+    if drift["polars"].extra["drifted"] != drift["spark"].extra["drifted"]:
+        raise RuntimeError(
+            f"drift verdicts differ: polars {drift['polars'].extra['drifted']}, "
+            f"spark {drift['spark'].extra['drifted']}"
+        )
+    cells = 2 * DRIFT_ROWS * drift["polars"].extra["columns"]
+    return {
+        "drift_rows_per_side": DRIFT_ROWS,
+        "drift_columns": drift["polars"].extra["columns"],
+        "drift_polars_s": round(drift["polars"].seconds, 2),
+        "drift_spark_s": round(drift["spark"].seconds, 2),
+        "drift_spark_to_polars": round(drift["spark"].seconds / drift["polars"].seconds, 2),
+        "drift_values_per_s": {e: round(cells / drift[e].seconds) for e in ENGINES},
+        "drift_peak_mib": {e: round(drift[e].peak_mib) for e in ENGINES},
+        "drift_verdicts_equal": True,
+    }
+
+
+def _medallion_and_features(module: str) -> dict:
+    """The medallion day and the feature refresh on both engines."""
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as root:
         simulated = measure("benchmarks.bench_medallion", "simulate", root)
         medallion = {e: [] for e in ENGINES}
@@ -117,10 +213,8 @@ def main() -> None:
                 [measure(module, "features", lake, engine) for _ in range(REPEAT)]
             )
     chosen = {e: _median(medallion[e]) for e in ENGINES}
-    figures = {
+    return {
         "transactions": simulated.extra["lines"],
-        "spark_master": MASTER,
-        "repeats": REPEAT,
         "medallion_polars_s": round(chosen["polars"].seconds, 2),
         "medallion_spark_s": round(chosen["spark"].seconds, 2),
         "medallion_spark_to_polars": round(chosen["spark"].seconds / chosen["polars"].seconds, 2),
@@ -138,8 +232,14 @@ def main() -> None:
         "spark_session_start_s": round(chosen["spark"].extra["session_s"], 2),
         "goal": "medallion_spark_to_polars >= 5 and features_spark_to_polars >= 5",
     }
-    report("spark", figures)
 
 
 if __name__ == "__main__":
-    entry_point(main, {"medallion": task_medallion, "features": task_features})
+    entry_point(
+        main,
+        {
+            "medallion": task_medallion,
+            "features": task_features,
+            "drift": task_drift,
+        },
+    )
