@@ -11,10 +11,11 @@ import polars as pl
 from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
+from mlops_assets.lakehouse import handoff
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
 from mlops_assets.lakehouse.landing import day_files, day_folder, read_landing_file
-from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.lakehouse.store import DeltaRsStore, Frame, TableStore
 from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import (
     INGESTED_AT,
@@ -164,6 +165,9 @@ def _ingest_and_write(
     partition = {"landing_date": day}
     day_in = ingest_day(store, landing_root, source, day, ingested_at)
     written = store.replace_partition(table, day_in.records, partition, policy=SchemaPolicy.STRICT)
+    if isinstance(store, DeltaRsStore):
+        # Silver reads this partition next: in this process, it takes these rows instead.
+        handoff.keep(written, store.to_polars(day_in.records), partition)
     quarantined = store.replace_partition(quarantine_table, day_in.quarantine, partition)
     counts = {
         "files": day_in.files,

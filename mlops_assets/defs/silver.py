@@ -11,9 +11,10 @@ import polars as pl
 from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
+from mlops_assets.lakehouse import handoff
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import WriteResult
-from mlops_assets.lakehouse.store import Frame, TableStore
+from mlops_assets.lakehouse.store import DeltaRsStore, Frame, TableStore
 from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import INGESTED_AT, LINE_NUMBER, REASON, SOURCE_FILE
 from mlops_assets.transforms.quarantine import to_quarantine
@@ -118,6 +119,19 @@ def published_versions(
     )
 
 
+def read_bronze(store: TableStore, table: TableRef, partition: dict[str, datetime.date]) -> Frame:
+    """The bronze partition of a silver day, without reading it again when bronze just wrote it.
+
+    When bronze ran in this process and the table is still at its write's version, the rows it
+    wrote are taken (`lakehouse.handoff`); otherwise the partition is read from the table.
+    """
+    if isinstance(store, DeltaRsStore):
+        kept = handoff.take(store.uri(table), store.version(table), partition)
+        if kept is not None:
+            return store.from_polars(kept)
+    return store.read_partition(table, partition)
+
+
 @dataclass(frozen=True)
 class SilverDay:
     """What building one silver partition did."""
@@ -157,7 +171,7 @@ def build_day(
     table = TableRef("silver", spec.source)
     quarantine_table = TableRef("quarantine", f"silver_{spec.source}")
     partition = {"landing_date": day}
-    bronze = store.read_partition(TableRef("bronze", spec.source), partition)
+    bronze = read_bronze(store, TableRef("bronze", spec.source), partition)
     valid, rejected = validate(bronze, contract, "landing_date", timezone=timezone)
     # Resolution compares, then the write reads the validated records again: keep them.
     with store.kept(with_event_date(valid, spec.time_column, spec.date_column)) as valid:

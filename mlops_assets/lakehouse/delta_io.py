@@ -495,7 +495,8 @@ def _commit_polars(
     With mode `overwrite`, the commit also removes the files of `partition` (an explicit
     partition filter; the whole table without one).
     """
-    frame = pl.from_arrow(data)
+    # The columns as they come (no copy into one chunk): the writer takes chunked columns.
+    frame = pl.from_arrow(data, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     groups: dict[tuple[Any, ...], pl.DataFrame]
     if not partition_by:
