@@ -23,6 +23,7 @@ from mlops_assets.features.spec import FRAUD_SPEC, FeatureSpec
 from mlops_assets.models.lifecycle import model_name
 from mlops_assets.models.training import model_inputs
 from mlops_assets.serving.app import ScoringServer, build_service
+from mlops_assets.serving.loop_server import LoopScoringServer
 from mlops_assets_tests.serving_env import build_serving_env
 
 NAME = model_name("dev")
@@ -33,8 +34,9 @@ def env(tmp_path_factory):
     return build_serving_env(tmp_path_factory.mktemp("serving_ops"), models=1)
 
 
-@pytest.fixture(scope="module")
-def server(env):
+@pytest.fixture(scope="module", params=["threads", "loop"])
+def server(env, request):
+    """The server with each concurrency model: a thread per connection, one event loop."""
     # Rows wait for a flush much longer than the tests: the backlog is observable.
     service = build_service(
         env.settings,
@@ -44,7 +46,10 @@ def server(env):
         wait_for_model=120,
     )
     assert service.holder.current is not None
-    running = ScoringServer(("127.0.0.1", 0), service).start()
+    if request.param == "loop":
+        running = LoopScoringServer(("127.0.0.1", 0), service).start()
+    else:
+        running = ScoringServer(("127.0.0.1", 0), service).start()
     yield running
     running.stop()
 
@@ -319,7 +324,9 @@ def test_invocations_take_each_mlflow_payload_and_score_as_the_native_route(env,
         assert [p["request_id"] for p in predictions] == [f"inv-{kind}-{i}" for i in range(4)]
     server.service.inference_log.flush()
     log = pl.read_delta(server.service.inference_log.uri).filter(
-        pl.col("request_id").str.starts_with("inv-dataframe_split-")
+        pl.col("request_id").str.starts_with("inv-dataframe_split-"),
+        # This server's rows (each concurrency model's server logs the same requests).
+        pl.col("logged_at") >= server.service.started_at,
     )
     assert log.sort("request_id")["score"].to_list() == expected
     assert log.sort("request_id")["new_card"].to_list() == [False, True, False, False]
@@ -449,3 +456,211 @@ def test_new_cards_can_still_be_refused_when_asked(env, rejecting_server):
     known = env.requests(1, seed=16)[0]
     status, _, body = call(rejecting_server, "POST", "/v1/score", {**known, "card_id": "nope"})
     assert status == 422 and "not known to the online store" in json.loads(body)["error"]["message"]
+
+
+# -- cold start: the registry read directly, the verified compiled cache ---------------------
+
+
+def test_the_registry_reader_answers_as_the_mlflow_client(env):
+    from mlops_assets.serving.fastload import RegistryReader
+
+    reader = RegistryReader(env.settings.mlflow_uri)
+    assert reader.kind == "sqlite"
+    client = env.client
+    assert reader.alias_version(NAME, "champion") == str(
+        client.get_model_version_by_alias(NAME, "champion").version
+    )
+    assert reader.alias_version(NAME, "no-such-alias") is None
+    assert reader.alias_version("dev.no_such_model", "champion") is None
+    info = reader.version_info(NAME, env.versions[0])
+    assert info.location == client.get_model_version_download_uri(NAME, env.versions[0])
+    assert info.local_dir is not None and (info.local_dir / "MLmodel").is_file()
+
+
+def test_a_version_loads_from_the_verified_cache_after_its_first_load(env, tmp_path):
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+    from mlops_assets.serving.model import load_serving_model, request_features
+
+    reader = RegistryReader(env.settings.mlflow_uri)
+    cache = CompiledCache(tmp_path / "cache")
+    version = env.versions[0]
+    first = load_serving_model(NAME, version, registry=reader, cache=cache)
+    assert first.load_path == "mlflow" and "no cached scorer" in first.load_detail
+    second = load_serving_model(NAME, version, registry=reader, cache=cache)
+    assert second.load_path == "cache" and second.pyfunc is None
+    assert second.scorer == first.scorer == "compiled"
+    assert second.threshold == first.threshold
+    assert second.spec.feature_columns == first.spec.feature_columns
+    # The same scores, bit for bit, on real requests.
+    from mlops_assets.features.online_store import OnlineStore
+
+    store = OnlineStore(env.settings.online_store_path)
+    try:
+        for request in env.requests(50, seed=31):
+            fields = {
+                **request,
+                "event_time": datetime.datetime.fromisoformat(request["event_time"]),
+            }
+            looked_up = {
+                lookup.table: store.lookup(lookup.table, fields[lookup.keys[0]])
+                for lookup in first.spec.lookups
+            }
+            features = request_features(first.spec, fields, looked_up)
+            assert (
+                second.score(features)
+                == first.score(features)
+                == first.reference_score([features])[0]
+            )
+    finally:
+        store.close()
+
+
+def test_the_cache_misses_on_changed_artifacts_code_or_scores(env, tmp_path):
+    import pickle
+    import shutil
+
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+    from mlops_assets.serving.model import load_serving_model
+
+    reader = RegistryReader(env.settings.mlflow_uri)
+    cache = CompiledCache(tmp_path / "cache")
+    version = env.versions[0]
+    load_serving_model(NAME, version, registry=reader, cache=cache)
+    artifacts = reader.version_info(NAME, version).local_dir
+    assert cache.load(NAME, version, artifacts)[0] is not None
+    # Artifacts that differ in one byte of one file.
+    changed = tmp_path / "artifacts"
+    shutil.copytree(artifacts, changed)
+    (changed / "requirements.txt").write_bytes((changed / "requirements.txt").read_bytes() + b"\n")
+    cached, why = cache.load(NAME, version, changed)
+    assert cached is None and "artifacts" in why and "changed" in why
+    # Another version's name: no entry.
+    assert cache.load(NAME, "999", artifacts)[0] is None
+    # A cached scorer that no longer gives the pyfunc's recorded scores is refused.
+    path = next((tmp_path / "cache").rglob("*.pkl"))
+    entry = pickle.loads(path.read_bytes())
+    entry["probe_scores"][3] = float(entry["probe_scores"][3]) + 1e-12
+    path.write_bytes(pickle.dumps(entry))
+    cached, why = cache.load(NAME, version, artifacts)
+    assert cached is None and "the pyfunc gave" in why
+    # An unreadable entry is a miss, and the full load rewrites it.
+    path.write_bytes(b"not a pickle")
+    assert "unreadable" in cache.load(NAME, version, artifacts)[1]
+    reloaded = load_serving_model(NAME, version, registry=reader, cache=cache)
+    assert reloaded.load_path == "mlflow" and "unreadable" in reloaded.load_detail
+    assert cache.load(NAME, version, artifacts)[0] is not None
+
+
+def test_a_new_process_serves_from_the_cache_without_importing_mlflow(env, tmp_path):
+    import subprocess
+    import sys
+
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+    from mlops_assets.serving.model import load_serving_model
+
+    cache_dir = tmp_path / "cache"
+    reader = RegistryReader(env.settings.mlflow_uri)
+    load_serving_model(NAME, env.versions[0], registry=reader, cache=CompiledCache(cache_dir))
+    script = (
+        "import sys, json\n"
+        "from mlops_assets.serving.fastload import CompiledCache, RegistryReader\n"
+        "from mlops_assets.serving.model import load_serving_model\n"
+        f"reader = RegistryReader({env.settings.mlflow_uri!r})\n"
+        f"version = reader.alias_version({NAME!r}, 'champion')\n"
+        f"model = load_serving_model({NAME!r}, version, registry=reader,\n"
+        f"    cache=CompiledCache({str(cache_dir)!r}))\n"
+        "print(json.dumps({'path': model.load_path, 'version': model.version,\n"
+        "    'mlflow': 'mlflow' in sys.modules, 'sklearn': 'sklearn' in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer == {
+        "path": "cache",
+        "version": env.versions[0],
+        "mlflow": False,
+        "sklearn": False,
+    }
+
+
+def test_readiness_names_the_load_path_and_the_startup(env):
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+    from mlops_assets.serving.model import load_serving_model
+
+    # A first load (as a server's) writes the environment's cache; the next start reads it.
+    load_serving_model(
+        NAME,
+        env.versions[0],
+        registry=RegistryReader(env.settings.mlflow_uri),
+        cache=CompiledCache(env.settings.env_root / "serving_cache"),
+    )
+    service = build_service(env.settings, poll_seconds=0.2, wait_for_model=120)
+    running = ScoringServer(("127.0.0.1", 0), service).start()
+    try:
+        status, _, body = call(running, "GET", "/readyz")
+        ready = json.loads(body)
+        assert status == 200, ready
+        assert ready["model"]["load_path"] == "cache"
+        assert ready["startup"]["load_path"] == "cache"
+        assert ready["startup"]["model_load_s"] >= 0
+        health = json.loads(call(running, "GET", "/healthz")[2])
+        assert health["model"]["load_path"] == "cache"
+        assert "verified on" in health["model"]["load_detail"]
+    finally:
+        running.stop()
+
+
+def test_an_mlflow_server_registry_is_read_over_rest_and_proxied_artifacts_mirrored(env, tmp_path):
+    """A real `mlflow server` proxying artifacts: alias, location and files without MLflow."""
+    from mlops_assets.serving.fastload import CompiledCache, RegistryReader
+    from mlops_assets.serving.model import load_serving_model
+    from mlops_assets.stack.mlflow_server import mlflow_process
+    from mlops_assets.stack.process import free_port
+
+    port = free_port()
+    server = mlflow_process(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "state", port
+    )
+    server.start(timeout=300)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        source = mlflow.pyfunc.load_model(f"models:/{NAME}/{env.versions[0]}")
+        metadata = source.metadata.metadata
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment = client.create_experiment("proxied")
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            with mlflow.start_run(experiment_id=experiment):
+                logged = mlflow.sklearn.log_model(
+                    source.get_raw_model(),
+                    name="model",
+                    serialization_format="cloudpickle",
+                    pyfunc_predict_fn="predict_proba",
+                    metadata=metadata,
+                )
+            registered = mlflow.register_model(logged.model_uri, NAME)
+            client.set_registered_model_alias(NAME, "champion", registered.version)
+            reader = RegistryReader(uri, mirror_dir=tmp_path / "mirror")
+            assert reader.kind == "rest"
+            assert reader.alias_version(NAME, "champion") == str(registered.version)
+            assert reader.alias_version(NAME, "nobody") is None
+            info = reader.version_info(NAME, str(registered.version))
+            assert info.location.startswith("mlflow-artifacts:")
+            assert info.local_dir is not None and info.local_dir.is_relative_to(tmp_path / "mirror")
+            assert (info.local_dir / "MLmodel").is_file() and (
+                info.local_dir / "model.pkl"
+            ).is_file()
+            cache = CompiledCache(tmp_path / "cache")
+            first = load_serving_model(NAME, str(registered.version), registry=reader, cache=cache)
+            second = load_serving_model(NAME, str(registered.version), registry=reader, cache=cache)
+            assert (first.load_path, second.load_path) == ("mlflow", "cache")
+            assert second.scorer == "compiled" and second.threshold == first.threshold
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+    finally:
+        server.stop()
