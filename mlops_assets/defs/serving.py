@@ -90,7 +90,7 @@ def batch_predictions_asset(
         ),
     )
     def _batch(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
-        from mlops_assets.serving.scoring import batch_predictions as score
+        from mlops_assets.serving.scoring import score_into_log
 
         day = partition_day(context)
         model = load_champion(lakehouse, declaration.name)
@@ -113,16 +113,17 @@ def batch_predictions_asset(
             events.sort("event_time", "transaction_id"),
             feature_rows(scan, first, day, declaration),
         )
-        rows = score(model, features, mode="batch", run_id=context.run.run_id)
-        written = _log(lakehouse, model).append(rows)
-        flagged = int(rows.get_column("decision").sum()) if rows.height else 0
+        # Scored and written chunk by chunk, in one commit: memory holds one chunk's rows.
+        outcome = score_into_log(
+            model, features, _log(lakehouse, model), mode="batch", run_id=context.run.run_id
+        )
         return _batch_result(
             model,
-            written,
-            rows.height,
-            flagged,
-            float(rows.get_column("score").mean()) if rows.height else 0.0,
-            float(rows.get_column("latency_ms")[0]) if rows.height else 0.0,
+            outcome.written,
+            outcome.rows,
+            outcome.flagged,
+            outcome.mean_score,
+            outcome.ms_per_row,
         )
 
     return _batch

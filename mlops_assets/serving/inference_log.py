@@ -14,28 +14,37 @@ schema is additive, so a model with a new feature adds a column. `InferenceLog.r
 rows in memory and a background thread writes them in micro-batches (every `flush_rows` rows
 or `flush_interval_ms`, whichever comes first, one commit per flush), since a commit per
 request would not keep up; `close` writes what is left. `InferenceLog.append` writes a whole
-scored frame (batch, stream micro-batch) in one commit. `compact_inference_log` rewrites a
-day's many small files into few large ones without changing any row.
+scored frame (batch, stream micro-batch) in one commit; `InferenceLog.append_chunks` writes a
+large batch given as a sequence of frames (a day scored chunk by chunk) in one commit too,
+each chunk's files written as it comes, so that memory holds one chunk at a time.
+`compact_inference_log` rewrites a day's many small files into few large ones without
+changing any row.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from mlops_assets.features.spec import ON_DEMAND_FEATURES, FeatureSpec
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import (
     SchemaChangeError,
+    SchemaPolicy,
     WriteResult,
     append_table,
+    check_schema,
+    file_statistics,
     table_exists,
 )
 
@@ -350,6 +359,36 @@ class InferenceLog:
                 self._last_version = result.version
         return result
 
+    def append_chunks(
+        self, frames: Iterable[pl.DataFrame], metadata: Mapping[str, str] | None = None
+    ) -> WriteResult:
+        """Write frames of predictions in one commit, holding one frame at a time.
+
+        Each frame is brought to the table's shape (`prepare_frame`) and written as one
+        Parquet file per day as soon as it comes; one append commit then adds every file
+        (readers see all the rows or none). Columns the table lacks are added first, in a
+        commit of their own, as `append` does; a changed type is refused before any commit.
+        Files of a write that fails before its commit are referenced by no version (vacuum
+        removes them).
+
+        Args:
+            frames: The rows, in chunks (each with `REQUIRED_COLUMNS`).
+            metadata: Custom commit metadata.
+
+        Returns:
+            The write's result; `table_rows` is -1 (the table is not counted).
+
+        Raises:
+            SchemaChangeError: A column's type differs from the table's.
+        """
+        with self._write_lock:
+            result = _append_chunks(self.uri, frames, self.schema, metadata or {})
+            with self._lock:
+                self._written += result.rows_written
+                self._commits += 1
+                self._last_version = result.version
+        return result
+
     def flush(self) -> int:
         """Commit the pending rows now (one commit); return how many were written.
 
@@ -443,6 +482,137 @@ class InferenceLog:
                 last_flush_at=self._last_flush_at,
                 last_version=self._last_version,
             )
+
+
+def _append_chunks(
+    uri: str,
+    frames: Iterable[pl.DataFrame],
+    schema: Mapping[str, pl.DataType],
+    metadata: Mapping[str, str],
+) -> WriteResult:
+    """Write each frame's files as it comes, then add them all in one append commit."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.transaction import AddAction
+
+    # The write path of `delta_io`'s polars writer, one file per chunk and day.
+    from mlops_assets.lakehouse.delta_io import (
+        POST_COMMIT,
+        WRITE_ID_KEY,
+        _arrow_schema,
+        _commit_version,
+        _comparable,
+        _open,
+        _write_parquet,
+        storage_options_for,
+    )
+
+    name = str(INFERENCE_LOG)
+    options = storage_options_for(uri)
+    write_id = str(uuid.uuid4())
+    commit_metadata = {**metadata, WRITE_ID_KEY: write_id}
+    delta = _open(uri, options)
+    existing = None if delta is None else _arrow_schema(delta)
+    if delta is not None and list(delta.metadata().partition_columns) != [PARTITION_COLUMN]:
+        raise SchemaChangeError(f"table {name}: not partitioned by [{PARTITION_COLUMN!r}]")
+    actions: list[AddAction] = []
+    written_schema = None
+    rows = 0
+    for frame in frames:
+        prepared = prepare_frame(frame, schema)
+        if not prepared.height:
+            continue
+        arrow_schema = prepared.head(0).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+        if existing is not None:
+            check_schema(existing, arrow_schema, SchemaPolicy.ADDITIVE, name)
+        if written_schema is None:
+            written_schema = arrow_schema
+        elif _schema_text(arrow_schema) != _schema_text(written_schema):
+            raise SchemaChangeError(
+                f"table {name}: chunks of one write differ in their columns or types"
+            )
+        days = prepared.get_column(PARTITION_COLUMN).unique()
+        parts = (
+            {(days[0],): prepared}
+            if len(days) == 1
+            else prepared.partition_by(PARTITION_COLUMN, as_dict=True)
+        )
+        for (day,), part in parts.items():
+            content = part.drop(PARTITION_COLUMN)
+            relative = (
+                f"{PARTITION_COLUMN}={day.isoformat()}/part-00000-{uuid.uuid4()}-c000.parquet"
+            )
+            size = _write_parquet(uri, relative, content, options)
+            actions.append(
+                AddAction(
+                    path=relative,
+                    size=size,
+                    partition_values={PARTITION_COLUMN: day.isoformat()},
+                    modification_time=int(time.time() * 1000),
+                    data_change=True,
+                    stats=json.dumps(file_statistics(content)),
+                )
+            )
+        rows += prepared.height
+        del prepared, parts
+    if written_schema is None:
+        raise ValueError(f"table {name}: no rows to append")
+    if delta is None:
+        try:
+            delta = DeltaTable.create(
+                uri,
+                DeltaSchema.from_arrow(written_schema),
+                mode="error",
+                partition_by=[PARTITION_COLUMN],
+                storage_options=options,
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
+        except (CommitFailedError, DeltaError):
+            # Another writer created it meanwhile: append to theirs.
+            delta = _open(uri, options)
+            if delta is None:
+                raise
+            check_schema(_arrow_schema(delta), written_schema, SchemaPolicy.ADDITIVE, name)
+    have = set(_arrow_schema(delta).names)
+    new = [f for f in written_schema if f.name not in have]
+    if new:
+        # An append commit does not change the table's schema: the new columns come first.
+        try:
+            delta.alter.add_columns(list(DeltaSchema.from_arrow(pa.schema(new)).fields))
+        except (CommitFailedError, DeltaError):
+            delta.update_incremental()
+            if not {f.name for f in new} <= set(_arrow_schema(delta).names):
+                raise
+    before = delta.version()
+    delta.create_write_transaction(
+        actions,
+        mode="append",
+        schema=delta.schema(),
+        partition_by=[PARTITION_COLUMN],
+        commit_properties=CommitProperties(custom_metadata=commit_metadata),
+        post_commithook_properties=POST_COMMIT,
+    )
+    delta.update_incremental()
+    version = delta.version()
+    newest = delta.history(1) if version == before + 1 else []
+    if not (newest and newest[0].get(WRITE_ID_KEY) == write_id):
+        found = _commit_version(uri, write_id, options)
+        if found is None:
+            raise RuntimeError(f"table {name}: the commit of write {write_id} is lost")
+        version = found
+    return WriteResult(
+        uri=uri,
+        version=version,
+        rows_written=rows,
+        table_rows=-1,
+        schema={f.name: _comparable(f.type) for f in written_schema},
+        added_columns=tuple(f.name for f in new),
+    )
+
+
+def _schema_text(schema: pa.Schema) -> list[tuple[str, str]]:
+    return [(f.name, str(f.type)) for f in schema]
 
 
 def compact_inference_log(
