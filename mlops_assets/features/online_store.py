@@ -11,9 +11,9 @@ drops the previous one, all in one write transaction, so every reader (threads o
 processes) sees either the old or the new version of a table and never a mix. Readers keep
 one read-only connection per thread and check `PRAGMA data_version` (a counter SQLite bumps
 when another connection commits) on every call, so a publish from any process is visible to
-the next lookup; without the cache, a lookup reads that counter and its row in one statement.
-Readers map the file into memory (`PRAGMA mmap_size`), so a page read is no system call.
-The optional in-process cache of decoded rows is tagged with the physical table it was read
+the next lookup; a lookup the cache does not answer reads that counter and its row in one
+statement. Readers map the file into memory (`PRAGMA mmap_size`), so a page read is no system
+call. The optional in-process cache of decoded rows is tagged with the physical table it was read
 from, so a publish retires it without any coordination between threads.
 
 `RedisOnlineStore` (`redis_store.py`) offers the same interface (`publish`, `lookup`,
@@ -282,7 +282,6 @@ class _Table:
         "rows",
         "published_at",
         "latest_feature_time",
-        "select_one",
         "select_checked",
     )
 
@@ -312,14 +311,12 @@ class _Table:
         self.defaults = self._decode(json.loads(defaults))
         self.published_at = datetime.datetime.fromisoformat(published_at)
         self.latest_feature_time = None if latest is None else self.decode_time(latest)
-        columns = ", ".join(f"f{i}" for i in range(len(self.features)))
-        self.select_one = f'SELECT t, {columns} FROM "{self.physical}" WHERE k = ?'
-        # The same row with the connection's data version read in the same statement (one
+        # A key's row with the connection's data version read in the same statement (one
         # snapshot): a lookup checks the catalog and reads its row in one round trip. The
         # left join always yields one row; `k` (never null when stored) tells a miss apart.
-        joined = ", ".join(f"x.f{i}" for i in range(len(self.features)))
+        columns = ", ".join(f"x.f{i}" for i in range(len(self.features)))
         self.select_checked = (
-            f"SELECT d.data_version, x.k, x.t, {joined} FROM pragma_data_version AS d "
+            f"SELECT d.data_version, x.k, x.t, {columns} FROM pragma_data_version AS d "
             f'LEFT JOIN "{self.physical}" AS x ON x.k = ?'
         )
 
@@ -677,43 +674,24 @@ class OnlineStore:
             UnknownTableError: The table was never published (a `KeyError`).
         """
         reader = self._reader()
-        if not self.cache_enabled:
-            return self._lookup_checked(reader, table, key)
-        for _ in range(_RETRIES):
-            view = reader.table(table)
-            entries = self._entries(view)
-            assert entries is not None
-            decoded = entries.get(key, _ABSENT)
-            if decoded is not _ABSENT:
-                found = decoded is not None
-                self._count(table, int(found), int(not found), 1)
-                return view.vector(key, decoded)
-            try:
-                row = reader.conn.execute(view.select_one, (key,)).fetchone()
-            except sqlite3.OperationalError as error:
-                # A publish dropped the physical table after this thread's catalog check.
-                if "no such table" not in str(error):
-                    raise
-                reader.data_version = None
-                continue
-            decoded = None if row is None else view.decode_row(row)
-            entries[key] = decoded
-            self._count(table, int(row is not None), int(row is None), 0)
-            return view.vector(key, decoded)
-        raise RuntimeError(f"feature table {table!r} kept changing during a lookup of {key!r}")
-
-    def _lookup_checked(self, reader: _Reader, table: str, key: str) -> FeatureVector:
-        """A lookup without the cache: the version check and the row in one statement.
-
-        The statement reads the connection's data version beside the row, from one snapshot.
-        When that version is the one the thread's catalog view was read at, no commit came in
-        between, so the view's physical table is the table's current one and the row stands;
-        otherwise the catalog is reloaded and the lookup runs again.
-        """
         for _ in range(_RETRIES):
             view = reader.tables.get(table) if reader.data_version is not None else None
             if view is None:
                 view = reader.table(table)  # opens, syncs, raises on an unknown table
+            entries = self._entries(view)
+            if entries is not None:
+                decoded = entries.get(key, _ABSENT)
+                if decoded is not _ABSENT:
+                    # A cached row stands while the catalog still points at its table.
+                    reader.sync()
+                    if reader.tables.get(table) is not view:
+                        continue
+                    found = decoded is not None
+                    self._count(table, int(found), int(not found), 1)
+                    return view.vector(key, decoded)
+            # The data version and the row in one statement, from one snapshot: when that
+            # version is the one the view was read at, no commit came in between, so the
+            # view's physical table is the table's current one and the row stands.
             try:
                 row = reader.conn.execute(view.select_checked, (key,)).fetchone()
             except sqlite3.OperationalError as error:
@@ -725,11 +703,11 @@ class OnlineStore:
             if row[0] != reader.data_version:
                 reader.data_version = None  # another connection committed: read the catalog
                 continue
-            if row[1] is None:
-                self._count(table, 0, 1, 0)
-                return view.vector(key, None)
-            self._count(table, 1, 0, 0)
-            return view.vector(key, view.decode_row(row[2:]))
+            decoded = None if row[1] is None else view.decode_row(row[2:])
+            if entries is not None:
+                entries[key] = decoded
+            self._count(table, int(decoded is not None), int(decoded is None), 0)
+            return view.vector(key, decoded)
         raise RuntimeError(f"feature table {table!r} kept changing during a lookup of {key!r}")
 
     def lookup_many(self, table: str, keys: Sequence[str]) -> list[FeatureVector]:
