@@ -308,10 +308,16 @@ def read_landing_file(
             f"file is binary: {len(bad_offsets)} of its {len(data)} bytes start invalid UTF-8 "
             "sequences"
         )
+    invalid = _lines_at(data, bad_offsets)
+    # The bytes, then the whole text, are let go as soon as they are not needed: a day's file
+    # is not held three times over while it is split into lines.
+    size = len(data)
+    del data
+    has_quote, carriage_returns = QUOTE in text, "\r" in text
     physical = text.split("\n")
+    del text
     if physical and physical[-1] == "":
         physical.pop()  # the file's final newline ends the last line, it starts none
-    invalid = _lines_at(data, bad_offsets)
     if problem is None and not physical:
         problem = "file is empty"
     spans: list[tuple[int, int]] = []
@@ -319,7 +325,7 @@ def read_landing_file(
     # The physical lines as one polars column, built once (the records are these lines
     # unless a quoted record spans several).
     lines_column = pl.Series(RAW, physical, dtype=pl.String)
-    if problem is None and QUOTE in text:
+    if problem is None and has_quote:
         spans, quoted, unterminated = _record_spans(lines_column)
         if unterminated is not None:
             problem = (
@@ -338,7 +344,6 @@ def read_landing_file(
         else:
             header = tuple(name.strip() for name in header_text.split(SEPARATOR))
         problem = problem or _header_problem(header, header_text, required)
-    carriage_returns = "\r" in text
     if problem:
         # The whole file goes to quarantine: one row per physical line, the header included.
         frame = _frame(lines_column, None, 0, carriage_returns)
@@ -357,7 +362,7 @@ def read_landing_file(
             pl.Series(FIELDS, fields_of, dtype=pl.List(pl.String)),
             pl.Series(PROBLEM, problems, dtype=pl.String),
         )
-    if len(data) > max_line_bytes:
+    if size > max_line_bytes:
         frame = _bound_lengths(frame, max_line_bytes)
     lines = _stamp(frame, invalid, relative, ingested_at)
     return LandingFile(path, relative, header, None, lines, compressed)
