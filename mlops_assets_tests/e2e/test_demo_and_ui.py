@@ -139,10 +139,10 @@ def test_demo_builds_the_lake_and_rerunning_it_changes_no_counts(tmp_path):
 
 
 def test_a_failing_step_ends_the_demo_with_exit_code_1(tmp_path):
-    # Two days are too few for a training set with mature labels (chargebacks take up to
+    # One day is too few for a training set with mature labels (chargebacks take up to
     # three days): the champion's training fails, and the demo says so and exits 1.
     done = subprocess.run(
-        [*MLOPS, "demo", "--days", "2", "--drift-days", "0", "--per-day", "300"],
+        [*MLOPS, "demo", "--days", "1", "--drift-days", "0", "--per-day", "300"],
         env=env_for(tmp_path),
         cwd=ROOT,
         capture_output=True,
