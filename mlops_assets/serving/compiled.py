@@ -169,6 +169,14 @@ class CompiledPipeline:
         # Outcome of `check_many`: None until checked, then "" (equal) or the difference.
         self._many_problem: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (the serving cache) without scikit-learn objects or a check's outcome: the
+        # tree predictors are rebuilt from the node records on use, the check runs again.
+        state = dict(self.__dict__)
+        state["_tree_predictors"] = None
+        state["_many_problem"] = None
+        return state
+
     def encode(self, row: Sequence[Any]) -> np.ndarray:
         """The classifier's input for one row: one-hot blocks, then the numbers, as floats.
 

@@ -1,6 +1,7 @@
 """The fast scoring path equals the reference path bit for bit: features and model."""
 
 import datetime
+import pickle
 import random
 
 import numpy as np
@@ -92,6 +93,10 @@ def test_vectorised_scores_equal_predict_proba_exactly(pipeline):
     encoded = pipeline[0].transform(model_inputs(probe, FRAUD_SPEC))
     assert np.array_equal(compiled.encode_frame(probe), encoded, equal_nan=True)
     assert compiled.score_frame(probe.head(0)).shape == (0,)
+    # Pickled (the serving cache) without scikit-learn objects; it scores the same after.
+    copy = pickle.loads(pickle.dumps(compiled))
+    assert copy._tree_predictors is None and copy._many_problem is None
+    assert np.array_equal(copy.score_frame(probe).view(np.int64), got.view(np.int64))
 
 
 def test_the_vectorised_check_compares_with_the_model_once(pipeline):
