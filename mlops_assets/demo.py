@@ -356,8 +356,8 @@ class Demo:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            # One OpenMP thread, as in the demo's own process (see `run`).
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # OpenMP's threads as in the demo's own process (see `run`).
+            env={"OMP_NUM_THREADS": "1", **os.environ},
         )
 
         def finish() -> None:
@@ -766,8 +766,11 @@ def _resource(defs: dg.Definitions, name: str) -> Any:
 
 def run(settings: Settings, args: Any) -> int:
     """The whole story (see the module docstring); the exit code (1: a step failed)."""
-    from threadpoolctl import threadpool_limits
-
+    # One OpenMP thread (scikit-learn's tree training and prediction) unless the user chose:
+    # on a machine as small as 2 cores, shared with other work, OpenMP's spinning threads cost
+    # many times the single thread's time (a model's fit: 350 s against about 15 s). Read
+    # when OpenMP loads, so set before scikit-learn is first imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.monitoring import MonitoringResource
     from mlops_assets.defs.runner import prepare_dagster_home
@@ -805,10 +808,7 @@ def run(settings: Settings, args: Any) -> int:
     )
     monitoring = MonitoringResource(label_maturity_days=args.label_days)
     defs = build_definitions(settings, monitoring=monitoring)
-    # One thread for OpenMP and BLAS (scikit-learn's tree training and prediction): on a
-    # machine as small as 2 cores, shared with other work, their threads' spin-waits cost
-    # many times the single thread's time (a model's training: 166 s against about 15 s).
-    with dg.DagsterInstance.get() as instance, threadpool_limits(limits=1):
+    with dg.DagsterInstance.get() as instance:
         demo = Demo(settings, defs, instance, label_days=args.label_days)
         if exit_code(lambda: demo.tell(days, normal, drift is not None)):
             return 1
