@@ -15,7 +15,7 @@ from mlops_assets.lakehouse import handoff
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
 from mlops_assets.lakehouse.landing import day_files, day_folder, read_landing_file
-from mlops_assets.lakehouse.store import DeltaRsStore, Frame, TableStore
+from mlops_assets.lakehouse.store import DeltaRsStore, Frame, SparkStore, TableStore
 from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import (
     INGESTED_AT,
@@ -81,14 +81,19 @@ def ingest_day(
 ) -> Ingested:
     """Read one source's landing files of a day into bronze records and quarantine rows.
 
-    The driver reads the day's landing files (their bytes decide UTF-8 validity, record
-    boundaries and line numbers, and records holding quotes are parsed there); splitting,
+    On polars the process reads the day's landing files (their bytes decide UTF-8 validity,
+    record boundaries and line numbers, and records holding quotes are parsed there); on
+    Spark the executors read them with the same function (`defs.spark_bronze`). Splitting,
     rejecting and shaping run on the store's engine with the portable transforms. A day
     without files gives empty frames.
 
     Raises:
         LandingFileChangedError: A file changed while it was read (still being written).
     """
+    if isinstance(store, SparkStore):
+        from mlops_assets.defs.spark_bronze import spark_ingest_day
+
+        return spark_ingest_day(store, landing_root, source, day, ingested_at)
     contract = CONTRACTS[source]
     files = day_files(landing_root, source, day)
     records: list[Frame] = []
