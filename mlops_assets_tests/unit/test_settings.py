@@ -45,8 +45,14 @@ def test_engine_is_chosen_per_environment_and_per_asset_group():
     default = load_settings({"MLOPS_ENGINE_FEATURES": "spark"})
     assert default.engine_for("features") is Engine.SPARK
     assert default.engine_for("gold") is Engine.POLARS
-    with pytest.raises(SettingsError, match="asset group 'ml' has no engine setting"):
-        default.engine_for("ml")
+    assert default.engine_for("ml") is Engine.POLARS  # the training set on polars by default
+    assert load_settings({"MLOPS_ENGINE_ML": "spark"}).engine_for("ml") is Engine.SPARK
+    with pytest.raises(SettingsError, match="asset group 'online' has no engine setting"):
+        default.engine_for("online")
+    remote = load_settings({"MLOPS_SPARK_REMOTE": "sc://127.0.0.1:15002"})
+    assert remote.spark_master == "sc://127.0.0.1:15002"
+    with pytest.raises(SettingsError, match="is not a Spark Connect URL"):
+        load_settings({"MLOPS_SPARK_REMOTE": "127.0.0.1:15002"})
 
 
 def test_spark_settings_are_read(tmp_path):
