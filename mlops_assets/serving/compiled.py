@@ -170,11 +170,11 @@ class CompiledPipeline:
         self._many_problem: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickled (the serving cache) without scikit-learn objects or a check's outcome: the
-        # tree predictors are rebuilt from the node records on use, the check runs again.
+        # Pickled (the serving cache, Spark tasks) without scikit-learn objects: the tree
+        # predictors are rebuilt from the node records on use. The check's outcome travels
+        # with the nodes it was made on.
         state = dict(self.__dict__)
         state["_tree_predictors"] = None
-        state["_many_problem"] = None
         return state
 
     def encode(self, row: Sequence[Any]) -> np.ndarray:

@@ -95,7 +95,7 @@ def test_vectorised_scores_equal_predict_proba_exactly(pipeline):
     assert compiled.score_frame(probe.head(0)).shape == (0,)
     # Pickled (the serving cache) without scikit-learn objects; it scores the same after.
     copy = pickle.loads(pickle.dumps(compiled))
-    assert copy._tree_predictors is None and copy._many_problem is None
+    assert copy._tree_predictors is None
     assert np.array_equal(copy.score_frame(probe).view(np.int64), got.view(np.int64))
 
 
