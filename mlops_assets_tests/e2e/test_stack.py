@@ -75,8 +75,9 @@ def stack():
     data_root = folder / "data"
     stack = Stack(load_settings({"MLOPS_ENV": "dev"}), ports, data_root=data_root)
     started = time.monotonic()
+    stack.timings = {}  # printed at the end even when the first `up` fails
     try:
-        stack.timings = {"first up": stack.up()}
+        stack.timings["first up"] = stack.up()
         stack.timings["first up"]["wall"] = time.monotonic() - started
         yield stack
     finally:
