@@ -1,7 +1,10 @@
-"""The medallion and feature assets on a real Spark standalone cluster on 127.0.0.1.
+"""The whole daily loop with `MLOPS_ENGINE=spark` on a real Spark standalone cluster on 127.0.0.1.
 
-A master and one worker start from the pyspark distribution (`bin/spark-class`); the assets
-run in a separate process whose Spark master is that cluster, and the master's own status
+A master and one worker start from the pyspark distribution (`bin/spark-class`); the loop
+(medallion and features of each day, then the training set, model, validation and champion,
+then the last day's batch scoring and monitoring) runs in a separate process whose Spark
+master is that cluster: every asset group with an engine setting runs on it (the process
+prints which), the others on polars over the tables the cluster wrote, and the master's own status
 page must list the application as finished. The lake is on an S3-compatible store (SeaweedFS
 on 127.0.0.1, `make weed`), which the driver and the worker's executors reach through S3A, as
 a cluster's nodes reach object storage. Master, worker and store are stopped whatever
@@ -27,25 +30,48 @@ from mlops_assets.lakehouse.catalog import Catalog, TableRef
 from mlops_assets.lakehouse.delta_io import scan_table
 from mlops_assets.settings import load_settings, project_root
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The whole loop on a two-core cluster: longer than the default timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
-DAYS = 1
+DAYS = 4
 RUN = textwrap.dedent(
     """
     import datetime
     import dagster as dg
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.runner import run_days
-    from mlops_assets.settings import load_settings
+    from mlops_assets.settings import ENGINE_GROUPS, load_settings
 
     settings = load_settings()
     days = [settings.start_date + datetime.timedelta(days=i) for i in range({days})]
     defs = build_definitions(settings)
+    quiet = {{"loggers": {{"console": {{"config": {{"log_level": "ERROR"}}}}}}}}
     with dg.DagsterInstance.ephemeral() as instance:
         for job in ("medallion_daily", "features_daily"):
             runs = run_days(defs, days, instance, job_name=job, log_level="ERROR")
             assert [r.success for r in runs] == [True] * len(days), (job, runs)
+        cutoff = datetime.datetime.combine(days[-1], datetime.time(), datetime.UTC)
+        trained = defs.resolve_job_def("retrain_and_deploy").execute_in_process(
+            instance=instance,
+            run_config={{
+                "ops": {{
+                    "ml__training_set": {{
+                        "config": {{"label_cutoff": cutoff.isoformat(), "days": len(days)}}
+                    }},
+                    "ml__fraud_model": {{"config": {{"seed": 7}}}},
+                    # A tiny lake: the model is promoted whatever its figures.
+                    "ml__model_validation": {{"config": {{"mode": "dry_run"}}}},
+                }},
+                **quiet,
+            }},
+        )
+        assert trained.success
+        scored = run_days(
+            defs, days[-1:], instance, job_name="serve_and_monitor", log_level="ERROR"
+        )
+        assert [r.success for r in scored] == [True], scored
+    print("engines", {{g: settings.engine_for(g).value for g in ENGINE_GROUPS}})
     print("ran", len(days), "days")
     """
 ).format(days=DAYS)
@@ -112,7 +138,7 @@ def cluster(tmp_path):
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_for(status_url, 120, lambda s: s.get("status") == "ALIVE")
+        wait_for(status_url, 300, lambda s: s.get("status") == "ALIVE")
         processes.append(
             subprocess.Popen(
                 [str(SPARK_CLASS), "org.apache.spark.deploy.worker.Worker", master_url]
@@ -123,7 +149,7 @@ def cluster(tmp_path):
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_for(status_url, 120, lambda s: s.get("aliveworkers", 0) >= 1)
+        wait_for(status_url, 300, lambda s: s.get("aliveworkers", 0) >= 1)
         yield master_url, status_url, env
     finally:
         for process in reversed(processes):
@@ -138,12 +164,14 @@ def cluster(tmp_path):
             log.close()
 
 
-def test_medallion_and_features_run_on_a_standalone_cluster(cluster, s3, tmp_path):
+def test_the_daily_loop_runs_on_a_standalone_cluster(cluster, s3, tmp_path):
     from mlops_assets.simulate import Scenario, simulate
 
     master_url, status_url, spark_env = cluster
     data = tmp_path / "data"
-    scenario = Scenario.demo(days=DAYS, transactions_per_day=400, n_cards=80, seed=9)
+    scenario = Scenario.demo(
+        days=DAYS, transactions_per_day=400, n_cards=80, seed=9, label_delay_days=(1, 2)
+    )
     manifests = simulate(scenario, data / "dev" / "landing")
     env = {k: v for k, v in spark_env.items() if not k.startswith(("MLOPS_", "DAGSTER_"))}
     env |= {
@@ -171,7 +199,7 @@ def test_medallion_and_features_run_on_a_standalone_cluster(cluster, s3, tmp_pat
         cwd=project_root(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=2400,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     # The cluster ran the work: the master lists the application, finished.
@@ -197,3 +225,13 @@ def test_medallion_and_features_run_on_a_standalone_cluster(cluster, s3, tmp_pat
     assert features.height == built_days.height > 0
     assert table("gold", "merchant_category_daily").height > 0
     assert table("features", "merchant_risk").height > 0
+    # The loop's last day: scored, its drift and profile computed by the cluster.
+    assert '"monitoring": "spark"' in done.stdout.replace("'", '"')
+    last = scenario.start_date + datetime.timedelta(days=DAYS - 1)
+    log = table("serving", "inference_log").filter(pl.col("day") == last)
+    assert log.height > 0
+    drift = table("monitoring", "drift_metrics").filter(pl.col("day") == last)
+    assert set(drift.get_column("baseline")) >= {"training"}
+    assert drift.filter(pl.col("column") == "score").height >= 1
+    profiles = table("monitoring", "profiles").filter(pl.col("day") == last)
+    assert profiles.filter(pl.col("statistic") == "count").height > 0
