@@ -119,3 +119,28 @@ class _SqlMerge:
             ).collect()
         finally:
             spark.catalog.dropTempView(view)
+
+
+def plain_strings(frame: DataFrame) -> DataFrame:
+    """On Spark Connect, string columns recast to the plain `string` type before a write.
+
+    A cast to `StringType()` sent by a Connect client names its collation, and Delta then
+    stores the column as `string collate UTF8_BINARY`, a type delta-rs cannot read; a cast to
+    the SQL type `string` keeps the plain type every engine reads. Classic sessions write the
+    plain type already and pass through.
+    """
+    if not is_connect(frame.sparkSession):
+        return frame
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    return frame.select(
+        *[
+            (
+                F.col(f"`{f.name}`").cast("string").alias(f.name)
+                if isinstance(f.dataType, StringType)
+                else F.col(f"`{f.name}`")
+            )
+            for f in frame.schema.fields
+        ]
+    )

@@ -34,7 +34,7 @@ from mlops_assets.lakehouse.delta_io import (
     _comparable,
     check_schema,
 )
-from mlops_assets.lakehouse.spark_delta import delta_tables
+from mlops_assets.lakehouse.spark_delta import delta_tables, plain_strings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -197,6 +197,7 @@ def write_partition(
 
     uri = str(uri)
     name = table or uri
+    data = plain_strings(data)  # Delta's plain string type, also through Spark Connect
     partition_by = list(partition_by or partition.keys())
     _check_partition(data, partition, name)
     incoming = arrow_schema(data, name)
@@ -254,6 +255,7 @@ def merge_partition(
 
     uri = str(uri)
     name = table or uri
+    data = plain_strings(data)  # Delta's plain string type, also through Spark Connect
     _check_partition(data, partition, name)
     rows = data.count()
     repeated = rows - data.select(*keys).distinct().count()

@@ -110,11 +110,12 @@ def append_to_log(spark: SparkSession, uri: str, rows: DataFrame) -> WriteResult
     from pyspark.sql import functions as F
 
     from mlops_assets.lakehouse import spark_io
-    from mlops_assets.lakehouse.spark_delta import delta_tables
+    from mlops_assets.lakehouse.spark_delta import delta_tables, plain_strings
 
     DeltaTable = delta_tables(spark)  # noqa: N806 (delta-spark's class, or its SQL twin)
 
     name = str(INFERENCE_LOG)
+    rows = plain_strings(rows)  # Delta's plain string type, also through Spark Connect
     incoming = spark_io.arrow_schema(rows, name)
     added: list[str] = []
     data = rows
