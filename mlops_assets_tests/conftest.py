@@ -22,6 +22,12 @@ import pytest
 
 from mlops_assets_tests.reap import MARKER, describe, marked, reap
 
+# One OpenMP thread per process: the suite's workers already fill the cores, and OpenMP threads
+# (scikit-learn's tree fitting) spin while they wait on a busy machine (a fit measured at 333 s
+# with the default threads and 15 s with one, under load). Set before scikit-learn loads; the
+# processes tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Session fixtures built once per run: the tests using them share one worker (by group name).
 SHARED_SESSION_FIXTURES = {"cd_lake": "cd_lake", "champion": "cd_lake"}
 # Fixtures of the suite's own modules and conftests (not pytest's or plugins').
