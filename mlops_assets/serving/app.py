@@ -781,17 +781,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self.command == "HEAD":
             payload = b""  # a HEAD answer has headers only
-        try:
-            self.wfile.write(head + payload)
-        finally:
-            command = getattr(self, "command", None) or "-"
-            path = getattr(self, "path", "") or ""
-            self.server.service.metrics.observe(
-                route_label(path.split("?", 1)[0]),
-                command if command in _KNOWN_METHODS else "other",
-                response.status,
-                time.perf_counter() - self._started if self._started else 0.0,
-            )
+        # Counted before the answer leaves: a client that has its answer finds it in /metrics.
+        command = getattr(self, "command", None) or "-"
+        path = getattr(self, "path", "") or ""
+        self.server.service.metrics.observe(
+            route_label(path.split("?", 1)[0]),
+            command if command in _KNOWN_METHODS else "other",
+            response.status,
+            time.perf_counter() - self._started if self._started else 0.0,
+        )
+        self.wfile.write(head + payload)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """JSON errors for what the standard library refuses (bad request line, headers)."""
