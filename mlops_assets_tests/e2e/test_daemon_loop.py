@@ -51,7 +51,7 @@ EVERY_MINUTE = {
     f"MLOPS_CRON_{name}": "* * * * *" for name in ("MEDALLION", "REFRESH", "SERVE_AND_MONITOR")
 }
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-DEADLINE_SECONDS = 25 * 60
+DEADLINE_SECONDS = 40 * 60
 
 RUNS = """
 query Runs($filter: RunsFilter) {

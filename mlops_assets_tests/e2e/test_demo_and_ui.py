@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "mlops_assets.cli"]
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Two demo runs beside the suite's other workers: longer than the default timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 PER_DAY = 6_000
 
 
