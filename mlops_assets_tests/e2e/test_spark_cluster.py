@@ -56,8 +56,13 @@ RUN = textwrap.dedent(
             instance=instance,
             run_config={{
                 "ops": {{
+                    # Chargebacks come within two days: a day-old event's label is known.
                     "ml__training_set": {{
-                        "config": {{"label_cutoff": cutoff.isoformat(), "days": len(days)}}
+                        "config": {{
+                            "label_cutoff": cutoff.isoformat(),
+                            "days": len(days),
+                            "label_maturity_days": 1,
+                        }}
                     }},
                     "ml__fraud_model": {{"config": {{"seed": 7}}}},
                     # A tiny lake: the model is promoted whatever its figures.
