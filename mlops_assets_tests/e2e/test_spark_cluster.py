@@ -40,7 +40,9 @@ RUN = textwrap.dedent(
     import datetime
     import dagster as dg
     from mlops_assets.definitions import build_definitions
+    from mlops_assets.defs.ml import keys
     from mlops_assets.defs.runner import run_days
+    from mlops_assets.models.declaration import MODELS
     from mlops_assets.settings import ENGINE_GROUPS, load_settings
 
     settings = load_settings()
@@ -52,26 +54,28 @@ RUN = textwrap.dedent(
             runs = run_days(defs, days, instance, job_name=job, log_level="ERROR")
             assert [r.success for r in runs] == [True] * len(days), (job, runs)
         cutoff = datetime.datetime.combine(days[-1], datetime.time(), datetime.UTC)
-        trained = defs.resolve_job_def("retrain_and_deploy").execute_in_process(
-            instance=instance,
-            run_config={{
-                "ops": {{
-                    # Chargebacks come within two days: a day-old event's label is known.
-                    "ml__training_set": {{
-                        "config": {{
-                            "label_cutoff": cutoff.isoformat(),
-                            "days": len(days),
-                            "label_maturity_days": 1,
-                        }}
+        # Every declared model gets a champion: the day's scoring runs each one.
+        for model in MODELS.values():
+            k = keys(model)
+            trained = defs.resolve_job_def(k.job("retrain_and_deploy")).execute_in_process(
+                instance=instance,
+                run_config={{
+                    "ops": {{
+                        # Chargebacks come within two days: a day-old event's label is known.
+                        k.node(k.training_set): {{
+                            "config": {{
+                                "label_cutoff": cutoff.isoformat(),
+                                "days": len(days),
+                                "label_maturity_days": 1,
+                            }}
+                        }},
+                        # A tiny lake: the model is promoted whatever its figures.
+                        k.node(k.validation): {{"config": {{"mode": "dry_run"}}}},
                     }},
-                    "ml__fraud_model": {{"config": {{"seed": 7}}}},
-                    # A tiny lake: the model is promoted whatever its figures.
-                    "ml__model_validation": {{"config": {{"mode": "dry_run"}}}},
+                    **quiet,
                 }},
-                **quiet,
-            }},
-        )
-        assert trained.success
+            )
+            assert trained.success, model.name
         scored = run_days(
             defs, days[-1:], instance, job_name="serve_and_monitor", log_level="ERROR"
         )
