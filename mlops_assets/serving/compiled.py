@@ -52,6 +52,28 @@ def _column_names(columns: Any) -> list[str]:
     return names
 
 
+def fill_row(
+    x: Any,
+    row: Sequence[Any],
+    categorical: Sequence[tuple[int, dict[str, int]]],
+    numeric: Sequence[tuple[int, int]],
+) -> None:
+    """Write one row's encoded input into `x` (zeros of the classifier's width).
+
+    The one-hot columns of each categorical (None reads as `unknown`; an unseen value sets
+    none) and the numbers (None is missing, NaN). `x` is a numpy array or a list: the
+    compiled and the plain-Python scorers encode a row the same way.
+    """
+    for source, categories in categorical:
+        value = row[source]
+        index = categories.get("unknown" if value is None else str(value))
+        if index is not None:
+            x[index] = 1.0
+    for source, target in numeric:
+        value = row[source]
+        x[target] = math.nan if value is None else float(value)
+
+
 class CompiledPipeline:
     """Scores one row of the pipeline's input columns exactly as `predict_proba(...)[:, 1]`.
 
@@ -185,14 +207,7 @@ class CompiledPipeline:
                 `unknown`, as in training), numbers, booleans or None (missing) for the rest.
         """
         x = np.zeros(self.width, dtype=np.float64)
-        for source, categories in self._categorical:
-            value = row[source]
-            index = categories.get("unknown" if value is None else str(value))
-            if index is not None:
-                x[index] = 1.0
-        for source, target in self._numeric:
-            value = row[source]
-            x[target] = math.nan if value is None else float(value)
+        fill_row(x, row, self._categorical, self._numeric)
         return x
 
     def raw(self, x: np.ndarray) -> float:

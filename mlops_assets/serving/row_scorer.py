@@ -12,9 +12,10 @@ bit when a version loads (`model.load_serving_model`), as the compiled scorer's 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
+
+from mlops_assets.serving.compiled import fill_row
 
 
 class RowScorer:
@@ -47,14 +48,7 @@ class RowScorer:
     def encode(self, row: Sequence[Any]) -> list[float]:
         """The classifier's input as a list (see `CompiledPipeline.encode`)."""
         x = [0.0] * self.width
-        for source, categories in self._categorical:
-            value = row[source]
-            index = categories.get("unknown" if value is None else str(value))
-            if index is not None:
-                x[index] = 1.0
-        for source, target in self._numeric:
-            value = row[source]
-            x[target] = math.nan if value is None else float(value)
+        fill_row(x, row, self._categorical, self._numeric)
         return x
 
     def raw(self, x: list[float]) -> float:
