@@ -33,7 +33,16 @@ class Engine(StrEnum):
 
 # Asset groups whose engine can be chosen on its own (`MLOPS_ENGINE_<GROUP>`); a group's
 # quarantine table is written by the same asset, so it follows its group.
-ENGINE_GROUPS = ("bronze", "silver", "gold", "features", "ml", "serving", "monitoring")
+ENGINE_GROUPS = (
+    "bronze",
+    "silver",
+    "gold",
+    "features",
+    "online",
+    "ml",
+    "serving",
+    "monitoring",
+)
 # Groups whose engine computes their statistics while their (small) tables stay on delta-rs.
 # On Spark, `ml` builds its training sets there (written by delta-rs for the trainer) and
 # `serving` scores its batches there, appending to the inference log with Delta on Spark.
@@ -456,7 +465,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
     Variables: `MLOPS_ENV` (dev, staging, prod; default dev), `MLOPS_DATA_ROOT` (default
     `<repo>/data`), `MLOPS_ENGINE` (polars or spark; default polars), `MLOPS_ENGINE_<GROUP>`
-    (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES, ML, SERVING,
+    (the engine of one asset group: BRONZE, SILVER, GOLD, FEATURES, ONLINE, ML, SERVING,
     MONITORING), `MLOPS_START_DATE`
     (first partition day, ISO date; default 2026-01-01), `MLOPS_SPARK_MASTER` (default
     `local[*]`), `MLOPS_SPARK_REMOTE` (a Spark Connect server, `sc://host:port`; it wins over

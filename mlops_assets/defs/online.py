@@ -1,18 +1,47 @@
 """Online store assets: the latest feature vector per key, published for serving."""
 
 import datetime
+from typing import Any
 
 import dagster as dg
 import narwhals as nw
 
-from mlops_assets.defs.ml import polars_lazy
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.online_store import open_online_store
 from mlops_assets.features.registry import FEATURE_TABLES, FeatureTable
 
-CODE_VERSION = "online-1"
-# The table store group of the online assets (polars and delta-rs).
+CODE_VERSION = "online-2"
+# The engine group of the online assets: the latest rows are picked on polars or on Spark
+# (`MLOPS_ENGINE_ONLINE`), then published from the driver.
 GROUP = "online"
+
+
+def latest_rows(
+    rows: nw.LazyFrame[Any], table: FeatureTable, newest: datetime.datetime | None
+) -> nw.LazyFrame[Any]:
+    """The row each key serves, on the engine of `rows` (polars or Spark alike).
+
+    The latest row by the table's timestamp; among rows of a key with the same time, the one
+    with the greatest other row key (`transaction_id` for cards), the tie-breaker the
+    training set's point-in-time join uses, so training and serving pick the same row. Rows
+    older than `max_staleness_days` before `newest` (the table's newest timestamp) are left
+    out: serving falls back to the defaults for them, as training does.
+    """
+    time = table.timestamp_key
+    keys = list(table.entity_keys)
+    if newest is not None:
+        oldest = newest - datetime.timedelta(days=table.max_staleness_days)
+        rows = rows.filter(nw.col(time) > oldest)
+    rows = rows.select(*keys, time, *table.feature_names, *_tie_breakers(table))
+    rows = rows.filter(nw.col(time) == nw.col(time).max().over(*keys))
+    for column in _tie_breakers(table):
+        greatest = nw.col(column).max().over(*keys)
+        rows = rows.filter((nw.col(column) == greatest) | greatest.is_null())
+    return rows.select(*keys, time, *table.feature_names)
+
+
+def _tie_breakers(table: FeatureTable) -> list[str]:
+    return [k for k in table.row_keys if k not in table.entity_keys and k != table.timestamp_key]
 
 
 def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:
@@ -39,16 +68,14 @@ def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:
         if version is None:
             raise dg.Failure(f"{table.ref} does not exist yet: materialize it first")
         rows = lake.scan(table.ref, version=version)
-        newest = lake.materialize(rows.select(nw.col(table.timestamp_key).max())).item()
-        if newest is not None:
-            oldest = newest - datetime.timedelta(days=table.max_staleness_days)
-            rows = rows.filter(nw.col(table.timestamp_key) > oldest)
+        newest = lake.to_polars(rows.select(nw.col(table.timestamp_key).max())).item()
+        latest = latest_rows(rows, table, newest)
         (key,) = table.entity_keys
         store = open_online_store(lakehouse.settings)
         try:
             published = store.publish(
                 table.name,
-                polars_lazy(rows.select(key, table.timestamp_key, *table.feature_names)),
+                lake.to_polars(latest),
                 key=key,
                 feature_time=table.timestamp_key,
                 features=list(table.feature_names),

@@ -1,11 +1,13 @@
-"""The ml and serving groups on Spark give the polars groups' training set and predictions.
+"""The online, ml and serving groups on Spark give the polars groups' results.
 
 A copy of the suite's lake with its champion (the shared lake stays as other tests count on
-it), the training set and a day's batch scoring materialized by the same assets with the ml
-and serving engines set to spark (local[2]), then compared with the polars results: the
-training set row for row, the predictions bit for bit.
+it), the online store, the training set and a day's batch scoring materialized by the same
+assets with the online, ml and serving engines set to spark (local[2]), then compared with the
+polars results: the published rows key for key, the training set row for row, the predictions
+bit for bit.
 """
 
+import datetime
 import shutil
 
 import dagster as dg
@@ -14,7 +16,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from mlops_assets.definitions import build_definitions
-from mlops_assets.lakehouse.delta_io import read_lineage, scan_table
+from mlops_assets.features.online_store import OnlineStore
+from mlops_assets.features.registry import CARD_BEHAVIOUR, MERCHANT_RISK
+from mlops_assets.lakehouse.delta_io import append_table, read_lineage, scan_table
 from mlops_assets.settings import load_settings
 from mlops_assets_tests.integration.conftest import CUTOFF, DAYS, QUIET
 
@@ -34,9 +38,15 @@ def copied(cd_lake, champion, tmp_path_factory):
     base = {"MLOPS_DATA_ROOT": str(root), "MLOPS_ENV": "dev", "MLOPS_SPARK_MASTER": "local[2]"}
     polars_defs = build_definitions(load_settings(base))
     spark_settings = load_settings(
-        {**base, "MLOPS_ENGINE_ML": "spark", "MLOPS_ENGINE_SERVING": "spark"}
+        {
+            **base,
+            "MLOPS_ENGINE_ONLINE": "spark",
+            "MLOPS_ENGINE_ML": "spark",
+            "MLOPS_ENGINE_SERVING": "spark",
+        }
     )
     assert spark_settings.engine_for("ml").value == "spark"
+    assert spark_settings.engine_for("online").value == "spark"
     assert load_settings(base).engine_for("ml").value == "polars"  # the default
     with dg.DagsterInstance.ephemeral() as instance:
         yield spark_settings, polars_defs, build_definitions(spark_settings), instance
@@ -50,6 +60,75 @@ def materialize(defs, instance, key, **kwargs):
     )
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return result
+
+
+def published(settings, table) -> dict:
+    """Every key of a feature table as the online store serves it (found or not)."""
+    keys = (
+        scan_table(settings.lake_root / "features" / table.name)
+        .select(pl.col(table.entity_keys[0]).cast(pl.String))
+        .unique()
+        .collect()
+        .to_series()
+        .sort()
+        .to_list()
+    )
+    with OnlineStore(settings.online_store_path) as store:
+        vectors = store.lookup_many(table.name, keys)
+        described = store.describe(table.name)
+    return {
+        "vectors": [(v.key, v.found, v.feature_time, v.values) for v in vectors],
+        "rows": described["rows"],
+    }
+
+
+def test_online_store_on_spark_publishes_the_polars_rows(copied):
+    settings, polars_defs, spark_defs, instance = copied
+    # Awkward rows added to the copy: a card's latest row repeated at the same time with a
+    # greater and a smaller transaction id (the greater one must win on both engines, as in
+    # the training set's join), and a card whose only row is older than the staleness bound.
+    uri = settings.lake_root / "features" / CARD_BEHAVIOUR.name
+    rows = scan_table(uri).collect()
+    latest = rows.sort("event_time").tail(2)
+    numeric = [f.name for f in CARD_BEHAVIOUR.features if rows.schema[f.name].is_numeric()]
+    ties = pl.concat(
+        [
+            latest.with_columns(
+                transaction_id.alias("transaction_id"),
+                *(pl.lit(value).cast(rows.schema[name]).alias(name) for name in numeric),
+            )
+            for transaction_id, value in (
+                (pl.col("transaction_id") + "~z", 7),
+                (pl.lit(""), 3),
+            )
+        ]
+    )
+    oldest = rows.get_column("event_time").max() - datetime.timedelta(
+        days=CARD_BEHAVIOUR.max_staleness_days + 1
+    )
+    stale = latest.head(1).with_columns(
+        pl.lit("card-only-stale").alias("card_id"), pl.lit(oldest).alias("event_time")
+    )
+    append_table(uri, pl.concat([ties, stale]), partition_by=[CARD_BEHAVIOUR.partition_column])
+    results = {}
+    for engine, defs in (("polars", polars_defs), ("spark", spark_defs)):
+        for table in (CARD_BEHAVIOUR, MERCHANT_RISK):
+            result = materialize(defs, instance, ["online", table.name])
+            [event] = result.asset_materializations_for_node(f"online__{table.name}")
+            results[engine, table.name] = (published(settings, table), event.metadata)
+    for table in (CARD_BEHAVIOUR, MERCHANT_RISK):
+        expected, polars_meta = results["polars", table.name]
+        actual, spark_meta = results["spark", table.name]
+        assert actual == expected, table.name
+        assert expected["rows"] > 100
+        for name in ("keys", "latest_feature_time", "source_delta_version"):
+            assert spark_meta[name] == polars_meta[name], (table.name, name)
+    # The tie went to the greatest transaction id; the stale card is served the defaults.
+    cards = results["spark", CARD_BEHAVIOUR.name][0]["vectors"]
+    served = {key: (found, values) for key, found, _, values in cards}
+    for card in latest.get_column("card_id"):
+        assert all(served[card][1][name] == 7 for name in numeric), card
+    assert served["card-only-stale"][0] is False
 
 
 def test_training_set_on_spark_equals_the_polars_one(copied):

@@ -47,8 +47,9 @@ def test_engine_is_chosen_per_environment_and_per_asset_group():
     assert default.engine_for("gold") is Engine.POLARS
     assert default.engine_for("ml") is Engine.POLARS  # the training set on polars by default
     assert load_settings({"MLOPS_ENGINE_ML": "spark"}).engine_for("ml") is Engine.SPARK
-    with pytest.raises(SettingsError, match="asset group 'online' has no engine setting"):
-        default.engine_for("online")
+    assert load_settings({"MLOPS_ENGINE_ONLINE": "spark"}).engine_for("online") is Engine.SPARK
+    with pytest.raises(SettingsError, match="asset group 'deploy' has no engine setting"):
+        default.engine_for("deploy")
     remote = load_settings({"MLOPS_SPARK_REMOTE": "sc://127.0.0.1:15002"})
     assert remote.spark_master == "sc://127.0.0.1:15002"
     with pytest.raises(SettingsError, match="is not a Spark Connect URL"):
