@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -185,20 +185,63 @@ def compute_drift(
         ValueError: A column is missing from one side, or has no kind; or a threshold is
             unknown or out of range.
     """
-    overrides = dict(kinds or {})
     limits = _thresholds(thresholds, drift_share)
-    names = list(columns) if columns is not None else list(current.columns)
-    jobs = []
+    chosen = _chosen_columns(
+        reference.columns,
+        current.columns,
+        columns,
+        kinds,
+        kind_of=lambda name: infer_kind(current.get_column(name)),
+        dtype_of=lambda name: str(current.schema[name]),
+    )
+    jobs = [
+        (name, kind, reference.get_column(name), current.get_column(name)) for name, kind in chosen
+    ]
+    return _drift_result(_each_column(jobs, limits, psi_bins), limits)
+
+
+def _chosen_columns(
+    reference_columns: Sequence[str],
+    current_columns: Sequence[str],
+    columns: Sequence[str] | None,
+    kinds: Mapping[str, Kind] | None,
+    *,
+    kind_of: Callable[[str], Kind | None],
+    dtype_of: Callable[[str], str],
+) -> list[tuple[str, Kind]]:
+    """The columns to compare and their kinds, on either engine (`compute_drift`'s rules).
+
+    Args:
+        reference_columns: The reference frame's column names.
+        current_columns: The current frame's column names.
+        columns: The columns asked for (None: every column of `current` with a known kind).
+        kinds: Per-column kind overriding the inference.
+        kind_of: The inferred kind of a current column (None: left out).
+        dtype_of: A current column's type as the error message prints it.
+
+    Returns:
+        (name, kind) in the order of `columns` (or of the current frame).
+
+    Raises:
+        ValueError: A column is missing from one side, or a named column has no kind.
+    """
+    overrides = dict(kinds or {})
+    names = list(columns) if columns is not None else list(current_columns)
+    chosen: list[tuple[str, Kind]] = []
     for name in names:
-        if name not in reference.columns or name not in current.columns:
+        if name not in reference_columns or name not in current_columns:
             raise ValueError(f"column {name!r} is missing from the reference or current frame")
-        kind = overrides.get(name) or infer_kind(current.get_column(name))
+        kind = overrides.get(name) or kind_of(name)
         if kind is None:
             if columns is None:
                 continue
-            raise ValueError(f"column {name!r} ({current.schema[name]}) needs a kind in `kinds`")
-        jobs.append((name, kind, reference.get_column(name), current.get_column(name)))
-    rows = _each_column(jobs, limits, psi_bins)
+            raise ValueError(f"column {name!r} ({dtype_of(name)}) needs a kind in `kinds`")
+        chosen.append((name, kind))
+    return chosen
+
+
+def _drift_result(rows: Sequence[tuple], limits: Thresholds) -> DriftResult:
+    """The per-column rows as a `DRIFT_SCHEMA` frame, and the dataset verdict over them."""
     table = pl.DataFrame(rows, schema=DRIFT_SCHEMA, orient="row")
     drifted = int(table.get_column("drifted").sum())
     share = drifted / table.height if table.height else 0.0
@@ -275,7 +318,7 @@ def _column_drift(
         cur_count = cur.len() - cur.null_count()
     counts = (ref_count, cur_count, reference.len() - ref_count, current.len() - cur_count)
     if not ref_count or not cur_count:
-        return (name, kind, None, None, None, False, None, None, *counts)
+        return _empty_row(name, kind, counts)
     frequencies = None
     if kind == "numeric":
         psi = psi_numeric(ref_sorted, cur_sorted, psi_bins)
@@ -292,12 +335,42 @@ def _column_drift(
             method, score = "wasserstein", wasserstein_normed(ref_sorted, cur_sorted)
         else:
             method, score = "ks", _ks_p_value(ref_sorted, cur_sorted)
-    elif large:
-        method, score = "jensenshannon", jensen_shannon(frequencies)
-    elif frequencies.height > 2:
-        method, score = "chisquare", _chisquare_p_value(frequencies)
     else:
-        method, score = "z", _z_p_value(frequencies)
+        method, score = _categorical_test(frequencies, large)
+    return _drift_row(name, kind, method, score, psi, counts, limits)
+
+
+def _categorical_test(frequencies: pl.DataFrame, large: bool) -> tuple[str, float]:
+    """Evidently's test of value counts: `jensenshannon`, `chisquare` or `z`, and its score.
+
+    Jensen-Shannon above `LARGE_REFERENCE_ROWS` reference rows (`large`); at or below,
+    chi-square with more than two values, else the z-test.
+    """
+    if large:
+        return "jensenshannon", jensen_shannon(frequencies)
+    if frequencies.height > 2:
+        return "chisquare", _chisquare_p_value(frequencies)
+    return "z", _z_p_value(frequencies)
+
+
+def _empty_row(name: str, kind: Kind, counts: tuple[int, int, int, int]) -> tuple:
+    """The row of a column with no values left on one side: no method, score or verdict."""
+    return (name, kind, None, None, None, False, None, None, *counts)
+
+
+def _drift_row(
+    name: str,
+    kind: Kind,
+    method: str,
+    score: float,
+    psi: float,
+    counts: tuple[int, int, int, int],
+    limits: Thresholds,
+) -> tuple:
+    """A column's `DRIFT_SCHEMA` row: its method's limit, verdict and PSI level added.
+
+    `counts` are the valid values of reference and current, then their nulls.
+    """
     threshold = getattr(limits, method)
     drifted = column_drifted(method, score, threshold)
     return (

@@ -43,24 +43,23 @@ import polars as pl
 
 from mlops_assets.monitoring.drift import (
     DISCRETE_NUMERIC_VALUES,
-    DRIFT_SCHEMA,
     INTEGER_CARDINALITY_LIMIT,
     LARGE_REFERENCE_ROWS,
     PSI_BINS,
     WASSERSTEIN_MIN_STD,
     DriftResult,
-    DriftSummary,
     Kind,
-    _chisquare_p_value,
+    _categorical_test,
+    _chosen_columns,
+    _drift_result,
+    _drift_row,
+    _empty_row,
     _psi,
     _thresholds,
-    _z_p_value,
-    jensen_shannon,
     psi_categorical,
-    psi_level,
 )
 from mlops_assets.monitoring.profile import OTHER, PROFILE_SCHEMA, QUANTILES, TOP_CATEGORIES
-from mlops_assets.monitoring.thresholds import Thresholds, column_drifted
+from mlops_assets.monitoring.thresholds import Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -376,20 +375,15 @@ def spark_drift(
         ValueError: A column is missing from one side, or has no kind; or a threshold is
             unknown or out of range.
     """
-    overrides = dict(kinds or {})
     limits = _thresholds(thresholds, drift_share)
-    names = list(columns) if columns is not None else list(current.columns)
-    chosen: list[tuple[str, Kind]] = []
-    for name in names:
-        if name not in reference.columns or name not in current.columns:
-            raise ValueError(f"column {name!r} is missing from the reference or current frame")
-        kind = overrides.get(name) or spark_kind(current, name)
-        if kind is None:
-            if columns is not None:
-                dtype = current.schema[name].dataType.simpleString()
-                raise ValueError(f"column {name!r} ({dtype}) needs a kind in `kinds`")
-            continue
-        chosen.append((name, kind))
+    chosen = _chosen_columns(
+        reference.columns,
+        current.columns,
+        columns,
+        kinds,
+        kind_of=lambda name: spark_kind(current, name),
+        dtype_of=lambda name: current.schema[name].dataType.simpleString(),
+    )
     ref_counts = _side_counts(reference, [n for n, _ in chosen])
     cur_counts = _side_counts(current, [n for n, _ in chosen])
     numeric = [
@@ -411,17 +405,7 @@ def spark_drift(
         )
         for name, kind in chosen
     ]
-    table = pl.DataFrame(rows, schema=DRIFT_SCHEMA, orient="row")
-    drifted = int(table.get_column("drifted").sum())
-    share = drifted / table.height if table.height else 0.0
-    summary = DriftSummary(
-        columns=table.height,
-        drifted_columns=drifted,
-        drifted_share=share,
-        drift_share=limits.drift_share,
-        dataset_drift=bool(table.height) and limits.dataset_drifted(share),
-    )
-    return DriftResult(columns=table, summary=summary)
+    return _drift_result(rows, limits)
 
 
 def _numeric_figures(
@@ -528,7 +512,7 @@ def _column_drift(
     ref_count, cur_count = ref_side[0], cur_side[0]
     counts = (ref_count, cur_count, ref_side[1] - ref_count, cur_side[1] - cur_count)
     if not ref_count or not cur_count:
-        return (name, kind, None, None, None, False, None, None, *counts)
+        return _empty_row(name, kind, counts)
     large = ref_count > LARGE_REFERENCE_ROWS
     if kind == "categorical":
         frequencies = _frequencies(reference, current, name, numeric=False)
@@ -546,27 +530,7 @@ def _column_drift(
         else:
             method = "ks"
             score = _ks_p_value(reference, current, name, figures["d"], ref_count, cur_count)
-    threshold = getattr(limits, method)
-    drifted = column_drifted(method, score, threshold)
-    return (
-        name,
-        kind,
-        method,
-        score,
-        threshold,
-        bool(drifted),
-        psi,
-        psi_level(psi, limits),
-        *counts,
-    )
-
-
-def _categorical_test(frequencies: pl.DataFrame, large: bool) -> tuple[str, float]:
-    if large:
-        return "jensenshannon", jensen_shannon(frequencies)
-    if frequencies.height > 2:
-        return "chisquare", _chisquare_p_value(frequencies)
-    return "z", _z_p_value(frequencies)
+    return _drift_row(name, kind, method, score, psi, counts, limits)
 
 
 def _ks_p_value(
