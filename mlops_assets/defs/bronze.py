@@ -1,8 +1,10 @@
 """Bronze assets: landing files ingested into a bounded schema, unusable lines quarantined."""
 
 import datetime
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import narwhals as nw
@@ -14,7 +16,7 @@ from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.lakehouse import handoff
 from mlops_assets.lakehouse.catalog import TableRef
 from mlops_assets.lakehouse.delta_io import SchemaPolicy, WriteResult
-from mlops_assets.lakehouse.landing import day_files, day_folder, read_landing_file
+from mlops_assets.lakehouse.landing import LandingFile, day_files, day_folder, read_landing_file
 from mlops_assets.lakehouse.store import DeltaRsStore, Frame, SparkStore, TableStore
 from mlops_assets.settings import Settings
 from mlops_assets.transforms.bronze import (
@@ -29,6 +31,9 @@ from mlops_assets.transforms.bronze import (
 )
 from mlops_assets.transforms.quarantine import to_quarantine
 from mlops_assets.transforms.silver import LABELS, TRANSACTIONS
+
+if TYPE_CHECKING:
+    from mlops_assets.lakehouse.spark_landing import SparkLandingFile
 
 SOURCES = ("transactions", "labels")
 OWNERS = ["team:data-engineering"]
@@ -90,39 +95,37 @@ def ingest_day(
     Raises:
         LandingFileChangedError: A file changed while it was read (still being written).
     """
-    if isinstance(store, SparkStore):
-        from mlops_assets.defs.spark_bronze import spark_ingest_day
-
-        return spark_ingest_day(store, landing_root, source, day, ingested_at)
     contract = CONTRACTS[source]
     files = day_files(landing_root, source, day)
+    landings: Iterable[tuple[LandingFile | SparkLandingFile, int, Frame]]
+    if isinstance(store, SparkStore):
+        from mlops_assets.defs.spark_bronze import spark_landings
+
+        landings = spark_landings(store, files, landing_root, ingested_at, contract.required)
+    else:
+        landings = _landings(store, files, landing_root, ingested_at, contract.required)
     records: list[Frame] = []
     rejects: list[Frame] = []
     rescued: dict[str, tuple[str, ...]] = {}
     lines = 0
-    for path in files:
-        landing = read_landing_file(path, landing_root, ingested_at, required=contract.required)
-        lines += landing.lines.height
+    for landing, count, frame in landings:
+        lines += count
         if landing.header_problem:
             # A file the project cannot read goes to quarantine whole, with the reason.
             rejects.append(
-                store.from_polars(
-                    landing.lines.select(
-                        SOURCE_FILE,
-                        LINE_NUMBER,
-                        INGESTED_AT,
-                        RAW,
-                        pl.lit(landing.header_problem).alias(REASON),
-                    )
+                frame.select(
+                    SOURCE_FILE,
+                    LINE_NUMBER,
+                    INGESTED_AT,
+                    RAW,
+                    nw.lit(landing.header_problem).alias(REASON),
                 )
             )
             continue
         extras = tuple(rescued_names(landing.header, contract.columns).values())
         if extras:
             rescued[landing.relative] = extras
-        good, bad = split_records(
-            store.from_polars(landing.lines), landing.header, contract.columns
-        )
+        good, bad = split_records(frame, landing.header, contract.columns)
         records.append(good)
         rejects.append(bad)
     empty_rejects = {
@@ -143,6 +146,23 @@ def ingest_day(
     return Ingested(
         bronze, quarantine, len(files), lines, day_folder(landing_root, source, day), rescued
     )
+
+
+def _landings(
+    store: TableStore,
+    files: Sequence[Path],
+    landing_root: Path,
+    ingested_at: datetime.datetime,
+    required: Sequence[str],
+) -> Iterator[tuple[LandingFile, int, Frame]]:
+    """The files read in this process, one at a time as the loop reaches them.
+
+    Yields:
+        The file as read, its records read, and its records on the store's engine.
+    """
+    for path in files:
+        landing = read_landing_file(path, landing_root, ingested_at, required=required)
+        yield landing, landing.lines.height, store.from_polars(landing.lines)
 
 
 @dataclass
