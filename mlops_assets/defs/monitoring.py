@@ -2,7 +2,8 @@
 
 import datetime
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 import narwhals as nw
@@ -16,6 +17,7 @@ from mlops_assets.defs.partitions import daily_partitions, days_around, partitio
 from mlops_assets.defs.resources import LakehouseResource, engine_kinds
 from mlops_assets.defs.serving import INFERENCE_LOG
 from mlops_assets.lakehouse.catalog import TableRef
+from mlops_assets.monitoring.drift import DriftResult
 from mlops_assets.monitoring.policy import DriftPolicy
 from mlops_assets.monitoring.reference import REFERENCE
 from mlops_assets.monitoring.thresholds import DEFAULT as THRESHOLDS
@@ -33,6 +35,24 @@ PERFORMANCE = TableRef("monitoring", "performance")
 OWNERS = ["team:ml-platform"]
 # Fewer previous-window rows than this give no meaningful comparison.
 MIN_WINDOW_ROWS = 1000
+# Columns of the inference log that are not profiled (identifiers, request and run fields).
+UNPROFILED = (
+    "request_id",
+    "request",
+    "error",
+    "status",
+    "day",
+    "logged_at",
+    "transaction_id",
+    "card_id",
+    "merchant_id",
+    "event_time",
+    "model_name",
+    "model_version",
+    "model_alias",
+    "mode",
+    "threshold",
+)
 REFERENCE_KEY = dg.AssetKey(["monitoring", "reference"])
 
 
@@ -186,6 +206,103 @@ def _log(lakehouse: LakehouseResource) -> pl.LazyFrame:
     return polars_lazy(store.scan(INFERENCE_LOG).filter(nw.col("model_name") == registered))
 
 
+def no_predictions(day: datetime.date) -> dg.Failure:
+    """The failure of a day without predictions of the primary model (either engine)."""
+    return dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+
+
+def version_summary(rows: pl.DataFrame, result: DriftResult, predictions: int) -> dict[str, Any]:
+    """A version's window against its training reference, as `by_version` metadata.
+
+    Args:
+        rows: The drift table's rows of the comparison.
+        result: The comparison (either engine's).
+        predictions: Predictions in the version's window.
+    """
+    from mlops_assets.monitoring.windows import feature_share, prediction_score
+
+    return {
+        "rows": predictions,
+        "drifted_share": feature_share(result),
+        "prediction_drift": prediction_score(result),
+        "drifted": rows.filter(pl.col("drifted"), pl.col("column") != "score")
+        .get_column("column")
+        .to_list(),
+    }
+
+
+def write_drift(
+    lakehouse: LakehouseResource,
+    day: datetime.date,
+    tables: Sequence[pl.DataFrame],
+    summaries: Mapping[str, dict[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> dg.MaterializeResult:
+    """Write the day's drift rows; the metadata holds the latest version's figures.
+
+    Args:
+        lakehouse: The lake.
+        day: The partition.
+        tables: The drift table's rows, per version and baseline.
+        summaries: Per version, its `version_summary` (and comparison with the previous day).
+        extra: Metadata added last (the engine of the statistics).
+    """
+    store = lakehouse.store(GROUP)
+    written = store.replace_partition(DRIFT, store.from_polars(pl.concat(tables)), {"day": day})
+    latest = summaries[max(summaries, key=int)]
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(written, str(DRIFT)),
+            "model_version": max(summaries, key=int),
+            "predictions": latest["rows"],
+            "drifted_share": latest["drifted_share"],
+            "prediction_drift": latest["prediction_drift"],
+            "drifted_features": dg.MetadataValue.json(latest["drifted"]),
+            "by_version": dg.MetadataValue.json(summaries),
+            **(extra or {}),
+        }
+    )
+
+
+def write_profiles(
+    lakehouse: LakehouseResource,
+    day: datetime.date,
+    profiled: Sequence[tuple[str, pl.DataFrame]],
+    predictions: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dg.MaterializeResult:
+    """Write the day's profiles; the metadata holds the last version's score statistics.
+
+    Args:
+        lakehouse: The lake.
+        day: The partition.
+        profiled: Per version, in order, its profile (`PROFILE_SCHEMA` rows, either engine's).
+        predictions: Predictions of the day, all versions.
+        extra: Metadata added last (the engine of the statistics).
+    """
+    frames = [
+        frame.select(pl.lit(day).alias("day"), pl.lit(version).alias("model_version"), pl.all())
+        for version, frame in profiled
+    ]
+    store = lakehouse.store(GROUP)
+    written = store.replace_partition(PROFILES, store.from_polars(pl.concat(frames)), {"day": day})
+    score = frames[-1].filter(pl.col("column") == "score")
+
+    def stat(name: str) -> float:
+        found = score.filter(pl.col("statistic") == name).get_column("value")
+        return float(found[0]) if found.len() else float("nan")
+
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(written, str(PROFILES)),
+            "predictions": predictions,
+            "score_mean": stat("mean"),
+            "score_p99": stat("p99"),
+            **(extra or {}),
+        }
+    )
+
+
 def drift_metrics(
     context: dg.AssetExecutionContext,
     lakehouse: LakehouseResource,
@@ -200,12 +317,7 @@ def drift_metrics(
     PSI. One row per day, version, baseline and column in `monitoring/drift_metrics`; the
     share of drifted features and the prediction drift are metadata the UI plots over days.
     """
-    from mlops_assets.monitoring.windows import (
-        drift_rows,
-        feature_share,
-        prediction_score,
-        window_predictions,
-    )
+    from mlops_assets.monitoring.windows import drift_rows, feature_share, window_predictions
 
     day = partition_day(context)
     if lakehouse.engine_for(GROUP) is Engine.SPARK:
@@ -216,7 +328,7 @@ def drift_metrics(
     log = _log(lakehouse)
     current = window_predictions(log, day)
     if not current.height:
-        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+        raise no_predictions(day)
     previous = window_predictions(log, day - datetime.timedelta(days=1))
     thresholds = monitoring.thresholds()
     built: list[dg.AssetMaterialization] = []
@@ -236,14 +348,7 @@ def drift_metrics(
             thresholds=thresholds,
         )
         tables.append(rows)
-        summary = {
-            "rows": window.height,
-            "drifted_share": feature_share(result),
-            "prediction_drift": prediction_score(result),
-            "drifted": rows.filter(pl.col("drifted"), pl.col("column") != "score")
-            .get_column("column")
-            .to_list(),
-        }
+        summary = version_summary(rows, result, window.height)
         before = previous.filter(pl.col("model_version") == version).select(columns)
         if before.height >= MIN_WINDOW_ROWS:
             rows, result = drift_rows(
@@ -258,20 +363,7 @@ def drift_metrics(
             tables.append(rows)
             summary["drifted_share_vs_previous_day"] = feature_share(result)
         summaries[version] = summary
-    store = lakehouse.store(GROUP)
-    written = store.replace_partition(DRIFT, store.from_polars(pl.concat(tables)), {"day": day})
-    latest = summaries[max(summaries, key=int)]
-    yield dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(DRIFT)),
-            "model_version": max(summaries, key=int),
-            "predictions": latest["rows"],
-            "drifted_share": latest["drifted_share"],
-            "prediction_drift": latest["prediction_drift"],
-            "drifted_features": dg.MetadataValue.json(latest["drifted"]),
-            "by_version": dg.MetadataValue.json(summaries),
-        }
-    )
+    yield write_drift(lakehouse, day, tables, summaries)
     yield from built
 
 
@@ -294,40 +386,18 @@ def profiles(
         return spark_profiles(lakehouse, day)
     current = window_predictions(_log(lakehouse), day)
     if not current.height:
-        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
-    frames = []
+        raise no_predictions(day)
+    profiled = []
     versions = sorted(current.get_column("model_version").unique().to_list(), key=int)
     for version in versions:
         rows = current.filter(pl.col("model_version") == version)
         spec_columns = [
             c
             for c in rows.columns
-            if c not in ("request_id", "request", "error", "status", "day", "logged_at")
-            and c not in ("transaction_id", "card_id", "merchant_id", "event_time")
-            and c not in ("model_name", "model_version", "model_alias", "mode", "threshold")
-            and rows.get_column(c).null_count() < rows.height
+            if c not in UNPROFILED and rows.get_column(c).null_count() < rows.height
         ]
-        frames.append(
-            profile(rows, spec_columns).select(
-                pl.lit(day).alias("day"), pl.lit(version).alias("model_version"), pl.all()
-            )
-        )
-    store = lakehouse.store(GROUP)
-    written = store.replace_partition(PROFILES, store.from_polars(pl.concat(frames)), {"day": day})
-    score = frames[-1].filter(pl.col("column") == "score")
-
-    def stat(name: str) -> float:
-        found = score.filter(pl.col("statistic") == name).get_column("value")
-        return float(found[0]) if found.len() else float("nan")
-
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(PROFILES)),
-            "predictions": current.height,
-            "score_mean": stat("mean"),
-            "score_p99": stat("p99"),
-        }
-    )
+        profiled.append((version, profile(rows, spec_columns)))
+    return write_profiles(lakehouse, day, profiled, current.height)
 
 
 def performance(
@@ -352,7 +422,7 @@ def performance(
     day = partition_day(context)
     current = window_predictions(_log(lakehouse), day)
     if not current.height:
-        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+        raise no_predictions(day)
     store = lakehouse.store(GROUP)
     chargebacks = (
         store.materialize(
@@ -417,7 +487,7 @@ def drift_report(
     day = partition_day(context)
     current = window_predictions(_log(lakehouse), day)
     if not current.height:
-        raise dg.Failure(f"no predictions for {day} in serving/inference_log: score the day first")
+        raise no_predictions(day)
     version = max(current.get_column("model_version").unique().to_list(), key=int)
     model = load_version(lakehouse, version)
     columns = [*model.spec.feature_columns, "score"]

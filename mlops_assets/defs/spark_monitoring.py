@@ -16,28 +16,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from mlops_assets.defs.metadata import table_metadata
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.monitoring.thresholds import Thresholds
-
-# Columns of the inference log that are not profiled (identifiers, request and run fields).
-UNPROFILED = (
-    "request_id",
-    "request",
-    "error",
-    "status",
-    "day",
-    "logged_at",
-    "transaction_id",
-    "card_id",
-    "merchant_id",
-    "event_time",
-    "model_name",
-    "model_version",
-    "model_alias",
-    "mode",
-    "threshold",
-)
 
 
 def day_predictions(lakehouse: LakehouseResource, registered: str, day: datetime.date) -> Any:
@@ -76,15 +56,16 @@ def spark_drift_metrics(
 ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
     """`monitoring.drift_metrics`'s body with the statistics on Spark (same rows, metadata)."""
     from mlops_assets.defs.monitoring import (
-        DRIFT,
-        GROUP,
         MIN_WINDOW_ROWS,
         load_version,
+        no_predictions,
         reference_rows,
+        version_summary,
+        write_drift,
     )
     from mlops_assets.models.lifecycle import model_name
     from mlops_assets.monitoring.spark_stats import spark_drift
-    from mlops_assets.monitoring.windows import DRIFT_TABLE_SCHEMA, feature_share, prediction_score
+    from mlops_assets.monitoring.windows import drift_table_rows, feature_share
 
     current = day_predictions(lakehouse, model_name(lakehouse.settings.env), day).cache()
     previous = day_predictions(
@@ -93,20 +74,13 @@ def spark_drift_metrics(
     try:
         versions = _versions(current)
         if not versions:
-            raise dg.Failure(
-                f"no predictions for {day} in serving/inference_log: score the day first"
-            )
+            raise no_predictions(day)
         built: list[dg.AssetMaterialization] = []
         tables, summaries = [], {}
 
         def rows_of(reference: Any, window: Any, columns: list[str], version: str, baseline: str):
             result = spark_drift(reference, window, columns, thresholds=thresholds)
-            rows = result.columns.select(
-                pl.lit(day).alias("day"),
-                pl.lit(version).alias("model_version"),
-                pl.lit(baseline).alias("baseline"),
-                pl.all(),
-            ).cast(DRIFT_TABLE_SCHEMA)
+            rows = drift_table_rows(result, day=day, model_version=version, baseline=baseline)
             return rows, result
 
         for version in versions:
@@ -120,14 +94,7 @@ def spark_drift_metrics(
             )
             rows, result = rows_of(reference, window, columns, version, "training")
             tables.append(rows)
-            summary: dict[str, Any] = {
-                "rows": window.count(),
-                "drifted_share": feature_share(result),
-                "prediction_drift": prediction_score(result),
-                "drifted": rows.filter(pl.col("drifted"), pl.col("column") != "score")
-                .get_column("column")
-                .to_list(),
-            }
+            summary = version_summary(rows, result, window.count())
             before = previous.filter(previous.model_version == version).select(*columns)
             if before.count() >= MIN_WINDOW_ROWS:
                 rows, result = rows_of(before, window, columns, version, "previous_day")
@@ -136,21 +103,7 @@ def spark_drift_metrics(
             summaries[version] = summary
     finally:
         current.unpersist()
-    store = lakehouse.store(GROUP)
-    written = store.replace_partition(DRIFT, store.from_polars(pl.concat(tables)), {"day": day})
-    latest = summaries[max(summaries, key=int)]
-    yield dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(DRIFT)),
-            "model_version": max(summaries, key=int),
-            "predictions": latest["rows"],
-            "drifted_share": latest["drifted_share"],
-            "prediction_drift": latest["prediction_drift"],
-            "drifted_features": dg.MetadataValue.json(latest["drifted"]),
-            "by_version": dg.MetadataValue.json(summaries),
-            "engine": "spark",
-        }
-    )
+    yield write_drift(lakehouse, day, tables, summaries, {"engine": "spark"})
     yield from built
 
 
@@ -158,7 +111,7 @@ def spark_profiles(lakehouse: LakehouseResource, day: datetime.date) -> dg.Mater
     """`monitoring.profiles`'s body with the statistics on Spark (same rows, metadata)."""
     from pyspark.sql import functions as F
 
-    from mlops_assets.defs.monitoring import GROUP, PROFILES
+    from mlops_assets.defs.monitoring import UNPROFILED, no_predictions, write_profiles
     from mlops_assets.models.lifecycle import model_name
     from mlops_assets.monitoring.spark_stats import spark_profile
 
@@ -166,10 +119,8 @@ def spark_profiles(lakehouse: LakehouseResource, day: datetime.date) -> dg.Mater
     try:
         versions = _versions(current)
         if not versions:
-            raise dg.Failure(
-                f"no predictions for {day} in serving/inference_log: score the day first"
-            )
-        frames = []
+            raise no_predictions(day)
+        profiled = []
         total = 0
         for version in versions:
             rows = current.filter(current.model_version == version)
@@ -180,27 +131,7 @@ def spark_profiles(lakehouse: LakehouseResource, day: datetime.date) -> dg.Mater
             total += int(counts["__rows"])
             # Columns that hold a value (a column null on every row is not profiled).
             columns = [c for c in candidates if counts[c] > 0]
-            frames.append(
-                spark_profile(rows, columns).select(
-                    pl.lit(day).alias("day"), pl.lit(version).alias("model_version"), pl.all()
-                )
-            )
+            profiled.append((version, spark_profile(rows, columns)))
     finally:
         current.unpersist()
-    store = lakehouse.store(GROUP)
-    written = store.replace_partition(PROFILES, store.from_polars(pl.concat(frames)), {"day": day})
-    score = frames[-1].filter(pl.col("column") == "score")
-
-    def stat(name: str) -> float:
-        found = score.filter(pl.col("statistic") == name).get_column("value")
-        return float(found[0]) if found.len() else float("nan")
-
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(written, str(PROFILES)),
-            "predictions": total,
-            "score_mean": stat("mean"),
-            "score_p99": stat("p99"),
-            "engine": "spark",
-        }
-    )
+    return write_profiles(lakehouse, day, profiled, total, {"engine": "spark"})

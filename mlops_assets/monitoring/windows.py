@@ -106,13 +106,23 @@ def drift_rows(
 ) -> tuple[pl.DataFrame, DriftResult]:
     """Per-column drift of a window against a baseline, as rows of the drift table."""
     result = compute_drift(reference, current, columns, thresholds=thresholds)
+    return drift_table_rows(result, day=day, model_version=model_version, baseline=baseline), result
+
+
+def drift_table_rows(
+    result: DriftResult, *, day: datetime.date, model_version: str, baseline: str
+) -> pl.DataFrame:
+    """A drift result's per-column rows keyed by day, version and baseline (the drift table's).
+
+    The result may come from either engine (`drift.compute_drift`, `spark_stats.spark_drift`).
+    """
     rows = result.columns.select(
         pl.lit(day).alias("day"),
         pl.lit(model_version).alias("model_version"),
         pl.lit(baseline).alias("baseline"),
         pl.all(),
     )
-    return rows.cast(DRIFT_TABLE_SCHEMA), result
+    return rows.cast(DRIFT_TABLE_SCHEMA)
 
 
 def feature_share(result: DriftResult, prediction: str = PREDICTION) -> float:
