@@ -93,12 +93,7 @@ def point_in_time_join(
             would clash with an event column, or feature rows are duplicated as described.
         NotImplementedError: A frame is backed by another engine than polars.
     """
-    keys = _names(keys)
-    columns = _names(columns)
-    if not keys:
-        raise ValueError("point_in_time_join needs at least one key column")
-    if max_staleness is not None and max_staleness <= datetime.timedelta(0):
-        raise ValueError(f"max_staleness must be positive, got {max_staleness}")
+    keys, columns = checked_names(keys, columns, max_staleness)
     event_native = _native(events, "events")
     needed = [*keys, feature_time, *columns, *([tie_breaker] if tie_breaker else [])]
     joined = _join(
@@ -179,6 +174,76 @@ def training_set(
 def _names(names: Sequence[str] | str) -> list[str]:
     # A bare string is one name, not a sequence of one-letter names.
     return [names] if isinstance(names, str) else list(names)
+
+
+def checked_names(
+    keys: Sequence[str] | str,
+    columns: Sequence[str] | str,
+    max_staleness: datetime.timedelta | None,
+) -> tuple[list[str], list[str]]:
+    """The join's keys and columns as lists, checked (the rules of either engine's join).
+
+    Raises:
+        ValueError: No key column, or a `max_staleness` that is not positive.
+    """
+    keys, columns = _names(keys), _names(columns)
+    if not keys:
+        raise ValueError("point_in_time_join needs at least one key column")
+    if max_staleness is not None and max_staleness <= datetime.timedelta(0):
+        raise ValueError(f"max_staleness must be positive, got {max_staleness}")
+    return keys, columns
+
+
+def check_present(
+    event_columns: Sequence[str],
+    feature_columns: Sequence[str],
+    keys: list[str],
+    event_time: str,
+    feature_time: str,
+    columns: list[str],
+    tie_breaker: str | None,
+) -> None:
+    """Refuse frames lacking a column the join reads (either engine's join).
+
+    Raises:
+        ValueError: The frame lacking columns, which, and the columns it has.
+    """
+    for role, have, names in (
+        ("events", event_columns, [*keys, event_time]),
+        (
+            "features",
+            feature_columns,
+            [*keys, feature_time, *columns, *([tie_breaker] if tie_breaker else [])],
+        ),
+    ):
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise ValueError(f"{role} lack column(s) {missing}; they have {list(have)}")
+
+
+def key_type_mismatch(key: str, event_type: object, feature_type: object) -> ValueError:
+    """The error of a key column typed differently in events and features (types as printed)."""
+    return ValueError(
+        f"key {key!r} is {event_type} in events but {feature_type} in features; cast one so "
+        "both have the same type"
+    )
+
+
+def check_clashes(
+    event_columns: Sequence[str], columns: list[str], feature_time: str, prefix: str
+) -> None:
+    """Refuse output columns that would clash with event columns or each other.
+
+    Raises:
+        ValueError: The clashing names.
+    """
+    added = [f"{prefix}{c}" for c in [*columns, feature_time]]
+    clashes = sorted({a for a in added if a in event_columns or added.count(a) > 1})
+    if clashes:
+        raise ValueError(
+            f"joined column(s) {clashes} would clash with event columns or each other; "
+            "pass a prefix"
+        )
 
 
 def _native(frame: Any, role: str) -> pl.DataFrame | pl.LazyFrame:
@@ -288,17 +353,9 @@ def _validate(
     tie_breaker: str | None,
     prefix: str,
 ) -> pl.DataType:
-    for role, frame, names in (
-        ("events", events, [*keys, event_time]),
-        (
-            "features",
-            features,
-            [*keys, feature_time, *columns, *([tie_breaker] if tie_breaker else [])],
-        ),
-    ):
-        missing = [n for n in names if n not in frame.schema]
-        if missing:
-            raise ValueError(f"{role} lack column(s) {missing}; they have {frame.columns}")
+    check_present(
+        events.columns, features.columns, keys, event_time, feature_time, columns, tie_breaker
+    )
     event_type = events.schema[event_time]
     feature_type = features.schema[feature_time]
     if event_type != feature_type:
@@ -313,17 +370,8 @@ def _validate(
         )
     for key in keys:
         if events.schema[key] != features.schema[key]:
-            raise ValueError(
-                f"key {key!r} is {events.schema[key]} in events but {features.schema[key]} in "
-                "features; cast one so both have the same type"
-            )
-    added = [f"{prefix}{c}" for c in [*columns, feature_time]]
-    clashes = sorted({a for a in added if a in events.schema or added.count(a) > 1})
-    if clashes:
-        raise ValueError(
-            f"joined column(s) {clashes} would clash with event columns or each other; "
-            "pass a prefix"
-        )
+            raise key_type_mismatch(key, events.schema[key], features.schema[key])
+    check_clashes(events.columns, columns, feature_time, prefix)
     return event_type
 
 

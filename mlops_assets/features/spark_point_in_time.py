@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow as pa
 
+from mlops_assets.features.point_in_time import (
+    check_clashes,
+    check_present,
+    checked_names,
+    key_type_mismatch,
+)
 from mlops_assets.features.spec import ON_DEMAND_FEATURES, FeatureSpec
 
 if TYPE_CHECKING:
@@ -76,12 +82,7 @@ def point_in_time_join(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    columns = [columns] if isinstance(columns, str) else list(columns)
-    if not keys:
-        raise ValueError("point_in_time_join needs at least one key column")
-    if max_staleness is not None and max_staleness <= datetime.timedelta(0):
-        raise ValueError(f"max_staleness must be positive, got {max_staleness}")
+    keys, columns = checked_names(keys, columns, max_staleness)
     is_date = _validate(
         events, features, keys, event_time, feature_time, columns, tie_breaker, prefix
     )
@@ -152,29 +153,15 @@ def training_set(
     """
     from pyspark.sql import functions as F
 
-    from mlops_assets.features.spec import _tie_breaker
-
     frame = events
     for lookup in spec.lookups:
         definition = lookup.definition
-        if lookup.table not in tables:
-            raise KeyError(f"training set needs feature table {lookup.table!r}")
-        rows = tables[lookup.table]
+        rows = lookup.rows_in(tables)
         for entity, key in zip(definition.entity_keys, lookup.keys, strict=True):
             if entity != key:
                 rows = rows.withColumnRenamed(entity, key)
-        prefix = f"{lookup.table}__"
-        frame = point_in_time_join(
-            frame,
-            rows,
-            keys=list(lookup.keys),
-            event_time="event_time",
-            feature_time=definition.timestamp_key,
-            columns=list(lookup.features),
-            tie_breaker=_tie_breaker(definition),
-            max_staleness=datetime.timedelta(days=definition.max_staleness_days),
-            prefix=prefix,
-        )
+        prefix = lookup.prefix
+        frame = point_in_time_join(frame, rows, **lookup.join_arguments())
         renamed = {
             f"{prefix}{definition.timestamp_key}": lookup.time_column,
             **{f"{prefix}{f}": f for f in lookup.features},
@@ -245,17 +232,9 @@ def _validate(
     """Check the frames as the polars join does; True when the times are dates."""
     from pyspark.sql.types import DateType, TimestampType
 
-    for role, frame, names in (
-        ("events", events, [*keys, event_time]),
-        (
-            "features",
-            features,
-            [*keys, feature_time, *columns, *([tie_breaker] if tie_breaker else [])],
-        ),
-    ):
-        missing = [n for n in names if n not in frame.columns]
-        if missing:
-            raise ValueError(f"{role} lack column(s) {missing}; they have {frame.columns}")
+    check_present(
+        events.columns, features.columns, keys, event_time, feature_time, columns, tie_breaker
+    )
     event_type = events.schema[event_time].dataType
     feature_type = features.schema[feature_time].dataType
     if event_type != feature_type:
@@ -272,17 +251,8 @@ def _validate(
     for key in keys:
         left, right = events.schema[key].dataType, features.schema[key].dataType
         if left != right:
-            raise ValueError(
-                f"key {key!r} is {left.simpleString()} in events but {right.simpleString()} "
-                "in features; cast one so both have the same type"
-            )
-    added = [f"{prefix}{c}" for c in [*columns, feature_time]]
-    clashes = sorted({a for a in added if a in events.columns or added.count(a) > 1})
-    if clashes:
-        raise ValueError(
-            f"joined column(s) {clashes} would clash with event columns or each other; "
-            "pass a prefix"
-        )
+            raise key_type_mismatch(key, left.simpleString(), right.simpleString())
+    check_clashes(events.columns, columns, feature_time, prefix)
     internal = sorted({_TIME, _KIND, _ROW, _USED} & set(events.columns))
     if internal:
         raise ValueError(f"events hold column(s) {internal} the join uses internally")

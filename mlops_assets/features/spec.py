@@ -57,6 +57,38 @@ class FeatureLookup:
         """Column holding the time of the row used, in training sets and request vectors."""
         return f"{self.table}__feature_time"
 
+    @property
+    def prefix(self) -> str:
+        """Prefix of the table's columns as the point-in-time join adds them (then renamed)."""
+        return f"{self.table}__"
+
+    def rows_in(self, tables: Mapping[str, Any]) -> Any:
+        """The table's rows among a training set's feature tables (a frame of either engine).
+
+        Raises:
+            KeyError: `tables` does not hold the table.
+        """
+        if self.table not in tables:
+            raise KeyError(f"training set needs feature table {self.table!r}")
+        return tables[self.table]
+
+    def join_arguments(self) -> dict[str, Any]:
+        """The point-in-time join's arguments for this lookup, polars or Spark alike.
+
+        Keys are the lookup's, times the events' `event_time` and the table's timestamp key;
+        the table's extra row key breaks ties; rows older than its staleness count as missing.
+        """
+        definition = self.definition
+        return {
+            "keys": list(self.keys),
+            "event_time": "event_time",
+            "feature_time": definition.timestamp_key,
+            "columns": list(self.features),
+            "tie_breaker": _tie_breaker(definition),
+            "max_staleness": datetime.timedelta(days=definition.max_staleness_days),
+            "prefix": self.prefix,
+        }
+
 
 @dataclass(frozen=True)
 class OnDemandFeature:
@@ -266,23 +298,11 @@ class FeatureSpec:
         frame = events
         for lookup in self.lookups:
             definition = lookup.definition
-            if lookup.table not in tables:
-                raise KeyError(f"training set needs feature table {lookup.table!r}")
-            rows = tables[lookup.table].rename(
+            rows = lookup.rows_in(tables).rename(
                 dict(zip(definition.entity_keys, lookup.keys, strict=True))
             )
-            prefix = f"{lookup.table}__"
-            frame = point_in_time_join(
-                frame,
-                rows,
-                keys=list(lookup.keys),
-                event_time="event_time",
-                feature_time=definition.timestamp_key,
-                columns=list(lookup.features),
-                tie_breaker=_tie_breaker(definition),
-                max_staleness=datetime.timedelta(days=definition.max_staleness_days),
-                prefix=prefix,
-            )
+            prefix = lookup.prefix
+            frame = point_in_time_join(frame, rows, **lookup.join_arguments())
             time_name = next(
                 c
                 for c in (f"{prefix}feature_time", f"{prefix}{definition.timestamp_key}")
