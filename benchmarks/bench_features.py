@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, object_store, report
+from benchmarks.harness import entry_point, measure, object_store, report, run_partition
 
 START = datetime.date(2026, 1, 1)
 HISTORIES = (7, 60)
@@ -128,25 +128,12 @@ def task_setup(root: str, history: str) -> dict:
 
 def task_refresh(root: str, day_index: str) -> dict:
     """Refresh the feature tables for one day in-process; report the job's wall time."""
-    import dagster as dg
-
     from mlops_assets.definitions import build_definitions
 
     settings = _settings(root)
     day = START + datetime.timedelta(days=int(day_index))
     job = build_definitions(settings).resolve_job_def("features_daily")
-    with dg.DagsterInstance.ephemeral() as instance:
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=day.isoformat(),
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        )
-        seconds = time.perf_counter() - started
-        steps = {
-            s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
-            for s in instance.get_run_step_stats(result.run_id)
-        }
+    result, seconds, steps = run_partition(job, day, digits=3)
     if not result.success:
         raise RuntimeError(f"feature refresh of {day} failed")
     return {"seconds": seconds, "steps": steps}

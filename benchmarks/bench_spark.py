@@ -20,7 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, report
+from benchmarks.harness import (
+    entry_point,
+    measure,
+    median_run,
+    report,
+    run_partition,
+    spark_session,
+)
 
 DAY = datetime.date(2026, 1, 1)
 ROWS = int(os.environ.get("BENCH_SPARK_ROWS", "1000000"))
@@ -51,8 +58,6 @@ def _settings(root: Path, engine: str, start: datetime.date):
 
 def _run_job(settings, job_name: str, day: datetime.date) -> dict:
     """Start Spark first when the job needs it, then time the job alone."""
-    import dagster as dg
-
     from mlops_assets.definitions import build_definitions
     from mlops_assets.defs.resources import SparkResource
 
@@ -62,18 +67,7 @@ def _run_job(settings, job_name: str, day: datetime.date) -> dict:
         SparkResource.from_settings(settings).session.range(1).count()
         session_s = time.perf_counter() - started
     job = build_definitions(settings).resolve_job_def(job_name)
-    with dg.DagsterInstance.ephemeral() as instance:
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=day.isoformat(),
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        )
-        seconds = time.perf_counter() - started
-        steps = {
-            s.step_key: round((s.end_time or 0) - (s.start_time or 0), 2)
-            for s in instance.get_run_step_stats(result.run_id)
-        }
+    result, seconds, steps = run_partition(job, day, digits=2)
     if not result.success:
         raise RuntimeError(f"{job_name} on {settings.engine.value} failed for {day}")
     return {"seconds": seconds, "session_s": session_s, "steps": steps}
@@ -126,7 +120,7 @@ def task_drift(root: str, engine: str) -> dict:
     else:
         from mlops_assets.monitoring.spark_stats import spark_drift, spark_profile
 
-        spark, session_s = _spark_session()
+        spark, session_s = spark_session(MASTER)
         started = time.perf_counter()
         baseline = spark.read.parquet(str(baseline_path))
         current = spark.read.parquet(str(current_path))
@@ -140,21 +134,6 @@ def task_drift(root: str, engine: str) -> dict:
         "drifted": sorted(result.columns.filter("drifted").get_column("column").to_list()),
         "profile_rows": profiled.height,
     }
-
-
-def _spark_session():
-    """The local[2] session with the project's settings, started off the clock."""
-    from mlops_assets.defs.resources import SparkResource
-    from mlops_assets.settings import load_settings
-
-    started = time.perf_counter()
-    spark = SparkResource.from_settings(load_settings({"MLOPS_SPARK_MASTER": MASTER})).session
-    spark.range(1).count()
-    return spark, time.perf_counter() - started
-
-
-def _median(measurements):
-    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
 
 
 def main() -> None:
@@ -176,7 +155,8 @@ def _drift_figures(module: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-spark-drift-") as root:
         measure("benchmarks.bench_drift", "setup", root)
         drift = {
-            e: _median([measure(module, "drift", root, e) for _ in range(REPEAT)]) for e in ENGINES
+            e: median_run([measure(module, "drift", root, e) for _ in range(REPEAT)])
+            for e in ENGINES
         }
     if drift["polars"].extra["drifted"] != drift["spark"].extra["drifted"]:
         raise RuntimeError(
@@ -209,10 +189,10 @@ def _medallion_and_features(module: str) -> dict:
             # A lake of its own per engine: the refresh merges into the feature tables.
             lake = str(Path(root) / f"features-{engine}")
             measure("benchmarks.bench_features", "setup", lake, str(FEATURE_HISTORY))
-            features[engine] = _median(
+            features[engine] = median_run(
                 [measure(module, "features", lake, engine) for _ in range(REPEAT)]
             )
-    chosen = {e: _median(medallion[e]) for e in ENGINES}
+    chosen = {e: median_run(medallion[e]) for e in ENGINES}
     return {
         "transactions": simulated.extra["lines"],
         "medallion_polars_s": round(chosen["polars"].seconds, 2),

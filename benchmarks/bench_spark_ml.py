@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, report
+from benchmarks.harness import entry_point, measure, median_run, report, spark_session
 
 MODULE = "benchmarks.bench_spark_ml"
 MASTER = "local[2]"
@@ -116,7 +116,7 @@ def task_training_set(root: str, engine: str) -> dict:
     else:
         from mlops_assets.features.spark_point_in_time import training_set
 
-        spark, session_s = _spark_session()
+        spark, session_s = spark_session(MASTER)
         started = time.perf_counter()
         events = spark.read.parquet(str(Path(root) / "events.parquet"))
         tables = {n: spark.read.parquet(str(Path(root) / f"{n}.parquet")) for n in names}
@@ -141,7 +141,7 @@ def task_score_spark(root: str) -> dict:
         mlflow.MlflowClient().get_model_version_by_alias("dev.fraud_detector", "champion").version
     )
     model = load_serving_model("dev.fraud_detector", str(version))
-    spark, session_s = _spark_session()
+    spark, session_s = spark_session(MASTER)
     log = str(Path(root) / "spark_inference_log")
     started = time.perf_counter()
     events = spark.read.parquet(str(Path(root) / "events.parquet"))
@@ -152,21 +152,6 @@ def task_score_spark(root: str) -> dict:
         "session_s": session_s,
         "rows": written.rows_written,
     }
-
-
-def _spark_session():
-    """The local[2] session with the project's settings, started off the clock."""
-    from mlops_assets.defs.resources import SparkResource
-    from mlops_assets.settings import load_settings
-
-    started = time.perf_counter()
-    spark = SparkResource.from_settings(load_settings({"MLOPS_SPARK_MASTER": MASTER})).session
-    spark.range(1).count()
-    return spark, time.perf_counter() - started
-
-
-def _median(measurements):
-    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
 
 
 def _figures(name: str, rows: int, runs: dict) -> dict:
@@ -186,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-spark-ml-") as root:
         measure(MODULE, "setup", root)
         runs = {
-            e: _median([measure(MODULE, "training_set", root, e) for _ in range(REPEAT)])
+            e: median_run([measure(MODULE, "training_set", root, e) for _ in range(REPEAT)])
             for e in ENGINES
         }
         figures.update(_figures("training_set", EVENTS, runs))
@@ -195,10 +180,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-spark-ml-score-") as root:
         measure("benchmarks.bench_batch", "setup", root)
         runs = {
-            "polars": _median(
+            "polars": median_run(
                 [measure("benchmarks.bench_batch", "score", root) for _ in range(REPEAT)]
             ),
-            "spark": _median([measure(MODULE, "score_spark", root) for _ in range(REPEAT)]),
+            "spark": median_run([measure(MODULE, "score_spark", root) for _ in range(REPEAT)]),
         }
         if runs["spark"].extra["rows"] != runs["polars"].extra["rows"]:
             raise RuntimeError(

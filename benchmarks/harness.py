@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,3 +132,50 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def median_run(measurements: Sequence[Measurement]) -> Measurement:
+    """The run of median wall time (the upper one of an even count)."""
+    return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
+
+
+def spark_session(master: str) -> tuple[Any, float]:
+    """The Spark session with the project's settings on `master`, and its start-up seconds.
+
+    A first tiny job runs before it is handed back, so the caller's clock starts after it.
+    """
+    from mlops_assets.defs.resources import SparkResource
+    from mlops_assets.settings import load_settings
+
+    started = time.perf_counter()
+    spark = SparkResource.from_settings(load_settings({"MLOPS_SPARK_MASTER": master})).session
+    spark.range(1).count()
+    return spark, time.perf_counter() - started
+
+
+def run_partition(job: Any, day: Any, digits: int) -> tuple[Any, float, dict[str, float]]:
+    """Run a Dagster job for a day's partition in-process on an ephemeral instance, timed.
+
+    Args:
+        job: The resolved job definition.
+        day: The partition's day (a date).
+        digits: Decimals of the per-step seconds.
+
+    Returns:
+        The run's result, its wall seconds and each step's seconds by step key.
+    """
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=day.isoformat(),
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        seconds = time.perf_counter() - started
+        steps = {
+            s.step_key: round((s.end_time or 0) - (s.start_time or 0), digits)
+            for s in instance.get_run_step_stats(result.run_id)
+        }
+    return result, seconds, steps
