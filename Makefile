@@ -95,7 +95,7 @@ $(if $(2),(set -o pipefail; { $(2); } 2>&1 | sed -u 's|^|[$(3)] |') & second=$$!
 wait $$second || rc=1;) wait $$first || rc=1; exit $$rc
 endef
 PYTEST_UTC_UNIT = $(BIN)/pytest mlops_assets_tests/unit -q -p no:cacheprovider
-PYTEST_OTHER_TZ = TZ=$(OTHER_TZ) $(BIN)/pytest -q $(PARALLEL)
+PYTEST_OTHER_TZ = TZ=$(OTHER_TZ) $(BIN)/pytest -q --durations=40 $(PARALLEL)
 
 ## test: lint, validate definitions, then unit, integration and e2e tests (slow ones included)
 ## in one parallel pytest process in $(OTHER_TZ), beside the unit suite in UTC

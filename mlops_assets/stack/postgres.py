@@ -124,6 +124,14 @@ class Postgres:
                 "listen_addresses=127.0.0.1",
                 "-c",
                 f"unix_socket_directories={socket_dir}",
+                # Dagster stores naive timestamps the server fills in (a run's creation time)
+                # and reads them as UTC: a server in another zone would age every new run by
+                # its offset, and the daemon's run monitoring fails a run it catches not yet
+                # queued as "taking longer than 60 seconds to start" at once.
+                "-c",
+                "timezone=UTC",
+                "-c",
+                "log_timezone=UTC",
             ],
             state_dir=state_dir,
             port=port,

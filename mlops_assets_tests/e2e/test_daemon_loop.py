@@ -64,7 +64,9 @@ query Runs($filter: RunsFilter) {
 EVENTS = """
 query Events($runId: ID!) {
   logsForRun(runId: $runId, limit: 1000) {
-    ... on EventConnection { events { __typename ... on MessageEvent { message stepKey } } }
+    ... on EventConnection {
+      events { __typename ... on MessageEvent { message stepKey timestamp } }
+    }
   }
 }
 """
@@ -132,13 +134,41 @@ class Watch:
         raise AssertionError(f"gave up waiting for {what}; runs:\n{self.summary()}")
 
     def summary(self) -> str:
+        """One line per run; a failed run also says why (its failure events' messages)."""
         lines = []
         for run in self.runs():
             lines.append(
                 f"{run['jobName']:22s} {run['tags'].get('dagster/partition', '-'):12s} "
-                f"{run['status']:10s} {run['runId'][:8]}"
+                f"{run['status']:10s} {run['runId'][:8]} "
+                f"start {run['startTime'] or 0:.1f} end {run['endTime'] or 0:.1f}"
             )
-        return "\n".join(lines[-80:])
+            if run["status"] == "FAILURE":
+                lines.extend(f"    {why}" for why in self.failures(run["runId"]))
+        return "\n".join(lines[-120:]) + "\ndaemon log:\n" + self.launcher_lines()
+
+    def failures(self, run_id: str) -> list[str]:
+        """Why a run failed: its events with their times (the whole timeline when the run
+        never started, the failure events otherwise)."""
+        events = self.events(run_id)
+        started = any(e["__typename"] == "RunStartEvent" for e in events)
+        kinds = {"ExecutionStepFailureEvent", "RunFailureEvent"}
+        return [
+            f"{int(e.get('timestamp') or 0) / 1000:.1f} {e['__typename']} "
+            f"{e.get('stepKey') or ''}: {(e.get('message') or '')[:300]}"
+            for e in events
+            if not started or e["__typename"] in kinds
+        ]
+
+    def launcher_lines(self) -> str:
+        """The warm launcher's and the run queue's lines of the daemon's log."""
+        try:
+            text = self.stack.daemon.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no daemon log)"
+        words = ("warm launcher", "QueuedRunCoordinator", "MonitoringDaemon", "Error")
+        return "\n".join(
+            [line for line in text.splitlines() if any(w in line for w in words)][-150:]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -374,16 +404,24 @@ def test_the_daemon_closes_the_loop(deployment):
         for b in medallions
         if a["runId"] != b["runId"]
     ), "no two medallion runs overlapped"
+    # Refreshes that ran (a run the monitor failed before it started ran nothing; its start
+    # time is its failure's), one after the other.
     lane = sorted(
         (
             r
             for r in runs
-            if r["jobName"] == "refresh_event_days" and r["startTime"] and r["endTime"]
+            if r["jobName"] == "refresh_event_days"
+            and r["startTime"]
+            and r["endTime"]
+            and any(e["__typename"] == "RunStartEvent" for e in watch.events(r["runId"]))
         ),
         key=lambda r: r["startTime"],
     )
     for before, after in zip(lane, lane[1:], strict=False):
-        assert after["startTime"] >= before["endTime"] - 0.5, (before, after)
+        assert after["startTime"] >= before["endTime"] - 0.5, (
+            f"refresh runs {before['runId'][:8]} and {after['runId'][:8]} overlapped:\n"
+            + watch.summary()
+        )
     silver = watch.table("silver", "transactions")
     assert silver["transaction_id"].is_unique().all()
     # The killed run's pool slot was freed: no slot is held once the runs are done.

@@ -60,7 +60,7 @@ mutation($selector: ScheduleSelector!) {
 """
 RUN = """
 query($runId: ID!) {
-  runOrError(runId: $runId) { __typename ... on Run { runId jobName status } }
+  runOrError(runId: $runId) { __typename ... on Run { runId jobName status creationTime } }
 }
 """
 INSTANCE = "{ instance { info daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
@@ -169,6 +169,15 @@ def test_up_starts_every_server_on_postgres_redis_and_mlflow(stack, state):
     while _stored_run(stack, run_id)[1] in waiting and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _stored_run(stack, run_id)[1] not in waiting, "the daemon never dequeued the run"
+    # The run's creation time is now, whatever the zone the suite runs in (`make test` runs it
+    # in America/Los_Angeles): the server keeps timestamps in UTC, as Dagster reads them.
+    connection = _dagster_db(stack)
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SHOW timezone")
+        assert cursor.fetchone() == ("UTC",)
+    connection.close()
+    created = graphql(stack.ports.webserver, RUN, {"runId": run_id})["runOrError"]
+    assert abs(created["creationTime"] - time.time()) < 120, (created, time.time())
     state["run_id"] = run_id
     # So does the instance: the webserver and the daemon stamped it loading the code.
     with pytest.MonkeyPatch.context() as patch:
