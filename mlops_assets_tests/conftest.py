@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Generator
 
 import pytest
 
@@ -79,12 +80,32 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Add the `xdist_group` marks (before xdist reads them; only with `--dist loadgroup`)."""
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """Add the `xdist_group` marks, and the group to each grouped test's id on a worker.
+
+    xdist's `loadgroup` schedules by the group suffix of a test's id (`...::test@group`),
+    which its worker hook writes into `item._nodeid`; pytest 9 keeps the id in `item._id`, so
+    that write is lost and every group was spread over the workers out of order (a module's
+    tests ran without the state its first test leaves). The suffix is written here too.
+    """
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue
         group = _group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    if getattr(config.option, "loadgroup", False):
+        from _pytest.nodeid import coerce_node_id
+
+        for item in items:
+            names = {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+            if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+                item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(names))}")
+    return result
