@@ -64,6 +64,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stderr.write(f"\nmlops_assets_tests: stopped a leftover process {pid}: {left.get(pid)}")
 
 
+# Variables MLflow's `set_tracking_uri`/`set_registry_uri` write into the process environment;
+# `Settings.mlflow_uri` reads the first as the user's choice. A test that leaves them set points
+# every later test on its worker at its own store (a prod lake's training then refused to write
+# a dev store): each test's values are put back after it.
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_variables_kept() -> Generator[None, None, None]:
+    saved = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _group(item: pytest.Item) -> str | None:
     """The xdist group `item` must share a worker with, None when it shares nothing."""
     info = getattr(item, "_fixtureinfo", None)

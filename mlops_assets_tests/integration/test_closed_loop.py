@@ -15,7 +15,7 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.monitoring import MonitoringResource
 from mlops_assets.demo import Demo
 from mlops_assets.lakehouse.delta_io import scan_table
-from mlops_assets.settings import load_settings
+from mlops_assets.settings import load_settings, use_mlflow_store
 from mlops_assets.simulate import Drift, Scenario, simulate
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def new_and_old_pr_auc(settings, frame: pl.DataFrame) -> tuple[float, float]:
         .unique("transaction_id", keep="last")
         .join(frame.select("transaction_id", "fraud"), on="transaction_id")
     )
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)  # not left in MLFLOW_TRACKING_URI
     old = mlflow.pyfunc.load_model("models:/dev.fraud_detector/1")
     old_scores = old.predict(model_inputs(rows, FRAUD_SPEC))[:, 1]
     labels = rows.get_column("fraud").to_numpy()

@@ -17,6 +17,7 @@ from mlops_assets.models.audit import history
 from mlops_assets.models.deploy import lifecycle
 from mlops_assets.models.registry import log_and_register
 from mlops_assets.models.training import model_inputs, train
+from mlops_assets.settings import use_mlflow_store
 from mlops_assets_tests.integration.conftest import QUIET, THRESHOLDS, retrain
 
 
@@ -106,7 +107,7 @@ def register_sabotaged(settings, kind: str) -> str:
         ColSpec("string" if c == "amount" or inputs[c].dtype == object else "double", c)
         for c in inputs.columns
     ]
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)  # not left in MLFLOW_TRACKING_URI
     mlflow.set_experiment("dev.fraud_detector")
     with mlflow.start_run():
         logged = mlflow.sklearn.log_model(
@@ -183,6 +184,6 @@ def test_a_better_challenger_is_promoted_and_rollback_restores_the_previous(
     assert status["audit"][-1]["action"] == "rolled_back"
     assert status["audit"][-1]["why"] == "alerts from the fraud team"
     # What serving loads by alias is the restored version.
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)  # not left in MLFLOW_TRACKING_URI
     info = mlflow.models.get_model_info("models:/dev.fraud_detector@champion")
     assert info.run_id == cycle.client.get_model_version("dev.fraud_detector", "1").run_id

@@ -18,6 +18,7 @@ from mlops_assets.lakehouse.delta_io import (
     table_version,
 )
 from mlops_assets.models.training import model_inputs
+from mlops_assets.settings import use_mlflow_store
 from mlops_assets_tests.integration.conftest import DAYS, QUIET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_batch_scoring_logs_one_prediction_per_transaction_of_the_day(cd_lake, c
     version = rows.get_column("model_version").unique().to_list()
     assert len(version) == 1 and rows.get_column("model_alias").unique().to_list() == ["champion"]
     # The logged scores are the registered model's own scores of the logged features.
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    use_mlflow_store(settings.mlflow_uri)  # not left in MLFLOW_TRACKING_URI
     model = mlflow.pyfunc.load_model(f"models:/dev.fraud_detector/{version[0]}")
     from mlops_assets.features.spec import FRAUD_SPEC
 

@@ -616,6 +616,7 @@ def test_an_mlflow_server_registry_is_read_over_rest_and_proxied_artifacts_mirro
     """A real `mlflow server` proxying artifacts: alias, location and files without MLflow."""
     from mlops_assets.serving.fastload import CompiledCache, RegistryReader
     from mlops_assets.serving.model import load_serving_model
+    from mlops_assets.settings import use_mlflow_store
     from mlops_assets.stack.mlflow_server import mlflow_process
     from mlops_assets.stack.process import free_port
 
@@ -630,9 +631,10 @@ def test_an_mlflow_server_registry_is_read_over_rest_and_proxied_artifacts_mirro
         metadata = source.metadata.metadata
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = client.create_experiment("proxied")
-        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        # Through `use_mlflow_store`: MLflow's setters also write MLFLOW_TRACKING_URI, which
+        # would point every later test's settings on this worker at this module's store.
+        previous = mlflow.get_tracking_uri()
+        use_mlflow_store(uri)
         try:
             with mlflow.start_run(experiment_id=experiment):
                 logged = mlflow.sklearn.log_model(
@@ -660,7 +662,6 @@ def test_an_mlflow_server_registry_is_read_over_rest_and_proxied_artifacts_mirro
             assert (first.load_path, second.load_path) == ("mlflow", "cache")
             assert second.scorer == "compiled" and second.threshold == first.threshold
         finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+            use_mlflow_store(previous)
     finally:
         server.stop()
