@@ -9,6 +9,7 @@ import narwhals as nw
 from mlops_assets.defs.resources import LakehouseResource
 from mlops_assets.features.online_store import open_online_store
 from mlops_assets.features.registry import FEATURE_TABLES, FeatureTable
+from mlops_assets.features.spec import tie_breaker
 
 CODE_VERSION = "online-2"
 # The engine group of the online assets: the latest rows are picked on polars or on Spark
@@ -32,16 +33,14 @@ def latest_rows(
     if newest is not None:
         oldest = newest - datetime.timedelta(days=table.max_staleness_days)
         rows = rows.filter(nw.col(time) > oldest)
-    rows = rows.select(*keys, time, *table.feature_names, *_tie_breakers(table))
+    column = tie_breaker(table)
+    extra = [column] if column and column not in (time, *table.feature_names) else []
+    rows = rows.select(*keys, time, *table.feature_names, *extra)
     rows = rows.filter(nw.col(time) == nw.col(time).max().over(*keys))
-    for column in _tie_breakers(table):
+    if column:
         greatest = nw.col(column).max().over(*keys)
         rows = rows.filter((nw.col(column) == greatest) | greatest.is_null())
     return rows.select(*keys, time, *table.feature_names)
-
-
-def _tie_breakers(table: FeatureTable) -> list[str]:
-    return [k for k in table.row_keys if k not in table.entity_keys and k != table.timestamp_key]
 
 
 def build_online_asset(table: FeatureTable) -> dg.AssetsDefinition:

@@ -84,7 +84,7 @@ class FeatureLookup:
             "event_time": "event_time",
             "feature_time": definition.timestamp_key,
             "columns": list(self.features),
-            "tie_breaker": _tie_breaker(definition),
+            "tie_breaker": tie_breaker(definition),
             "max_staleness": datetime.timedelta(days=definition.max_staleness_days),
             "prefix": self.prefix,
         }
@@ -456,7 +456,8 @@ def _default(value: Any, dtype: pl.DataType) -> pl.Expr:
     return pl.lit(value, dtype=None if dtype == pl.Null else dtype)
 
 
-def _tie_breaker(table: FeatureTable) -> str | None:
+def tie_breaker(table: FeatureTable) -> str | None:
+    """The column settling a key's rows with the same time: its first other row key."""
     extra = [k for k in table.row_keys if k not in table.entity_keys]
     return extra[0] if extra else None
 
