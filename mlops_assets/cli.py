@@ -357,7 +357,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         )
         print(
             f"[stream] scoring files landing under {settings.landing_root / 'transactions'} "
-            f"every {args.poll} s",
+            f"every {args.poll} s on {worker.engine.value}"
+            + (f" ({settings.spark_master})" if worker.engine.value == "spark" else ""),
             flush=True,
         )
         try:

@@ -295,11 +295,21 @@ def stream_predictions(
             (changed, raise_alert(lakehouse.write_uri(ALERTS), changed, settings.alert_webhook_url))
         )
 
+    loaded = []
+
+    def model():  # loaded only when the file is scored, once
+        if not loaded:
+            loaded.append(load_champion(lakehouse, STREAMED))
+        return loaded[0]
+
+    scored = None
+    if lakehouse.engine_for(GROUP) is Engine.SPARK:
+        scored = _scored_on_spark(context, lakehouse, config.file, model)
     try:
         outcome = score_landed_file(
             settings.landing_root,
             config.file,
-            load_model=lambda: load_champion(lakehouse, STREAMED),
+            load_model=model,
             open_store=lambda: open_online_store(settings),
             log_uri=lakehouse.write_uri(INFERENCE_LOG),
             checkpoint_uri=lakehouse.write_uri(STREAM_CHECKPOINT),
@@ -308,6 +318,7 @@ def stream_predictions(
             timezone=settings.source_timezones.get("transactions"),
             run_id=context.run.run_id,
             alert=alert,
+            scored=scored,
         )
     except (FileNotFoundError, FileChangedError) as error:
         raise dg.Failure(str(error)) from None
@@ -326,6 +337,45 @@ def stream_predictions(
         )
     for changed, done in raised:
         yield alert_materialization(changed, done)
+
+
+def _scored_on_spark(context, lakehouse: LakehouseResource, file: str, load_model):
+    """A landed file scored on Spark's executors (the serving group's engine set to spark).
+
+    None when the file needs no scoring (checkpointed with the size it has now): the
+    protocol then skips it without starting a Spark job.
+    """
+    import functools
+
+    from mlops_assets.features.online_store import open_online_store
+    from mlops_assets.serving.spark_streaming import score_files
+    from mlops_assets.serving.streaming import FileChangedError, StreamLedger, file_state
+
+    settings = lakehouse.settings
+    path = settings.landing_root / file
+    if not path.is_file():
+        return None  # the protocol names the missing file
+    ledger = StreamLedger(
+        lakehouse.write_uri(INFERENCE_LOG), lakehouse.write_uri(STREAM_CHECKPOINT)
+    )
+    row = ledger.checkpointed(file)
+    if row is not None and (row["size"] is None or row["size"] == file_state(path)[0]):
+        return None
+    [batch] = score_files(
+        lakehouse.spark_store().session,
+        settings.landing_root,
+        [file],
+        load_model(),
+        functools.partial(open_online_store, settings),
+        run_id=context.run.run_id,
+        timezone=settings.source_timezones.get("transactions"),
+    ).values()
+    if isinstance(batch, FileChangedError):
+        raise dg.Failure(str(batch))
+    if isinstance(batch, Exception):
+        raise batch
+    context.log.info(f"{file} scored on Spark's executors in {batch.seconds:.2f} s")
+    return batch
 
 
 def record_stream_batch(instance: dg.DagsterInstance, outcome: StreamOutcome) -> None:

@@ -198,7 +198,11 @@ def score_into_log(
 
 @dataclass(frozen=True)
 class StreamBatch:
-    """A landed file scored: its rows for the inference log and what happened to its lines."""
+    """A landed file scored: its rows for the inference log and what happened to its lines.
+
+    `state` is the file's size and modification time (nanoseconds) when it was read, when it
+    was scored elsewhere (on Spark's executors); None when the caller read it itself.
+    """
 
     source: str
     rows: pl.DataFrame
@@ -206,6 +210,7 @@ class StreamBatch:
     scored: int
     errors: int
     seconds: float
+    state: tuple[int, int] | None = None
 
 
 def score_file(

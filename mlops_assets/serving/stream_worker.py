@@ -6,6 +6,10 @@ and the online store open, polls the landing folder, and scores each complete fi
 size and modification time unchanged for the settle time) with the same exactly-once
 protocol as the `stream_predictions` asset (`serving.streaming`); each
 micro-batch is then reported to its caller, which records it in Dagster as an asset event.
+
+With the serving group on Spark (`MLOPS_ENGINE_SERVING=spark`), the files due at a poll are
+scored together on the executors (`serving.spark_streaming`), then written file by file with
+the same protocol.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class StreamWorker:
         alert: Raises the alert about a scored file that changed (message, details); by
             default appended to the environment's `monitoring/alerts` (and posted to its
             webhook).
+        spark: Returns the Spark session that scores a poll's files when the serving group
+            runs on Spark (by default the session of the `MLOPS_SPARK_*` settings, started at
+            the first poll with files to score); unused on polars.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class StreamWorker:
         holder: Any = None,
         store_factory: Callable[[], Any] | None = None,
         alert: Callable[[str, dict[str, Any]], None] | None = None,
+        spark: Callable[[], Any] | None = None,
     ) -> None:
         from mlops_assets.features.online_store import open_online_store
         from mlops_assets.models.lifecycle import model_name
@@ -80,6 +88,8 @@ class StreamWorker:
             holder.start()
         self.holder = holder
         self._store = (store_factory or (lambda: open_online_store(settings)))()
+        self.engine = settings.engine_for("serving")
+        self._spark = spark
         self._done: dict[str, int | None] | None = None
         self.outcomes = 0
         self.failures = 0
@@ -138,20 +148,31 @@ class StreamWorker:
         if self.holder.current is None:
             return []
         outcomes = []
-        for name in self.pending():
+        names = self.pending()
+        model = self._model()  # one champion for the whole poll
+        scored = self._score_on_spark(names, model) if names and self._on_spark else {}
+        for name in names:
+            batch = scored.get(name)
+            if isinstance(batch, Exception):
+                log.error(
+                    "stream worker: scoring %s failed (%s); retrying at the next poll", name, batch
+                )
+                self.failures += 1
+                continue
             try:
                 outcome = score_landed_file(
                     self.settings.landing_root,
                     name,
-                    load_model=self._model,
+                    load_model=lambda: model,
                     open_store=self._open_store,
                     log_uri=self.ledger.log_uri,
                     checkpoint_uri=self.ledger.checkpoint_uri,
                     log_table=self.ledger.log_table,
                     checkpoint_table=self.ledger.checkpoint_table,
                     timezone=self.settings.source_timezones.get("transactions"),
-                    run_id=f"stream-worker:{self.settings.env}",
+                    run_id=self.run_id,
                     alert=self.alert,
+                    scored=batch,
                 )
             except Exception:  # noqa: BLE001 - a bad file must not stop the stream
                 log.exception("stream worker: scoring %s failed; retrying at the next poll", name)
@@ -167,6 +188,43 @@ class StreamWorker:
                 except Exception:  # noqa: BLE001 - the file is scored; say it was not recorded
                     log.exception("stream worker: %s scored but not recorded in Dagster", name)
         return outcomes
+
+    @property
+    def run_id(self) -> str:
+        """The run id of the worker's rows (`stream-worker:<env>`)."""
+        return f"stream-worker:{self.settings.env}"
+
+    @property
+    def _on_spark(self) -> bool:
+        from mlops_assets.settings import Engine
+
+        return self.engine is Engine.SPARK
+
+    def _score_on_spark(self, names: list[str], model: Any) -> dict[str, Any]:
+        """The poll's files scored on the executors (a file's value: its batch or its error)."""
+        import functools
+
+        from mlops_assets.features.online_store import open_online_store
+        from mlops_assets.serving.spark_streaming import score_files
+
+        if self._spark is None:
+            from mlops_assets.defs.resources import SparkResource
+
+            resource = SparkResource.from_settings(self.settings)
+            self._spark = lambda: resource.session
+        try:
+            return score_files(
+                self._spark(),
+                self.settings.landing_root,
+                names,
+                model,
+                functools.partial(open_online_store, self.settings),
+                run_id=self.run_id,
+                timezone=self.settings.source_timezones.get("transactions"),
+            )
+        except Exception as error:  # noqa: BLE001 - the poll's files stay pending
+            log.exception("stream worker: scoring %d file(s) on Spark failed", len(names))
+            return {name: error for name in names}
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
         """Poll until `stop` is set."""

@@ -466,6 +466,7 @@ def score_landed_file(
     run_id: str,
     alert: Callable[[str, dict[str, Any]], None] | None = None,
     timezone: str | None = None,
+    scored: Any = None,
 ) -> StreamOutcome:
     """Score one landed file into the inference log, exactly once (the module's protocol).
 
@@ -489,10 +490,14 @@ def score_landed_file(
         alert: Raises the alert about a checkpointed file that changed (message, details).
         timezone: The zone the source declares for times without an offset
             (`Settings.source_timezones`); None: such times are refused.
+        scored: The file already scored elsewhere (a `StreamBatch` of
+            `spark_streaming.score_files`, whose `state` is the file's when read), written
+            instead of scoring it here; ignored when the file is skipped or recovered.
 
     Raises:
         FileNotFoundError: The file does not exist under the landing root.
-        FileChangedError: The file changed while it was being scored (nothing is written).
+        FileChangedError: The file changed while it was being scored, or since `scored` read
+            it (nothing is written).
     """
     from mlops_assets.serving.inference_log import inference_schema, prepare_frame
     from mlops_assets.serving.scoring import score_file
@@ -528,14 +533,26 @@ def score_landed_file(
     version: int | None = recovered
     seconds = 0.0
     if recovered is None:
-        with open_store() as store:
-            batch = score_file(path, landing_root, model, store, run_id=run_id, timezone=timezone)
+        if scored is not None:
+            batch = scored
+            if batch.state is not None and tuple(batch.state) != (size, mtime_ns):
+                raise FileChangedError(
+                    f"landed file {file} changed since it was scored ({batch.state[0]} bytes "
+                    f"then, {size} now): it is scored once it settles"
+                )
+        else:
+            with open_store() as store:
+                batch = score_file(
+                    path, landing_root, model, store, run_id=run_id, timezone=timezone
+                )
         if file_state(path) != (size, mtime_ns):
             raise FileChangedError(
                 f"landed file {file} changed while it was scored ({size} bytes before, "
                 f"{path.stat().st_size} after): it is scored once it settles"
             )
-        rows = batch.rows.filter(_line_of(pl.col("request_id")) > after_line)
+        rows = batch.rows
+        if rows.height:  # a file without lines has no rows, nor columns
+            rows = rows.filter(_line_of(pl.col("request_id")) > after_line)
         ok = int((rows.get_column("status") == "ok").sum()) if rows.height else 0
         counts = Counts(lines=rows.height, scored=ok, errors=rows.height - ok)
         seconds = batch.seconds

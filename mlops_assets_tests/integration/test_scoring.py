@@ -439,3 +439,21 @@ def test_a_landed_file_is_scored_at_once_exactly_as_request_by_request(cd_lake, 
                 assert stale.get_column("merchant_id").str.starts_with("m_unknown_").any()
             else:
                 assert batch.rows.height == batch.scored == 0
+                # Through the exactly-once protocol: checkpointed with no rows, once.
+                from mlops_assets.features.online_store import open_online_store
+                from mlops_assets.serving.streaming import score_landed_file
+
+                scratch = str(tmp_path / "scratch_log")
+                protocol = {
+                    "load_model": lambda: model,
+                    "open_store": lambda: open_online_store(settings),
+                    "log_uri": scratch,
+                    "checkpoint_uri": scratch + "_checkpoint",
+                    "log_table": "scratch/log",
+                    "checkpoint_table": "scratch/checkpoint",
+                    "run_id": "no-lines",
+                }
+                first = score_landed_file(landing, name, **protocol)
+                assert not first.skipped and first.log_version is None
+                assert (first.lines, first.scored, first.errors) == (0, 0, 0)
+                assert score_landed_file(landing, name, **protocol).skipped

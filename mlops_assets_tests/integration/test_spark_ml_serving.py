@@ -185,3 +185,136 @@ def test_batch_scoring_on_spark_logs_the_polars_rows_bit_for_bit(copied):
     assert spark_meta.metadata["mean_score"].value == pytest.approx(
         polars_meta.metadata["mean_score"].value, rel=1e-12
     )
+
+
+class _Holding:
+    """A champion holder that holds one loaded model (the worker's `holder`)."""
+
+    name = "held"
+
+    def __init__(self, model):
+        self.current = model
+
+    def stop(self) -> None:
+        return None
+
+
+def test_landed_files_scored_on_spark_are_the_polars_rows_and_the_worker_writes_them(copied):
+    import functools
+
+    from mlops_assets.defs.resources import LakehouseResource, SparkResource
+    from mlops_assets.defs.serving import load_champion
+    from mlops_assets.features.online_store import open_online_store
+    from mlops_assets.serving.inference_log import inference_schema, prepare_frame
+    from mlops_assets.serving.scoring import score_file
+    from mlops_assets.serving.spark_streaming import score_files
+    from mlops_assets.serving.stream_worker import StreamWorker
+    from mlops_assets.serving.streaming import (
+        FileChangedError,
+        file_state,
+        score_landed_file,
+    )
+
+    settings, _, _, _ = copied
+    landing = settings.landing_root
+    [source] = sorted((landing / "transactions" / DAYS[-1].isoformat()).iterdir())
+    header, *lines = source.read_text().splitlines()
+    folder = landing / "transactions" / (DAYS[-1] + datetime.timedelta(days=9)).isoformat()
+    folder.mkdir(parents=True)
+    # A whole day's file, one with unreadable lines and a wrong type among valid ones, a file
+    # with its header only and an empty one: every path of the file scorer.
+    (folder / "whole.csv").write_text(source.read_text())
+    dirty = [*lines[:40], "not,a,valid,line", lines[0].replace(",", ";"), *lines[40:80]]
+    amount = header.split(",").index("amount")
+    wrong = lines[90].split(",")
+    wrong[amount] = "twelve"
+    (folder / "dirty.csv").write_text("\n".join([header, *dirty, ",".join(wrong)]) + "\n")
+    (folder / "header-only.csv").write_text(header + "\n")
+    (folder / "empty.csv").write_text("")
+    files = [p.relative_to(landing).as_posix() for p in sorted(folder.iterdir())]
+    model = load_champion(LakehouseResource.from_settings(settings))
+    spark = SparkResource.from_settings(settings).session
+    now = datetime.datetime(2026, 1, 22, 1, tzinfo=datetime.UTC)
+    on_spark = score_files(
+        spark,
+        landing,
+        files,
+        model,
+        functools.partial(open_online_store, settings),
+        run_id="parity",
+        now=now,
+    )
+    assert sorted(on_spark) == sorted(files)
+    with open_online_store(settings) as store:
+        for file in files:
+            expected = score_file(landing / file, landing, model, store, run_id="parity", now=now)
+            got = on_spark[file]
+            assert not isinstance(got, Exception), got
+            assert (got.lines, got.scored, got.errors) == (
+                expected.lines,
+                expected.scored,
+                expected.errors,
+            )
+            assert got.state == file_state(landing / file)
+            assert_frame_equal(
+                got.rows.drop("latency_ms", strict=False),
+                expected.rows.drop("latency_ms", strict=False),
+                check_exact=True,
+            )
+    dirty_batch = on_spark[f"transactions/{folder.name}/dirty.csv"]
+    assert dirty_batch.errors == 3 and dirty_batch.scored == 80
+
+    # A file that changed after the executors read it is refused by the protocol, unwritten.
+    whole = f"transactions/{folder.name}/whole.csv"
+    log_uri = str(settings.lake_root / "serving" / "spark_stream_scratch_log")
+    with open(landing / whole, "a") as out:
+        out.write(lines[-1] + "\n")
+    with pytest.raises(FileChangedError, match="changed since it was scored"):
+        score_landed_file(
+            landing,
+            whole,
+            load_model=lambda: model,
+            open_store=lambda: open_online_store(settings),
+            log_uri=log_uri,
+            checkpoint_uri=log_uri + "_checkpoint",
+            log_table="scratch/log",
+            checkpoint_table="scratch/checkpoint",
+            run_id="parity",
+            scored=on_spark[whole],
+        )
+
+    # The worker with the serving group on Spark: a poll's due files scored on the executors,
+    # then logged and checkpointed file by file, each file's rows the polars scorer's.
+    worker = StreamWorker(settings, holder=_Holding(model), settle_seconds=0.0)
+    try:
+        assert worker.engine.value == "spark"
+        due = worker.pending()
+        assert set(files) <= set(due)
+        outcomes = {o.file: o for o in worker.run_once()}
+        assert worker.failures == 0 and set(outcomes) == set(due)
+        assert worker.run_once() == []  # all checkpointed
+    finally:
+        worker.close()
+    logged = scan_table(settings.lake_root / "serving" / "inference_log").collect()
+    schema = inference_schema(model.spec)
+    with open_online_store(settings) as store:
+        for file in files:
+            rows = logged.filter(pl.col("request_id").str.starts_with(f"stream:{file}:"))
+            expected = score_file(
+                landing / file, landing, model, store, run_id=worker.run_id, now=now
+            )
+            assert outcomes[file].lines == expected.lines == rows.height
+            if not rows.height:
+                continue
+            expected_rows = prepare_frame(expected.rows, schema)
+            drop = ["latency_ms", "logged_at"]
+            ok = pl.col("status") == "ok"
+            assert_frame_equal(
+                rows.filter(ok)
+                .drop(drop)
+                .sort("request_id")
+                .select(expected_rows.drop(drop).columns),
+                expected_rows.filter(ok).drop(drop).sort("request_id"),
+                check_exact=True,
+            )
+            assert rows.filter(~ok).height == expected.errors
