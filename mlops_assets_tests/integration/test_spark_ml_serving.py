@@ -318,3 +318,27 @@ def test_landed_files_scored_on_spark_are_the_polars_rows_and_the_worker_writes_
                 check_exact=True,
             )
             assert rows.filter(~ok).height == expected.errors
+
+    # A `stream_predictions` run on the Spark engine scores its one file on the executors.
+    _, _, spark_defs, instance = copied
+    late = f"transactions/{folder.name}/late.csv"
+    (landing / late).write_text("\n".join([header, *lines[:500]]) + "\n")
+    result = materialize(
+        spark_defs,
+        instance,
+        ["serving", "stream_predictions"],
+        run_config={"ops": {"serving__stream_predictions": {"config": {"file": late}}}},
+    )
+    meta = result.asset_materializations_for_node("serving__stream_predictions")[0].metadata
+    assert (meta["scored"].value, meta["errors"].value) == (500, 0)
+    messages = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(f"{late} scored on Spark's executors" in m for m in messages), messages
+    logged = scan_table(settings.lake_root / "serving" / "inference_log").collect()
+    rows = logged.filter(pl.col("request_id").str.starts_with(f"stream:{late}:"))
+    with open_online_store(settings) as store:
+        expected = score_file(landing / late, landing, model, store, run_id="x", now=now)
+    assert_frame_equal(
+        rows.select("request_id", "score", "decision").sort("request_id"),
+        expected.rows.select("request_id", "score", "decision").sort("request_id"),
+        check_exact=True,
+    )
