@@ -1204,7 +1204,7 @@ def serve(
     ready_file: str | None = None,
     flush_rows: int = 2_000,
     flush_interval_ms: int = 1_000,
-    http: str = "threads",
+    http: str = "loop",
 ) -> int:
     """Run the server until SIGTERM or SIGINT, then stop gracefully (see `ScoringServer.stop`).
 
@@ -1217,8 +1217,8 @@ def serve(
         ready_file: When given, the bound URL is written there once the server listens.
         flush_rows: Inference log rows per commit at most.
         flush_interval_ms: Longest time a row waits for its commit.
-        http: The concurrency model: `loop` (one event loop thread, `LoopScoringServer`) or
-            `threads` (a thread per connection, `ScoringServer`).
+        http: The concurrency model: `loop` (one event loop thread, `LoopScoringServer`, the
+            default by measurement) or `threads` (a thread per connection, `ScoringServer`).
 
     Returns:
         The process exit code.
