@@ -296,12 +296,15 @@ class CompiledPipeline:
             total += predictor.predict(x, known, index, threads)
         return total
 
-    def score_frame(self, frame: pl.DataFrame, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    def score_frame(
+        self, frame: pl.DataFrame, chunk_rows: int = CHUNK_ROWS, threads: int | None = None
+    ) -> np.ndarray:
         """The positive class probability of every row of a frame (see `encode_frame`).
 
-        Rows are encoded and scored `chunk_rows` at a time, so memory stays bounded, by as
-        many threads as scikit-learn would use, each on its own share of the chunk with one
-        OpenMP thread (no barrier per tree, which on a loaded machine waits for the slowest).
+        Rows are encoded and scored `chunk_rows` at a time, so memory stays bounded, by
+        `threads` threads (default: as many as scikit-learn would use), each on its own share
+        of the chunk with one OpenMP thread (no barrier per tree, which on a loaded machine
+        waits for the slowest).
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -310,7 +313,9 @@ class CompiledPipeline:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
         scores = np.empty(frame.height, dtype=np.float64)
-        workers = max(1, _openmp_effective_n_threads())
+        workers = threads if threads is not None else max(1, _openmp_effective_n_threads())
+        if workers < 1:
+            raise ValueError(f"threads must be positive, got {threads}")
         share = max(1, -(-chunk_rows // workers))
 
         def score(start: int) -> tuple[int, np.ndarray]:
