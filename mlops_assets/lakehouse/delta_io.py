@@ -22,6 +22,7 @@ benchmarks, which run both in one run (README, "Object storage").
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import io
@@ -161,6 +162,10 @@ class WriteResult:
     schema: dict[str, str]
     partition: dict[str, str] = field(default_factory=dict)
     added_columns: tuple[str, ...] = ()
+    # The delta-rs table at the write's commit, when the writer hands it out for reuse
+    # (`append_table(..., reuse=...)`): a frequent appender updates it instead of opening
+    # the table again.
+    table: Any = field(default=None, repr=False, compare=False)
 
 
 def table_exists(uri: str | Path, *, storage_options: Mapping[str, str] | None = None) -> bool:
@@ -348,19 +353,25 @@ def _attempts(
     write_id: str,
     options: dict[str, str] | None,
     attempt: Callable[[DeltaTable | None], DeltaTable],
+    reuse: DeltaTable | None = None,
 ) -> DeltaTable:
     """Run a write until its commit lands; return the table as its commit left it.
 
     `attempt` gets the table (None when there is none yet), writes and commits, and returns
     the table at its own commit. A commit that lost a race (delta-rs retried and found a
     conflict, or another writer created the table first) is attempted again on the newest
-    version, unless the log shows it landed after all.
+    version, unless the log shows it landed after all. `reuse`, a handle of the same table
+    from an earlier write, is brought to the newest version for the first attempt instead
+    of opening the table (which replays its log); a handle that cannot be updated is
+    replaced by a newly opened one.
 
     Raises:
         CommitFailedError: The write lost `COMMIT_ATTEMPTS` races in a row.
     """
     for number in range(COMMIT_ATTEMPTS):
-        delta = _open(uri, options)
+        delta = _updated(reuse) if number == 0 and reuse is not None else None
+        if delta is None:
+            delta = _open(uri, options)
         try:
             return attempt(delta)
         except (CommitFailedError, _TableCreatedMeanwhile):
@@ -375,6 +386,15 @@ def _attempts(
                 raise
             time.sleep(0.02 * (number + 1))
     raise AssertionError("unreachable")
+
+
+def _updated(delta: DeltaTable) -> DeltaTable | None:
+    """`delta` moved to its table's newest version; None when that fails (e.g. removed)."""
+    try:
+        delta.update_incremental()
+    except (DeltaError, OSError):
+        return None
+    return delta
 
 
 def _commit_properties(metadata: Mapping[str, str]) -> CommitProperties:
@@ -1104,6 +1124,7 @@ def append_table(
     metadata: Mapping[str, str] | None = None,
     count_rows: bool = True,
     storage_options: Mapping[str, str] | None = None,
+    reuse: DeltaTable | None = None,
 ) -> WriteResult:
     """Append rows to a table in one commit: new files only, no existing row is rewritten.
 
@@ -1123,9 +1144,12 @@ def append_table(
         count_rows: Whether to count the table's rows for the result (reads the log's file
             list); when False, `table_rows` is -1.
         storage_options: Object-store options (default: `storage_options_for`).
+        reuse: The table's delta-rs handle of an earlier write (its result's `table`),
+            updated instead of opening the table again.
 
     Returns:
-        What was written; `version` is the append's own commit.
+        What was written; `version` is the append's own commit and `table` the table at
+        that commit, for the next append's `reuse`.
 
     Raises:
         SchemaChangeError: The rows change the schema against the policy.
@@ -1177,9 +1201,10 @@ def append_table(
             merge_schema=bool(added),
         )
 
-    written = _attempts(uri, write_id, options, attempt)
+    written = _attempts(uri, write_id, options, attempt, reuse)
     if count_rows:
-        return _describe(written, uri, rows_written=arrow.num_rows, partition={}, added=added)
+        result = _describe(written, uri, rows_written=arrow.num_rows, partition={}, added=added)
+        return dataclasses.replace(result, table=written)
     return WriteResult(
         uri=uri,
         version=written.version(),
@@ -1187,4 +1212,5 @@ def append_table(
         table_rows=-1,
         schema={f.name: _comparable(f.type) for f in written_schema},
         added_columns=tuple(added),
+        table=written,
     )

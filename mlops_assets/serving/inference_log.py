@@ -266,6 +266,7 @@ class InferenceLog:
         self._last_flush_at: datetime.datetime | None = None
         self._last_version: int | None = None
         self._thread: threading.Thread | None = None
+        self._table: Any = None  # the delta-rs handle of the last flush's commit
         if start:
             self._thread = threading.Thread(
                 target=self._run, name="inference-log-writer", daemon=True
@@ -408,6 +409,7 @@ class InferenceLog:
                     partition_by=[PARTITION_COLUMN],
                     table=str(INFERENCE_LOG),
                     count_rows=False,
+                    reuse=self._table,
                 )
             except BaseException as error:
                 with self._lock:
@@ -416,6 +418,9 @@ class InferenceLog:
                     self._failures += 1
                     self._last_error = f"{type(error).__name__}: {error}"
                 raise
+            # The table's handle at this commit: the next flush updates it (reading the
+            # commits since) instead of opening the table and replaying its log.
+            self._table = result.table
             with self._lock:
                 self._written += len(rows)
                 self._commits += 1
