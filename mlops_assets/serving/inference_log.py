@@ -222,6 +222,80 @@ class LogStats:
     last_version: int | None
 
 
+class _Columns:
+    """Rows of the inference log, column by column, in the order they were recorded.
+
+    Recording a row costs a list append per column (a datetime becomes its microseconds
+    since the epoch, which converts much faster and exactly); building the frame is then
+    one conversion per column, without walking the rows again.
+    """
+
+    def __init__(self, schema: Mapping[str, pl.DataType]) -> None:
+        self.height = 0
+        self.columns: dict[str, list[Any]] = {}
+        self.times: set[str] = set()
+        self.add_columns(schema)
+
+    def __len__(self) -> int:
+        return self.height
+
+    def add_columns(self, schema: Mapping[str, pl.DataType]) -> None:
+        """Take columns of `schema` it lacks (rows recorded before read them as None)."""
+        for name, dtype in schema.items():
+            if name == PARTITION_COLUMN or name in self.columns:
+                continue
+            self.columns[name] = [None] * self.height
+            if isinstance(dtype, pl.Datetime):
+                self.times.add(name)
+        self.dtypes = {name: schema[name] for name in self.columns}
+
+    def _check(self, row: Mapping[str, Any]) -> None:
+        unknown = [n for n in row if n not in self.columns and n != PARTITION_COLUMN]
+        if unknown:
+            raise InferenceLogError(
+                f"inference log row has unknown column(s) {unknown}; the log's columns are "
+                f"{list(self.columns)}"
+            )
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Record one row (a `PARTITION_COLUMN` value is ignored: it comes from the time)."""
+        self._check(row)
+        for name, column in self.columns.items():
+            value = row.get(name)
+            if value is not None and name in self.times:
+                value = (value - _EPOCH) // _MICROSECOND
+            column.append(value)
+        self.height += 1
+
+    def extend(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record rows all together or none of them."""
+        for row in rows:
+            self._check(row)
+        for row in rows:
+            self.append(row)
+
+    def then(self, later: _Columns) -> _Columns:
+        """These rows followed by `later`'s (columns of either; missing values None)."""
+        merged = _Columns(self.dtypes)
+        merged.add_columns(later.dtypes)
+        for name, column in merged.columns.items():
+            column.extend(self.columns.get(name) or [None] * self.height)
+            column.extend(later.columns.get(name) or [None] * later.height)
+        merged.height = self.height + later.height
+        return merged
+
+    def frame(self) -> pl.DataFrame:
+        """The rows as a frame of the schema's types."""
+        series = []
+        for name, values in self.columns.items():
+            dtype = self.dtypes[name]
+            if name in self.times:
+                series.append(pl.Series(name, values, dtype=pl.Int64).cast(dtype))
+            else:
+                series.append(pl.Series(name, values, dtype=dtype, strict=False))
+        return pl.DataFrame(series)
+
+
 class InferenceLog:
     """A buffered, thread-safe appender to the inference log table.
 
@@ -252,7 +326,9 @@ class InferenceLog:
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval_ms / 1000
         self.max_pending = max_pending
-        self._rows: list[Mapping[str, Any]] = []
+        # Pending rows kept column by column in the schema's order (`_Columns`): a flush
+        # takes them whole, with no per-row work left for the writer thread.
+        self._rows = _Columns(self.schema)
         self._lock = threading.Lock()
         # Held while writing: one commit at a time, in recording order.
         self._write_lock = threading.Lock()
@@ -291,6 +367,7 @@ class InferenceLog:
             for name, dtype in columns.items():
                 schema.setdefault(name, dtype)
             self.schema = schema
+            self._rows.add_columns(schema)
 
     def record(self, row: Mapping[str, Any]) -> None:
         """Buffer one row; it is committed by the next flush.
@@ -300,8 +377,8 @@ class InferenceLog:
                 from `event_time` when absent). Values must fit the schema's types.
 
         Raises:
-            InferenceLogError: The log is closed, or too many rows are pending because writes
-                keep failing.
+            InferenceLogError: The log is closed, too many rows are pending because writes
+                keep failing, or the row has a column the log's schema lacks (named).
         """
         with self._lock:
             if self._closed:
@@ -321,8 +398,9 @@ class InferenceLog:
         """Buffer rows all together or none of them (one batch of requests).
 
         Raises:
-            InferenceLogError: The log is closed, or it holds too many unwritten rows to take
-                all of `rows` (none is buffered then).
+            InferenceLogError: The log is closed, it holds too many unwritten rows to take
+                all of `rows`, or a row has a column the log's schema lacks (none is
+                buffered then).
         """
         with self._lock:
             if self._closed:
@@ -398,11 +476,11 @@ class InferenceLog:
         """
         with self._write_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
+                rows, self._rows = self._rows, _Columns(self.schema)
             if not rows:
                 return 0
             try:
-                frame = self._frame(rows)
+                frame = prepare_frame(rows.frame(), self.schema)
                 result = append_table(
                     self.uri,
                     frame,
@@ -414,7 +492,7 @@ class InferenceLog:
             except BaseException as error:
                 with self._lock:
                     # Put them back in front of rows recorded meanwhile: order is kept.
-                    self._rows[:0] = rows
+                    self._rows = rows.then(self._rows)
                     self._failures += 1
                     self._last_error = f"{type(error).__name__}: {error}"
                 raise
@@ -428,25 +506,6 @@ class InferenceLog:
                 self._last_flush_at = datetime.datetime.now(datetime.UTC)
                 self._last_version = result.version
             return len(rows)
-
-    def _frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-        schema = dict(self.schema)
-        for row in rows:
-            for name in row:
-                if name not in schema:
-                    raise ValueError(f"inference log row has unknown column {name!r}")
-        series = []
-        for name, dtype in schema.items():
-            if name == "day":
-                continue
-            values = [row.get(name) for row in rows]
-            if isinstance(dtype, pl.Datetime):
-                # Integers convert much faster than datetime objects (and exactly).
-                micros = [None if v is None else (v - _EPOCH) // _MICROSECOND for v in values]
-                series.append(pl.Series(name, micros, dtype=pl.Int64).cast(dtype))
-            else:
-                series.append(pl.Series(name, values, dtype=dtype, strict=False))
-        return prepare_frame(pl.DataFrame(series), schema)
 
     def _run(self) -> None:
         while True:
