@@ -493,6 +493,9 @@ class InferenceLog:
                 with self._lock:
                     # Put them back in front of rows recorded meanwhile: order is kept.
                     self._rows = rows.then(self._rows)
+                    # The next flush opens the table afresh (this handle may be the cause:
+                    # e.g. the table was removed and created again since).
+                    self._table = None
                     self._failures += 1
                     self._last_error = f"{type(error).__name__}: {error}"
                 raise

@@ -15,6 +15,7 @@ from mlops_assets.serving.inference_log import (
     compact_inference_log,
     feature_schema,
     inference_schema,
+    prepare_frame,
 )
 
 T0 = datetime.datetime(2026, 1, 1, 23, 59, 30, tzinfo=datetime.UTC)
@@ -177,7 +178,9 @@ def test_a_table_from_before_new_card_stays_readable_and_gains_the_column(tmp_pa
         if k not in ("new_card", "card_without_history")
     }
     old = InferenceLog(uri, schema=old_schema, start=False)
-    frame = old._frame([{k: v for k, v in row(1).items() if k in old_schema}])
+    frame = prepare_frame(
+        pl.DataFrame([{k: v for k, v in row(1).items() if k in old_schema}]), old._rows.dtypes
+    )
     first = append_table(uri, frame.drop("new_card"), partition_by=["day"])
     assert "new_card" not in pl.read_delta(str(uri)).columns
     # The server reopens it with today's schema, keeping the types of the columns it has.
@@ -197,3 +200,64 @@ def test_a_table_from_before_new_card_stays_readable_and_gains_the_column(tmp_pa
     before = pl.read_delta(str(uri), version=first.version)
     assert before["request_id"].to_list() == ["r1"] and "new_card" not in before.columns
     assert table.filter(pl.col("request_id") == "r1")["score"].to_list() == [1 / 10_000]
+
+
+def test_a_failed_flush_keeps_its_rows_in_front_of_later_ones_and_writes_them_once(tmp_path):
+    good = tmp_path / "log"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the table's folder would be")
+    schema = inference_schema(FRAUD_SPEC)
+    log = InferenceLog(blocked, schema=schema, start=False)
+    log.record_many([row(i) for i in range(5)])
+    with pytest.raises(Exception):  # noqa: B017 - whatever the file system says
+        log.flush()
+    stats = log.stats()
+    assert (stats.pending, stats.failures, stats.written) == (5, 1, 0)
+    assert stats.last_error
+    # Rows recorded after the failure, one of them with a column added meanwhile.
+    log.add_columns({"extra_signal": pl.Float64})
+    log.record(row(5, extra_signal=0.25))
+    log.record(row(6))
+    log.uri = str(good)
+    assert log.flush() == 7
+    assert log.stats().pending == 0 and log.stats().last_error is None
+    table = pl.read_delta(str(good)).sort("request_id")
+    assert table.get_column("request_id").to_list() == [f"r{i}" for i in range(7)]
+    assert table.get_column("extra_signal").to_list() == [None] * 5 + [0.25, None]
+    # Times are instants to the microsecond.
+    assert table.get_column("event_time").to_list() == [row(i)["event_time"] for i in range(7)]
+
+
+def test_a_row_with_an_unknown_column_is_refused_when_recorded_and_nothing_is_buffered(tmp_path):
+    log = InferenceLog(tmp_path / "log", schema=inference_schema(FRAUD_SPEC), start=False)
+    log.record(row(0))
+    with pytest.raises(InferenceLogError, match=r"unknown column\(s\) \['surprise'\]"):
+        log.record(row(1, surprise=1))
+    with pytest.raises(InferenceLogError, match="surprise"):
+        log.record_many([row(2), row(3, surprise=2)])
+    assert log.stats().pending == 1
+    assert log.flush() == 1
+
+
+def test_a_flush_after_the_table_was_removed_creates_it_again(tmp_path):
+    import shutil
+
+    uri = tmp_path / "log"
+    log = InferenceLog(uri, schema=inference_schema(FRAUD_SPEC), start=False)
+    log.record(row(0))
+    log.flush()
+    log.record(row(1))
+    first = DeltaTable(str(uri)).version()
+    log.flush()  # through the handle of the first flush, updated
+    assert DeltaTable(str(uri)).version() == first + 1
+    shutil.rmtree(uri)
+    log.record(row(2))
+    # The handle's table is gone: that flush may fail (its row stays pending); the next one
+    # opens the folder afresh and creates the table.
+    try:
+        log.flush()
+    except Exception:  # noqa: BLE001 - delta-rs' error about the missing version
+        assert log.stats().pending == 1
+        assert log.flush() == 1
+    assert log.stats().pending == 0
+    assert pl.read_delta(str(uri)).get_column("request_id").to_list() == ["r2"]
