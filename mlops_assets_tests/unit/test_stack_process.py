@@ -1,5 +1,7 @@
 import os
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,15 @@ def started():
             ["sleep", "30"], env={**os.environ, **env}, start_new_session=True
         )
         processes.append(process)
+        # Until the child has exec'd `sleep`, /proc shows the environment it forked with
+        # (this process's, without the variables): wait for the exec, as a server started
+        # long before would have done it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+            if cmdline.split(b"\0")[0] == b"sleep":
+                break
+            time.sleep(0.005)
         return process
 
     yield start
