@@ -67,7 +67,7 @@ def task_setup(root: str) -> dict:
     return {"seconds": time.perf_counter() - started, "events": n}
 
 
-def _champion(root: str):
+def load_champion(root: str):
     """The champion loaded as batch scoring loads it, and the lake's settings."""
     import mlflow
 
@@ -88,7 +88,7 @@ def task_floor(root: str) -> dict:
 
     from mlops_assets.models.training import model_inputs
 
-    _, model = _champion(root)
+    _, model = load_champion(root)
     events = pl.read_parquet(Path(root) / "events.parquet")
     started, cpu = time.perf_counter(), time.process_time()
     model.pyfunc.predict(model_inputs(events, model.spec))
@@ -103,7 +103,7 @@ def task_score(root: str) -> dict:
     from mlops_assets.serving.inference_log import INFERENCE_LOG, InferenceLog, inference_schema
     from mlops_assets.serving.scoring import model_scores, score_into_log
 
-    settings, model = _champion(root)
+    settings, model = load_champion(root)
     events = pl.read_parquet(Path(root) / "events.parquet")
     # The probe against the pyfunc runs once per loaded model, here before timing.
     started = time.perf_counter()

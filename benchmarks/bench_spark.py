@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (
+    engines_agree,
     entry_point,
     measure,
     median_run,
@@ -158,11 +159,7 @@ def _drift_figures(module: str) -> dict:
             e: median_run([measure(module, "drift", root, e) for _ in range(REPEAT)])
             for e in ENGINES
         }
-    if drift["polars"].extra["drifted"] != drift["spark"].extra["drifted"]:
-        raise RuntimeError(
-            f"drift verdicts differ: polars {drift['polars'].extra['drifted']}, "
-            f"spark {drift['spark'].extra['drifted']}"
-        )
+    engines_agree(drift, "drifted", "drift verdicts")
     cells = 2 * DRIFT_ROWS * drift["polars"].extra["columns"]
     return {
         "drift_rows_per_side": DRIFT_ROWS,

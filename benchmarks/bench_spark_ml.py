@@ -31,7 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import entry_point, measure, median_run, report, spark_session
+from benchmarks.harness import (
+    engines_agree,
+    entry_point,
+    measure,
+    median_run,
+    report,
+    spark_session,
+)
 
 MODULE = "benchmarks.bench_spark_ml"
 MASTER = "local[2]"
@@ -138,19 +145,10 @@ def task_training_set(root: str, engine: str) -> dict:
 
 def task_score_spark(root: str) -> dict:
     """bench_batch's day scored on Spark and appended to an inference log by Delta on Spark."""
-    import mlflow
-
-    from mlops_assets.serving.model import load_serving_model
+    from benchmarks.bench_batch import load_champion
     from mlops_assets.serving.spark_scoring import append_to_log, batch_predictions
-    from mlops_assets.settings import load_settings
 
-    settings = load_settings({"MLOPS_DATA_ROOT": str(Path(root) / "data"), "MLOPS_ENV": "dev"})
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
-    version = (
-        mlflow.MlflowClient().get_model_version_by_alias("dev.fraud_detector", "champion").version
-    )
-    model = load_serving_model("dev.fraud_detector", str(version))
+    _, model = load_champion(root)
     spark, session_s = spark_session(MASTER)
     log = str(Path(root) / "spark_inference_log")
     started = time.perf_counter()
@@ -193,20 +191,11 @@ def task_stream(root: str, engine: str) -> dict:
     """A poll's landed files scored on one engine (rows in the log's shape, not written)."""
     import functools
 
-    import mlflow
-
+    from benchmarks.bench_batch import load_champion
     from mlops_assets.features.online_store import open_online_store
-    from mlops_assets.serving.model import load_serving_model
     from mlops_assets.serving.scoring import score_file
-    from mlops_assets.settings import load_settings
 
-    settings = load_settings({"MLOPS_DATA_ROOT": str(Path(root) / "data"), "MLOPS_ENV": "dev"})
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
-    version = (
-        mlflow.MlflowClient().get_model_version_by_alias("dev.fraud_detector", "champion").version
-    )
-    model = load_serving_model("dev.fraud_detector", str(version))
+    settings, model = load_champion(root)
     landing = settings.landing_root
     names = sorted(
         p.relative_to(landing).as_posix()
@@ -268,22 +257,14 @@ def main() -> None:
             ),
             "spark": median_run([measure(MODULE, "score_spark", root) for _ in range(REPEAT)]),
         }
-        if runs["spark"].extra["rows"] != runs["polars"].extra["rows"]:
-            raise RuntimeError(
-                f"the engines logged {runs['polars'].extra['rows']} and "
-                f"{runs['spark'].extra['rows']} rows"
-            )
+        engines_agree(runs, "rows", "rows logged")
         figures.update(_figures("batch_scoring", SCORE_EVENTS, runs))
         measure(MODULE, "stream_setup", root)
         runs = {
             e: median_run([measure(MODULE, "stream", root, e) for _ in range(REPEAT)])
             for e in ENGINES
         }
-        if runs["spark"].extra["scored"] != runs["polars"].extra["scored"]:
-            raise RuntimeError(
-                f"the engines scored {runs['polars'].extra['scored']} and "
-                f"{runs['spark'].extra['scored']} streamed lines"
-            )
+        engines_agree(runs, "scored", "streamed lines scored")
         figures.update(_figures("streaming", STREAM_FILES * STREAM_LINES, runs))
         figures["streaming_files"] = STREAM_FILES
     report("spark_ml", figures)

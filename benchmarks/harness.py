@@ -139,6 +139,14 @@ def median_run(measurements: Sequence[Measurement]) -> Measurement:
     return sorted(measurements, key=lambda m: m.seconds)[len(measurements) // 2]
 
 
+def engines_agree(runs: Mapping[str, Measurement], key: str, what: str) -> None:
+    """Raise when the polars and Spark runs report different `key` figures (`what` differs)."""
+    if runs["polars"].extra[key] != runs["spark"].extra[key]:
+        raise RuntimeError(
+            f"{what} differ: polars {runs['polars'].extra[key]}, spark {runs['spark'].extra[key]}"
+        )
+
+
 def spark_session(master: str) -> tuple[Any, float]:
     """The Spark session with the project's settings on `master`, and its start-up seconds.
 
