@@ -249,30 +249,47 @@ class _Columns:
                 self.times.add(name)
         self.dtypes = {name: schema[name] for name in self.columns}
 
-    def _check(self, row: Mapping[str, Any]) -> None:
+    def _values(self, row: Mapping[str, Any]) -> list[Any]:
+        """The row's values in the columns' order, times as microseconds; nothing recorded.
+
+        Raises:
+            InferenceLogError: The row has a column the log lacks, or a time column holds
+                something that is not a time with a zone (both named).
+        """
         unknown = [n for n in row if n not in self.columns and n != PARTITION_COLUMN]
         if unknown:
             raise InferenceLogError(
                 f"inference log row has unknown column(s) {unknown}; the log's columns are "
                 f"{list(self.columns)}"
             )
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        """Record one row (a `PARTITION_COLUMN` value is ignored: it comes from the time)."""
-        self._check(row)
-        for name, column in self.columns.items():
-            value = row.get(name)
+        values = [row.get(name) for name in self.columns]
+        for index, name in enumerate(self.columns):
+            value = values[index]
             if value is not None and name in self.times:
-                value = (value - _EPOCH) // _MICROSECOND
+                try:
+                    values[index] = (value - _EPOCH) // _MICROSECOND
+                except TypeError:
+                    raise InferenceLogError(
+                        f"inference log column {name!r} holds {value!r}, not a time with a zone"
+                    ) from None
+        return values
+
+    def _take(self, values: list[Any]) -> None:
+        for column, value in zip(self.columns.values(), values, strict=True):
             column.append(value)
         self.height += 1
 
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Record one row, or nothing when it is refused (`_values`).
+
+        A `PARTITION_COLUMN` value is ignored: it comes from the time.
+        """
+        self._take(self._values(row))
+
     def extend(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Record rows all together or none of them."""
-        for row in rows:
-            self._check(row)
-        for row in rows:
-            self.append(row)
+        """Record rows all together, or none of them when one is refused."""
+        for values in [self._values(row) for row in rows]:
+            self._take(values)
 
     def then(self, later: _Columns) -> _Columns:
         """These rows followed by `later`'s (columns of either; missing values None)."""
@@ -378,7 +395,8 @@ class InferenceLog:
 
         Raises:
             InferenceLogError: The log is closed, too many rows are pending because writes
-                keep failing, or the row has a column the log's schema lacks (named).
+                keep failing, or the row has a column the log's schema lacks or a time
+                without a zone (named); nothing is buffered then.
         """
         with self._lock:
             if self._closed:
@@ -399,8 +417,8 @@ class InferenceLog:
 
         Raises:
             InferenceLogError: The log is closed, it holds too many unwritten rows to take
-                all of `rows`, or a row has a column the log's schema lacks (none is
-                buffered then).
+                all of `rows`, or a row has a column the log's schema lacks or a time
+                without a zone (none is buffered then).
         """
         with self._lock:
             if self._closed:

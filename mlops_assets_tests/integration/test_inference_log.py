@@ -228,15 +228,26 @@ def test_a_failed_flush_keeps_its_rows_in_front_of_later_ones_and_writes_them_on
     assert table.get_column("event_time").to_list() == [row(i)["event_time"] for i in range(7)]
 
 
-def test_a_row_with_an_unknown_column_is_refused_when_recorded_and_nothing_is_buffered(tmp_path):
+def test_a_row_with_an_unknown_column_or_a_naive_time_is_refused_and_nothing_is_buffered(tmp_path):
     log = InferenceLog(tmp_path / "log", schema=inference_schema(FRAUD_SPEC), start=False)
     log.record(row(0))
     with pytest.raises(InferenceLogError, match=r"unknown column\(s\) \['surprise'\]"):
         log.record(row(1, surprise=1))
     with pytest.raises(InferenceLogError, match="surprise"):
         log.record_many([row(2), row(3, surprise=2)])
+    # A time without a zone is refused too, before any of the row's columns is buffered.
+    naive = {**row(4), "logged_at": datetime.datetime(2026, 1, 1, 12)}
+    with pytest.raises(InferenceLogError, match="column 'logged_at' holds .* not a time"):
+        log.record(naive)
+    with pytest.raises(InferenceLogError, match="logged_at"):
+        log.record_many([row(5), naive])
     assert log.stats().pending == 1
-    assert log.flush() == 1
+    log.record(row(6))
+    assert log.flush() == 2
+    assert pl.read_delta(str(tmp_path / "log")).get_column("request_id").sort().to_list() == [
+        "r0",
+        "r6",
+    ]
 
 
 def test_a_flush_after_the_table_was_removed_creates_it_again(tmp_path):
