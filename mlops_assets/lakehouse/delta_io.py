@@ -362,8 +362,10 @@ def _attempts(
     conflict, or another writer created the table first) is attempted again on the newest
     version, unless the log shows it landed after all. `reuse`, a handle of the same table
     from an earlier write, is brought to the newest version for the first attempt instead
-    of opening the table (which replays its log); a handle that cannot be updated is
-    replaced by a newly opened one.
+    of opening the table (which replays its log); a handle whose update fails is replaced
+    by a newly opened one. A handle of a table removed since updates without error and its
+    write then fails (delta-rs' `DeltaError`): callers that keep a handle drop it when a
+    write fails (`InferenceLog.flush` does).
 
     Raises:
         CommitFailedError: The write lost `COMMIT_ATTEMPTS` races in a row.
@@ -389,7 +391,7 @@ def _attempts(
 
 
 def _updated(delta: DeltaTable) -> DeltaTable | None:
-    """`delta` moved to its table's newest version; None when that fails (e.g. removed)."""
+    """`delta` moved to its table's newest version; None when the update fails."""
     try:
         delta.update_incremental()
     except (DeltaError, OSError):

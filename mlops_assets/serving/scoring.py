@@ -187,7 +187,10 @@ def score_into_log(
 
     def chunks() -> Iterator[pl.DataFrame]:
         jobs = (functools.partial(score, start, end) for start, end in bounds)
-        for rows, seconds in made_ahead(jobs, workers=scoring_threads()):
+        # A thread per core when the compiled trees score (each walks alone); one when the
+        # pyfunc does, as its predict already uses every core.
+        workers = scoring_threads() if _compiled_scores(model) else 1
+        for rows, seconds in made_ahead(jobs, workers=workers):
             totals["seconds"] += seconds
             totals["rows"] += rows.height
             totals["flagged"] += int(rows.get_column("decision").sum())
@@ -209,6 +212,14 @@ def score_into_log(
         ms_per_row=totals["ms"] / count if count else 0.0,
         scoring_seconds=totals["seconds"],
     )
+
+
+def _compiled_scores(model: Any) -> bool:
+    """Whether the model's compiled trees score its rows (checked once per loaded model)."""
+    compiled = getattr(model, "compiled", None)
+    if compiled is None:
+        return False
+    return compiled.check_many(lambda frame: _pyfunc_scores(model, frame)) is None
 
 
 def scoring_threads() -> int:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 RESULT_SCHEMA = pa.schema(
     [
         ("file", pa.string()),
-        ("rows", pa.binary()),
+        ("rows", pa.large_binary()),  # 64-bit offsets: a task's files may pass 2 GiB
         ("lines", pa.int64()),
         ("scored", pa.int64()),
         ("errors", pa.int64()),

@@ -31,6 +31,9 @@ from mlops_assets.serving.streaming import (
 )
 
 log = logging.getLogger(__name__)
+# Files a poll scores on Spark at most: their rows come back to the driver together, so a
+# backlog (a worker started after days of landed files) is taken in bounded bites.
+SPARK_FILES_PER_POLL = 64
 # The alerts table (`monitoring.alerts.ALERTS`), named here so the worker starts without it.
 ALERTS = TableRef("monitoring", "alerts")
 
@@ -149,6 +152,8 @@ class StreamWorker:
             return []
         outcomes = []
         names = self.pending()
+        if self._on_spark:
+            names = names[:SPARK_FILES_PER_POLL]  # the rest at the next polls, oldest first
         model = self._model()  # one champion for the whole poll
         scored = self._score_on_spark(names, model) if names and self._on_spark else {}
         for name in names:
