@@ -140,8 +140,12 @@ class ServerProcess:
             return None
         return f"{STACK_MARKER}={value}".encode() in environ.split(b"\0")
 
-    def start(self, timeout: float = 120.0) -> int:
+    def start(self, timeout: float = 300.0) -> int:
         """Start the server (unless it runs already) and wait until it is ready.
+
+        The wait ends as soon as the server is ready or exits; `timeout` only bounds a server
+        that neither answers nor exits. A busy 2-core machine has taken over 2 minutes to bring
+        `mlflow server` up on PostgreSQL (54 s to its tables), hence the default.
 
         Returns:
             The process group id.
