@@ -358,8 +358,7 @@ def _scored_on_spark(context, lakehouse: LakehouseResource, file: str, load_mode
     ledger = StreamLedger(
         lakehouse.write_uri(INFERENCE_LOG), lakehouse.write_uri(STREAM_CHECKPOINT)
     )
-    row = ledger.checkpointed(file)
-    if row is not None and (row["size"] is None or row["size"] == file_state(path)[0]):
+    if ledger.unchanged(ledger.checkpointed(file), file_state(path)[0]):
         return None
     [batch] = score_files(
         lakehouse.spark_store().session,

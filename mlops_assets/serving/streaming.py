@@ -324,6 +324,14 @@ class StreamLedger:
         row["last_line"] = found.get_column("last_line").max()
         return row
 
+    @staticmethod
+    def unchanged(row: Mapping[str, Any] | None, size: int) -> bool:
+        """Whether a file's checkpoint (`checkpointed`) says it was scored at this size.
+
+        A row without a recorded size (written before sizes were kept) counts as unchanged.
+        """
+        return row is not None and (row["size"] is None or row["size"] == size)
+
     def last_line_logged(self, file: str, version: int) -> int:
         """The greatest line of a file whose row the log holds at `version` (0 for none)."""
         prefix = f"stream:{file}:"
@@ -512,7 +520,7 @@ def score_landed_file(
     row = ledger.checkpointed(file)
     after_line, previous_size, commit_key = 0, None, file
     if row is not None:
-        if row["size"] is None or row["size"] == size:
+        if StreamLedger.unchanged(row, size):
             return StreamOutcome(
                 file=file,
                 skipped=True,
