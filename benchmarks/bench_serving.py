@@ -13,8 +13,10 @@ Both answer the same requests; their scores are compared. Goals: 30x MLflow's th
 a p99 under 5 ms with 8 clients.
 
 Our server runs with each concurrency model (`--http threads`, a thread per connection;
-`--http loop`, one event loop), and the chosen one again with inference log flushes and alias
-polls off during the measurement (the p99 with and without them). It also runs on the Redis
+`--http loop`, one event loop), then the chosen one with the inference log's flushes made by a
+thread of the server (`--log-writer thread`) instead of its writer process (the default), and
+again with flushes and alias polls off during the measurement (the p99 with and without them).
+The server's CPU figure counts its writer process too (the process group). It also runs on the Redis
 online store (a local redis-server started for the run, the tables published to it by the
 `online_publish` job); skipped when redis-server is not installed.
 
@@ -486,6 +488,12 @@ def main() -> None:
             models[model] = {"one_client": one, f"{CLIENTS}_clients": eight, "exit": stopped}
             print(f"[bench_serving] ours ({model}): {eight}"[:400], file=sys.stderr)
         chosen = min(HTTP_MODELS, key=lambda m: models[m][f"{CLIENTS}_clients"]["p99_ms"])
+        thread_one, thread_eight, thread_stopped = _measure_ours(
+            root, "ours-thread-writer.log", on, ("--http", chosen, "--log-writer", "thread")
+        )
+        print(
+            f"[bench_serving] ours ({chosen}, thread writer): {thread_eight}"[:400], file=sys.stderr
+        )
         _, off, _ = _measure_ours(root, "ours-quiet.log", on, ("--http", chosen, *quiet))
         table = pl.read_delta(
             str(Path(root) / "data" / "dev" / "lake" / "serving" / "inference_log")
@@ -531,6 +539,8 @@ def main() -> None:
         for key in ("one_client", f"{CLIENTS}_clients"):
             models[model][key].pop("scores", None)
     off.pop("scores")
+    thread_one.pop("scores")
+    thread_eight.pop("scores")
     mlflow_scores = mlflow_one.pop("scores")
     mlflow_eight.pop("scores")
     same = min(len(ours_scores), len(mlflow_scores))
@@ -543,13 +553,25 @@ def main() -> None:
             "p99_vs_sqlite": round(on_redis["p99_ms"] / ours_one["p99_ms"], 2),
             "scores_equal_to_sqlite": redis_scores == ours_scores,
         }
-    # Each concurrency model's two runs, the quiet runs, and one answer per cold start.
-    answered = (len(HTTP_MODELS) + 1) * 2 * (REQUESTS + WARMUP) + 1 + len(cold["with_cache"])
+    # Each concurrency model's two runs, the thread writer's, the quiet runs, and one answer
+    # per cold start.
+    answered = (len(HTTP_MODELS) + 2) * 2 * (REQUESTS + WARMUP) + 1 + len(cold["with_cache"])
     figures = {
         "build_s": round(built.seconds, 1),
         "cold_start": cold,
         "concurrency_models": models,
         "chosen_concurrency_model": chosen,
+        "log_writers": {
+            "process": {"one_client": ours_one, f"{CLIENTS}_clients": ours_eight},
+            "thread": {
+                "one_client": thread_one,
+                f"{CLIENTS}_clients": thread_eight,
+                "exit": thread_stopped,
+            },
+            f"p99_thread_to_process_{CLIENTS}_clients": round(
+                thread_eight["p99_ms"] / ours_eight["p99_ms"], 2
+            ),
+        },
         "ours": {"one_client": ours_one, f"{CLIENTS}_clients": ours_eight},
         f"ours_{CLIENTS}_clients_log_flushes_and_alias_polls_off": off,
         "mlflow_models_serve": {"one_client": mlflow_one, f"{CLIENTS}_clients": mlflow_eight},

@@ -282,6 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush_rows=args.log_flush_rows,
         flush_interval_ms=args.log_flush_ms,
         http=args.http,
+        log_writer=args.log_writer,
     )
 
 
@@ -497,6 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "concurrency: one event loop (the default: more requests per second and a shorter "
             "tail with 8 clients in `python -m benchmarks serving`), or a thread per connection"
+        ),
+    )
+    serve.add_argument(
+        "--log-writer",
+        choices=("process", "thread"),
+        default="process",
+        help=(
+            "who makes the inference log's commits: a writer process of its own (the default: "
+            "the p99 with 8 clients in `python -m benchmarks serving`), or a thread of the server"
         ),
     )
     serve.set_defaults(func=cmd_serve)

@@ -45,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_assets.features.online_store import OnlineStore, open_online_store
 from mlops_assets.serving.http_head import HeadError, parse_head
@@ -76,6 +76,9 @@ from mlops_assets.serving.requests import (
     parse_score_request,
     validate_rows,
 )
+
+if TYPE_CHECKING:
+    from mlops_assets.serving.log_writer import ProcessInferenceLog
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ class ScoringService:
         self,
         holder: ChampionHolder,
         store: OnlineStore,
-        inference_log: InferenceLog,
+        inference_log: InferenceLog | ProcessInferenceLog,
         *,
         token: str | None = None,
         reject_unknown_cards: bool = False,
@@ -1089,6 +1092,7 @@ def build_service(
     flush_interval_ms: int = 1_000,
     reject_unknown_cards: bool = False,
     wait_for_model: float = 0.0,
+    log_writer: str = "thread",
 ) -> ScoringService:
     """The service of an environment: its declared models' champions, online store, log table.
 
@@ -1102,7 +1106,13 @@ def build_service(
             are scored with the features' defaults and marked `new_card`).
         wait_for_model: Seconds to wait, before returning, for every declared model whose
             registry names a champion to be loaded.
+        log_writer: Who makes the inference log's flushes: `thread` (a thread of this
+            process, `InferenceLog`) or `process` (a writer process of its own,
+            `log_writer.ProcessInferenceLog`; `serve`'s default: the flushes stay out of the
+            requests' way).
     """
+    if log_writer not in LOG_WRITERS:
+        raise ValueError(f"log_writer={log_writer!r} is none of {LOG_WRITERS}")
     from mlops_assets.lakehouse.catalog import Catalog
     from mlops_assets.lakehouse.delta_io import table_exists
     from mlops_assets.models.lifecycle import model_name
@@ -1138,9 +1148,16 @@ def build_service(
         # Keep the types of columns the table has (features of earlier models).
         for name, dtype in pl.scan_delta(uri).collect_schema().items():
             schema.setdefault(name, dtype)
-    inference_log = InferenceLog(
-        uri, schema=schema, flush_rows=flush_rows, flush_interval_ms=flush_interval_ms
-    )
+    if log_writer == "process":
+        from mlops_assets.serving.log_writer import ProcessInferenceLog
+
+        inference_log: InferenceLog | ProcessInferenceLog = ProcessInferenceLog(
+            uri, schema=schema, flush_rows=flush_rows, flush_interval_ms=flush_interval_ms
+        )
+    else:
+        inference_log = InferenceLog(
+            uri, schema=schema, flush_rows=flush_rows, flush_interval_ms=flush_interval_ms
+        )
     from mlops_assets.models.declaration import MODELS, primary
 
     holders = {}
@@ -1175,8 +1192,10 @@ def build_service(
     )
 
 
-# The server's concurrency models (`serve(http=...)`); `threads` is the default, by measurement.
+# The server's concurrency models (`serve(http=...)`); `loop` is the default, by measurement.
 HTTP_MODELS = ("threads", "loop")
+# Who makes the inference log's flushes (`build_service(log_writer=...)`).
+LOG_WRITERS = ("thread", "process")
 
 
 def process_age() -> float | None:
@@ -1205,6 +1224,7 @@ def serve(
     flush_rows: int = 2_000,
     flush_interval_ms: int = 1_000,
     http: str = "loop",
+    log_writer: str = "process",
 ) -> int:
     """Run the server until SIGTERM or SIGINT, then stop gracefully (see `ScoringServer.stop`).
 
@@ -1219,6 +1239,8 @@ def serve(
         flush_interval_ms: Longest time a row waits for its commit.
         http: The concurrency model: `loop` (one event loop thread, `LoopScoringServer`, the
             default by measurement) or `threads` (a thread per connection, `ScoringServer`).
+        log_writer: Who makes the inference log's flushes (see `build_service`): a process
+            of its own by default, by measurement (the latency's tail).
 
     Returns:
         The process exit code.
@@ -1233,6 +1255,7 @@ def serve(
         poll_seconds=poll_seconds,
         flush_rows=flush_rows,
         flush_interval_ms=flush_interval_ms,
+        log_writer=log_writer,
     )
     if http not in HTTP_MODELS:
         raise ValueError(f"http={http!r} is no concurrency model; use one of {HTTP_MODELS}")

@@ -291,6 +291,16 @@ class _Columns:
         for values in [self._values(row) for row in rows]:
             self._take(values)
 
+    def take(self, columns: Mapping[str, list[Any]], height: int) -> None:
+        """Append `height` rows given column by column (values as `_values` makes them).
+
+        A column of this buffer that `columns` lacks gets None.
+        """
+        for name, column in self.columns.items():
+            values = columns.get(name)
+            column.extend([None] * height if values is None else values)
+        self.height += height
+
     def then(self, later: _Columns) -> _Columns:
         """These rows followed by `later`'s (columns of either; missing values None)."""
         merged = _Columns(self.dtypes)
@@ -313,7 +323,83 @@ class _Columns:
         return pl.DataFrame(series)
 
 
-class InferenceLog:
+class _Recorder:
+    """Recording shared by the log's writers: rows buffered column by column under a lock.
+
+    A writer sets `schema`, `flush_rows`, `max_pending`, `_rows`, `_lock`, `_wake`,
+    `_closed`, `_recorded` and `_last_error`, and says how many rows are unwritten.
+    """
+
+    schema: dict[str, pl.DataType]
+    flush_rows: int
+    max_pending: int
+    _rows: _Columns
+    _lock: threading.Lock
+    _wake: threading.Event
+    _closed: bool
+    _recorded: int
+    _last_error: str | None
+
+    def _unwritten(self) -> int:
+        """Rows recorded and not yet committed (the lock is held)."""
+        return len(self._rows)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def add_columns(self, columns: Mapping[str, pl.DataType]) -> None:
+        """Accept more columns in recorded rows (a new model's features); known ones stay."""
+        with self._lock:
+            schema = dict(self.schema)
+            for name, dtype in columns.items():
+                schema.setdefault(name, dtype)
+            self.schema = schema
+            self._rows.add_columns(schema)
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Buffer one row; it is committed by the next flush.
+
+        Args:
+            row: Column name to value (base columns and feature columns; `day` is derived
+                from `event_time` when absent). Values must fit the schema's types.
+
+        Raises:
+            InferenceLogError: The log is closed, too many rows are pending because writes
+                keep failing, or the row has a column the log's schema lacks or a time
+                without a zone (named); nothing is buffered then.
+        """
+        self.record_many((row,))
+
+    def record_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer rows all together or none of them (one batch of requests).
+
+        Raises:
+            InferenceLogError: The log is closed, it holds too many unwritten rows to take
+                all of `rows`, or a row has a column the log's schema lacks or a time
+                without a zone (none is buffered then).
+        """
+        with self._lock:
+            if self._closed:
+                raise InferenceLogError("the inference log is closed")
+            unwritten = self._unwritten()
+            if unwritten + len(rows) > self.max_pending:
+                raise InferenceLogError(
+                    f"the inference log holds {unwritten} unwritten rows and cannot take "
+                    f"{len(rows)} more (last error: {self._last_error}); refusing them"
+                )
+            if len(rows) == 1:
+                self._rows.append(rows[0])
+            else:
+                self._rows.extend(rows)
+            self._recorded += len(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+
+class InferenceLog(_Recorder):
     """A buffered, thread-safe appender to the inference log table.
 
     Args:
@@ -372,67 +458,21 @@ class InferenceLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close` was called."""
-        return self._closed
+    def take_columns(
+        self, dtypes: Mapping[str, pl.DataType], columns: Mapping[str, list[Any]], height: int
+    ) -> None:
+        """Buffer rows recorded elsewhere, given column by column, after the pending ones.
 
-    def add_columns(self, columns: Mapping[str, pl.DataType]) -> None:
-        """Accept more columns in recorded rows (a new model's features); known ones stay."""
-        with self._lock:
-            schema = dict(self.schema)
-            for name, dtype in columns.items():
-                schema.setdefault(name, dtype)
-            self.schema = schema
-            self._rows.add_columns(schema)
-
-    def record(self, row: Mapping[str, Any]) -> None:
-        """Buffer one row; it is committed by the next flush.
-
-        Args:
-            row: Column name to value (base columns and feature columns; `day` is derived
-                from `event_time` when absent). Values must fit the schema's types.
-
-        Raises:
-            InferenceLogError: The log is closed, too many rows are pending because writes
-                keep failing, or the row has a column the log's schema lacks or a time
-                without a zone (named); nothing is buffered then.
+        The values are `_Columns` values (times as microseconds since the epoch), not
+        checked again; columns new to the log are added. The writer process
+        (`serving.log_writer`) feeds its log with this.
         """
         with self._lock:
-            if self._closed:
-                raise InferenceLogError("the inference log is closed")
-            if len(self._rows) >= self.max_pending:
-                raise InferenceLogError(
-                    f"the inference log holds {len(self._rows)} unwritten rows (last error: "
-                    f"{self._last_error}); refusing more"
-                )
-            self._rows.append(row)
-            self._recorded += 1
-            full = len(self._rows) >= self.flush_rows
-        if full:
-            self._wake.set()
-
-    def record_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Buffer rows all together or none of them (one batch of requests).
-
-        Raises:
-            InferenceLogError: The log is closed, it holds too many unwritten rows to take
-                all of `rows`, or a row has a column the log's schema lacks or a time
-                without a zone (none is buffered then).
-        """
-        with self._lock:
-            if self._closed:
-                raise InferenceLogError("the inference log is closed")
-            if len(self._rows) + len(rows) > self.max_pending:
-                raise InferenceLogError(
-                    f"the inference log holds {len(self._rows)} unwritten rows and cannot take "
-                    f"{len(rows)} more (last error: {self._last_error}); refusing them"
-                )
-            self._rows.extend(rows)
-            self._recorded += len(rows)
-            full = len(self._rows) >= self.flush_rows
-        if full:
-            self._wake.set()
+            if dtypes.keys() - self.schema.keys():
+                self.schema = {**self.schema, **{n: t for n, t in dtypes.items()}}
+                self._rows.add_columns(self.schema)
+            self._rows.take(columns, height)
+            self._recorded += height
 
     def append(self, frame: pl.DataFrame) -> WriteResult:
         """Write a frame of predictions (batch or stream) in one commit, at once.
@@ -486,8 +526,11 @@ class InferenceLog:
                 self._last_version = result.version
         return result
 
-    def flush(self) -> int:
+    def flush(self, metadata: Mapping[str, str] | None = None) -> int:
         """Commit the pending rows now (one commit); return how many were written.
+
+        Args:
+            metadata: Custom metadata of the commit.
 
         Raises:
             Exception: The write failed; the rows stay pending for the next flush.
@@ -506,6 +549,7 @@ class InferenceLog:
                     table=str(INFERENCE_LOG),
                     count_rows=False,
                     reuse=self._table,
+                    metadata=metadata,
                 )
             except BaseException as error:
                 with self._lock:

@@ -70,9 +70,10 @@ def wait_for(condition, seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_scores_equal_the_pyfunc_path_and_every_answer_is_logged(env):
+@pytest.mark.parametrize("log_writer", ["thread", "process"])
+def test_scores_equal_the_pyfunc_path_and_every_answer_is_logged(env, log_writer):
     requests = env.requests(400, seed=2)
-    server = start(env)
+    server = start(env, log_writer=log_writer)
     client = Client(server)
     try:
         answers = [client.score(r) for r in requests]
