@@ -26,6 +26,7 @@ stdin and stdout:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import pickle
 import select
@@ -108,8 +109,109 @@ def committed_through(uri: str, writer_id: str) -> int:
     return -1
 
 
-def _stats_message(log: InferenceLog, through: int) -> tuple:
-    return ("state", log.stats(), through)
+class _Writer:
+    """The writer process's state: its log, the chunks it holds, what it knows committed.
+
+    What its predecessors committed (`committed_through`) is read from the table before any
+    chunk is taken; until that read succeeds, chunks are held and every flush fails with the
+    read's error (reported, retried), so that no chunk is written twice.
+    """
+
+    def __init__(self, start: tuple, outgoing: IO[bytes]) -> None:
+        _, uri, schema, flush_rows, flush_interval_ms, self.writer_id = start
+        self.log = InferenceLog(
+            uri,
+            schema=schema,
+            flush_rows=flush_rows,
+            flush_interval_ms=flush_interval_ms,
+            max_pending=sys.maxsize,
+            start=False,
+        )
+        self.outgoing = outgoing
+        self.through: int | None = None  # the last chunk known committed (-1: none)
+        self.held: list[tuple] = []  # chunks taken before `through` was known
+        self.pending_through = -1  # the last chunk in the log's buffer
+        self.first_pending_at: float | None = None
+        self.retry_at = 0.0
+        self.failures = 0  # failed reads of the history (the log counts failed commits)
+        self.error: str | None = None
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.outgoing.write(_encode(message))
+            self.outgoing.flush()
+        except BrokenPipeError:
+            pass  # the server is gone; the last flush still runs
+
+    def report(self) -> None:
+        stats = self.log.stats()
+        if self.error and not stats.last_error:
+            stats = dataclasses.replace(stats, last_error=self.error)
+        stats = dataclasses.replace(stats, failures=stats.failures + self.failures)
+        self.send(("state", stats, -1 if self.through is None else self.through))
+
+    def resolve(self) -> str | None:
+        """Read what predecessors committed, once; the error when the read fails."""
+        if self.through is not None:
+            return None
+        try:
+            self.through = committed_through(self.log.uri, self.writer_id)
+        except Exception as error:  # noqa: BLE001 - reported; the chunks stay held
+            self.failures += 1
+            return f"reading the table's history failed: {type(error).__name__}: {error}"
+        held, self.held = self.held, []
+        for chunk in held:
+            self.take(chunk)
+        return None
+
+    def take(self, chunk: tuple) -> None:
+        _, seq, dtypes, columns, height = chunk
+        if self.through is None:
+            self.held.append(chunk)
+        elif seq > self.through:  # lower ones were committed by the writer this one replaces
+            self.log.take_columns(dtypes, columns, height)
+            self.pending_through = seq
+        if self.first_pending_at is None and self.pending():
+            self.first_pending_at = time.monotonic()
+
+    def pending(self) -> int:
+        return self.log.stats().pending + sum(chunk[4] for chunk in self.held)
+
+    def due(self) -> bool:
+        now, pending = time.monotonic(), self.pending()
+        return bool(pending) and (
+            now >= self.retry_at
+            and (
+                pending >= self.log.flush_rows
+                or now - self.first_pending_at >= self.log.flush_interval
+            )
+        )
+
+    def wait(self) -> float | None:
+        """Seconds until a flush is due (None: nothing pending)."""
+        if not self.pending():
+            return None
+        due = max(self.retry_at, self.first_pending_at + self.log.flush_interval)
+        return max(0.0, due - time.monotonic())
+
+    def flush(self) -> tuple[int, str | None]:
+        """Commit what the log holds; the rows written, or the error (rows kept, retried)."""
+        error = self.resolve()
+        if error is None:
+            try:
+                rows = self.log.flush(
+                    metadata={WRITER_KEY: self.writer_id, THROUGH_KEY: str(self.pending_through)}
+                )
+            except Exception as failure:  # noqa: BLE001 - reported; the rows stay pending
+                error = f"{type(failure).__name__}: {failure}"
+        if error is not None:
+            self.error = error
+            self.retry_at = time.monotonic() + min(self.log.flush_interval, 1.0)
+            self.report()
+            return 0, error
+        self.through, self.first_pending_at, self.error = self.pending_through, None, None
+        self.report()
+        return rows, None
 
 
 def serve_writer(incoming: int, outgoing: IO[bytes]) -> None:
@@ -123,79 +225,32 @@ def serve_writer(incoming: int, outgoing: IO[bytes]) -> None:
         pass
     if not messages or messages[0][0] != "start":
         raise SystemExit("log writer: the first message must be ('start', ...)")
-    _, uri, schema, flush_rows, flush_interval_ms, writer_id = messages[0]
-    log = InferenceLog(
-        uri,
-        schema=schema,
-        flush_rows=flush_rows,
-        flush_interval_ms=flush_interval_ms,
-        max_pending=sys.maxsize,
-        start=False,
-    )
-    through = committed_through(uri, writer_id)
-    pending_through = through  # the last chunk in the log's buffer
-    first_pending_at: float | None = None
-    retry_at = 0.0
-
-    def send(message: tuple) -> None:
-        try:
-            outgoing.write(_encode(message))
-            outgoing.flush()
-        except BrokenPipeError:
-            pass  # the server is gone; the last flush still runs
-
-    def flush() -> tuple[int, str | None]:
-        nonlocal through, first_pending_at, retry_at
-        try:
-            rows = log.flush(metadata={WRITER_KEY: writer_id, THROUGH_KEY: str(pending_through)})
-        except Exception as error:  # noqa: BLE001 - reported; the rows stay pending
-            retry_at = time.monotonic() + min(log.flush_interval, 1.0)
-            send(_stats_message(log, through))
-            return 0, f"{type(error).__name__}: {error}"
-        through, first_pending_at = pending_through, None
-        send(_stats_message(log, through))
-        return rows, None
-
-    send(_stats_message(log, through))
+    writer = _Writer(messages[0], outgoing)
+    if writer.resolve() is None:
+        writer.report()
     queue = collections.deque(messages[1:])
     while True:
         while queue:
             message = queue.popleft()
             kind = message[0]
             if kind == "rows":
-                _, seq, dtypes, columns, height = message
-                if seq <= through:
-                    continue  # committed by the writer this one replaces
-                log.take_columns(dtypes, columns, height)
-                pending_through = seq
-                if first_pending_at is None:
-                    first_pending_at = time.monotonic()
+                writer.take(message)
             elif kind == "flush":
-                rows, error = flush()
-                send(("flushed", message[1], rows, error))
+                rows, error = writer.flush()
+                writer.send(("flushed", message[1], rows, error))
             elif kind == "close":
-                _, error = flush()
-                send(("closed", error))
+                _, error = writer.flush()
+                writer.send(("closed", error))
                 return
-        now = time.monotonic()
-        pending = log.stats().pending
-        if (
-            pending
-            and now >= retry_at
-            and (pending >= log.flush_rows or now - (first_pending_at or now) >= log.flush_interval)
-        ):
-            flush()
+        if writer.due():
+            writer.flush()
             continue
         if reader.ended:
-            _, error = flush()
+            _, error = writer.flush()
             if error:
                 print(f"log writer: the server is gone and {error}", file=sys.stderr)
             return
-        if pending:
-            wait = max(0.0, max(retry_at, (first_pending_at or now) + log.flush_interval) - now)
-        else:
-            wait = None
-        if select.select([incoming], [], [], wait)[0]:
+        if select.select([incoming], [], [], writer.wait())[0]:
             queue.extend(reader.read())
 
 
@@ -255,6 +310,9 @@ class ProcessInferenceLog(_Recorder):
         self._seq = -1
         self._unacked: collections.deque[tuple] = collections.deque()
         self._replies: dict[int, list] = {}
+        # Requests (flush, close) sent and not answered yet: a new writer gets them again.
+        self._asked: dict[int, tuple] = {}
+        self._finished = False  # the writer answered the close
         self._replied = threading.Condition(self._lock)
         self._tokens = 0
         self._process: subprocess.Popen | None = None
@@ -302,6 +360,11 @@ class ProcessInferenceLog(_Recorder):
             )
             for chunk in self._unacked:
                 self._write(chunk)
+            with self._lock:
+                # Flushes in the order they were asked, a close last.
+                asked = [self._asked[t] for t in sorted(self._asked, key=lambda t: (t < 0, t))]
+            for request in asked:
+                self._write(request)
             threading.Thread(
                 target=self._receive_loop, args=(process,), name="log-receiver", daemon=True
             ).start()
@@ -342,19 +405,16 @@ class ProcessInferenceLog(_Recorder):
                 self._received(message)
         code = process.wait()
         with self._lock:
-            if process is not self._process or self._closed:
+            if process is not self._process or self._finished:
                 return
+            # Died before its close was answered (killed, or a signal to the process group
+            # before it could ignore it): another writer takes its chunks and requests over.
             self._local_failures += 1
             self._last_error = f"the inference log's writer process exited with code {code}"
-            for waiting in self._replies.values():
-                if not waiting:
-                    waiting.append((0, self._last_error))
-            self._replied.notify_all()
         time.sleep(min(self.flush_interval, 1.0))
         with self._send_lock:
-            if not self._closed:
-                self._restarts += 1
-                self._start_writer()
+            self._restarts += 1
+            self._start_writer()
 
     def _received(self, message: tuple) -> None:
         kind = message[0]
@@ -367,16 +427,20 @@ class ProcessInferenceLog(_Recorder):
                     self._written += self._unacked.popleft()[4]
             elif kind == "flushed":
                 _, token, rows, error = message
+                self._asked.pop(token, None)
                 self._replies.setdefault(token, []).append((rows, error))
             elif kind == "closed":
+                self._asked.pop(-1, None)
+                self._finished = True
                 self._replies.setdefault(-1, []).append((0, message[1]))
             self._replied.notify_all()
 
     def _ask(self, message_of_token, token: int, timeout: float | None) -> tuple[int, str | None]:
-        with self._lock:
-            self._replies[token] = []
         with self._send_lock:
             self._send_pending()
+            with self._lock:
+                self._replies[token] = []
+                self._asked[token] = message_of_token
             self._write(message_of_token)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -384,6 +448,7 @@ class ProcessInferenceLog(_Recorder):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     del self._replies[token]
+                    self._asked.pop(token, None)
                     raise InferenceLogError(
                         f"the inference log's writer did not answer within {timeout} s"
                     )

@@ -186,3 +186,18 @@ def test_a_failing_write_keeps_the_rows_pending_and_reports_it_then_writes_them(
     assert log.stats().last_error is None
     log.close()
     assert _ids(blocked) == list(range(6))
+
+
+def test_a_writer_killed_before_the_close_is_answered_is_replaced_to_finish_it(tmp_path):
+    """A server stopped at once: a signal to its process group can reach the writer while
+    it is still importing, before it ignores signals."""
+    uri = tmp_path / "log"
+    log = ProcessInferenceLog(uri, schema=inference_schema(FRAUD_SPEC), flush_interval_ms=100)
+    log.record_many([row(i) for i in range(100)])
+    first = log.pid
+    os.kill(first, signal.SIGKILL)
+    log.close(timeout=120)
+    assert log.pid != first
+    stats = log.stats()
+    assert (stats.written, stats.pending) == (100, 0) and stats.failures >= 1
+    assert _ids(uri) == list(range(100))
