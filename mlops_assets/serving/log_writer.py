@@ -17,7 +17,8 @@ just before the writer died is not written twice.
 
 The messages are pickles, each after its length (8 bytes, big-endian), over the writer's
 stdin and stdout:
-- to the writer: `("start", uri, schema, flush_rows, flush_interval_ms, writer_id)` first,
+- to the writer: `("start", uri, schema, flush_rows, flush_interval_ms, writer_id, since)`
+  first (since: the last version its predecessors committed, None before any),
   then `("rows", seq, dtypes, columns, height)`, `("flush", token)` and `("close",)`;
 - from it: `("state", stats, through)` after each flush it tries (through: the last chunk
   committed, -1 before any), `("flushed", token, rows, error)` and `("closed", error)`.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import os
 import pickle
 import select
@@ -94,8 +96,12 @@ class _Reader:
         return messages
 
 
-def committed_through(uri: str, writer_id: str) -> int:
-    """The last chunk of writer `writer_id` that a recent commit of the table holds, or -1."""
+def committed_through(uri: str, writer_id: str, since: int | None = None) -> int:
+    """The last chunk of writer `writer_id` that a commit of the table holds, or -1.
+
+    The commits read are those after version `since` (the last one the server knew of this
+    log's writers; every later commit of theirs is among them), and at least the last 50.
+    """
     from deltalake import DeltaTable
 
     from mlops_assets.lakehouse.delta_io import storage_options_for, table_exists
@@ -103,7 +109,8 @@ def committed_through(uri: str, writer_id: str) -> int:
     if not table_exists(uri):
         return -1
     table = DeltaTable(uri, storage_options=storage_options_for(uri))
-    for entry in table.history(_HISTORY):
+    limit = _HISTORY if since is None else max(_HISTORY, table.version() - since + 1)
+    for entry in table.history(limit):
         if entry.get(WRITER_KEY) == writer_id:
             return int(entry[THROUGH_KEY])
     return -1
@@ -118,7 +125,7 @@ class _Writer:
     """
 
     def __init__(self, start: tuple, outgoing: IO[bytes]) -> None:
-        _, uri, schema, flush_rows, flush_interval_ms, self.writer_id = start
+        _, uri, schema, flush_rows, flush_interval_ms, self.writer_id, self.since = start
         self.log = InferenceLog(
             uri,
             schema=schema,
@@ -155,10 +162,11 @@ class _Writer:
         if self.through is not None:
             return None
         try:
-            self.through = committed_through(self.log.uri, self.writer_id)
+            self.through = committed_through(self.log.uri, self.writer_id, self.since)
         except Exception as error:  # noqa: BLE001 - reported; the chunks stay held
             self.failures += 1
             return f"reading the table's history failed: {type(error).__name__}: {error}"
+        self.pending_through = max(self.pending_through, self.through)
         held, self.held = self.held, []
         for chunk in held:
             self.take(chunk)
@@ -209,7 +217,8 @@ class _Writer:
             self.retry_at = time.monotonic() + min(self.log.flush_interval, 1.0)
             self.report()
             return 0, error
-        self.through, self.first_pending_at, self.error = self.pending_through, None, None
+        self.through = max(-1 if self.through is None else self.through, self.pending_through)
+        self.first_pending_at, self.error = None, None
         self.report()
         return rows, None
 
@@ -313,6 +322,10 @@ class ProcessInferenceLog(_Recorder):
         # Requests (flush, close) sent and not answered yet: a new writer gets them again.
         self._asked: dict[int, tuple] = {}
         self._finished = False  # the writer answered the close
+        self._stopping = False  # close() is over (answered or not): no writer is started
+        self._backoff = min(self.flush_interval, 1.0)  # before starting a writer again
+        self._last_flush_at: datetime.datetime | None = None
+        self._last_version: int | None = None
         self._replied = threading.Condition(self._lock)
         self._tokens = 0
         self._process: subprocess.Popen | None = None
@@ -348,26 +361,36 @@ class ProcessInferenceLog(_Recorder):
                 stdout=subprocess.PIPE,
             )
             self._process = process
-            self._write(
-                (
-                    "start",
-                    self.uri,
-                    self.schema,
-                    self.flush_rows,
-                    int(self.flush_interval * 1000),
-                    self.writer_id,
-                )
-            )
-            for chunk in self._unacked:
-                self._write(chunk)
-            with self._lock:
-                # Flushes in the order they were asked, a close last.
-                asked = [self._asked[t] for t in sorted(self._asked, key=lambda t: (t < 0, t))]
-            for request in asked:
-                self._write(request)
+            # Its replies are read from the start: a writer catching up on a backlog answers
+            # while it is still being sent chunks, and must never block on a full pipe.
             threading.Thread(
                 target=self._receive_loop, args=(process,), name="log-receiver", daemon=True
             ).start()
+            try:
+                self._write(
+                    (
+                        "start",
+                        self.uri,
+                        self.schema,
+                        self.flush_rows,
+                        int(self.flush_interval * 1000),
+                        self.writer_id,
+                        self._last_version,
+                    )
+                )
+                with self._lock:
+                    # A copy: the receiver drops chunks as the new writer commits them.
+                    unacked = list(self._unacked)
+                for chunk in unacked:
+                    self._write(chunk)
+                with self._lock:
+                    # Flushes in the order they were asked, a close last.
+                    asked = [self._asked[t] for t in sorted(self._asked, key=lambda t: (t < 0, t))]
+                for request in asked:
+                    self._write(request)
+            except BaseException:
+                process.kill()  # its receiver starts another
+                raise
 
     def _write(self, message: tuple) -> None:
         process = self._process
@@ -400,21 +423,35 @@ class ProcessInferenceLog(_Recorder):
     def _receive_loop(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
         reader = _Reader(process.stdout.fileno())
-        while not reader.ended:
-            for message in reader.read():
-                self._received(message)
+        try:
+            while not reader.ended:
+                for message in reader.read():
+                    self._received(message)
+        except Exception as error:  # noqa: BLE001 - a garbled reply: this writer is replaced
+            with self._lock:
+                self._last_error = f"the inference log's writer sent a bad reply: {error}"
+            process.kill()
         code = process.wait()
-        with self._lock:
-            if process is not self._process or self._finished:
-                return
-            # Died before its close was answered (killed, or a signal to the process group
-            # before it could ignore it): another writer takes its chunks and requests over.
-            self._local_failures += 1
-            self._last_error = f"the inference log's writer process exited with code {code}"
-        time.sleep(min(self.flush_interval, 1.0))
-        with self._send_lock:
-            self._restarts += 1
-            self._start_writer()
+        while True:
+            with self._lock:
+                if process is not self._process or self._finished or self._stopping:
+                    return
+                # Died before its close was answered (killed, or a signal to the process
+                # group before it could ignore it): another writer takes its chunks and
+                # requests over, after a pause that doubles while writers keep dying.
+                self._local_failures += 1
+                self._last_error = f"the inference log's writer process exited with code {code}"
+                pause, self._backoff = self._backoff, min(self._backoff * 2, 30.0)
+            time.sleep(pause)
+            with self._send_lock:
+                if self._finished or self._stopping:
+                    return
+                try:
+                    self._restarts += 1
+                    self._start_writer()
+                    return
+                except Exception as error:  # noqa: BLE001 - e.g. no process can be started
+                    code = f"unknown (it could not be started: {error})"
 
     def _received(self, message: tuple) -> None:
         kind = message[0]
@@ -423,26 +460,41 @@ class ProcessInferenceLog(_Recorder):
                 _, stats, through = message
                 self._remote = stats
                 self._last_error = stats.last_error
+                self._backoff = min(self.flush_interval, 1.0)  # this writer came up
+                if stats.last_version is not None:
+                    self._last_flush_at = stats.last_flush_at
+                    self._last_version = stats.last_version
                 while self._unacked and self._unacked[0][1] <= through:
                     self._written += self._unacked.popleft()[4]
             elif kind == "flushed":
                 _, token, rows, error = message
                 self._asked.pop(token, None)
-                self._replies.setdefault(token, []).append((rows, error))
+                if token in self._replies:  # not given up on
+                    self._replies[token].append((rows, error))
             elif kind == "closed":
                 self._asked.pop(-1, None)
                 self._finished = True
-                self._replies.setdefault(-1, []).append((0, message[1]))
+                if -1 in self._replies:
+                    self._replies[-1].append((0, message[1]))
             self._replied.notify_all()
 
-    def _ask(self, message_of_token, token: int, timeout: float | None) -> tuple[int, str | None]:
-        with self._send_lock:
+    def _ask(
+        self, message_of_token: tuple, token: int, timeout: float | None, deadline: float | None
+    ) -> tuple[int, str | None]:
+        """Send a request after the pending rows; its reply by `deadline` (monotonic)."""
+        left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._send_lock.acquire(timeout=left):
+            raise InferenceLogError(
+                f"the inference log's writer did not take its input within {timeout} s"
+            )
+        try:
             self._send_pending()
             with self._lock:
                 self._replies[token] = []
                 self._asked[token] = message_of_token
             self._write(message_of_token)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        finally:
+            self._send_lock.release()
         with self._lock:
             while not self._replies[token]:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -462,10 +514,11 @@ class ProcessInferenceLog(_Recorder):
             InferenceLogError: The write failed (the rows stay pending, retried), or the
                 writer did not answer within `timeout` seconds.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._tokens += 1
             token = self._tokens
-        rows, error = self._ask(("flush", token), token, timeout)
+        rows, error = self._ask(("flush", token), token, timeout, deadline)
         if error:
             raise InferenceLogError(f"the inference log's flush failed: {error}")
         return rows
@@ -474,17 +527,21 @@ class ProcessInferenceLog(_Recorder):
         """Send what is left, have the writer commit it and stop; wait for it.
 
         Raises:
-            InferenceLogError: The last write failed; the rows it held are not in the table.
+            InferenceLogError: The last write failed, or the writer did not answer within
+                `timeout` seconds; the rows it held are not in the table.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._wake.set()
-        self._sender.join()
+        self._sender.join(timeout)
         try:
-            _, error = self._ask(("close",), -1, timeout)
+            _, error = self._ask(("close",), -1, timeout, deadline)
         finally:
+            with self._lock:
+                self._stopping = True
             process = self._process
             if process is not None:
                 if process.stdin is not None:
@@ -510,8 +567,8 @@ class ProcessInferenceLog(_Recorder):
                 + self._local_failures
                 + (remote.failures if remote else 0),
                 last_error=self._last_error,
-                last_flush_at=remote.last_flush_at if remote else None,
-                last_version=remote.last_version if remote else None,
+                last_flush_at=self._last_flush_at,
+                last_version=self._last_version,
             )
 
 
@@ -524,7 +581,11 @@ def main() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    serve_writer(sys.stdin.fileno(), sys.stdout.buffer)
+    # The replies get the pipe to themselves: whatever else writes to stdout (a library's
+    # message) goes to stderr instead of into the protocol.
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    serve_writer(sys.stdin.fileno(), replies)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_a_new_writer_skips_the_chunks_its_predecessor_committed(tmp_path):
         assert process.wait(timeout=60) == 0
         return replies
 
-    start = ("start", uri, schema, 10_000, 60_000, writer_id)
+    start = ("start", uri, schema, 10_000, 60_000, writer_id, None)
     first = run_writer([start, chunk(0, range(0, 10)), chunk(1, range(10, 20)), ("close",)])
     assert first[-1] == ("closed", None)
     assert first[-2][0] == "state" and first[-2][2] == 1
@@ -201,3 +201,28 @@ def test_a_writer_killed_before_the_close_is_answered_is_replaced_to_finish_it(t
     stats = log.stats()
     assert (stats.written, stats.pending) == (100, 0) and stats.failures >= 1
     assert _ids(uri) == list(range(100))
+
+
+def test_a_replacement_writer_catching_up_on_a_large_backlog_does_not_stall(tmp_path):
+    """150,000 rows no commit holds (about 18 MB of messages, in about 80 chunks): the new
+    writer commits and answers while it is still being sent the backlog, and the chunks it
+    commits are dropped from the backlog as it is being sent."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the table's folder would be")
+    log = ProcessInferenceLog(
+        blocked,
+        schema=inference_schema(FRAUD_SPEC),
+        flush_rows=10,
+        flush_interval_ms=50,
+        max_pending=200_000,
+    )
+    for start in range(0, 150_000, 1000):
+        log.record_many([row(i) for i in range(start, start + 1000)])
+    _until(lambda: log.stats().failures >= 1)
+    first = log.pid
+    blocked.unlink()
+    os.kill(first, signal.SIGKILL)
+    _until(lambda: log.stats().pending == 0, seconds=240)
+    assert log.pid != first
+    log.close(timeout=120)
+    assert _ids(blocked) == list(range(150_000))
