@@ -447,7 +447,11 @@ class ScoringService:
                 "status": status,
                 "model": model,
                 "models": models,
-                "inference_log": _log_stats(stats),
+                "inference_log": {
+                    **_log_stats(stats),
+                    "writer": self.inference_log.writer,
+                    "writer_pid": self.inference_log.pid,
+                },
                 "online_store": self.store_info(),
                 "requests": dict(self.counts),
                 "started_at": self.started_at.isoformat(),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import threading
 import time
 import uuid
@@ -454,6 +455,16 @@ class InferenceLog(_Recorder):
 
     def __enter__(self) -> InferenceLog:
         return self
+
+    @property
+    def writer(self) -> str:
+        """Who makes the commits: `thread` (a thread of this process)."""
+        return "thread"
+
+    @property
+    def pid(self) -> int:
+        """The process making the commits: this one."""
+        return os.getpid()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -343,8 +343,13 @@ class ProcessInferenceLog(_Recorder):
         return self._recorded - self._written
 
     @property
+    def writer(self) -> str:
+        """Who makes the commits: `process` (a writer process of its own)."""
+        return "process"
+
+    @property
     def pid(self) -> int | None:
-        """The writer process's id."""
+        """The writer process's id (the current one, after a restart)."""
         return None if self._process is None else self._process.pid
 
     def _start_writer(self) -> None:

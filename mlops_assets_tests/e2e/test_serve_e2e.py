@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -100,8 +101,22 @@ def test_sigterm_mid_load_keeps_exactly_the_answered_requests_in_the_log(tmp_pat
             while sum(len(ok) for ok in answered) < 1500:
                 assert process.poll() is None
                 time.sleep(0.05)
+            # The log's commits are made by a writer process of the server's own.
+            health = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            health.request("GET", "/healthz")
+            log_state = json.loads(health.getresponse().read())["inference_log"]
+            health.close()
+            writer = log_state["writer_pid"]
+            assert log_state["writer"] == "process" and writer not in (None, process.pid)
+            assert log_state["failures"] == 0
+            os.kill(writer, 0)  # alive
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+            # It made the last commit and ended with the server.
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{writer}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not Path(f"/proc/{writer}").exists()
             time.sleep(0.3)
             stop.set()
             for thread in threads:
