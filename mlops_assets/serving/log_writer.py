@@ -27,6 +27,7 @@ stdin and stdout:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -550,7 +551,8 @@ class ProcessInferenceLog(_Recorder):
             process = self._process
             if process is not None:
                 if process.stdin is not None:
-                    process.stdin.close()
+                    with contextlib.suppress(OSError):  # a writer already gone
+                        process.stdin.close()
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
