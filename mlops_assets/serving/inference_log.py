@@ -341,6 +341,31 @@ class _Recorder:
     _recorded: int
     _last_error: str | None
 
+    def _start_recording(
+        self,
+        uri: str | Path,
+        schema: Mapping[str, pl.DataType] | None,
+        flush_rows: int,
+        flush_interval_ms: int,
+        max_pending: int,
+    ) -> None:
+        """The recording state every writer starts with, its options checked."""
+        if flush_rows < 1 or flush_interval_ms < 1:
+            raise ValueError("flush_rows and flush_interval_ms must be positive")
+        self.uri = str(uri)
+        self.schema = dict(schema or BASE_SCHEMA)
+        self.flush_rows = flush_rows
+        self.flush_interval = flush_interval_ms / 1000
+        self.max_pending = max_pending
+        # Pending rows kept column by column in the schema's order (`_Columns`): a flush
+        # takes them whole, with no per-row work left for the writer.
+        self._rows = _Columns(self.schema)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._recorded = 0
+        self._last_error = None
+
     def _unwritten(self) -> int:
         """Rows recorded and not yet committed (the lock is held)."""
         return len(self._rows)
@@ -423,22 +448,9 @@ class InferenceLog(_Recorder):
         max_pending: int = 1_000_000,
         start: bool = True,
     ) -> None:
-        if flush_rows < 1 or flush_interval_ms < 1:
-            raise ValueError("flush_rows and flush_interval_ms must be positive")
-        self.uri = str(uri)
-        self.schema = dict(schema or BASE_SCHEMA)
-        self.flush_rows = flush_rows
-        self.flush_interval = flush_interval_ms / 1000
-        self.max_pending = max_pending
-        # Pending rows kept column by column in the schema's order (`_Columns`): a flush
-        # takes them whole, with no per-row work left for the writer thread.
-        self._rows = _Columns(self.schema)
-        self._lock = threading.Lock()
+        self._start_recording(uri, schema, flush_rows, flush_interval_ms, max_pending)
         # Held while writing: one commit at a time, in recording order.
         self._write_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._recorded = 0
         self._written = 0
         self._commits = 0
         self._failures = 0

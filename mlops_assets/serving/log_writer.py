@@ -47,7 +47,6 @@ from typing import IO
 import polars as pl
 
 from mlops_assets.serving.inference_log import (
-    BASE_SCHEMA,
     InferenceLog,
     InferenceLogError,
     LogStats,
@@ -292,22 +291,12 @@ class ProcessInferenceLog(_Recorder):
         send_interval_ms: int = 50,
         python: str = sys.executable,
     ) -> None:
-        if flush_rows < 1 or flush_interval_ms < 1 or send_interval_ms < 1:
-            raise ValueError("flush_rows, flush_interval_ms and send_interval_ms must be positive")
-        self.uri = str(uri)
-        self.schema = dict(schema or BASE_SCHEMA)
-        self.flush_rows = flush_rows
-        self.flush_interval = flush_interval_ms / 1000
-        self.max_pending = max_pending
+        if send_interval_ms < 1:
+            raise ValueError("send_interval_ms must be positive")
+        self._start_recording(uri, schema, flush_rows, flush_interval_ms, max_pending)
         self.send_interval = send_interval_ms / 1000
         self.python = python
         self.writer_id = uuid.uuid4().hex
-        self._rows = _Columns(self.schema)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._recorded = 0
-        self._last_error: str | None = None
         # What the writer said last (`LogStats` of its log), and the writers started.
         self._remote: LogStats | None = None
         self._base_commits = self._base_failures = 0

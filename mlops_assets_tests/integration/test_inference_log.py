@@ -43,6 +43,20 @@ def row(i: int, **extra) -> dict:
     }
 
 
+def record_from_threads(log, threads: int = 4, each: int = 1000) -> None:
+    """Rows 0 to threads * each - 1 recorded by `threads` threads at once, each its range."""
+
+    def record(start: int) -> None:
+        for i in range(start, start + each):
+            log.record(row(i))
+
+    started = [threading.Thread(target=record, args=(k * each,)) for k in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+
+
 def test_append_table_adds_files_across_partitions_and_grows_the_schema(tmp_path):
     uri = tmp_path / "t"
     days = [datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)]
@@ -81,15 +95,7 @@ def test_recorded_rows_from_many_threads_all_land_once_in_few_commits(tmp_path):
         uri, schema=inference_schema(FRAUD_SPEC), flush_rows=700, flush_interval_ms=50
     )
 
-    def record(start: int) -> None:
-        for i in range(start, start + 1000):
-            log.record(row(i))
-
-    threads = [threading.Thread(target=record, args=(k * 1000,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    record_from_threads(log)
     log.close()
     stats = log.stats()
     assert (stats.recorded, stats.written, stats.pending) == (4000, 4000, 0)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import polars as pl
@@ -22,7 +21,7 @@ from mlops_assets.serving.log_writer import (
     _Reader,
     committed_through,
 )
-from mlops_assets_tests.integration.test_inference_log import row
+from mlops_assets_tests.integration.test_inference_log import record_from_threads, row
 
 
 def _ids(uri) -> list[int]:
@@ -44,15 +43,7 @@ def test_rows_from_many_threads_land_once_in_order_through_the_writer_process(tm
     )
     assert log.pid is not None and log.pid != os.getpid()
 
-    def record(start: int) -> None:
-        for i in range(start, start + 1000):
-            log.record(row(i))
-
-    threads = [threading.Thread(target=record, args=(k * 1000,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    record_from_threads(log)
     # A flush commits everything recorded before it, at once.
     log.flush()
     assert log.stats().pending == 0
