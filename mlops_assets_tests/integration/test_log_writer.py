@@ -97,7 +97,7 @@ def test_a_killed_writer_is_replaced_and_every_row_lands_once(tmp_path):
         log.record(row(i))
     os.kill(first, signal.SIGKILL)
     _until(lambda: log.pid != first)
-    assert "exited with code -9" in (log.stats().last_error or "") or log.stats().failures >= 1
+    assert log.stats().failures >= 1  # the death is counted
     for i in range(1200, 1500):
         log.record(row(i))
     log.close()
