@@ -454,7 +454,6 @@ class InferenceLog(_Recorder):
         self._written = 0
         self._commits = 0
         self._failures = 0
-        self._last_error: str | None = None
         self._last_flush_at: datetime.datetime | None = None
         self._last_version: int | None = None
         self._thread: threading.Thread | None = None
